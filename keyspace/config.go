@@ -1,0 +1,204 @@
+package keyspace
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/redis/go-redis/v9"
+)
+
+const configParam = "notify-keyspace-events"
+
+// nodeConfig keeps one server's notify-keyspace-events setting in line with
+// the manager's flags, over a dedicated connection held for the manager's
+// lifetime (a *redis.Conn acquired with the long-lived mark).
+type nodeConfig struct {
+	m      *Manager
+	addr   string
+	client *redis.Client
+
+	mu       sync.Mutex
+	conn     *redis.Conn
+	version  int
+	changed  bool   // the manager wrote the setting at least once
+	original string // the value before the first write
+	written  string // the value read back after the last write
+	hadFlags bool   // the last check found every needed flag
+	checked  bool   // at least one check completed
+	closed   bool
+}
+
+// isServerError reports whether err is an error reply from Redis (as
+// opposed to a network or context error).
+func isServerError(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) && !errors.Is(err, redis.Nil)
+}
+
+func (nc *nodeConfig) connLocked() *redis.Conn {
+	if nc.conn == nil {
+		nc.conn = nc.client.Conn()
+	}
+	return nc.conn
+}
+
+// resetOnNetErr drops the dedicated connection after a network error so the
+// next check takes a fresh one.
+func (nc *nodeConfig) resetOnNetErr(err error) {
+	if err != nil && !isServerError(err) && nc.conn != nil {
+		_ = nc.conn.Close()
+		nc.conn = nil
+	}
+}
+
+// serverVersion reads redis_version from INFO server; 0 when the server does
+// not say (miniredis).
+func (nc *nodeConfig) serverVersion(ctx context.Context) (int, error) {
+	info, err := nc.connLocked().Info(ctx, "server").Result()
+	if err != nil {
+		if isServerError(err) {
+			return 0, nil
+		}
+		nc.resetOnNetErr(err)
+		return 0, err
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {
+			return parseVersion(v), nil
+		}
+	}
+	return 0, nil
+}
+
+// ensure checks (and in merge mode repairs) the server setting. repaired is
+// true when flags were missing although an earlier check had found them
+// (someone removed them, or the server restarted): events were lost.
+// In verify and warn modes, problems that do not stop the manager are
+// reported through OnError and ensure returns nil.
+func (nc *nodeConfig) ensure(ctx context.Context) (repaired bool, err error) {
+	nc.mu.Lock()
+	defer nc.mu.Unlock()
+	if nc.closed {
+		return false, ErrClosed
+	}
+	opts := nc.m.opts
+	version, err := nc.serverVersion(ctx)
+	if err != nil {
+		return false, nc.wrap("config", err)
+	}
+	nc.version = version
+	need, err := nc.m.flags.forVersion(version, opts.Flags)
+	if err != nil {
+		return false, nc.wrap("config", err)
+	}
+	if opts.Config == ConfigSkip {
+		return false, nil
+	}
+	current, err := nc.get(ctx)
+	if err != nil {
+		if errors.Is(err, ErrConfigUnavailable) && opts.Config != ConfigMerge {
+			nc.m.report(nc.wrap("config", fmt.Errorf("%w: cannot verify flags %q", err, need.String())))
+			return false, nil
+		}
+		return false, nc.wrap("config", err)
+	}
+	missing := need &^ parseServerFlags(current)
+	hadBefore := nc.checked && nc.hadFlags
+	nc.checked = true
+	if missing == 0 {
+		nc.hadFlags = true
+		return false, nil
+	}
+	nc.hadFlags = false
+	repaired = hadBefore
+	switch opts.Config {
+	case ConfigVerify, ConfigWarn:
+		err := nc.wrap("config", fmt.Errorf("%w: server has %q, handlers need %q (missing %q)", ErrFlagsMissing, current, need.String(), missing.String()))
+		if opts.Config == ConfigVerify && !hadBefore && !nc.m.running() {
+			return repaired, err
+		}
+		nc.m.report(err)
+		return repaired, nil
+	}
+	// Merge: append what is missing, never remove. Another process may be
+	// merging at the same time (CONFIG has no compare-and-set): read back
+	// and retry; the periodic check repairs a write lost after that.
+	for try := 0; try < 3; try++ {
+		merged, _ := mergeFlags(current, need)
+		if err := nc.connLocked().ConfigSet(ctx, configParam, merged).Err(); err != nil {
+			nc.resetOnNetErr(err)
+			if isServerError(err) {
+				err = fmt.Errorf("%w: CONFIG SET %s %q: %v (use ConfigVerify or ConfigSkip where CONFIG is blocked)", ErrConfigUnavailable, configParam, merged, err)
+			}
+			return repaired, nc.wrap("config", err)
+		}
+		if !nc.changed {
+			nc.changed, nc.original = true, current
+		}
+		if current, err = nc.get(ctx); err != nil {
+			return repaired, nc.wrap("config", err)
+		}
+		nc.written = current
+		if need&^parseServerFlags(current) == 0 {
+			nc.hadFlags = true
+			return repaired, nil
+		}
+	}
+	return repaired, nc.wrap("config", fmt.Errorf("%w: setting keeps changing under us (now %q, need %q)", ErrFlagsMissing, current, need.String()))
+}
+
+func (nc *nodeConfig) get(ctx context.Context) (string, error) {
+	vals, err := nc.connLocked().ConfigGet(ctx, configParam).Result()
+	if err != nil {
+		nc.resetOnNetErr(err)
+		if isServerError(err) {
+			return "", fmt.Errorf("%w: CONFIG GET %s: %v", ErrConfigUnavailable, configParam, err)
+		}
+		return "", err
+	}
+	return vals[configParam], nil
+}
+
+// restore puts back the value from before the manager's first write, if the
+// setting is still what the manager wrote.
+func (nc *nodeConfig) restore(ctx context.Context) error {
+	nc.mu.Lock()
+	defer nc.mu.Unlock()
+	if !nc.changed || nc.closed {
+		return nil
+	}
+	current, err := nc.get(ctx)
+	if err != nil {
+		return nc.wrap("restore", err)
+	}
+	if current != nc.written {
+		return nc.wrap("restore", fmt.Errorf("setting is %q, not %q as written by this manager: left alone", current, nc.written))
+	}
+	if err := nc.connLocked().ConfigSet(ctx, configParam, nc.original).Err(); err != nil {
+		return nc.wrap("restore", err)
+	}
+	nc.changed = false
+	return nil
+}
+
+// close releases the dedicated connection. Safe to call twice.
+func (nc *nodeConfig) close() {
+	nc.mu.Lock()
+	defer nc.mu.Unlock()
+	nc.closed = true
+	if nc.conn != nil {
+		_ = nc.conn.Close()
+		nc.conn = nil
+	}
+}
+
+func (nc *nodeConfig) wrap(op string, err error) error {
+	var ne *NodeError
+	if errors.As(err, &ne) {
+		return err
+	}
+	return &NodeError{Node: nc.addr, Op: op, Err: err}
+}

@@ -1,0 +1,178 @@
+package keyspace
+
+import (
+	"fmt"
+	"time"
+)
+
+// DefaultFlags is what an empty Options.Flags stands for: keyspace and
+// keyevent channels for all the events in Redis' A class.
+const DefaultFlags = "KEA"
+
+// Defaults for the zero values of Options.
+const (
+	DefaultQueueSize     = 10000
+	DefaultCheckInterval = 5 * time.Second
+	DefaultPingInterval  = 3 * time.Second
+)
+
+// ConfigMode says what the manager does with the server's
+// notify-keyspace-events setting.
+type ConfigMode int
+
+const (
+	// ConfigMerge (the default) reads the server's setting with CONFIG GET
+	// and, when flags are missing, sets the union of what the server has and
+	// what Options.Flags asks for. It never removes a flag. It is re-checked
+	// every Options.CheckInterval and after every reconnect, so a restart or
+	// failover that lost the setting is repaired. Start fails with
+	// ErrConfigUnavailable where CONFIG is blocked (managed Redis, miniredis).
+	ConfigMerge ConfigMode = iota
+	// ConfigVerify only reads the setting: Start fails with ErrFlagsMissing
+	// when flags are missing. Where CONFIG is unavailable, nothing can be
+	// verified: the manager reports ErrConfigUnavailable to Options.OnError
+	// and goes on. For managed Redis, where flags are set in the console.
+	ConfigVerify
+	// ConfigWarn is ConfigVerify that reports missing flags to
+	// Options.OnError instead of failing.
+	ConfigWarn
+	// ConfigSkip never sends CONFIG.
+	ConfigSkip
+)
+
+func (m ConfigMode) String() string {
+	switch m {
+	case ConfigMerge:
+		return "merge"
+	case ConfigVerify:
+		return "verify"
+	case ConfigWarn:
+		return "warn"
+	case ConfigSkip:
+		return "skip"
+	}
+	return fmt.Sprintf("ConfigMode(%d)", int(m))
+}
+
+// Overflow says what happens to an event that arrives while the handler
+// queue is full.
+type Overflow int
+
+const (
+	// OverflowBlock (the default) stops reading from Redis until the queue
+	// has room. Nothing is dropped by the manager; Redis buffers the events
+	// and disconnects the subscriber when its client-output-buffer-limit for
+	// pubsub is exceeded, which the manager reports as a gap (OnGap).
+	OverflowBlock Overflow = iota
+	// OverflowDropNewest discards the arriving event (counted in
+	// Stats.Dropped).
+	OverflowDropNewest
+	// OverflowDropOldest discards the oldest queued event to make room
+	// (counted in Stats.Dropped).
+	OverflowDropOldest
+)
+
+func (o Overflow) String() string {
+	switch o {
+	case OverflowBlock:
+		return "block"
+	case OverflowDropNewest:
+		return "drop-newest"
+	case OverflowDropOldest:
+		return "drop-oldest"
+	}
+	return fmt.Sprintf("Overflow(%d)", int(o))
+}
+
+// Options configures a Manager. The zero value works: flags "KEA",
+// database 0, config merged, a queue of DefaultQueueSize that blocks when
+// full, one handler goroutine.
+type Options struct {
+	// Flags are the notify-keyspace-events flags the handlers need, e.g.
+	// "KEA" or "Ex"; "" means DefaultFlags. K and/or E and at least one event
+	// class are required. o and c need Redis 8.2+ (checked per server by
+	// Start).
+	Flags string
+	// DB is the database to watch (>= 0).
+	DB int
+	// OnGap is called whenever a subscription was re-established (after a
+	// dropped connection, a server restart or a failover), and when the
+	// periodic check found the server's flags had been removed: events in
+	// between are lost, because Redis pub/sub is at-most-once. Use it to
+	// resynchronise (rescan the keys you care about). It runs on the
+	// subscriber's goroutine: return quickly.
+	OnGap func()
+
+	// Config is what the manager does with the server setting (default
+	// ConfigMerge).
+	Config ConfigMode
+	// RestoreOnClose makes Close put back the setting each server had before
+	// the manager changed it, but only where the setting is still the one
+	// the manager wrote (a later change by someone else is left alone).
+	// Note that other processes may rely on the flags too.
+	RestoreOnClose bool
+
+	// QueueSize is the capacity of each handler goroutine's queue (default
+	// DefaultQueueSize).
+	QueueSize int
+	// Overflow is the policy for a full queue (default OverflowBlock).
+	Overflow Overflow
+	// Workers is the number of handler goroutines (default 1). Events are
+	// spread by key, so the events of one key reach handlers in order
+	// whatever the number.
+	Workers int
+
+	// CheckInterval is how often the manager re-reads the topology (cluster
+	// primaries, ring shards) and re-checks the server setting (default
+	// DefaultCheckInterval).
+	CheckInterval time.Duration
+	// PingInterval is how long a subscriber waits for traffic before it
+	// pings the server; a ping unanswered for another interval counts as a
+	// broken connection (default DefaultPingInterval).
+	PingInterval time.Duration
+
+	// OnError receives problems the manager works around without failing:
+	// reconnect failures, handler panics (*PanicError), a verify-only
+	// mismatch (ConfigWarn), ErrConfigUnavailable in verify modes, a restore
+	// that was skipped. It may be called from several goroutines at once.
+	OnError func(error)
+}
+
+func (o Options) withDefaults() (Options, flagSet, error) {
+	fs, err := parseFlags(o.Flags)
+	if err != nil {
+		return o, 0, err
+	}
+	if o.Flags == "" {
+		o.Flags = DefaultFlags
+	}
+	switch {
+	case o.DB < 0:
+		return o, 0, fmt.Errorf("%w: DB %d is negative", ErrBadOptions, o.DB)
+	case o.QueueSize < 0:
+		return o, 0, fmt.Errorf("%w: QueueSize %d is negative", ErrBadOptions, o.QueueSize)
+	case o.Workers < 0:
+		return o, 0, fmt.Errorf("%w: Workers %d is negative", ErrBadOptions, o.Workers)
+	case o.CheckInterval < 0:
+		return o, 0, fmt.Errorf("%w: CheckInterval %v is negative", ErrBadOptions, o.CheckInterval)
+	case o.PingInterval < 0:
+		return o, 0, fmt.Errorf("%w: PingInterval %v is negative", ErrBadOptions, o.PingInterval)
+	case o.Config < ConfigMerge || o.Config > ConfigSkip:
+		return o, 0, fmt.Errorf("%w: unknown Config mode %d", ErrBadOptions, int(o.Config))
+	case o.Overflow < OverflowBlock || o.Overflow > OverflowDropOldest:
+		return o, 0, fmt.Errorf("%w: unknown Overflow policy %d", ErrBadOptions, int(o.Overflow))
+	}
+	if o.QueueSize == 0 {
+		o.QueueSize = DefaultQueueSize
+	}
+	if o.Workers == 0 {
+		o.Workers = 1
+	}
+	if o.CheckInterval == 0 {
+		o.CheckInterval = DefaultCheckInterval
+	}
+	if o.PingInterval == 0 {
+		o.PingInterval = DefaultPingInterval
+	}
+	return o, fs, nil
+}

@@ -1,0 +1,313 @@
+package keyspace
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// confirmWait waits for PSUBSCRIBE confirmations of a set of patterns.
+type confirmWait struct {
+	left   map[string]bool
+	done   chan struct{}
+	onDone func() // run on the subscriber goroutine once all are confirmed
+}
+
+// nodeSub is the subscriber of one server (one primary in a cluster): a
+// go-redis PubSub read by its own goroutine, replaced by a new one (config
+// re-checked, patterns re-subscribed, OnGap) whenever the connection fails.
+type nodeSub struct {
+	m      *Manager
+	addr   string
+	client *redis.Client
+	cfg    *nodeConfig
+
+	mu      sync.Mutex
+	ps      *redis.PubSub // nil while disconnected
+	waits   []*confirmWait
+	stopped bool
+
+	stopCh  chan struct{}
+	done    chan struct{}
+	started bool
+}
+
+func newNodeSub(m *Manager, c *redis.Client) *nodeSub {
+	addr := c.Options().Addr
+	return &nodeSub{
+		m: m, addr: addr, client: c,
+		cfg:    &nodeConfig{m: m, addr: addr, client: c},
+		stopCh: make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+}
+
+// connect checks the server setting, opens a PubSub and sends PSUBSCRIBE for
+// every pattern the handlers need. It returns once the command is written;
+// the returned wait is done when the server confirmed them all. ctx must
+// carry the long-lived mark: the subscriber connection is dialed with it.
+// With initial, a config problem is returned; otherwise it is reported and
+// the subscription goes ahead.
+func (ns *nodeSub) connect(ctx context.Context, initial bool, onDone func()) (*confirmWait, error) {
+	if _, err := ns.cfg.ensure(ctx); err != nil {
+		if initial || errors.Is(err, ErrClosed) {
+			return nil, err
+		}
+		ns.m.report(err)
+	}
+	ps := ns.client.PSubscribe(ctx)
+	ns.mu.Lock()
+	if ns.stopped {
+		ns.mu.Unlock()
+		_ = ps.Close()
+		return nil, ErrClosed
+	}
+	patterns := ns.m.routes.Load().patterns
+	w := ns.addWaitLocked(patterns, onDone)
+	var err error
+	if len(patterns) > 0 {
+		err = ps.PSubscribe(ctx, patterns...)
+	}
+	if err != nil {
+		ns.removeWaitLocked(w)
+		ns.mu.Unlock()
+		_ = ps.Close()
+		return nil, &NodeError{Node: ns.addr, Op: "subscribe", Err: err}
+	}
+	ns.ps = ps
+	ns.mu.Unlock()
+	return w, nil
+}
+
+// subscribeMore subscribes the current connection to new patterns (a handler
+// added after Start). When disconnected it does nothing: the reconnect
+// subscribes every pattern.
+func (ns *nodeSub) subscribeMore(ctx context.Context, patterns []string) *confirmWait {
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	if ns.ps == nil || ns.stopped {
+		return nil
+	}
+	w := ns.addWaitLocked(patterns, nil)
+	if err := ns.ps.PSubscribe(ctx, patterns...); err != nil {
+		ns.removeWaitLocked(w)
+		return nil // the receive loop sees the broken connection and reconnects
+	}
+	return w
+}
+
+func (ns *nodeSub) addWaitLocked(patterns []string, onDone func()) *confirmWait {
+	w := &confirmWait{left: make(map[string]bool, len(patterns)), done: make(chan struct{}), onDone: onDone}
+	for _, p := range patterns {
+		w.left[p] = true
+	}
+	if len(w.left) == 0 {
+		close(w.done)
+		return w
+	}
+	ns.waits = append(ns.waits, w)
+	return w
+}
+
+func (ns *nodeSub) removeWaitLocked(w *confirmWait) {
+	for i, x := range ns.waits {
+		if x == w {
+			ns.waits = append(ns.waits[:i], ns.waits[i+1:]...)
+			return
+		}
+	}
+}
+
+// confirmed records a PSUBSCRIBE confirmation and runs the callbacks of the
+// waits it completes.
+func (ns *nodeSub) confirmed(pattern string) {
+	var done []*confirmWait
+	ns.mu.Lock()
+	kept := ns.waits[:0]
+	for _, w := range ns.waits {
+		delete(w.left, pattern)
+		if len(w.left) == 0 {
+			done = append(done, w)
+			continue
+		}
+		kept = append(kept, w)
+	}
+	for i := len(kept); i < len(ns.waits); i++ {
+		ns.waits[i] = nil
+	}
+	ns.waits = kept
+	ns.mu.Unlock()
+	for _, w := range done {
+		close(w.done)
+		if w.onDone != nil {
+			w.onDone()
+		}
+	}
+}
+
+// wait blocks until w is complete, ctx ends or the subscriber stops.
+func (ns *nodeSub) wait(ctx context.Context, w *confirmWait) error {
+	if w == nil {
+		return nil
+	}
+	select {
+	case <-w.done:
+		return nil
+	case <-ctx.Done():
+		return &NodeError{Node: ns.addr, Op: "subscribe", Err: ctx.Err()}
+	case <-ns.stopCh:
+		return ErrClosed
+	}
+}
+
+// start launches the receive loop.
+func (ns *nodeSub) start() {
+	ns.mu.Lock()
+	ns.started = true
+	ns.mu.Unlock()
+	go ns.run()
+}
+
+func (ns *nodeSub) current() *redis.PubSub {
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	return ns.ps
+}
+
+func (ns *nodeSub) isStopped() bool {
+	select {
+	case <-ns.stopCh:
+		return true
+	default:
+		return false
+	}
+}
+
+// run reads the subscription until the subscriber stops. A silent
+// connection is pinged after PingInterval and dropped when the answer does
+// not come within another interval.
+func (ns *nodeSub) run() {
+	defer close(ns.done)
+	m := ns.m
+	awaitingPong := false
+	failures := 0
+	for {
+		ps := ns.current()
+		if ps == nil {
+			if !ns.reconnect(&failures) {
+				return
+			}
+			awaitingPong = false
+			continue
+		}
+		msg, err := ps.ReceiveTimeout(m.connCtx, m.opts.PingInterval)
+		if err != nil {
+			if ns.isStopped() {
+				return
+			}
+			if isTimeout(err) && !awaitingPong {
+				if perr := ps.Ping(m.connCtx); perr == nil {
+					awaitingPong = true
+					continue
+				} else {
+					err = perr
+				}
+			}
+			ns.drop(ps, err)
+			continue
+		}
+		awaitingPong = false
+		switch v := msg.(type) {
+		case *redis.Message:
+			m.deliver(ns, v)
+		case *redis.Subscription:
+			if v.Kind == "psubscribe" {
+				ns.confirmed(v.Channel)
+			}
+		}
+	}
+}
+
+// drop forgets a failed connection; the loop then reconnects.
+func (ns *nodeSub) drop(ps *redis.PubSub, err error) {
+	ns.mu.Lock()
+	if ns.ps == ps {
+		ns.ps = nil
+	}
+	ns.mu.Unlock()
+	_ = ps.Close()
+	ns.m.stats.reconnects.Add(1)
+	ns.m.report(&NodeError{Node: ns.addr, Op: "receive", Err: err})
+}
+
+// reconnect retries connect with backoff (first try at once) until it
+// succeeds or the subscriber stops. OnGap runs once the new subscription is
+// confirmed.
+func (ns *nodeSub) reconnect(failures *int) bool {
+	for {
+		if *failures > 0 {
+			d := 50 * time.Millisecond << min(*failures, 6) // up to 3.2s
+			t := time.NewTimer(d)
+			select {
+			case <-ns.stopCh:
+				t.Stop()
+				return false
+			case <-t.C:
+			}
+		}
+		if ns.isStopped() {
+			return false
+		}
+		ctx, cancel := context.WithTimeout(ns.m.connCtx, 10*time.Second)
+		w, err := ns.connect(ctx, false, ns.m.gap)
+		cancel()
+		if err == nil {
+			*failures = 0
+			select {
+			case <-w.done: // no patterns: nothing to confirm
+				ns.m.gap()
+			default:
+			}
+			return true
+		}
+		if errors.Is(err, ErrClosed) {
+			return false
+		}
+		*failures++
+		ns.m.report(err)
+	}
+}
+
+// stop closes the subscription and waits for the loop to end. Safe to call
+// twice.
+func (ns *nodeSub) stop() {
+	ns.mu.Lock()
+	if ns.stopped {
+		ns.mu.Unlock()
+		<-ns.done
+		return
+	}
+	ns.stopped = true
+	ps := ns.ps
+	ns.ps = nil
+	started := ns.started
+	ns.mu.Unlock()
+	close(ns.stopCh)
+	if ps != nil {
+		_ = ps.Close()
+	}
+	if started {
+		<-ns.done
+	} else {
+		close(ns.done)
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}

@@ -14,14 +14,14 @@ type mark struct {
 	longLived bool
 	owner     string
 	maxHold   time.Duration // 0: the tracker's threshold
-	// blockFor is set by the tracker's own hook for blocking commands:
-	// the command's server-side timeout; blockForever for timeout 0.
-	blockFor time.Duration
-	// pipeline is set by the tracker's pipeline hook.
-	pipeline bool
+	// pipeline and tx are set by the tracker's pipeline hook.
+	pipeline, tx bool
+	// probe is set on the context of the tracker's own late-attachment
+	// probe: the checkout it causes names the client's pool.
+	probe *Tracker
 }
 
-// blockForever marks a blocking command with timeout 0.
+// blockForever is the timeout of a blocking command that waits forever.
 const blockForever time.Duration = -1
 
 func markFrom(ctx context.Context) *mark {

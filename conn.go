@@ -1,0 +1,116 @@
+package redisleak
+
+import (
+	"net"
+	"syscall"
+	"time"
+)
+
+// trackedConn wraps a net.Conn dialed through a tracked client. It exists for
+// three reasons: its RemoteAddr identifies the connection to the observer
+// without a map lookup, its Read/Write frames name the connection in a
+// goroutine dump (so a stuck command's holder can be found), and Write notices
+// blocking commands as they are sent.
+//
+// It changes nothing go-redis relies on: deadlines, errors and Close pass
+// through, RemoteAddr().String() is the inner connection's, NetConn() unwraps,
+// and SyscallConn() exists exactly when the inner connection has it (see
+// trackedSyscallConn), which keeps go-redis's idle health check on.
+type trackedConn struct {
+	net.Conn
+	rec  *connRecord
+	addr trackedAddr
+}
+
+// trackedAddr is the RemoteAddr of a trackedConn: the inner address, plus the
+// record of the connection it belongs to.
+type trackedAddr struct {
+	net.Addr
+	rec *connRecord
+}
+
+// trackedSyscallConn is a trackedConn over a connection that implements
+// syscall.Conn.
+type trackedSyscallConn struct {
+	*trackedConn
+	sc syscall.Conn
+}
+
+// SyscallConn returns the inner connection's raw connection.
+func (c *trackedSyscallConn) SyscallConn() (syscall.RawConn, error) { return c.sc.SyscallConn() }
+
+func wrapConn(inner net.Conn, rec *connRecord) net.Conn {
+	tc := &trackedConn{Conn: inner, rec: rec}
+	tc.addr = trackedAddr{Addr: inner.RemoteAddr(), rec: rec}
+	rec.conn = tc
+	if sc, ok := inner.(syscall.Conn); ok {
+		return &trackedSyscallConn{trackedConn: tc, sc: sc}
+	}
+	return tc
+}
+
+// RemoteAddr returns the inner connection's address, wrapped so that the
+// tracker can tell which connection it belongs to. Its String() is the
+// inner address's.
+func (c *trackedConn) RemoteAddr() net.Addr {
+	if c.addr.Addr == nil {
+		return nil
+	}
+	return &c.addr
+}
+
+// String returns the inner address.
+func (a *trackedAddr) String() string { return a.Addr.String() }
+
+// Network returns the inner address's network.
+func (a *trackedAddr) Network() string { return a.Addr.Network() }
+
+// NetConn returns the wrapped connection (client-side caching unwraps it).
+func (c *trackedConn) NetConn() net.Conn { return c.Conn }
+
+// Read reads from the inner connection. It is not inlined so that a
+// goroutine blocked here shows the receiver in a stack dump.
+//
+//go:noinline
+func (c *trackedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 && c.rec.blockDeadline.Load() != 0 {
+		// the reply of a blocking command arrived
+		c.rec.blockDeadline.Store(0)
+	}
+	return n, err
+}
+
+// Write writes to the inner connection, noting a blocking command.
+//
+//go:noinline
+func (c *trackedConn) Write(b []byte) (int, error) {
+	c.rec.noteWrite(b)
+	n, err := c.Conn.Write(b)
+	if err != nil {
+		// keep c live after the call so that the receiver is accurate in a
+		// goroutine dump taken while Write blocks
+		c.rec.writeErrs.Add(1)
+	}
+	return n, err
+}
+
+// Close closes the inner connection.
+func (c *trackedConn) Close() error { return c.Conn.Close() }
+
+// SetDeadline passes through.
+func (c *trackedConn) SetDeadline(t time.Time) error { return c.Conn.SetDeadline(t) }
+
+// SetReadDeadline passes through.
+func (c *trackedConn) SetReadDeadline(t time.Time) error { return c.Conn.SetReadDeadline(t) }
+
+// SetWriteDeadline passes through.
+func (c *trackedConn) SetWriteDeadline(t time.Time) error { return c.Conn.SetWriteDeadline(t) }
+
+var clockBase = time.Now()
+
+// nanotime returns monotonic nanoseconds since the package was loaded.
+func nanotime() int64 { return int64(time.Since(clockBase)) }
+
+// unixAt converts a nanotime value to wall time.
+func unixAt(n int64) time.Time { return clockBase.Add(time.Duration(n)) }

@@ -1,0 +1,191 @@
+package redisleak
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// hook is the tracker's redis.Hook. On every client it wraps dialed
+// connections (dial). On the client the user instrumented (top) it also
+// marks pipelines, enriches pool-timeout errors, and — only while the
+// observer is unavailable — tracks commands in flight. All of it goes inert
+// when the tracker closes.
+type hook struct {
+	t    *Tracker
+	top  bool
+	dial bool
+}
+
+var _ redis.Hook = (*hook)(nil)
+
+// DialHook wraps each dialed connection.
+func (h *hook) DialHook(next redis.DialHook) redis.DialHook {
+	if !h.dial {
+		return next
+	}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := next(ctx, network, addr)
+		if err != nil || c == nil || h.t.closed.Load() {
+			return c, err
+		}
+		return wrapConn(c, h.t.newRecord(ctx, addr)), nil
+	}
+}
+
+// ProcessHook enriches pool timeouts and, in hooks mode, tracks the command.
+func (h *hook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	if !h.top {
+		return next
+	}
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		t := h.t
+		if t.closed.Load() {
+			return next(ctx, cmd)
+		}
+		if t.Mode() == ModeHooks {
+			op := t.beginOp(ctx, cmd.Name(), cmd.Args())
+			defer t.endOp(op)
+		}
+		err := next(ctx, cmd)
+		if err != nil && !t.opts.DisablePoolTimeoutDetail && isPoolTimeout(err) {
+			err = t.poolTimeoutError(err)
+			cmd.SetErr(err)
+		}
+		return err
+	}
+}
+
+// ProcessPipelineHook marks the pipeline's checkout (kind pipeline or tx)
+// and enriches pool timeouts.
+func (h *hook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	if !h.top {
+		return next
+	}
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		t := h.t
+		if t.closed.Load() {
+			return next(ctx, cmds)
+		}
+		tx := len(cmds) > 0 && cmds[0].Name() == "multi"
+		ctx = withMark(ctx, func(m *mark) {
+			if tx {
+				m.tx = true
+			} else {
+				m.pipeline = true
+			}
+		})
+		if t.Mode() == ModeHooks {
+			name := "pipeline"
+			if tx {
+				name = "multi"
+			}
+			op := t.beginOp(ctx, name, nil)
+			defer t.endOp(op)
+		}
+		err := next(ctx, cmds)
+		if err != nil && !t.opts.DisablePoolTimeoutDetail && isPoolTimeout(err) {
+			err = t.poolTimeoutError(err)
+			for _, c := range cmds {
+				if isPoolTimeout(c.Err()) {
+					c.SetErr(err)
+				}
+			}
+		}
+		return err
+	}
+}
+
+func isPoolTimeout(err error) bool {
+	if err == redis.ErrPoolTimeout {
+		return true
+	}
+	var pe *PoolTimeoutError
+	if errors.As(err, &pe) {
+		return false // already enriched (nested clients)
+	}
+	return errors.Is(err, redis.ErrPoolTimeout)
+}
+
+// inflight tracks commands in flight while the observer is unavailable.
+type inflight struct {
+	ifMu        sync.Mutex
+	ops         map[*inflightOp]struct{}
+	reportedOps map[*inflightOp]bool
+}
+
+type inflightOp struct {
+	start   int64
+	mark    *mark
+	name    string
+	pcs     []uintptr
+	block   time.Duration
+	blocked bool
+}
+
+func (t *Tracker) beginOp(ctx context.Context, name string, args []any) *inflightOp {
+	op := &inflightOp{start: nanotime(), mark: markFrom(ctx), name: name}
+	if args != nil && len(name) > 0 {
+		switch name[0] {
+		case 'b', 'x', 'w':
+			op.block, op.blocked = blockingTimeout(argsToRESP(args))
+		}
+	}
+	var pcs [maxStackDepth]uintptr
+	n := runtime.Callers(3, pcs[:t.opts.StackDepth])
+	op.pcs = append([]uintptr(nil), pcs[:n]...)
+	t.ifMu.Lock()
+	if t.ops == nil {
+		t.ops = make(map[*inflightOp]struct{})
+	}
+	t.ops[op] = struct{}{}
+	t.ifMu.Unlock()
+	return op
+}
+
+func (t *Tracker) endOp(op *inflightOp) {
+	t.ifMu.Lock()
+	delete(t.ops, op)
+	delete(t.reportedOps, op)
+	t.ifMu.Unlock()
+	t.holds.push(kindIndex(KindCommand), nanotime()-op.start)
+}
+
+func (t *Tracker) inflightOps() []*inflightOp {
+	t.ifMu.Lock()
+	defer t.ifMu.Unlock()
+	out := make([]*inflightOp, 0, len(t.ops))
+	for op := range t.ops {
+		out = append(out, op)
+	}
+	return out
+}
+
+// argsToRESP renders command arguments the way go-redis writes them, for
+// blockingTimeout.
+func argsToRESP(args []any) []byte {
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(args))
+	for _, a := range args {
+		var s string
+		switch v := a.(type) {
+		case string:
+			s = v
+		case []byte:
+			s = string(v)
+		case time.Duration:
+			s = fmt.Sprint(int64(v / time.Millisecond))
+		default:
+			s = fmt.Sprint(v)
+		}
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(s), s)
+	}
+	return []byte(b.String())
+}

@@ -1,0 +1,416 @@
+package redisleak
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Leak describes a connection hold: a leak when returned by Scan or passed
+// to OnLeak; any current hold when returned by Holds. It is a value: it does
+// not change after it was made.
+type Leak struct {
+	ConnID     uint64        // the tracker's id of the dialed connection (0 in hooks mode)
+	Kind       string        // KindCommand, KindPipeline, KindTx, KindConn, KindPubSub, KindBlocking
+	Owner      string        // set with WithOwner, or ""
+	Pool, Addr string        // go-redis pool name and server address
+	Site       string        // acquiring call site, "file.go:123 pkg.Func", or "" when unknown
+	AcquiredAt time.Time     // when the hold started
+	HeldFor    time.Duration // how long it had lasted when observed
+	MaxHold    time.Duration // the threshold that applied
+	LongLived  bool          // exempt: marked or recognised long-lived
+	Leaked     bool          // over its threshold and not long-lived
+	Closed     bool          // closed by ActionClose
+	Stack      []string      // the acquisition stack, with Options.FullStacks
+}
+
+// String returns one line that names the hold and its acquisition site.
+func (l Leak) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "redis connection %d (%s", l.ConnID, l.Kind)
+	if l.Owner != "" {
+		fmt.Fprintf(&b, ", owner %q", l.Owner)
+	}
+	fmt.Fprintf(&b, ") to %s held for %v", orUnknown(l.Addr), l.HeldFor.Round(time.Millisecond))
+	if l.MaxHold > 0 {
+		fmt.Fprintf(&b, " (limit %v)", l.MaxHold)
+	}
+	fmt.Fprintf(&b, ", acquired at %s", orUnknown(l.Site))
+	if l.Pool != "" {
+		fmt.Fprintf(&b, " [pool %s]", l.Pool)
+	}
+	return b.String()
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
+
+// MarshalJSON encodes durations in milliseconds.
+func (l Leak) MarshalJSON() ([]byte, error) {
+	return json.Marshal(leakJSON{
+		ConnID: l.ConnID, Kind: l.Kind, Owner: l.Owner, Pool: l.Pool, Addr: l.Addr,
+		Site: l.Site, AcquiredAt: l.AcquiredAt, HeldForMs: ms(l.HeldFor), MaxHoldMs: ms(l.MaxHold),
+		LongLived: l.LongLived, Leaked: l.Leaked, Closed: l.Closed, Stack: l.Stack,
+	})
+}
+
+type leakJSON struct {
+	ConnID     uint64    `json:"connId"`
+	Kind       string    `json:"kind"`
+	Owner      string    `json:"owner,omitempty"`
+	Pool       string    `json:"pool,omitempty"`
+	Addr       string    `json:"addr,omitempty"`
+	Site       string    `json:"site,omitempty"`
+	AcquiredAt time.Time `json:"acquiredAt"`
+	HeldForMs  float64   `json:"heldForMs"`
+	MaxHoldMs  float64   `json:"maxHoldMs,omitempty"`
+	LongLived  bool      `json:"longLived,omitempty"`
+	Leaked     bool      `json:"leaked,omitempty"`
+	Closed     bool      `json:"closed,omitempty"`
+	Stack      []string  `json:"stack,omitempty"`
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// holdView is one record's evaluation at a point in time.
+type holdView struct {
+	rec       *connRecord
+	seq       uint64
+	held      time.Duration
+	threshold time.Duration
+	kind      string
+	owner     string
+	longLived bool
+	leaked    bool
+}
+
+// evaluate classifies a record's current hold; ok is false when it is not
+// held.
+func (t *Tracker) evaluate(r *connRecord, now int64) (v holdView, ok bool) {
+	if r.state.Load() != stUsed {
+		return v, false
+	}
+	acq := r.acquiredAt.Load()
+	v.rec = r
+	v.seq = r.holdSeq.Load()
+	v.held = time.Duration(now - acq)
+	v.kind = r.kind()
+	m := r.mark.Load()
+	if m == nil && v.kind == KindPubSub {
+		m = r.dialMark
+	}
+	if m != nil {
+		v.owner = m.owner
+		v.longLived = m.longLived
+	}
+	if v.kind == KindPubSub && r.dialMark != nil {
+		if v.owner == "" {
+			v.owner = r.dialMark.owner
+		}
+		v.longLived = v.longLived || r.dialMark.longLived
+	}
+	recognise := !t.opts.DisableRecognition
+	if recognise {
+		switch v.kind {
+		case KindPubSub:
+			v.longLived = true
+		case KindBlocking:
+			if bd := r.blockDeadline.Load(); bd == int64(blockForever) || bd > now {
+				v.longLived = true
+			}
+		}
+	}
+	v.threshold = t.threshold(v.kind, m)
+	v.leaked = !v.longLived && v.held > v.threshold
+	return v, true
+}
+
+func (t *Tracker) threshold(kind string, m *mark) time.Duration {
+	if m != nil && m.maxHold > 0 {
+		return m.maxHold
+	}
+	if d, ok := t.opts.KindMaxHold[kind]; ok && d > 0 {
+		return d
+	}
+	return t.opts.MaxHold
+}
+
+func (t *Tracker) leakOf(v holdView, now int64) Leak {
+	r := v.rec
+	return Leak{
+		ConnID:     r.id,
+		Kind:       v.kind,
+		Owner:      v.owner,
+		Pool:       r.pool(),
+		Addr:       r.addr,
+		AcquiredAt: unixAt(now - int64(v.held)),
+		HeldFor:    v.held,
+		MaxHold:    v.threshold,
+		LongLived:  v.longLived,
+		Leaked:     v.leaked,
+	}
+}
+
+// resolveSites fills Site (and Stack) of holds from captured program
+// counters or, for commands in flight, from a goroutine dump.
+func (t *Tracker) resolveSites(views []holdView, leaks []Leak) {
+	want := make(map[uintptr]*connRecord)
+	idx := make(map[*connRecord]int)
+	for i, v := range views {
+		r := v.rec
+		var pcs []uintptr
+		if v.kind == KindPubSub {
+			pcs = r.dialPCs
+		} else {
+			r.mu.Lock()
+			if r.siteSeq == v.seq && len(r.sitePCs) > 0 {
+				pcs = append([]uintptr(nil), r.sitePCs...)
+			}
+			r.mu.Unlock()
+		}
+		if len(pcs) > 0 {
+			leaks[i].Site, leaks[i].Stack = sitesFromPCs(pcs, t.opts.FullStacks)
+		}
+		if leaks[i].Site == "" && r.conn != nil {
+			want[connKey(r.conn)] = r
+			idx[r] = i
+		}
+	}
+	if len(want) == 0 {
+		return
+	}
+	for r, si := range goroutineStacks(want, t.opts.FullStacks) {
+		i := idx[r]
+		leaks[i].Site = si.site
+		if t.opts.FullStacks {
+			leaks[i].Stack = si.stack
+		}
+	}
+}
+
+// Scan runs a leak scan now. Leaks not reported before are reported exactly
+// as by the background scan (log, OnLeak, metrics, action). It returns every
+// current leak, newest reports included, longest hold first. After Close it
+// returns nil.
+func (t *Tracker) Scan() []Leak { return t.scan(false) }
+
+func (t *Tracker) scan(background bool) []Leak {
+	if t.closed.Load() {
+		return nil
+	}
+	t.scanMu.Lock()
+	defer t.scanMu.Unlock()
+	now := nanotime()
+
+	var current []Leak
+	var freshViews []holdView
+	for _, r := range t.snapshotRecords() {
+		v, ok := t.evaluate(r, now)
+		if !ok || !v.leaked {
+			continue
+		}
+		if r.reportedSeq.Load() == v.seq {
+			r.mu.Lock()
+			l := r.lastReported
+			r.mu.Unlock()
+			l.HeldFor = v.held
+			current = append(current, l)
+			continue
+		}
+		freshViews = append(freshViews, v)
+	}
+	fresh := make([]Leak, len(freshViews))
+	for i, v := range freshViews {
+		fresh[i] = t.leakOf(v, now)
+	}
+	t.resolveSites(freshViews, fresh)
+	for i, v := range freshViews {
+		r := v.rec
+		r.mu.Lock()
+		r.lastReported = fresh[i]
+		r.mu.Unlock()
+		r.reportedSeq.Store(v.seq)
+	}
+	fresh = append(fresh, t.scanInflight(now)...)
+	t.act(freshViews, fresh)
+	current = append(current, fresh...)
+	sort.Slice(current, func(i, j int) bool { return current[i].HeldFor > current[j].HeldFor })
+
+	if len(fresh) > 0 {
+		t.leaksTotal.Add(uint64(len(fresh)))
+		t.metrics.addLeaks(fresh)
+		t.logLeaks(fresh, current)
+		if t.opts.OnLeak != nil {
+			for _, l := range fresh {
+				t.opts.OnLeak(l)
+			}
+		}
+	} else if len(current) > 0 && t.opts.RepeatWarning > 0 && time.Since(t.lastReminder) >= t.opts.RepeatWarning {
+		t.lastReminder = time.Now()
+		t.opts.Logger.Warn("redisleak: leaked redis connections still held",
+			slog.Int("leakedCount", len(current)),
+			slog.Float64("maxHoldTimeMs", ms(current[0].HeldFor)),
+			slog.String("longest", current[0].String()))
+	}
+	_ = background
+	return current
+}
+
+func (t *Tracker) logLeaks(fresh, current []Leak) {
+	t.lastReminder = time.Now()
+	var maxHeld time.Duration
+	for _, l := range current {
+		if l.HeldFor > maxHeld {
+			maxHeld = l.HeldFor
+		}
+	}
+	attrs := []any{
+		slog.Int("leakedCount", len(current)),
+		slog.Int("newCount", len(fresh)),
+		slog.Float64("maxHoldTimeMs", ms(maxHeld)),
+	}
+	for i, l := range fresh {
+		attrs = append(attrs, slog.Group(fmt.Sprintf("leak%d", i),
+			slog.Uint64("connId", l.ConnID),
+			slog.String("kind", l.Kind),
+			slog.String("owner", l.Owner),
+			slog.String("pool", l.Pool),
+			slog.String("addr", l.Addr),
+			slog.String("site", l.Site),
+			slog.Time("acquiredAt", l.AcquiredAt),
+			slog.Float64("heldForMs", ms(l.HeldFor)),
+			slog.Float64("maxHoldMs", ms(l.MaxHold)),
+			slog.Bool("closed", l.Closed),
+		))
+	}
+	t.opts.Logger.Warn("redisleak: redis connection leak detected", attrs...)
+}
+
+// act applies Options.Action to newly found leaks.
+func (t *Tracker) act(views []holdView, fresh []Leak) {
+	if t.opts.Action != ActionClose {
+		return
+	}
+	usage := t.poolUsage()
+	for i, v := range views {
+		r := v.rec
+		if r.conn == nil {
+			continue
+		}
+		if t.opts.CloseAbove > 0 && usage[r.pool()] <= t.opts.CloseAbove {
+			continue
+		}
+		r.mu.Lock()
+		r.closedByUs = true
+		r.mu.Unlock()
+		_ = r.conn.Conn.Close()
+		t.closedLeaks.Add(1)
+		fresh[i].Closed = true
+		r.mu.Lock()
+		r.lastReported.Closed = true
+		r.mu.Unlock()
+	}
+}
+
+// poolUsage returns in-use / PoolSize per pool name.
+func (t *Tracker) poolUsage() map[string]float64 {
+	used := map[string]int{}
+	for _, r := range t.snapshotRecords() {
+		if r.state.Load() == stUsed {
+			used[r.pool()]++
+		}
+	}
+	size := t.poolSize()
+	out := make(map[string]float64, len(used))
+	for p, n := range used {
+		if size > 0 {
+			out[p] = float64(n) / float64(size)
+		}
+	}
+	return out
+}
+
+func (t *Tracker) poolSize() int {
+	switch c := t.client.(type) {
+	case *redis.Client:
+		return c.Options().PoolSize
+	case *redis.ClusterClient:
+		return c.Options().PoolSize
+	case *redis.Ring:
+		return c.Options().PoolSize
+	}
+	return 0
+}
+
+// scanInflight reports, in hooks mode, commands in flight for too long.
+func (t *Tracker) scanInflight(now int64) []Leak {
+	if t.Mode() != ModeHooks {
+		return nil
+	}
+	var out []Leak
+	for _, op := range t.inflightOps() {
+		held := time.Duration(now - op.start)
+		longLived := op.mark != nil && op.mark.longLived
+		if op.blocked && !t.opts.DisableRecognition {
+			if op.block == blockForever || held < op.block+t.opts.BlockingGrace {
+				longLived = true
+			}
+		}
+		kind := KindCommand
+		if op.blocked {
+			kind = KindBlocking
+		}
+		th := t.threshold(kind, op.mark)
+		if longLived || held <= th {
+			continue
+		}
+		t.ifMu.Lock()
+		if t.reportedOps == nil {
+			t.reportedOps = map[*inflightOp]bool{}
+		}
+		seen := t.reportedOps[op]
+		t.reportedOps[op] = true
+		t.ifMu.Unlock()
+		if seen {
+			continue
+		}
+		l := Leak{Kind: kind, AcquiredAt: unixAt(op.start), HeldFor: held, MaxHold: th, Leaked: true}
+		if op.mark != nil {
+			l.Owner = op.mark.owner
+		}
+		l.Site, l.Stack = sitesFromPCs(op.pcs, t.opts.FullStacks)
+		out = append(out, l)
+	}
+	return out
+}
+
+// Holds returns every current hold (leaked or not), longest first. Sites are
+// resolved as for leaks. Useful in tests and debugging; it does not report.
+func (t *Tracker) Holds() []Leak {
+	if t.closed.Load() {
+		return nil
+	}
+	now := nanotime()
+	var views []holdView
+	for _, r := range t.snapshotRecords() {
+		if v, ok := t.evaluate(r, now); ok {
+			views = append(views, v)
+		}
+	}
+	out := make([]Leak, len(views))
+	for i, v := range views {
+		out[i] = t.leakOf(v, now)
+	}
+	t.resolveSites(views, out)
+	sort.Slice(out, func(i, j int) bool { return out[i].HeldFor > out[j].HeldFor })
+	return out
+}

@@ -1,0 +1,360 @@
+package redisleak
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// go-redis has one process-wide connection-state observer
+// (redis.SetOTelRecorder). The tracker installs one dispatcher there, shared
+// by every tracker in the process: it routes each event to the tracker that
+// owns the connection (found through the connection's wrapped RemoteAddr)
+// and forwards every call to a recorder the user chained through
+// Options.ChainRecorder. When the last tracker closes, the chained recorder
+// (or nil) is put back, so a plain client measured afterwards is plain.
+//
+// The callbacks run inside go-redis's pool lock: they only touch atomics.
+
+type dispatcher struct {
+	mu       sync.Mutex // guards refs, chainSet and installation
+	refs     int
+	chainSet bool
+	chain    atomic.Pointer[chainBox]
+	// prefixes maps a client's base pool name to its tracker, for
+	// connections opened before the tracker was attached (no wrapper).
+	prefixes atomic.Pointer[map[string]*Tracker]
+	// events counts checkouts seen, to notice a replaced dispatcher.
+	events atomic.Uint64
+}
+
+type chainBox struct {
+	rec     redis.OTelRecorder
+	counter redis.OTelConnectionCounter
+}
+
+var disp = &dispatcher{}
+
+var (
+	_ redis.OTelRecorder          = (*dispatcher)(nil)
+	_ redis.OTelConnectionCounter = (*dispatcher)(nil)
+)
+
+var errChainConflict = errors.New("redisleak: Options.ChainRecorder differs from the recorder chained by another open tracker")
+
+// attach registers t and installs the dispatcher.
+func (d *dispatcher) attach(t *Tracker, chain redis.OTelRecorder) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if chain != nil {
+		if cur := d.chain.Load(); d.refs > 0 && d.chainSet && cur != nil && cur.rec != chain {
+			return errChainConflict
+		}
+		box := &chainBox{rec: chain}
+		box.counter, _ = chain.(redis.OTelConnectionCounter)
+		d.chain.Store(box)
+		d.chainSet = true
+	}
+	d.refs++
+	// (Re)install every time: another recorder may have replaced us.
+	redis.SetOTelRecorder(d)
+	return nil
+}
+
+// detach unregisters t; the last one restores the chained recorder or nil.
+func (d *dispatcher) detach(t *Tracker) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.forgetPrefixes(t)
+	d.refs--
+	if d.refs > 0 {
+		return
+	}
+	d.refs = 0
+	if box := d.chain.Load(); box != nil {
+		redis.SetOTelRecorder(box.rec)
+	} else {
+		redis.SetOTelRecorder(nil)
+	}
+	d.chain.Store(nil)
+	d.chainSet = false
+}
+
+func (d *dispatcher) learnPrefix(pool string, t *Tracker) {
+	base := basePoolName(pool)
+	if base == "" {
+		return
+	}
+	if m := d.prefixes.Load(); m != nil && (*m)[base] == t {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if t.closed.Load() {
+		return
+	}
+	old := d.prefixes.Load()
+	n := make(map[string]*Tracker)
+	if old != nil {
+		for k, v := range *old {
+			n[k] = v
+		}
+	}
+	n[base] = t
+	d.prefixes.Store(&n)
+}
+
+// forgetPrefixes is called with d.mu held.
+func (d *dispatcher) forgetPrefixes(t *Tracker) {
+	old := d.prefixes.Load()
+	if old == nil {
+		return
+	}
+	n := make(map[string]*Tracker)
+	for k, v := range *old {
+		if v != t {
+			n[k] = v
+		}
+	}
+	d.prefixes.Store(&n)
+}
+
+// record finds the tracker's record of cn, or nil when cn belongs to no open
+// tracker. Wrapped connections are found by their address type; others
+// through their pool's name, for late attachment.
+func (d *dispatcher) record(cn redis.ConnInfo) *connRecord {
+	if cn == nil {
+		return nil
+	}
+	if a, ok := cn.RemoteAddr().(*trackedAddr); ok {
+		if a.rec.tr.closed.Load() {
+			return nil
+		}
+		return a.rec
+	}
+	m := d.prefixes.Load()
+	if m == nil || len(*m) == 0 {
+		return nil
+	}
+	t := (*m)[basePoolName(cn.PoolName())]
+	if t == nil || t.closed.Load() {
+		return nil
+	}
+	return t.legacyRecord(cn)
+}
+
+// RecordConnectionCount is the state-change signal.
+func (d *dispatcher) RecordConnectionCount(ctx context.Context, delta int, cn redis.ConnInfo, state string, isPubSub bool) {
+	if r := d.record(cn); r != nil {
+		r.onCount(delta, cn, state, isPubSub)
+	}
+	if box := d.chain.Load(); box != nil && box.counter != nil {
+		box.counter.RecordConnectionCount(ctx, delta, cn, state, isPubSub)
+	}
+}
+
+// RecordPendingRequests is forwarded only.
+func (d *dispatcher) RecordPendingRequests(ctx context.Context, delta int, cn redis.ConnInfo, poolName string) {
+	if box := d.chain.Load(); box != nil && box.counter != nil {
+		box.counter.RecordPendingRequests(ctx, delta, cn, poolName)
+	}
+}
+
+// RecordConnectionWaitTime runs on the caller's goroutine with the caller's
+// context right after a checkout, on both the idle and the fresh-dial path:
+// the mark on the context is read here.
+func (d *dispatcher) RecordConnectionWaitTime(ctx context.Context, dur time.Duration, cn redis.ConnInfo) {
+	d.events.Add(1)
+	if r := d.record(cn); r != nil {
+		r.onCheckout(ctx)
+	} else if cn != nil {
+		if m := markFrom(ctx); m != nil && m.probe != nil && !m.probe.closed.Load() {
+			d.learnPrefix(cn.PoolName(), m.probe)
+		}
+	}
+	if box := d.chain.Load(); box != nil {
+		box.rec.RecordConnectionWaitTime(ctx, dur, cn)
+	}
+}
+
+// RecordOperationDuration runs on the caller's goroutine after a command:
+// a connection still held then outlived the command (Conn, Watch).
+func (d *dispatcher) RecordOperationDuration(ctx context.Context, dur time.Duration, cmd redis.Cmder, attempts int, err error, cn redis.ConnInfo, db int) {
+	if r := d.record(cn); r != nil {
+		r.afterOperation(ctx, cmd.Name())
+	}
+	if box := d.chain.Load(); box != nil {
+		box.rec.RecordOperationDuration(ctx, dur, cmd, attempts, err, cn, db)
+	}
+}
+
+// RecordPipelineOperationDuration is the pipeline form of RecordOperationDuration.
+func (d *dispatcher) RecordPipelineOperationDuration(ctx context.Context, dur time.Duration, op string, n, attempts int, err error, cn redis.ConnInfo, db int) {
+	// Pipelines do not mark sticky holds: go-redis runs its connection
+	// handshake (HELLO, CLIENT SETINFO) as a pipeline on the caller's
+	// context, which would look like a Conn. A Conn is recognised at its
+	// first single command instead.
+	if box := d.chain.Load(); box != nil {
+		box.rec.RecordPipelineOperationDuration(ctx, dur, op, n, attempts, err, cn, db)
+	}
+}
+
+// RecordConnectionClosed drops records of connections without a wrapper
+// (wrapped ones are dropped when their net.Conn closes).
+func (d *dispatcher) RecordConnectionClosed(ctx context.Context, cn redis.ConnInfo, reason string, err error) {
+	if r := d.record(cn); r != nil && r.conn == nil {
+		r.tr.dropRecord(r, cn)
+	}
+	if box := d.chain.Load(); box != nil {
+		box.rec.RecordConnectionClosed(ctx, cn, reason, err)
+	}
+}
+
+// RecordConnectionCreateTime is forwarded only.
+func (d *dispatcher) RecordConnectionCreateTime(ctx context.Context, dur time.Duration, cn redis.ConnInfo) {
+	if box := d.chain.Load(); box != nil {
+		box.rec.RecordConnectionCreateTime(ctx, dur, cn)
+	}
+}
+
+// RecordConnectionRelaxedTimeout is forwarded only.
+func (d *dispatcher) RecordConnectionRelaxedTimeout(ctx context.Context, delta int, cn redis.ConnInfo, pool, typ string) {
+	if box := d.chain.Load(); box != nil {
+		box.rec.RecordConnectionRelaxedTimeout(ctx, delta, cn, pool, typ)
+	}
+}
+
+// RecordConnectionHandoff is forwarded only.
+func (d *dispatcher) RecordConnectionHandoff(ctx context.Context, cn redis.ConnInfo, pool string) {
+	if box := d.chain.Load(); box != nil {
+		box.rec.RecordConnectionHandoff(ctx, cn, pool)
+	}
+}
+
+// RecordError is forwarded only.
+func (d *dispatcher) RecordError(ctx context.Context, typ string, cn redis.ConnInfo, status string, internal bool, retries int) {
+	if box := d.chain.Load(); box != nil {
+		box.rec.RecordError(ctx, typ, cn, status, internal, retries)
+	}
+}
+
+// RecordMaintenanceNotification is forwarded only.
+func (d *dispatcher) RecordMaintenanceNotification(ctx context.Context, cn redis.ConnInfo, typ string) {
+	if box := d.chain.Load(); box != nil {
+		box.rec.RecordMaintenanceNotification(ctx, cn, typ)
+	}
+}
+
+// RecordPubSubMessage is forwarded only.
+func (d *dispatcher) RecordPubSubMessage(ctx context.Context, cn redis.ConnInfo, dir, ch string, sharded bool) {
+	if box := d.chain.Load(); box != nil {
+		box.rec.RecordPubSubMessage(ctx, cn, dir, ch, sharded)
+	}
+}
+
+// RecordStreamLag is forwarded only.
+func (d *dispatcher) RecordStreamLag(ctx context.Context, lag time.Duration, cn redis.ConnInfo, stream, group, consumer string) {
+	if box := d.chain.Load(); box != nil {
+		box.rec.RecordStreamLag(ctx, lag, cn, stream, group, consumer)
+	}
+}
+
+// onCount applies a state change.
+func (r *connRecord) onCount(delta int, cn redis.ConnInfo, state string, isPubSub bool) {
+	if r.poolName.Load() == nil {
+		name := cn.PoolName()
+		r.setPool(name)
+		if r.conn != nil {
+			disp.learnPrefix(name, r.tr)
+		}
+	}
+	switch {
+	case delta > 0 && state == "used":
+		if isPubSub {
+			r.pubsub.Store(true)
+		}
+		r.beginHold()
+	case delta < 0 && state == "used":
+		r.endHold()
+	case delta > 0 && state == "idle":
+		r.state.Store(stIdle)
+	case delta < 0 && state == "idle":
+		// followed by "+1 used" (checkout) or a close
+		r.state.Store(stIdle)
+	}
+}
+
+func (r *connRecord) beginHold() {
+	if r.state.Load() == stUsed {
+		return
+	}
+	r.mark.Store(nil)
+	r.ctxWord.Store(0)
+	r.sticky.Store(stickyNone)
+	r.holdSeq.Add(1)
+	r.acquiredAt.Store(nanotime())
+	r.state.Store(stUsed)
+}
+
+func (r *connRecord) endHold() {
+	if r.state.Load() != stUsed {
+		return
+	}
+	now := nanotime()
+	held := now - r.acquiredAt.Load()
+	kind := r.kind()
+	r.state.Store(stNew) // between "-1 used" and "+1 idle" or close
+	r.blockDeadline.Store(0)
+	r.tr.holds.push(kindIndex(kind), held)
+	if rs := r.reportedSeq.Load(); rs != 0 && rs == r.holdSeq.Load() {
+		r.tr.noteReturned(r, held)
+	}
+}
+
+// onCheckout runs on the caller's goroutine with the caller's context.
+func (r *connRecord) onCheckout(ctx context.Context) {
+	if r.state.Load() != stUsed {
+		// the count callback may not have arrived yet on the dial path
+		r.beginHold()
+	}
+	r.checkouts.Add(1)
+	if m := markFrom(ctx); m != nil {
+		r.mark.Store(m)
+	}
+	r.ctxWord.Store(ctxIdentity(ctx))
+}
+
+// afterOperation runs on the caller's goroutine when a command or pipeline
+// ends. A connection still held by the same context then is a sticky hold
+// (Client.Conn, Watch): its acquisition site is captured now, once per hold.
+func (r *connRecord) afterOperation(ctx context.Context, cmdName string) {
+	if r.state.Load() != stUsed || r.pubsub.Load() || r.sticky.Load() != stickyNone {
+		return
+	}
+	switch cmdName {
+	case "hello", "auth", "select", "readonly", "client":
+		return // handshake commands (HELLO, AUTH, CLIENT SETINFO...) run on the
+		// caller's context; a Conn whose first command is one of these is
+		// recognised at its next command
+	}
+	if r.ctxWord.Load() != ctxIdentity(ctx) {
+		return
+	}
+	if cmdName == "watch" {
+		r.sticky.Store(stickyTx)
+	} else {
+		r.sticky.Store(stickyConn)
+	}
+	var pcs [maxStackDepth]uintptr
+	n := runtime.Callers(2, pcs[:r.tr.opts.StackDepth])
+	seq := r.holdSeq.Load()
+	r.mu.Lock()
+	r.sitePCs = append(r.sitePCs[:0], pcs[:n]...)
+	r.siteSeq = seq
+	r.mu.Unlock()
+}

@@ -1,0 +1,157 @@
+package redisleak
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+)
+
+// Connection states as the tracker sees them.
+const (
+	stNew    uint32 = iota // dialed, not yet in any pool state
+	stIdle                 // in the pool
+	stUsed                 // held: a hold is running
+	stClosed               // closed; the record is about to be dropped
+)
+
+// Hold kinds.
+const (
+	KindCommand  = "command"  // a single command (the connection returns when it ends)
+	KindPipeline = "pipeline" // a pipeline
+	KindTx       = "tx"       // a MULTI/EXEC pipeline or a Watch callback
+	KindConn     = "conn"     // a Client.Conn, from its first command until Close
+	KindPubSub   = "pubsub"   // a PubSub connection, for its life
+	KindBlocking = "blocking" // a blocking command (BLPOP, XREAD BLOCK, WAIT, ...)
+)
+
+var allKinds = []string{KindCommand, KindPipeline, KindTx, KindConn, KindPubSub, KindBlocking}
+
+func kindIndex(k string) int {
+	for i, x := range allKinds {
+		if x == k {
+			return i
+		}
+	}
+	return 0
+}
+
+// sticky marks recorded on a hold when it outlives the command that took it.
+const (
+	stickyNone uint32 = iota
+	stickyConn
+	stickyTx
+)
+
+// connRecord is the tracker's view of one dialed connection.
+type connRecord struct {
+	tr   *Tracker
+	id   uint64
+	conn *trackedConn // nil for a connection opened before the tracker (no wrapper)
+	addr string
+
+	// set at dial, read-only after
+	dialMark *mark
+	dialPCs  []uintptr
+
+	state      atomic.Uint32
+	pubsub     atomic.Bool
+	acquiredAt atomic.Int64 // nanotime of the current hold's start
+	holdSeq    atomic.Uint64
+	mark       atomic.Pointer[mark] // mark on the acquiring call's context
+	ctxWord    atomic.Uintptr       // identity of the acquiring context (data word)
+	sticky     atomic.Uint32
+	checkouts  atomic.Uint64
+
+	// blockDeadline: 0 no blocking command in flight; blockForever (-1):
+	// one with timeout 0; else the nanotime until which it is exempt.
+	blockDeadline atomic.Int64
+	writeErrs     atomic.Int64
+
+	poolName atomic.Pointer[string]
+
+	mu           sync.Mutex // guards the fields below
+	sitePCs      []uintptr  // acquisition stack captured for sticky holds
+	siteSeq      uint64     // holdSeq the sitePCs belong to
+	closedByUs   bool
+	lastReported Leak
+
+	// reportedSeq is the holdSeq reported as a leak (0: none).
+	reportedSeq atomic.Uint64
+}
+
+func (r *connRecord) pool() string {
+	if p := r.poolName.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+func (r *connRecord) setPool(name string) {
+	if r.poolName.Load() == nil && name != "" {
+		n := name
+		r.poolName.CompareAndSwap(nil, &n)
+	}
+}
+
+// noteWrite is called by the wrapper with every buffer go-redis writes.
+func (r *connRecord) noteWrite(b []byte) {
+	if d, ok := blockingTimeout(b); ok {
+		if d == blockForever {
+			r.blockDeadline.Store(int64(blockForever))
+		} else {
+			r.blockDeadline.Store(nanotime() + int64(d) + int64(r.tr.opts.BlockingGrace))
+		}
+		return
+	}
+	if r.blockDeadline.Load() != 0 {
+		r.blockDeadline.Store(0)
+	}
+}
+
+// ctxIdentity returns the data word of a context interface: equal for the
+// same context value, without comparing (possibly incomparable) dynamic values.
+func ctxIdentity(ctx context.Context) uintptr {
+	if ctx == nil {
+		return 0
+	}
+	return (*[2]uintptr)(unsafe.Pointer(&ctx))[1]
+}
+
+// kind classifies the current hold.
+func (r *connRecord) kind() string {
+	if r.pubsub.Load() {
+		return KindPubSub
+	}
+	if r.blockDeadline.Load() != 0 {
+		return KindBlocking
+	}
+	switch r.sticky.Load() {
+	case stickyTx:
+		return KindTx
+	case stickyConn:
+		return KindConn
+	}
+	if m := r.mark.Load(); m != nil {
+		if m.tx {
+			return KindTx
+		}
+		if m.pipeline {
+			return KindPipeline
+		}
+	}
+	return KindCommand
+}
+
+// basePoolName strips go-redis's pool suffixes: the three pools of one
+// client share the prefix "<addr>_<id>".
+func basePoolName(name string) string {
+	if s, ok := strings.CutSuffix(name, "_pubsub"); ok {
+		return s
+	}
+	if s, ok := strings.CutSuffix(name, "_pipeline"); ok {
+		return s
+	}
+	return name
+}

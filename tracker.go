@@ -1,0 +1,517 @@
+package redisleak
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/metric"
+)
+
+// Defaults of Options.
+const (
+	DefaultMaxHold       = 30 * time.Second
+	DefaultScanInterval  = 10 * time.Second
+	DefaultBlockingGrace = 10 * time.Second
+	DefaultRepeatWarning = time.Minute
+	maxStackDepth        = 64
+	defaultStackDepth    = 32
+)
+
+// LeakAction says what the tracker does about a detected leak besides
+// reporting it.
+type LeakAction int
+
+const (
+	// ActionWarn reports leaks (log, OnLeak, metrics) and does nothing else.
+	// The default.
+	ActionWarn LeakAction = iota
+	// ActionClose also closes the leaked connection's socket: the holder's
+	// next call on it fails with a network error and go-redis discards the
+	// connection instead of returning it to the pool, which frees the slot.
+	// With Options.CloseAbove > 0 a leak is closed only while its pool is
+	// more than that fraction in use. Connections opened before the tracker
+	// was attached (no wrapper) are never closed.
+	ActionClose
+)
+
+// Options configures a Tracker. The zero value works: every zero field takes
+// its documented default.
+type Options struct {
+	// MaxHold is how long a hold may last before it is a leak, unless it is
+	// long-lived. 0 means DefaultMaxHold (30s).
+	MaxHold time.Duration
+	// ScanInterval is the period of the background leak scan. 0 means
+	// DefaultScanInterval (10s).
+	ScanInterval time.Duration
+	// Logger receives leak warnings and follow-ups. nil means slog.Default().
+	Logger *slog.Logger
+	// OnLeak is called once for each newly detected leak, from the scanning
+	// goroutine (or the goroutine calling Scan). It must not block for long.
+	OnLeak func(Leak)
+
+	// KindMaxHold overrides MaxHold per hold kind (KindCommand, KindConn,
+	// KindTx, KindPipeline, KindBlocking, KindPubSub). A per-call threshold
+	// set with WithMaxHold takes precedence over both.
+	KindMaxHold map[string]time.Duration
+	// BlockingGrace is added to a blocking command's own timeout before its
+	// hold may count as a leak. 0 means DefaultBlockingGrace (10s, what
+	// go-redis itself waits beyond the timeout); smaller positive values
+	// are an error.
+	BlockingGrace time.Duration
+	// DisableRecognition turns off recognising long-lived holds by what they
+	// are (PubSub connections, blocking commands within their timeout):
+	// only WithLongLived marks exempt a hold. This reproduces a naive
+	// detector, for comparison.
+	DisableRecognition bool
+
+	// FullStacks adds the whole acquisition stack to each Leak (Leak.Stack).
+	FullStacks bool
+	// StackDepth bounds captured stacks, in frames. 0 means 32; at most 64.
+	StackDepth int
+
+	// Action is what happens to a leaked connection besides reporting it.
+	Action LeakAction
+	// CloseAbove, with ActionClose, closes leaks only while their pool's
+	// in-use share exceeds it (e.g. 0.8). 0 means always. Must be in [0, 1).
+	CloseAbove float64
+	// RepeatWarning is the minimum interval between reminders that reported
+	// leaks are still held. 0 means DefaultRepeatWarning (1m); negative
+	// turns reminders off.
+	RepeatWarning time.Duration
+
+	// MeterProvider provides the tracker's OpenTelemetry metrics. nil means
+	// the global provider (otel.GetMeterProvider()).
+	MeterProvider metric.MeterProvider
+	// ChainRecorder is a go-redis OTel recorder (redis.SetOTelRecorder) that
+	// should keep receiving every event: go-redis has one process-wide
+	// recorder slot, which the tracker takes. When the last tracker closes,
+	// this recorder is put back.
+	ChainRecorder redis.OTelRecorder
+	// HandlerShowSites includes acquisition sites (source paths) in the JSON
+	// of Handler. Off by default: they reveal source paths.
+	HandlerShowSites bool
+	// DisablePoolTimeoutDetail keeps go-redis's bare redis.ErrPoolTimeout
+	// instead of a *PoolTimeoutError that names the holders.
+	DisablePoolTimeoutDetail bool
+}
+
+func (o Options) normalize() (Options, error) {
+	var errs []error
+	if o.MaxHold < 0 {
+		errs = append(errs, fmt.Errorf("MaxHold %v is negative", o.MaxHold))
+	}
+	if o.ScanInterval < 0 {
+		errs = append(errs, fmt.Errorf("ScanInterval %v is negative", o.ScanInterval))
+	}
+	if o.BlockingGrace < 0 || (o.BlockingGrace > 0 && o.BlockingGrace < DefaultBlockingGrace) {
+		errs = append(errs, fmt.Errorf("BlockingGrace %v: must be 0 (default) or at least %v, what go-redis waits beyond a blocking timeout", o.BlockingGrace, DefaultBlockingGrace))
+	}
+	if o.StackDepth < 0 || o.StackDepth > maxStackDepth {
+		errs = append(errs, fmt.Errorf("StackDepth %d: must be 0..%d", o.StackDepth, maxStackDepth))
+	}
+	if o.Action != ActionWarn && o.Action != ActionClose {
+		errs = append(errs, fmt.Errorf("Action %d is unknown", o.Action))
+	}
+	if o.CloseAbove < 0 || o.CloseAbove >= 1 {
+		errs = append(errs, fmt.Errorf("CloseAbove %v: must be in [0, 1)", o.CloseAbove))
+	}
+	if o.CloseAbove > 0 && o.Action != ActionClose {
+		errs = append(errs, errors.New("CloseAbove is set but Action is not ActionClose"))
+	}
+	for k, v := range o.KindMaxHold {
+		if kindIndex(k) == 0 && k != KindCommand {
+			errs = append(errs, fmt.Errorf("KindMaxHold: unknown kind %q", k))
+		}
+		if v < 0 {
+			errs = append(errs, fmt.Errorf("KindMaxHold[%q] %v is negative", k, v))
+		}
+	}
+	if len(errs) > 0 {
+		return o, fmt.Errorf("redisleak: invalid options: %w", errors.Join(errs...))
+	}
+	if o.MaxHold == 0 {
+		o.MaxHold = DefaultMaxHold
+	}
+	if o.ScanInterval == 0 {
+		o.ScanInterval = DefaultScanInterval
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.BlockingGrace == 0 {
+		o.BlockingGrace = DefaultBlockingGrace
+	}
+	if o.StackDepth == 0 {
+		o.StackDepth = defaultStackDepth
+	}
+	if o.RepeatWarning == 0 {
+		o.RepeatWarning = DefaultRepeatWarning
+	}
+	return o, nil
+}
+
+// Observer modes, as named in Stats.ObserverMode.
+const (
+	// ModeObserver: go-redis's connection-state observer reaches the
+	// tracker; holds are exact per connection.
+	ModeObserver = "observer"
+	// ModeHooks: something replaced the observer (another
+	// redis.SetOTelRecorder call); the tracker sees only what hooks see:
+	// commands in flight, and pool counts from PoolStats.
+	ModeHooks = "hooks"
+)
+
+// Client kinds, as named in Stats.ClientKind.
+const (
+	ClientKindClient   = "client"
+	ClientKindFailover = "failover"
+	ClientKindCluster  = "cluster"
+	ClientKindRing     = "ring"
+)
+
+// Tracker tracks the connection holds of one go-redis client. It is safe for
+// concurrent use. Create it with Instrument; stop it with Close.
+type Tracker struct {
+	opts       Options
+	client     redis.UniversalClient
+	clientKind string
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	cancel    context.CancelFunc
+
+	mu      sync.Mutex
+	records map[*connRecord]struct{}
+	legacy  map[redis.ConnInfo]*connRecord
+	nodes   map[*redis.Client]struct{}
+	nextID  atomic.Uint64
+
+	// leak reporting state, guarded by scanMu
+	scanMu       sync.Mutex
+	lastReminder time.Time
+	mode         atomic.Pointer[string]
+	lastEvents   uint64
+	lastPoolOps  uint64
+	quietScans   int
+
+	leaksTotal    atomic.Uint64
+	closedLeaks   atomic.Uint64
+	poolTimeouts  atomic.Uint64
+	returnedNotes chan returnedNote
+
+	holds *holdRecorder
+	inflight
+	metrics *trackerMetrics
+	summary summaryCache
+}
+
+type returnedNote struct {
+	rec  *connRecord
+	held time.Duration
+	leak Leak
+}
+
+var errNilClient = errors.New("redisleak: Instrument: nil client")
+
+// Instrument attaches a tracker to rdb: a *redis.Client (failover clients
+// included), *redis.ClusterClient or *redis.Ring; anything else is an error.
+// Holds that start after Instrument returns are exact; connections opened
+// earlier are tracked from their next state change. The tracker cannot be
+// detached from the client: Close stops it and makes its hooks inert.
+func Instrument(rdb redis.UniversalClient, opts Options) (*Tracker, error) {
+	if rdb == nil {
+		return nil, errNilClient
+	}
+	o, err := opts.normalize()
+	if err != nil {
+		return nil, err
+	}
+	t := &Tracker{
+		opts:          o,
+		client:        rdb,
+		stop:          make(chan struct{}),
+		records:       make(map[*connRecord]struct{}),
+		legacy:        make(map[redis.ConnInfo]*connRecord),
+		nodes:         make(map[*redis.Client]struct{}),
+		returnedNotes: make(chan returnedNote, 256),
+		holds:         newHoldRecorder(),
+	}
+	mode := ModeObserver
+	t.mode.Store(&mode)
+	switch c := rdb.(type) {
+	case *redis.Client:
+		if c == nil {
+			return nil, errNilClient
+		}
+		t.clientKind = ClientKindClient
+		if c.Options().Addr == "FailoverClient" {
+			t.clientKind = ClientKindFailover
+		}
+	case *redis.ClusterClient:
+		if c == nil {
+			return nil, errNilClient
+		}
+		t.clientKind = ClientKindCluster
+	case *redis.Ring:
+		if c == nil {
+			return nil, errNilClient
+		}
+		t.clientKind = ClientKindRing
+	default:
+		return nil, fmt.Errorf("redisleak: Instrument: unsupported client type %T (want *redis.Client, *redis.ClusterClient or *redis.Ring)", rdb)
+	}
+	if err := disp.attach(t, o.ChainRecorder); err != nil {
+		return nil, err
+	}
+	t.metrics, err = newTrackerMetrics(t, o.MeterProvider)
+	if err != nil {
+		disp.detach(t)
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.cancel = cancel
+
+	switch c := rdb.(type) {
+	case *redis.Client:
+		t.attachNode(ctx, c, true)
+	case *redis.ClusterClient:
+		c.AddHook(&hook{t: t, top: true})
+		c.OnNewNode(func(n *redis.Client) { t.attachNode(ctx, n, false) })
+		t.wg.Add(1)
+		go func() {
+			// Reach nodes that exist already. ForEachShard may load the
+			// cluster state (network I/O), so it runs in the background;
+			// nodes it creates are announced through OnNewNode first.
+			defer t.wg.Done()
+			sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
+			defer scancel()
+			_ = c.ForEachShard(sctx, func(_ context.Context, n *redis.Client) error {
+				t.attachNode(ctx, n, false)
+				return nil
+			})
+		}()
+	case *redis.Ring:
+		c.AddHook(&hook{t: t, top: true})
+		c.OnNewNode(func(n *redis.Client) { t.attachNode(ctx, n, false) })
+		for _, n := range c.GetShardClients() {
+			t.attachNode(ctx, n, false)
+		}
+	}
+
+	t.wg.Add(2)
+	go t.scanLoop()
+	go t.flushLoop()
+	return t, nil
+}
+
+// attachNode adds the dial hook (and, for a plain client, the process hooks)
+// to a node client once.
+func (t *Tracker) attachNode(ctx context.Context, c *redis.Client, top bool) {
+	if t.closed.Load() || c == nil {
+		return
+	}
+	t.mu.Lock()
+	if _, ok := t.nodes[c]; ok {
+		t.mu.Unlock()
+		return
+	}
+	t.nodes[c] = struct{}{}
+	t.mu.Unlock()
+	c.AddHook(&hook{t: t, top: top, dial: true})
+	// Connections opened before the tracker: a probe checkout names the
+	// pool, so they are tracked from their next state change.
+	if c.PoolStats().TotalConns > 0 {
+		t.wg.Add(1)
+		go func() {
+			defer t.wg.Done()
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			pctx = context.WithValue(pctx, markKey{}, &mark{probe: t, longLived: true, owner: "redisleak:probe"})
+			_ = c.Ping(pctx).Err()
+		}()
+	}
+}
+
+// newRecord registers a freshly dialed connection.
+func (t *Tracker) newRecord(ctx context.Context, addr string) *connRecord {
+	r := &connRecord{tr: t, id: t.nextID.Add(1), addr: addr}
+	r.dialMark = markFrom(ctx)
+	var pcs [maxStackDepth]uintptr
+	n := runtime.Callers(3, pcs[:t.opts.StackDepth])
+	r.dialPCs = append([]uintptr(nil), pcs[:n]...)
+	t.mu.Lock()
+	t.records[r] = struct{}{}
+	t.mu.Unlock()
+	return r
+}
+
+// legacyRecord returns the record of a connection opened before the
+// tracker, creating it on its first event.
+func (t *Tracker) legacyRecord(cn redis.ConnInfo) *connRecord {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed.Load() {
+		return nil
+	}
+	r := t.legacy[cn]
+	if r == nil {
+		r = &connRecord{tr: t, id: t.nextID.Add(1)}
+		if a := cn.RemoteAddr(); a != nil {
+			r.addr = a.String()
+		}
+		t.legacy[cn] = r
+		t.records[r] = struct{}{}
+	}
+	return r
+}
+
+// dropRecord forgets a closed connection.
+func (t *Tracker) dropRecord(r *connRecord, cn redis.ConnInfo) {
+	if r.state.Load() == stUsed {
+		r.endHold()
+	}
+	r.state.Store(stClosed)
+	t.mu.Lock()
+	delete(t.records, r)
+	if cn != nil {
+		delete(t.legacy, cn)
+	}
+	t.mu.Unlock()
+}
+
+// snapshotRecords copies the record set.
+func (t *Tracker) snapshotRecords() []*connRecord {
+	t.mu.Lock()
+	out := make([]*connRecord, 0, len(t.records))
+	for r := range t.records {
+		out = append(out, r)
+	}
+	t.mu.Unlock()
+	return out
+}
+
+// noteReturned queues the follow-up for a reported leak that came back.
+// Called from the observer: never blocks.
+func (t *Tracker) noteReturned(r *connRecord, held int64) {
+	r.mu.Lock()
+	l := r.lastReported
+	r.mu.Unlock()
+	select {
+	case t.returnedNotes <- returnedNote{rec: r, held: time.Duration(held), leak: l}:
+	default:
+	}
+}
+
+func (t *Tracker) scanLoop() {
+	defer t.wg.Done()
+	tick := time.NewTicker(t.opts.ScanInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.stop:
+			return
+		case <-tick.C:
+			t.checkMode()
+			t.scan(true)
+		case n := <-t.returnedNotes:
+			t.logReturned(n)
+		}
+	}
+}
+
+func (t *Tracker) logReturned(n returnedNote) {
+	t.opts.Logger.Info("redisleak: connection previously reported as leaked was returned",
+		slog.Uint64("connId", n.leak.ConnID),
+		slog.String("kind", n.leak.Kind),
+		slog.String("owner", n.leak.Owner),
+		slog.String("site", n.leak.Site),
+		slog.Float64("heldForMs", float64(n.held)/float64(time.Millisecond)))
+}
+
+func (t *Tracker) flushLoop() {
+	defer t.wg.Done()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.stop:
+			t.holds.flush(t.metrics)
+			return
+		case <-tick.C:
+			t.holds.flush(t.metrics)
+		}
+	}
+}
+
+// Close stops the tracker: its goroutines end, its hooks go inert, and the
+// last tracker to close puts back the recorder it chained (or none).
+// Close is idempotent and safe to call concurrently; it always returns nil.
+func (t *Tracker) Close() error {
+	t.closeOnce.Do(func() {
+		t.closed.Store(true)
+		close(t.stop)
+		t.cancel()
+		t.wg.Wait()
+		disp.detach(t)
+		if t.metrics != nil {
+			t.metrics.close()
+		}
+		t.mu.Lock()
+		t.records = map[*connRecord]struct{}{}
+		t.legacy = map[redis.ConnInfo]*connRecord{}
+		t.mu.Unlock()
+	})
+	return nil
+}
+
+// Mode returns the observer mode: ModeObserver or ModeHooks.
+func (t *Tracker) Mode() string { return *t.mode.Load() }
+
+// checkMode notices a replaced observer: go-redis counted checkouts of this
+// client's pools since the last scan but the dispatcher saw none at all.
+func (t *Tracker) checkMode() {
+	t.scanMu.Lock()
+	defer t.scanMu.Unlock()
+	events := disp.events.Load()
+	ops := t.poolOps()
+	dEvents, dOps := events-t.lastEvents, ops-t.lastPoolOps
+	t.lastEvents, t.lastPoolOps = events, ops
+	cur := t.Mode()
+	switch {
+	case dOps > 0 && dEvents == 0 && cur == ModeObserver:
+		m := ModeHooks
+		t.mode.Store(&m)
+		t.opts.Logger.Warn("redisleak: go-redis's connection observer no longer reaches the tracker (redis.SetOTelRecorder was called by something else); falling back to hooks: only commands in flight are checked, Conn/Watch/PubSub holds are not. Chain your recorder through Options.ChainRecorder to avoid this.",
+			slog.Uint64("poolCheckouts", dOps))
+	case dEvents > 0 && cur == ModeHooks:
+		m := ModeObserver
+		t.mode.Store(&m)
+		t.opts.Logger.Info("redisleak: connection observer reaches the tracker again")
+	}
+}
+
+// poolOps sums go-redis's own checkout counters over the client's pools.
+func (t *Tracker) poolOps() uint64 {
+	var s *redis.PoolStats
+	switch c := t.client.(type) {
+	case *redis.Client:
+		s = c.PoolStats()
+	case *redis.ClusterClient:
+		s = c.PoolStats()
+	case *redis.Ring:
+		s = c.PoolStats()
+	}
+	if s == nil {
+		return 0
+	}
+	return uint64(s.Hits) + uint64(s.Misses)
+}

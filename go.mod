@@ -19,3 +19,5 @@ require (
 	go.uber.org/goleak v1.3.0 // indirect
 	golang.org/x/sys v0.48.0 // indirect
 )
+
+ignore ./bullmq_compat/interop/node_modules

@@ -1,0 +1,187 @@
+// Node BullMQ 6.7 peer for the Go interop tests and benchmarks of
+// github.com/redisleak/redisleak/bullmq_compat. Usage:
+//
+//   node peer.mjs <mode> <json params>
+//
+// params always has {host, port, queue, prefix?}. Every mode prints one JSON
+// line with its result on stdout (the "events" mode prints {"ready":true}
+// first) and exits 0; errors go to stderr with exit code 1.
+import { Queue, Worker, QueueEvents } from 'bullmq';
+import IORedis from 'ioredis';
+
+const [mode, raw] = process.argv.slice(2);
+const p = JSON.parse(raw || '{}');
+const prefix = p.prefix || 'bull';
+
+function conn() {
+  return new IORedis({ host: p.host, port: p.port, maxRetriesPerRequest: null });
+}
+
+function out(v) {
+  process.stdout.write(JSON.stringify(v) + '\n');
+}
+
+async function add() {
+  const c = conn();
+  const q = new Queue(p.queue, { connection: c, prefix });
+  const ids = [];
+  for (const j of p.jobs) {
+    const job = await q.add(j.name, j.data, j.opts || {});
+    ids.push(job.id);
+  }
+  await q.close();
+  c.disconnect();
+  out({ ids });
+}
+
+// work processes until `count` jobs finished (completed or failed for good).
+// A job whose data has {failTimes: n} throws on its first n attempts;
+// {sleepMs: n} waits first; the result is {echo: data, by: "node"}.
+async function work() {
+  const c = conn();
+  const seen = [];
+  let finished = 0;
+  let done;
+  const all = new Promise((r) => (done = r));
+  const w = new Worker(
+    p.queue,
+    async (job) => {
+      seen.push({ id: job.id, name: job.name, data: job.data, attemptsMade: job.attemptsMade, priority: job.priority });
+      if (job.data && job.data.sleepMs) await new Promise((r) => setTimeout(r, job.data.sleepMs));
+      if (job.data && job.data.failTimes && job.attemptsMade < job.data.failTimes) {
+        throw new Error(`node fails attempt ${job.attemptsMade + 1}`);
+      }
+      return { echo: job.data, by: 'node' };
+    },
+    { connection: c, prefix, concurrency: p.concurrency || 1, ...(p.workerOpts || {}) },
+  );
+  const finish = () => {
+    finished++;
+    if (finished >= p.count) done();
+  };
+  w.on('completed', finish);
+  w.on('failed', (job) => {
+    if (job && job.finishedOn) finish();
+  });
+  w.on('error', (e) => process.stderr.write(`worker error: ${e}\n`));
+  await all;
+  await w.close();
+  c.disconnect();
+  out({ seen });
+}
+
+async function counts() {
+  const c = conn();
+  const q = new Queue(p.queue, { connection: c, prefix });
+  const counts = await q.getJobCounts();
+  const completed = (await q.getCompleted()).map((j) => ({
+    id: j.id, name: j.name, data: j.data, returnvalue: j.returnvalue, attemptsMade: j.attemptsMade,
+    finishedOn: j.finishedOn, processedOn: j.processedOn,
+  }));
+  const failed = (await q.getFailed()).map((j) => ({
+    id: j.id, failedReason: j.failedReason, stacktrace: j.stacktrace, attemptsMade: j.attemptsMade,
+  }));
+  const workers = (await q.getWorkers()).map((w) => w.name);
+  const jobs = {};
+  for (const id of p.jobIds || []) {
+    const j = await q.getJob(id);
+    jobs[id] = j ? { name: j.name, data: j.data, opts: j.opts, progress: j.progress, returnvalue: j.returnvalue,
+      attemptsMade: j.attemptsMade, state: await j.getState(), delay: j.delay, priority: j.priority } : null;
+  }
+  await q.close();
+  c.disconnect();
+  out({ counts, completed, failed, workers, jobs });
+}
+
+// events collects events until it has seen `count` of the names in p.names.
+async function events() {
+  const c = conn();
+  const qe = new QueueEvents(p.queue, { connection: c, prefix });
+  const got = [];
+  let done;
+  const all = new Promise((r) => (done = r));
+  for (const name of p.names) {
+    qe.on(name, (args) => {
+      got.push({ event: name, ...args });
+      if (got.length >= p.count) done();
+    });
+  }
+  qe.on('error', (e) => process.stderr.write(`queue events error: ${e}\n`));
+  await qe.waitUntilReady();
+  // The XREAD loop starts asynchronously: wait until its connection blocks.
+  await new Promise((r) => setTimeout(r, 200));
+  out({ ready: true });
+  await all;
+  await qe.close();
+  c.disconnect();
+  out({ events: got });
+}
+
+async function pause() {
+  const c = conn();
+  const q = new Queue(p.queue, { connection: c, prefix });
+  if (p.resume) await q.resume(); else await q.pause();
+  if (p.globalConcurrency) await q.setGlobalConcurrency(p.globalConcurrency);
+  if (p.rateMax) await q.setGlobalRateLimit(p.rateMax, p.rateDuration);
+  await q.close();
+  c.disconnect();
+  out({ ok: true });
+}
+
+async function schedule() {
+  const c = conn();
+  const q = new Queue(p.queue, { connection: c, prefix });
+  const job = await q.upsertJobScheduler(p.id, p.repeat, p.template || {});
+  await q.close();
+  c.disconnect();
+  out({ id: job && job.id });
+}
+
+// benchWork times a worker with concurrency p.concurrency over p.count jobs
+// already in the queue (no-op handler).
+async function benchWork() {
+  const c = conn();
+  let finished = 0;
+  let done;
+  const all = new Promise((r) => (done = r));
+  const start = process.hrtime.bigint();
+  const w = new Worker(p.queue, async () => null, { connection: c, prefix, concurrency: p.concurrency || 8, removeOnComplete: p.removeOnComplete ?? undefined });
+  w.on('completed', () => {
+    finished++;
+    if (finished >= p.count) done();
+  });
+  await all;
+  const ns = Number(process.hrtime.bigint() - start);
+  await w.close();
+  c.disconnect();
+  out({ ns, count: finished });
+}
+
+// benchAdd times p.count sequential queue.add calls.
+async function benchAdd() {
+  const c = conn();
+  const q = new Queue(p.queue, { connection: c, prefix });
+  await q.waitUntilReady();
+  await q.add('warm', { i: -1 });
+  const start = process.hrtime.bigint();
+  for (let i = 0; i < p.count; i++) {
+    await q.add('bench', { i });
+  }
+  const ns = Number(process.hrtime.bigint() - start);
+  await q.close();
+  c.disconnect();
+  out({ ns, count: p.count });
+}
+
+const modes = { add, work, counts, events, pause, schedule, benchWork, benchAdd };
+if (!modes[mode]) {
+  process.stderr.write(`unknown mode ${mode}\n`);
+  process.exit(2);
+}
+modes[mode]().then(
+  () => process.exit(0),
+  (e) => {
+    process.stderr.write(String((e && e.stack) || e) + '\n');
+    process.exit(1);
+  },
+);

@@ -1,0 +1,472 @@
+package bullmq
+
+import "github.com/redis/go-redis/v9"
+
+// The scripts below are this package's own. They keep BullMQ 6.7's Redis
+// layout (keys, hash fields, scores, markers, stream events) so that Node
+// producers, workers and QueueEvents interoperate with them; see
+// ../shared/docs/bullmq-protocol.md. Every script gets all queue keys in
+// KEYS (in the order of the k* constants) and the job key prefix in
+// ARGV[1]. Arguments are plain strings, so the scripts also run on
+// miniredis (no cmsgpack). Numbers that go back to Redis are formatted with
+// %.0f: Lua's default number formatting keeps only 14 digits, too few for
+// delayed scores (due ms * 4096) and priority scores (priority * 2^32).
+
+const luaPrelude = `
+local rcall = redis.call
+local K = {
+  wait = KEYS[1], active = KEYS[2], prioritized = KEYS[3], delayed = KEYS[4],
+  meta = KEYS[5], id = KEYS[6], events = KEYS[7], marker = KEYS[8], pc = KEYS[9],
+  stalled = KEYS[10], limiter = KEYS[11], completed = KEYS[12], failed = KEYS[13],
+  stalledCheck = KEYS[14], paused = KEYS[15], rep = KEYS[16]
+}
+local P = ARGV[1]
+
+local function num(x) return string.format("%.0f", x) end
+
+local function maxEvents()
+  local n = rcall("HGET", K.meta, "opts.maxLenEvents")
+  if not n then
+    n = 10000
+    rcall("HSET", K.meta, "opts.maxLenEvents", n)
+  end
+  return tonumber(n)
+end
+
+local function isPausedOrMaxed()
+  local m = rcall("HMGET", K.meta, "paused", "concurrency")
+  if m[1] then return true end
+  if m[2] and rcall("LLEN", K.active) >= tonumber(m[2]) then return true end
+  return false
+end
+
+local function markReady()
+  if not isPausedOrMaxed() then rcall("ZADD", K.marker, 0, "0") end
+end
+
+local function nextDelayedDue()
+  local r = rcall("ZRANGE", K.delayed, 0, 0, "WITHSCORES")
+  if r[2] then return math.floor(tonumber(r[2]) / 4096) end
+  return nil
+end
+
+local function markDelayed()
+  local t = nextDelayedDue()
+  if t then rcall("ZADD", K.marker, num(t), "1") end
+end
+
+local function priorityScore(priority)
+  local c = rcall("INCR", K.pc)
+  return num(priority * 4294967296 + (c % 4294967296))
+end
+
+-- enqueue puts a ready job into wait (priority 0) or prioritized.
+-- front: the processing end of wait (RPUSH).
+local function enqueue(id, priority, front)
+  if priority > 0 then
+    rcall("ZADD", K.prioritized, priorityScore(priority), id)
+  elseif front then
+    rcall("RPUSH", K.wait, id)
+  else
+    rcall("LPUSH", K.wait, id)
+  end
+end
+
+local function delayedScore(due)
+  local lo = due * 4096
+  local hi = (due + 1) * 4096 - 1
+  local r = rcall("ZREVRANGEBYSCORE", K.delayed, num(hi), num(lo), "WITHSCORES", "LIMIT", 0, 1)
+  if r[2] then
+    local cur = tonumber(r[2])
+    if cur >= hi then return hi end
+    return cur + 1
+  end
+  return lo
+end
+
+local function promoteDelayed(now)
+  local ids = rcall("ZRANGEBYSCORE", K.delayed, 0, num((now + 1) * 4096 - 1), "LIMIT", 0, 1000)
+  if #ids == 0 then return end
+  rcall("ZREM", K.delayed, unpack(ids))
+  for _, id in ipairs(ids) do
+    local jk = P .. id
+    local pr = tonumber(rcall("HGET", jk, "priority")) or 0
+    enqueue(id, pr, false)
+    rcall("XADD", K.events, "*", "event", "waiting", "jobId", id, "prev", "delayed")
+    rcall("HSET", jk, "delay", 0)
+  end
+  markReady()
+end
+
+local function jobOpts(jk)
+  local raw = rcall("HGET", jk, "opts")
+  if raw then
+    local ok, o = pcall(cjson.decode, raw)
+    if ok and type(o) == "table" then return o end
+  end
+  return {}
+end
+
+local function removeJobKeys(jk)
+  rcall("DEL", jk, jk .. ":logs", jk .. ":dependencies", jk .. ":processed",
+    jk .. ":failed", jk .. ":unsuccessful", jk .. ":lock")
+end
+
+-- checkLock: 0 when token owns the job (and releases the lock), else -2/-6.
+local function releaseLock(jk, id, token)
+  if token == "0" then return 0 end
+  local lk = jk .. ":lock"
+  local cur = rcall("GET", lk)
+  if not cur then return -2 end
+  if cur ~= token then return -6 end
+  rcall("DEL", lk)
+  rcall("SREM", K.stalled, id)
+  return 0
+end
+
+-- fetch moves the next job into active: {fields, id, limitDelay, delayUntil}.
+local function fetch(now, token, lockMs, limMax, limDur, worker)
+  promoteDelayed(now)
+  local m = rcall("HMGET", K.meta, "paused", "concurrency", "max", "duration")
+  local max = tonumber(m[3]) or limMax
+  local dur = tonumber(m[4]) or limDur
+  if max > 0 then
+    local n = tonumber(rcall("GET", K.limiter) or "0")
+    if n >= max then
+      local ttl = rcall("PTTL", K.limiter)
+      if ttl > 0 then return {0, 0, ttl, 0} end
+    end
+  end
+  if m[1] then return {0, 0, 0, 0} end
+  if m[2] and rcall("LLEN", K.active) >= tonumber(m[2]) then return {0, 0, 0, 0} end
+  local id = rcall("RPOPLPUSH", K.wait, K.active)
+  if not id then
+    local z = rcall("ZPOPMIN", K.prioritized)
+    if z[1] then
+      id = z[1]
+      rcall("LPUSH", K.active, id)
+    else
+      rcall("DEL", K.pc)
+    end
+  end
+  if id and string.sub(id, 1, 2) == "0:" then
+    -- a legacy marker entry: discard it, as Node does
+    rcall("LREM", K.active, 1, id)
+    id = nil
+  end
+  if not id then
+    return {0, 0, 0, nextDelayedDue() or 0}
+  end
+  local jk = P .. id
+  if max > 0 and rcall("HEXISTS", jk, "defa") == 0 then
+    local n = rcall("INCR", K.limiter)
+    if n == 1 then
+      local d = limDur
+      if d <= 0 then d = dur end
+      if d > 0 then rcall("PEXPIRE", K.limiter, d) end
+    end
+  end
+  if token ~= "0" then rcall("SET", jk .. ":lock", token, "PX", lockMs) end
+  rcall("XADD", K.events, "*", "event", "active", "jobId", id, "prev", "waiting")
+  if worker ~= "" then
+    rcall("HSET", jk, "processedOn", now, "pb", worker)
+  else
+    rcall("HSET", jk, "processedOn", now)
+  end
+  rcall("HINCRBY", jk, "ats", 1)
+  rcall("ZADD", K.marker, 0, "0")
+  return {rcall("HGETALL", jk), id, 0, 0}
+end
+`
+
+// addScript adds one or more jobs atomically. ARGV[2] = maxDepth,
+// ARGV[3] = number of jobs, then 8 arguments per job: customId, name, data,
+// opts, timestamp, delay, priority, lifo ("1"/""). Returns {2} when the jobs
+// do not fit under maxDepth (nothing written), else {code, id, ...} per job:
+// code 0 added, 1 duplicate custom id (nothing written).
+var addScript = redis.NewScript(luaPrelude + `
+local maxDepth, count = tonumber(ARGV[2]), tonumber(ARGV[3])
+if maxDepth > 0 then
+  local depth = rcall("LLEN", K.wait) + rcall("ZCARD", K.prioritized) + rcall("ZCARD", K.delayed)
+  if depth + count > maxDepth then return {2} end
+end
+local maxEv = maxEvents()
+local out = {}
+for j = 0, count - 1 do
+  local a = 4 + j * 8
+  local customId, name, data, opts = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local ts, delay, priority = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
+  local lifo = ARGV[a + 7] == "1"
+  local n = rcall("INCR", K.id)
+  local id = customId
+  if id == "" then id = num(n) end
+  local jk = P .. id
+  if customId ~= "" and rcall("EXISTS", jk) == 1 then
+    rcall("XADD", K.events, "MAXLEN", "~", maxEv, "*", "event", "duplicated", "jobId", id)
+    out[#out + 1] = 1
+    out[#out + 1] = id
+  else
+    rcall("HMSET", jk, "name", name, "data", data, "opts", opts, "timestamp", ARGV[a + 4],
+      "delay", ARGV[a + 5], "priority", ARGV[a + 6])
+    rcall("XADD", K.events, "*", "event", "added", "jobId", id, "name", name)
+    if delay > 0 then
+      local due = ts + delay
+      rcall("ZADD", K.delayed, num(delayedScore(due)), id)
+      rcall("XADD", K.events, "MAXLEN", "~", maxEv, "*", "event", "delayed", "jobId", id, "delay", num(due))
+      markDelayed()
+    else
+      if priority > 0 then
+        rcall("ZADD", K.prioritized, priorityScore(priority), id)
+      elseif lifo then
+        rcall("RPUSH", K.wait, id)
+      else
+        rcall("LPUSH", K.wait, id)
+      end
+      markReady()
+      rcall("XADD", K.events, "MAXLEN", "~", maxEv, "*", "event", "waiting", "jobId", id)
+    end
+    out[#out + 1] = 0
+    out[#out + 1] = id
+  end
+end
+return out
+`)
+
+// fetchScript: ARGV[2..] = now, token, lockMs, limiterMax, limiterDurationMs, workerName.
+var fetchScript = redis.NewScript(luaPrelude + `
+return fetch(tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7])
+`)
+
+// finishScript: ARGV[2..] = id, token, now, target ("completed"/"failed"),
+// value (returnvalue JSON or failedReason), stacktrace JSON ("" to leave),
+// worker keep policy JSON ("" for none), fetchNext ("1"/""), then the fetch
+// arguments: nextToken, lockMs, limiterMax, limiterDurationMs, workerName.
+// Returns a negative code, 0, or the fetch result.
+var finishScript = redis.NewScript(luaPrelude + `
+local id, token, now, target, value, st, keepDefault = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local jk = P .. id
+if rcall("EXISTS", jk) == 0 then return -1 end
+local rc = releaseLock(jk, id, token)
+if rc ~= 0 then return rc end
+local failed = target == "failed"
+if failed then
+  if st ~= "" then
+    rcall("HSET", jk, "failedReason", value, "stacktrace", st)
+  else
+    rcall("HSET", jk, "failedReason", value)
+  end
+end
+if rcall("LREM", K.active, -1, id) == 0 then return -3 end
+local maxEv = maxEvents()
+rcall("XTRIM", K.events, "MAXLEN", "~", maxEv)
+local deid = rcall("HGET", jk, "deid")
+if deid then
+  local dk = P .. "de:" .. deid
+  if rcall("GET", dk) == id then rcall("DEL", dk) end
+end
+local atm = rcall("HINCRBY", jk, "atm", 1)
+local opts = jobOpts(jk)
+local keep
+if failed then keep = opts["removeOnFail"] else keep = opts["removeOnComplete"] end
+if keep == nil and keepDefault ~= "" then keep = cjson.decode(keepDefault) end
+local set = K.completed
+if failed then set = K.failed end
+
+local function removeIds(ids)
+  for _, rid in ipairs(ids) do removeJobKeys(P .. rid) end
+end
+local removeNow = keep == true or (type(keep) == "number" and keep <= 0) or
+  (type(keep) == "table" and keep["count"] == 0)
+if removeNow then
+  removeJobKeys(jk)
+else
+  rcall("ZADD", set, now, id)
+  if failed then
+    rcall("HSET", jk, "failedReason", value, "finishedOn", now)
+    rcall("HDEL", jk, "defa")
+  else
+    rcall("HSET", jk, "returnvalue", value, "finishedOn", now)
+  end
+  local count, age, limit
+  if type(keep) == "number" then count = keep end
+  if type(keep) == "table" then
+    count = tonumber(keep["count"])
+    age = tonumber(keep["age"])
+    limit = tonumber(keep["limit"])
+  end
+  if age and age > 0 then
+    local ids = rcall("ZRANGEBYSCORE", set, "-inf", num(tonumber(now) - age * 1000), "LIMIT", 0, limit or 1000)
+    if #ids > 0 then
+      removeIds(ids)
+      rcall("ZREM", set, unpack(ids))
+    end
+  end
+  if count and count > 0 then
+    local ids = rcall("ZREVRANGE", set, count, -1)
+    if #ids > 0 then
+      removeIds(ids)
+      rcall("ZREMRANGEBYRANK", set, 0, -(count + 1))
+    end
+  end
+end
+if failed then
+  rcall("XADD", K.events, "*", "event", "failed", "jobId", id, "failedReason", value, "prev", "active")
+  if atm >= (tonumber(opts["attempts"]) or 0) then
+    rcall("XADD", K.events, "*", "event", "retries-exhausted", "jobId", id, "attemptsMade", atm)
+  end
+else
+  rcall("XADD", K.events, "*", "event", "completed", "jobId", id, "returnvalue", value, "prev", "active")
+end
+if ARGV[9] == "1" then
+  local r = fetch(tonumber(now), ARGV[10], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13]), ARGV[14])
+  if r[2] ~= 0 or r[3] ~= 0 or r[4] ~= 0 then return r end
+end
+if rcall("LLEN", K.wait) == 0 and rcall("LLEN", K.active) == 0 and rcall("ZCARD", K.prioritized) == 0 then
+  rcall("XADD", K.events, "*", "event", "drained")
+end
+return 0
+`)
+
+// retryScript: ARGV[2..] = id, token, now, backoffMs, failedReason, stacktrace JSON.
+var retryScript = redis.NewScript(luaPrelude + `
+local id, token, now, backoff = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local jk = P .. id
+if rcall("EXISTS", jk) == 0 then return -1 end
+local rc = releaseLock(jk, id, token)
+if rc ~= 0 then return rc end
+rcall("HSET", jk, "failedReason", ARGV[6], "stacktrace", ARGV[7])
+if rcall("LREM", K.active, -1, id) == 0 then return -3 end
+rcall("HINCRBY", jk, "atm", 1)
+local maxEv = maxEvents()
+if backoff > 0 then
+  local due = now + backoff
+  rcall("HSET", jk, "delay", ARGV[5])
+  rcall("ZADD", K.delayed, num(delayedScore(due)), id)
+  rcall("XADD", K.events, "MAXLEN", "~", maxEv, "*", "event", "delayed", "jobId", id, "delay", num(due))
+  markDelayed()
+else
+  promoteDelayed(now)
+  local pr = tonumber(rcall("HGET", jk, "priority")) or 0
+  local opts = jobOpts(jk)
+  if pr == 0 and opts["lifo"] == true then
+    rcall("RPUSH", K.wait, id)
+  else
+    enqueue(id, pr, false)
+  end
+  markReady()
+  rcall("XADD", K.events, "MAXLEN", "~", maxEv, "*", "event", "waiting", "jobId", id, "prev", "active")
+end
+return 0
+`)
+
+// requeueScript gives an unfinished job back (a worker shutting down):
+// ARGV[2..] = id, token. The job goes to the processing end of wait.
+var requeueScript = redis.NewScript(luaPrelude + `
+local id, token = ARGV[2], ARGV[3]
+local jk = P .. id
+if rcall("EXISTS", jk) == 0 then return -1 end
+local rc = releaseLock(jk, id, token)
+if rc ~= 0 then return rc end
+if rcall("LREM", K.active, -1, id) == 0 then return -3 end
+local pr = tonumber(rcall("HGET", jk, "priority")) or 0
+enqueue(id, pr, true)
+markReady()
+rcall("XADD", K.events, "MAXLEN", "~", maxEvents(), "*", "event", "waiting", "jobId", id, "prev", "active")
+return 0
+`)
+
+// extendLocksScript: ARGV[2] = lockMs, then id, token pairs. Returns the
+// ids whose lock was not ours any more.
+var extendLocksScript = redis.NewScript(luaPrelude + `
+local failed = {}
+for i = 3, #ARGV, 2 do
+  local id, tok = ARGV[i], ARGV[i + 1]
+  local lk = P .. id .. ":lock"
+  if rcall("GET", lk) == tok then
+    rcall("SET", lk, tok, "PX", ARGV[2])
+    rcall("SREM", K.stalled, id)
+  else
+    failed[#failed + 1] = id
+  end
+end
+return failed
+`)
+
+// stalledScript: ARGV[2..] = maxStalledCount, now, stalledIntervalMs.
+// Returns the ids moved back to wait.
+var stalledScript = redis.NewScript(luaPrelude + `
+local maxStalled, now, interval = tonumber(ARGV[2]), ARGV[3], ARGV[4]
+if rcall("EXISTS", K.stalledCheck) == 1 then return {} end
+rcall("SET", K.stalledCheck, now, "PX", interval)
+rcall("XTRIM", K.events, "MAXLEN", "~", maxEvents())
+local out = {}
+local ids = rcall("SMEMBERS", K.stalled)
+if #ids > 0 then
+  rcall("DEL", K.stalled)
+  for _, id in ipairs(ids) do
+    local jk = P .. id
+    if rcall("EXISTS", jk .. ":lock") == 0 and rcall("LREM", K.active, 1, id) > 0 then
+      if rcall("EXISTS", jk) == 1 then
+        local stc = rcall("HINCRBY", jk, "stc", 1)
+        if stc > maxStalled then
+          local rjk = rcall("HGET", jk, "rjk")
+          local scheduled = rjk and (rcall("EXISTS", P .. "repeat:" .. rjk) == 1 or rcall("ZSCORE", K.rep, rjk))
+          if not scheduled then
+            rcall("HSET", jk, "defa", "job stalled more than allowable limit")
+          end
+        end
+        rcall("RPUSH", K.wait, id)
+        markReady()
+        rcall("XADD", K.events, "*", "event", "waiting", "jobId", id, "prev", "active")
+        rcall("XADD", K.events, "*", "event", "stalled", "jobId", id)
+        out[#out + 1] = id
+      end
+    end
+  end
+end
+local active = rcall("LRANGE", K.active, 0, -1)
+for i = 1, #active, 1000 do
+  rcall("SADD", K.stalled, unpack(active, i, math.min(i + 999, #active)))
+end
+return out
+`)
+
+// pauseScript: ARGV[2] = "pause" or "resume".
+var pauseScript = redis.NewScript(luaPrelude + `
+if ARGV[2] == "pause" then
+  rcall("HSET", K.meta, "paused", 1)
+  rcall("DEL", K.marker)
+  rcall("XADD", K.events, "MAXLEN", "~", maxEvents(), "*", "event", "paused")
+  return 0
+end
+rcall("HDEL", K.meta, "paused")
+while true do
+  local id = rcall("LPOP", K.paused)
+  if not id then break end
+  rcall("RPUSH", K.wait, id)
+end
+if rcall("LLEN", K.wait) + rcall("ZCARD", K.prioritized) > 0 then
+  rcall("ZADD", K.marker, 0, "0")
+else
+  markDelayed()
+end
+rcall("XADD", K.events, "MAXLEN", "~", maxEvents(), "*", "event", "resumed")
+return 0
+`)
+
+// progressScript: ARGV[2..] = id, progress JSON.
+var progressScript = redis.NewScript(luaPrelude + `
+local jk = P .. ARGV[2]
+if rcall("EXISTS", jk) == 0 then return -1 end
+rcall("HSET", jk, "progress", ARGV[3])
+rcall("XADD", K.events, "MAXLEN", "~", maxEvents(), "*", "event", "progress", "jobId", ARGV[2], "data", ARGV[3])
+return 0
+`)
+
+// countsScript returns {wait, prioritized, delayed, active, completed, failed, paused(0/1)}.
+var countsScript = redis.NewScript(luaPrelude + `
+local paused = 0
+if rcall("HEXISTS", K.meta, "paused") == 1 then paused = 1 end
+return {rcall("LLEN", K.wait) + rcall("LLEN", K.paused), rcall("ZCARD", K.prioritized), rcall("ZCARD", K.delayed),
+  rcall("LLEN", K.active), rcall("ZCARD", K.completed), rcall("ZCARD", K.failed), paused}
+`)

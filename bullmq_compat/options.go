@@ -1,0 +1,401 @@
+package bullmq
+
+import (
+	"encoding/json"
+	"math"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// MaxPriority is the highest job priority BullMQ accepts (2^21-1).
+// Priority 1 runs first; 0 means no priority (the job goes to the plain
+// wait list, ahead of every prioritized job).
+const MaxPriority = 1<<21 - 1
+
+// Backoff is the delay policy between the attempts of a failing job.
+type Backoff struct {
+	// Type is "fixed" or "exponential". Empty with a Delay means "fixed",
+	// as in Node, where a numeric backoff becomes {type: "fixed"}.
+	Type string
+	// Delay is the fixed delay, or the base of the exponential one:
+	// attempt n waits round(2^(n-1) * Delay). Millisecond resolution.
+	Delay time.Duration
+	// Jitter in [0, 1] randomizes the delay d to [d*(1-Jitter), d).
+	Jitter float64
+}
+
+func (b Backoff) isZero() bool { return b.Type == "" && b.Delay == 0 && b.Jitter == 0 }
+
+// KeepJobs is a retention policy for finished jobs (removeOnComplete /
+// removeOnFail). Use RemoveJob, KeepAll, KeepLast or KeepFor to build one;
+// a nil *KeepJobs leaves the decision to the worker's option (and, when that
+// is nil too, keeps every job, as Node does).
+type KeepJobs struct {
+	// Count keeps the newest Count finished jobs; 0 with Age 0 removes the
+	// job at once; a negative Count (with Age 0) keeps all.
+	Count int
+	// Age removes finished jobs older than Age (second resolution).
+	Age time.Duration
+	// Limit caps how many jobs one finish removes by age (0: Node's 1000).
+	Limit int
+}
+
+// RemoveJob returns a policy that deletes the job as soon as it finishes
+// (Node's `true`).
+func RemoveJob() *KeepJobs { return &KeepJobs{} }
+
+// KeepAll returns a policy that keeps every finished job (Node's `false`).
+func KeepAll() *KeepJobs { return &KeepJobs{Count: -1} }
+
+// KeepLast returns a policy that keeps the newest n finished jobs.
+func KeepLast(n int) *KeepJobs {
+	if n < 0 {
+		n = 0
+	}
+	return &KeepJobs{Count: n}
+}
+
+// KeepFor returns a policy that keeps finished jobs for d.
+func KeepFor(d time.Duration) *KeepJobs { return &KeepJobs{Count: -1, Age: d} }
+
+// MarshalJSON encodes the policy the way Node stores it in a job's opts:
+// true, false, a number, or {age, count, limit}.
+func (k KeepJobs) MarshalJSON() ([]byte, error) {
+	if k.Age <= 0 {
+		switch {
+		case k.Count == 0:
+			return []byte("true"), nil
+		case k.Count < 0:
+			return []byte("false"), nil
+		default:
+			return []byte(strconv.Itoa(k.Count)), nil
+		}
+	}
+	m := map[string]any{"age": int64(math.Ceil(k.Age.Seconds()))}
+	if k.Count >= 0 {
+		m["count"] = k.Count
+	}
+	if k.Limit > 0 {
+		m["limit"] = k.Limit
+	}
+	return json.Marshal(m)
+}
+
+func (k *KeepJobs) validate(field string) error {
+	if k == nil {
+		return nil
+	}
+	if k.Age < 0 {
+		return invalidf("%s: negative Age %v", field, k.Age)
+	}
+	if k.Limit < 0 {
+		return invalidf("%s: negative Limit %d", field, k.Limit)
+	}
+	return nil
+}
+
+// JobOptions are the options of one job. The zero value adds a plain job
+// that is attempted once and kept after it finishes.
+type JobOptions struct {
+	// Delay postpones the job: it waits in the delayed set until then.
+	// Millisecond resolution; negative is an error.
+	Delay time.Duration
+	// Priority 1..MaxPriority puts the job in the prioritized set (1 runs
+	// first); 0 means none.
+	Priority int
+	// Attempts is how many times the job is tried in all (0 and 1: once).
+	Attempts int
+	// Backoff is the delay between attempts.
+	Backoff Backoff
+	// JobID is a custom id. Adding a job whose id already exists writes
+	// nothing and returns the existing id (Node's duplicate rule).
+	JobID string
+	// LIFO puts a plain job at the processing end of the wait list.
+	LIFO bool
+	// RemoveOnComplete and RemoveOnFail override the worker's retention
+	// policy for this job.
+	RemoveOnComplete *KeepJobs
+	RemoveOnFail     *KeepJobs
+	// StackTraceLimit keeps only the last n stack traces of failed attempts
+	// (0: unlimited, as in Node when unset).
+	StackTraceLimit int
+	// Timestamp is the job's creation time (zero: now).
+	Timestamp time.Time
+}
+
+func (o *JobOptions) validate() error {
+	if o.Delay < 0 {
+		return invalidf("negative Delay %v", o.Delay)
+	}
+	if o.Priority < 0 || o.Priority > MaxPriority {
+		return invalidf("Priority %d outside 0..%d", o.Priority, MaxPriority)
+	}
+	if o.Attempts < 0 {
+		return invalidf("negative Attempts %d", o.Attempts)
+	}
+	switch o.Backoff.Type {
+	case "", "fixed", "exponential":
+	default:
+		return invalidf("Backoff.Type %q (want \"fixed\" or \"exponential\")", o.Backoff.Type)
+	}
+	if o.Backoff.Delay < 0 {
+		return invalidf("negative Backoff.Delay %v", o.Backoff.Delay)
+	}
+	if o.Backoff.Jitter < 0 || o.Backoff.Jitter > 1 || math.IsNaN(o.Backoff.Jitter) {
+		return invalidf("Backoff.Jitter %v outside [0, 1]", o.Backoff.Jitter)
+	}
+	if o.StackTraceLimit < 0 {
+		return invalidf("negative StackTraceLimit %d", o.StackTraceLimit)
+	}
+	if err := o.RemoveOnComplete.validate("RemoveOnComplete"); err != nil {
+		return err
+	}
+	if err := o.RemoveOnFail.validate("RemoveOnFail"); err != nil {
+		return err
+	}
+	if o.JobID != "" {
+		if err := ValidateJobID(o.JobID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// storedOpts is the JSON shape of a job's opts, as Node reads it.
+type storedOpts struct {
+	Attempts         int             `json:"attempts"`
+	Delay            int64           `json:"delay,omitempty"`
+	Priority         int             `json:"priority,omitempty"`
+	Backoff          *storedBackoff  `json:"backoff,omitempty"`
+	JobID            string          `json:"jobId,omitempty"`
+	LIFO             bool            `json:"lifo,omitempty"`
+	RemoveOnComplete json.RawMessage `json:"removeOnComplete,omitempty"`
+	RemoveOnFail     json.RawMessage `json:"removeOnFail,omitempty"`
+	StackTraceLimit  *int            `json:"stackTraceLimit,omitempty"`
+	Timestamp        int64           `json:"timestamp,omitempty"`
+	// Repeat is only read (jobs of Node job schedulers).
+	Repeat json.RawMessage `json:"repeat,omitempty"`
+}
+
+type storedBackoff struct {
+	Type   string  `json:"type"`
+	Delay  int64   `json:"delay"`
+	Jitter float64 `json:"jitter,omitempty"`
+}
+
+func (o *JobOptions) encode(ts int64) ([]byte, error) {
+	s := storedOpts{
+		Attempts: o.Attempts,
+		Delay:    o.Delay.Milliseconds(),
+		Priority: o.Priority,
+		JobID:    o.JobID,
+		LIFO:     o.LIFO,
+	}
+	if !o.Backoff.isZero() {
+		t := o.Backoff.Type
+		if t == "" {
+			t = "fixed"
+		}
+		s.Backoff = &storedBackoff{Type: t, Delay: o.Backoff.Delay.Milliseconds(), Jitter: o.Backoff.Jitter}
+	}
+	if !o.Timestamp.IsZero() {
+		s.Timestamp = ts
+	}
+	if o.StackTraceLimit > 0 {
+		n := o.StackTraceLimit
+		s.StackTraceLimit = &n
+	}
+	var err error
+	if o.RemoveOnComplete != nil {
+		if s.RemoveOnComplete, err = json.Marshal(o.RemoveOnComplete); err != nil {
+			return nil, err
+		}
+	}
+	if o.RemoveOnFail != nil {
+		if s.RemoveOnFail, err = json.Marshal(o.RemoveOnFail); err != nil {
+			return nil, err
+		}
+	}
+	return json.Marshal(s)
+}
+
+// backoffDelay computes the delay before attempt n (1-based count of
+// attempts made so far), as Node's built-in strategies do. ok is false for
+// an unknown strategy.
+func (b storedBackoff) delayFor(n int) (d time.Duration, ok bool) {
+	var ms float64
+	switch b.Type {
+	case "fixed", "":
+		ms = float64(b.Delay)
+	case "exponential":
+		ms = math.Round(math.Pow(2, float64(n-1)) * float64(b.Delay))
+	default:
+		return 0, false
+	}
+	if b.Jitter > 0 && ms > 0 {
+		lo := ms * (1 - b.Jitter)
+		ms = math.Floor(lo + rand.Float64()*(ms-lo))
+	}
+	return time.Duration(ms) * time.Millisecond, true
+}
+
+// ValidateJobID reports whether Node's BullMQ accepts id as a custom job id.
+// It returns an error wrapping ErrInvalidJobID for "0", ids starting with
+// "0:", integer-like ids (where JavaScript's parseInt gives back the same
+// string) and ids with ':' that do not split into exactly three parts.
+func ValidateJobID(id string) error {
+	switch {
+	case id == "":
+		return nil
+	case id == "0" || strings.HasPrefix(id, "0:"):
+		return jobIDError(id, "reserved")
+	case integerLike(id):
+		return jobIDError(id, "integer-like ids are reserved for generated ids")
+	case strings.Contains(id, ":") && len(strings.Split(id, ":")) != 3:
+		return jobIDError(id, "an id with ':' must have exactly three parts")
+	}
+	return nil
+}
+
+func jobIDError(id, why string) error {
+	return &jobIDErr{id: id, why: why}
+}
+
+type jobIDErr struct{ id, why string }
+
+func (e *jobIDErr) Error() string {
+	return "bullmq: invalid job id " + strconv.Quote(e.id) + ": " + e.why
+}
+func (e *jobIDErr) Unwrap() error { return ErrInvalidJobID }
+
+// integerLike mirrors Node's check String(parseInt(id, 10)) === id.
+func integerLike(id string) bool {
+	s := strings.TrimPrefix(id, "-")
+	if s == "" {
+		return false
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	v, err := strconv.ParseFloat(id, 64)
+	if err != nil || math.IsInf(v, 0) || math.Abs(v) >= 1e21 {
+		return false
+	}
+	if v == 0 {
+		return id == "0"
+	}
+	return strconv.FormatFloat(v, 'f', -1, 64) == id
+}
+
+// QueueOptions configure a Queue. The zero value works.
+type QueueOptions struct {
+	// Prefix of every key (default "bull"). For Redis Cluster put a hash
+	// tag in it ("{bull}") or in the queue name, identically in Node.
+	Prefix string
+	// MaxQueueDepth makes Add fail with ErrQueueFull once waiting +
+	// prioritized + delayed jobs reach it (0: unlimited).
+	MaxQueueDepth int
+}
+
+// RateLimiter limits how many jobs a worker starts per Duration across all
+// workers of the queue that use the same limiter (Node's limiter option).
+// The queue-wide limit set by Node's Queue.setGlobalRateLimit (meta max /
+// duration) takes precedence over it.
+type RateLimiter struct {
+	Max      int
+	Duration time.Duration
+}
+
+// WorkerOptions configure a Worker. The zero value works (Node's defaults).
+type WorkerOptions struct {
+	// Prefix of every key (default "bull").
+	Prefix string
+	// Concurrency is how many jobs run at once (0: 1; negative: error).
+	Concurrency int
+	// Name is the worker's name: stored in a job's `pb` field and in the
+	// client name of the blocking connection.
+	Name string
+	// LockDuration is how long a job's lock lasts without renewal
+	// (default 30s). Locks are renewed every LockDuration/4 while jobs run.
+	LockDuration time.Duration
+	// StalledInterval is the period of the stalled-job check (default 30s).
+	StalledInterval time.Duration
+	// MaxStalledCount is how often a job may stall before it fails
+	// (0: Node's default 1; negative: error).
+	MaxStalledCount int
+	// DrainDelay is the longest blocking wait on an empty queue (default 5s).
+	DrainDelay time.Duration
+	// Limiter rate-limits the jobs this worker starts (zero: none).
+	Limiter RateLimiter
+	// MaximumRateLimitDelay caps one wait for the rate limiter (default 30s).
+	MaximumRateLimitDelay time.Duration
+	// RemoveOnComplete and RemoveOnFail are the retention policies for jobs
+	// whose own options set none (nil: keep all).
+	RemoveOnComplete *KeepJobs
+	RemoveOnFail     *KeepJobs
+	// SkipStalledCheck turns the stalled-job check off for this worker.
+	SkipStalledCheck bool
+	// OnError, when set, receives errors the worker cannot return from a
+	// call: a failed lock renewal, a lost connection, a finish that failed.
+	// It is called from the worker's goroutines and must not block.
+	OnError func(error)
+}
+
+func (o *WorkerOptions) withDefaults() (WorkerOptions, error) {
+	w := *o
+	if w.Prefix == "" {
+		w.Prefix = "bull"
+	}
+	if w.Concurrency < 0 {
+		return w, invalidf("negative Concurrency %d", w.Concurrency)
+	}
+	if w.Concurrency == 0 {
+		w.Concurrency = 1
+	}
+	for _, d := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"LockDuration", &w.LockDuration, 30 * time.Second},
+		{"StalledInterval", &w.StalledInterval, 30 * time.Second},
+		{"DrainDelay", &w.DrainDelay, 5 * time.Second},
+		{"MaximumRateLimitDelay", &w.MaximumRateLimitDelay, 30 * time.Second},
+	} {
+		if *d.v < 0 {
+			return w, invalidf("negative %s %v", d.name, *d.v)
+		}
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	if w.LockDuration < 4*time.Millisecond {
+		return w, invalidf("LockDuration %v below 4ms", w.LockDuration)
+	}
+	if w.MaxStalledCount < 0 {
+		return w, invalidf("negative MaxStalledCount %d", w.MaxStalledCount)
+	}
+	if w.MaxStalledCount == 0 {
+		w.MaxStalledCount = 1
+	}
+	if w.Limiter.Max < 0 || w.Limiter.Duration < 0 {
+		return w, invalidf("negative Limiter %+v", w.Limiter)
+	}
+	if (w.Limiter.Max > 0) != (w.Limiter.Duration > 0) {
+		return w, invalidf("Limiter needs both Max and Duration, got %+v", w.Limiter)
+	}
+	if err := w.RemoveOnComplete.validate("RemoveOnComplete"); err != nil {
+		return w, err
+	}
+	if err := w.RemoveOnFail.validate("RemoveOnFail"); err != nil {
+		return w, err
+	}
+	if strings.ContainsAny(w.Name, " \n\r") {
+		return w, invalidf("Name %q contains spaces or newlines (not allowed in a client name)", w.Name)
+	}
+	return w, nil
+}

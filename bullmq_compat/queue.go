@@ -1,0 +1,224 @@
+package bullmq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/redisleak/redisleak"
+)
+
+// Queue adds jobs to a BullMQ queue and manages it (pause, resume, counts).
+// It holds no connection of its own: every command goes through rdb's
+// pool. A Queue is safe for concurrent use.
+type Queue struct {
+	rdb    redis.UniversalClient
+	k      *keys
+	opts   QueueOptions
+	owner  string
+	closed atomic.Bool
+}
+
+// NewQueue returns a Queue for the queue called name. It validates its
+// arguments and does not touch Redis. The name may not be empty or contain
+// ':'.
+func NewQueue(rdb redis.UniversalClient, name string, opts QueueOptions) (*Queue, error) {
+	if rdb == nil {
+		return nil, invalidf("nil Redis client")
+	}
+	if opts.MaxQueueDepth < 0 {
+		return nil, invalidf("negative MaxQueueDepth %d", opts.MaxQueueDepth)
+	}
+	k, err := newKeys(opts.Prefix, name)
+	if err != nil {
+		return nil, err
+	}
+	opts.Prefix = k.prefix
+	return &Queue{rdb: rdb, k: k, opts: opts, owner: "bullmq:queue:" + name}, nil
+}
+
+// Name returns the queue's name.
+func (q *Queue) Name() string { return q.k.name }
+
+// Key returns the full Redis key of one of the queue's structures, e.g.
+// Key("wait") is "bull:<name>:wait" with the default prefix.
+func (q *Queue) Key(suffix string) string { return q.k.base + suffix }
+
+func ownerCtx(ctx context.Context, owner string) context.Context {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	return redisleak.WithOwner(ctx, owner)
+}
+
+// BulkJob is one job for Queue.AddBulk.
+type BulkJob struct {
+	Name string
+	Data any
+	Opts JobOptions
+}
+
+// Add adds one job. data is encoded with encoding/json (a json.RawMessage
+// must be valid JSON and is stored as is; nil is stored as {} like Node's
+// undefined). The job goes to the delayed set when opts.Delay > 0, else to
+// the prioritized set when opts.Priority > 0, else to the wait list.
+//
+// Invalid input (unencodable data, a bad option or job id) is an error
+// wrapping ErrInvalidOption or ErrInvalidJobID, and nothing is written.
+// With QueueOptions.MaxQueueDepth set, a full queue gives ErrQueueFull.
+// A custom JobID that already exists writes nothing: the returned Job has
+// that id and Duplicate set.
+func (q *Queue) Add(ctx context.Context, name string, data any, opts JobOptions) (*Job, error) {
+	jobs, err := q.AddBulk(ctx, []BulkJob{{Name: name, Data: data, Opts: opts}})
+	if err != nil {
+		return nil, err
+	}
+	return jobs[0], nil
+}
+
+// AddBulk adds jobs atomically, in one script call: either all are added
+// (duplicates of existing custom ids excepted) or, on invalid input or a
+// full queue, none.
+func (q *Queue) AddBulk(ctx context.Context, jobs []BulkJob) ([]*Job, error) {
+	if q.closed.Load() {
+		return nil, ErrClosed
+	}
+	if len(jobs) == 0 {
+		return nil, nil
+	}
+	now := time.Now()
+	args := make([]any, 0, 3+8*len(jobs))
+	args = append(args, q.k.base, q.opts.MaxQueueDepth, len(jobs))
+	out := make([]*Job, len(jobs))
+	for i := range jobs {
+		bj := &jobs[i]
+		if err := bj.Opts.validate(); err != nil {
+			return nil, fmt.Errorf("job %d (%q): %w", i, bj.Name, err)
+		}
+		var data []byte
+		if bj.Data == nil {
+			data = []byte("{}")
+		} else {
+			var err error
+			if data, err = encodeJSON(bj.Data); err != nil {
+				return nil, fmt.Errorf("bullmq: data of job %d (%q): %w", i, bj.Name, err)
+			}
+		}
+		ts := now
+		if !bj.Opts.Timestamp.IsZero() {
+			ts = bj.Opts.Timestamp
+		}
+		tsMs := ts.UnixMilli()
+		opts, err := bj.Opts.encode(tsMs)
+		if err != nil {
+			return nil, fmt.Errorf("bullmq: options of job %d (%q): %w", i, bj.Name, err)
+		}
+		lifo := ""
+		if bj.Opts.LIFO {
+			lifo = "1"
+		}
+		args = append(args, bj.Opts.JobID, bj.Name, string(data), string(opts),
+			strconv.FormatInt(tsMs, 10), strconv.FormatInt(bj.Opts.Delay.Milliseconds(), 10),
+			strconv.Itoa(bj.Opts.Priority), lifo)
+		j := jobFromHash("", map[string]string{
+			"name": bj.Name, "data": string(data), "opts": string(opts),
+			"timestamp": strconv.FormatInt(tsMs, 10), "delay": strconv.FormatInt(bj.Opts.Delay.Milliseconds(), 10),
+			"priority": strconv.Itoa(bj.Opts.Priority),
+		})
+		j.q, j.rdb, j.owner = q.k, q.rdb, q.owner
+		out[i] = j
+	}
+	res, err := addScript.Run(ownerCtx(ctx, q.owner), q.rdb, q.k.all, args...).Slice()
+	if err != nil {
+		return nil, fmt.Errorf("bullmq: add to %s: %w", q.k.name, err)
+	}
+	if len(res) == 1 {
+		return nil, fmt.Errorf("%w: %s has MaxQueueDepth %d", ErrQueueFull, q.k.name, q.opts.MaxQueueDepth)
+	}
+	if len(res) != 2*len(jobs) {
+		return nil, fmt.Errorf("bullmq: add to %s: unexpected reply %v", q.k.name, res)
+	}
+	for i, j := range out {
+		code, _ := res[2*i].(int64)
+		j.ID, _ = res[2*i+1].(string)
+		j.Duplicate = code == 1
+	}
+	return out, nil
+}
+
+// Pause pauses the queue for every worker, Node's included: jobs keep
+// arriving in wait but none is fetched until Resume.
+func (q *Queue) Pause(ctx context.Context) error {
+	return q.pause(ctx, "pause")
+}
+
+// Resume resumes a paused queue and wakes the workers.
+func (q *Queue) Resume(ctx context.Context) error {
+	return q.pause(ctx, "resume")
+}
+
+func (q *Queue) pause(ctx context.Context, what string) error {
+	if q.closed.Load() {
+		return ErrClosed
+	}
+	if err := pauseScript.Run(ownerCtx(ctx, q.owner), q.rdb, q.k.all, q.k.base, what).Err(); err != nil {
+		return fmt.Errorf("bullmq: %s %s: %w", what, q.k.name, err)
+	}
+	return nil
+}
+
+// JobCounts are the numbers of jobs in each state of a queue.
+type JobCounts struct {
+	Waiting, Prioritized, Delayed, Active, Completed, Failed int
+	// Paused reports whether the queue is paused.
+	Paused bool
+}
+
+// Counts returns the job counts, read atomically.
+func (q *Queue) Counts(ctx context.Context) (JobCounts, error) {
+	var c JobCounts
+	if q.closed.Load() {
+		return c, ErrClosed
+	}
+	r, err := countsScript.Run(ownerCtx(ctx, q.owner), q.rdb, q.k.all, q.k.base).Int64Slice()
+	if err != nil {
+		return c, fmt.Errorf("bullmq: counts of %s: %w", q.k.name, err)
+	}
+	if len(r) != 7 {
+		return c, fmt.Errorf("bullmq: counts of %s: unexpected reply %v", q.k.name, r)
+	}
+	c = JobCounts{Waiting: int(r[0]), Prioritized: int(r[1]), Delayed: int(r[2]), Active: int(r[3]),
+		Completed: int(r[4]), Failed: int(r[5]), Paused: r[6] == 1}
+	return c, nil
+}
+
+// GetJob reads a job; it returns an error wrapping ErrJobNotFound when the
+// job does not exist.
+func (q *Queue) GetJob(ctx context.Context, id string) (*Job, error) {
+	if q.closed.Load() {
+		return nil, ErrClosed
+	}
+	h, err := q.rdb.HGetAll(ownerCtx(ctx, q.owner), q.k.job(id)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("bullmq: get job %s: %w", id, err)
+	}
+	if len(h) == 0 {
+		return nil, fmt.Errorf("%w: %s in %s", ErrJobNotFound, id, q.k.name)
+	}
+	j := jobFromHash(id, h)
+	j.q, j.rdb, j.owner = q.k, q.rdb, q.owner
+	return j, nil
+}
+
+// Close marks the queue closed; later calls return ErrClosed. The Redis
+// client is the caller's and stays open. Close is idempotent.
+func (q *Queue) Close() error {
+	q.closed.Store(true)
+	return nil
+}
+
+var _ = errors.Is

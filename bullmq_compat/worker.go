@@ -1,0 +1,502 @@
+package bullmq
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/redisleak/redisleak"
+)
+
+// Handler processes one job. Its result is stored as the job's returnvalue
+// (encoded with encoding/json; a json.RawMessage must be valid JSON); an
+// error fails the attempt, and the job is retried while its Attempts allow
+// (wrap the error with Unrecoverable to prevent that). A panic fails the
+// attempt with the panic message and stack; the worker keeps running.
+//
+// ctx ends when the worker's Run context ends or when Close gives up
+// waiting; ctx carries no long-lived mark, so connections the handler
+// holds too long are still reported by an attached tracker.
+type Handler func(ctx context.Context, job *Job) (any, error)
+
+// Worker processes the jobs of one queue, like Node's BullMQ Worker, and
+// interoperates with Node producers and workers on the same queue.
+//
+// It blocks on the queue's marker on a dedicated connection (acquired with
+// redisleak.WithLongLived and the owner "bullmq:worker:<queue>"); all other
+// commands go through the client's pool with that owner.
+type Worker struct {
+	rdb   redis.UniversalClient
+	k     *keys
+	h     Handler
+	opts  WorkerOptions
+	owner string
+	id    string
+
+	keepCompleted, keepFailed string // worker retention policies as JSON
+
+	tokens  atomic.Uint64
+	closing atomic.Bool
+
+	mu       sync.Mutex
+	state    int // 0 new, 1 running, 2 closed
+	stop     context.CancelFunc
+	jobsCtx  context.Context
+	cancelJ  context.CancelFunc
+	runDone  chan struct{}
+	running  map[string]string // job id → token
+	blocking *blockConn
+	wg       sync.WaitGroup
+}
+
+// NewWorker returns a Worker for queue that runs h for each job once Run is
+// called. It validates its arguments and does not touch Redis.
+func NewWorker(rdb redis.UniversalClient, queue string, h Handler, opts WorkerOptions) (*Worker, error) {
+	if rdb == nil {
+		return nil, invalidf("nil Redis client")
+	}
+	if h == nil {
+		return nil, invalidf("nil Handler")
+	}
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	k, err := newKeys(o.Prefix, queue)
+	if err != nil {
+		return nil, err
+	}
+	w := &Worker{
+		rdb: rdb, k: k, h: h, opts: o, owner: "bullmq:worker:" + queue,
+		id: newUUID(), running: map[string]string{}, runDone: make(chan struct{}),
+	}
+	if o.RemoveOnComplete != nil {
+		b, _ := json.Marshal(o.RemoveOnComplete)
+		w.keepCompleted = string(b)
+	}
+	if o.RemoveOnFail != nil {
+		b, _ := json.Marshal(o.RemoveOnFail)
+		w.keepFailed = string(b)
+	}
+	return w, nil
+}
+
+func newUUID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// ClientName returns the client name of the worker's blocking connection,
+// the one Node's Queue.getWorkers() lists.
+func (w *Worker) ClientName() string { return w.k.clientName(w.opts.Name) }
+
+func (w *Worker) report(err error) {
+	if err != nil && w.opts.OnError != nil {
+		w.opts.OnError(err)
+	}
+}
+
+// cmdCtx is the context of the worker's pool commands: owner-marked and
+// not cancelled, so a script that moves a job is never abandoned half-way.
+func (w *Worker) cmdCtx() context.Context {
+	return redisleak.WithOwner(context.Background(), w.owner)
+}
+
+func (w *Worker) newToken() string {
+	return w.id + ":" + strconv.FormatUint(w.tokens.Add(1)-1, 10)
+}
+
+// Run fetches and processes jobs until ctx ends or Close is called. It
+// returns nil after Close, ctx's error when ctx ended, or an error if the
+// worker cannot start (ErrClosed after Close; an error on a second Run).
+// When ctx ends, the handlers' contexts end too; jobs whose handler then
+// fails are put back in wait, untouched, for another worker.
+func (w *Worker) Run(ctx context.Context) error {
+	w.mu.Lock()
+	switch w.state {
+	case 1:
+		w.mu.Unlock()
+		return errors.New("bullmq: Worker.Run called twice")
+	case 2:
+		w.mu.Unlock()
+		return ErrClosed
+	}
+	w.state = 1
+	loopCtx, stop := context.WithCancel(ctx)
+	w.stop = stop
+	jobsCtx, cancelJ := context.WithCancel(ctx)
+	w.jobsCtx = redisleak.WithoutLongLived(jobsCtx)
+	w.cancelJ = cancelJ
+	w.mu.Unlock()
+	defer close(w.runDone)
+	defer cancelJ()
+	defer stop()
+
+	bc, err := openBlockConn(ctx, w.rdb, w.k.key(kMarker), w.ClientName(), w.owner)
+	if err != nil {
+		return fmt.Errorf("bullmq: worker %s: blocking connection: %w", w.k.name, err)
+	}
+	w.mu.Lock()
+	w.blocking = bc
+	w.mu.Unlock()
+	defer bc.Close()
+
+	renewCtx, stopRenew := context.WithCancel(context.Background())
+	var bg sync.WaitGroup
+	bg.Add(1)
+	go func() { defer bg.Done(); w.renewLocks(renewCtx) }()
+	if !w.opts.SkipStalledCheck {
+		bg.Add(1)
+		go func() { defer bg.Done(); w.stalledLoop(loopCtx) }()
+	}
+
+	w.loop(loopCtx, bc)
+	w.closing.Store(true)
+	w.wg.Wait()
+	stopRenew()
+	bg.Wait()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return nil
+}
+
+func (w *Worker) loop(ctx context.Context, bc *blockConn) {
+	slots := make(chan struct{}, w.opts.Concurrency)
+	var blockUntil int64
+	for ctx.Err() == nil {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		job, limitDelay, delayUntil, err := w.fetch()
+		if err != nil {
+			<-slots
+			w.report(fmt.Errorf("bullmq: worker %s: fetch: %w", w.k.name, err))
+			sleepCtx(ctx, time.Second)
+			continue
+		}
+		if job != nil {
+			w.wg.Add(1)
+			go w.processChain(job, slots)
+			continue
+		}
+		<-slots
+		if limitDelay > 0 {
+			d := time.Duration(limitDelay) * time.Millisecond
+			sleepCtx(ctx, min(d, w.opts.MaximumRateLimitDelay))
+			continue
+		}
+		blockUntil = delayUntil
+		w.waitMarker(ctx, bc, blockUntil)
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// waitMarker blocks on the marker until jobs may be available: a "0"
+// member, a due delayed job, or the timeout.
+func (w *Worker) waitMarker(ctx context.Context, bc *blockConn, blockUntil int64) {
+	for ctx.Err() == nil {
+		timeout := w.opts.DrainDelay
+		if blockUntil > 0 {
+			d := time.Duration(blockUntil-time.Now().UnixMilli()) * time.Millisecond
+			if d <= 0 {
+				return
+			}
+			timeout = max(min(d, 10*time.Second), time.Millisecond)
+		}
+		timeout = bc.maxBlock(timeout)
+		var res *redis.ZWithKey
+		err := bc.do(ctx, func(c context.Context, r redis.Cmdable) error {
+			var err error
+			res, err = r.BZPopMin(c, timeout, w.k.key(kMarker)).Result()
+			return err
+		})
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, redis.Nil):
+			return // timeout: fetch anyway (promotes due delayed jobs)
+		case err != nil:
+			w.report(fmt.Errorf("bullmq: worker %s: wait on marker: %w", w.k.name, err))
+			sleepCtx(ctx, time.Second)
+			return
+		}
+		t := int64(res.Score)
+		if t == 0 || t-time.Now().UnixMilli() < 1 {
+			return
+		}
+		if blockUntil == 0 || t < blockUntil {
+			blockUntil = t
+		}
+	}
+}
+
+// fetch moves the next job into active. With no job it returns the rate
+// limit delay and the next delayed job's due time (ms), if any.
+func (w *Worker) fetch() (job *Job, limitDelay, delayUntil int64, err error) {
+	token := w.newToken()
+	res, err := fetchScript.Run(w.cmdCtx(), w.rdb, w.k.all, w.k.base,
+		time.Now().UnixMilli(), token, w.opts.LockDuration.Milliseconds(),
+		w.opts.Limiter.Max, w.opts.Limiter.Duration.Milliseconds(), w.opts.Name).Slice()
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	return w.parseFetch(res, token)
+}
+
+func (w *Worker) parseFetch(res []any, token string) (*Job, int64, int64, error) {
+	if len(res) != 4 {
+		return nil, 0, 0, fmt.Errorf("unexpected fetch reply %v", res)
+	}
+	limit, _ := res[2].(int64)
+	until, _ := res[3].(int64)
+	flat, ok := res[0].([]any)
+	id, _ := res[1].(string)
+	if !ok || id == "" {
+		return nil, limit, until, nil
+	}
+	j := jobFromFlat(id, flat)
+	j.token, j.q, j.rdb, j.owner = token, w.k, w.rdb, w.owner
+	return j, limit, until, nil
+}
+
+// processChain runs job and the jobs fetched when each one finishes, then
+// frees its slot.
+func (w *Worker) processChain(job *Job, slots chan struct{}) {
+	defer w.wg.Done()
+	defer func() { <-slots }()
+	for job != nil {
+		job = w.process(job)
+	}
+}
+
+func (w *Worker) track(j *Job) {
+	w.mu.Lock()
+	w.running[j.ID] = j.token
+	w.mu.Unlock()
+}
+
+func (w *Worker) untrack(j *Job) {
+	w.mu.Lock()
+	delete(w.running, j.ID)
+	w.mu.Unlock()
+}
+
+// process runs one job to its end in Redis and returns the next job, if
+// finishing it fetched one.
+func (w *Worker) process(j *Job) *Job {
+	w.track(j)
+	defer w.untrack(j)
+	if j.RepeatJobKey != "" {
+		w.scheduleNext(j)
+	}
+	if j.deferred != "" {
+		return w.fail(j, Unrecoverable(errors.New(j.deferred)), j.deferred, j.deferred)
+	}
+	jctx, cancel := context.WithCancel(w.jobsCtx)
+	result, err, stack := w.call(jctx, j)
+	cancel()
+	if err != nil {
+		if w.jobsCtx.Err() != nil {
+			// Interrupted by shutdown: give the job back untouched.
+			code, rerr := requeueScript.Run(w.cmdCtx(), w.rdb, w.k.all, w.k.base, j.ID, j.token).Int64()
+			if rerr == nil && code < 0 {
+				rerr = scriptError(code, j.ID, "requeue")
+			}
+			w.report(rerr)
+			return nil
+		}
+		return w.fail(j, err, err.Error(), stack)
+	}
+	rv, eerr := encodeJSON(result)
+	if eerr != nil {
+		err := Unrecoverable(fmt.Errorf("bullmq: cannot encode the return value of job %s: %w", j.ID, eerr))
+		return w.fail(j, err, err.Error(), err.Error())
+	}
+	return w.finish(j, "completed", string(rv), "")
+}
+
+// call runs the handler, turning a panic into an error with its stack.
+func (w *Worker) call(ctx context.Context, j *Job) (result any, err error, stack string) {
+	defer func() {
+		if r := recover(); r != nil {
+			msg := fmt.Sprint(r)
+			err = errors.New(msg)
+			stack = "panic: " + msg + "\n\n" + string(debug.Stack())
+		}
+	}()
+	result, err = w.h(ctx, j)
+	if err != nil {
+		stack = err.Error()
+	}
+	return result, err, stack
+}
+
+// fail retries the job when its attempts and backoff allow, else fails it.
+func (w *Worker) fail(j *Job, err error, reason, stack string) *Job {
+	traces := append(append([]string(nil), j.Stacktrace...), stack)
+	if l := j.opts.StackTraceLimit; l != nil {
+		if *l <= 0 {
+			traces = []string{}
+		} else if len(traces) > *l {
+			traces = traces[len(traces)-*l:]
+		}
+	}
+	st, _ := json.Marshal(traces)
+	if !IsUnrecoverable(err) && j.AttemptsMade+1 < j.opts.Attempts {
+		var delay time.Duration
+		ok := true
+		if j.opts.Backoff != nil {
+			delay, ok = j.opts.Backoff.delayFor(j.AttemptsMade + 1)
+		}
+		if ok {
+			code, rerr := retryScript.Run(w.cmdCtx(), w.rdb, w.k.all, w.k.base, j.ID, j.token,
+				time.Now().UnixMilli(), delay.Milliseconds(), reason, string(st)).Int64()
+			if rerr == nil && code < 0 {
+				rerr = scriptError(code, j.ID, "retry")
+			}
+			if rerr != nil {
+				w.report(fmt.Errorf("bullmq: worker %s: %w", w.k.name, rerr))
+			}
+			return nil
+		}
+		reason = fmt.Sprintf("Unknown backoff strategy %s. If a custom backoff strategy is used, specify it when the queue is created.", j.opts.Backoff.Type)
+	}
+	return w.finish(j, "failed", reason, string(st))
+}
+
+// finish moves the job to completed or failed and, unless the worker is
+// closing, fetches the next job in the same script.
+func (w *Worker) finish(j *Job, target, value, stacktrace string) *Job {
+	keep := w.keepCompleted
+	if target == "failed" {
+		keep = w.keepFailed
+	}
+	fetchNext := ""
+	if !w.closing.Load() {
+		fetchNext = "1"
+	}
+	token := w.newToken()
+	res, err := finishScript.Run(w.cmdCtx(), w.rdb, w.k.all, w.k.base, j.ID, j.token,
+		time.Now().UnixMilli(), target, value, stacktrace, keep, fetchNext,
+		token, w.opts.LockDuration.Milliseconds(), w.opts.Limiter.Max,
+		w.opts.Limiter.Duration.Milliseconds(), w.opts.Name).Result()
+	if err != nil {
+		w.report(fmt.Errorf("bullmq: worker %s: move job %s to %s: %w", w.k.name, j.ID, target, err))
+		return nil
+	}
+	switch r := res.(type) {
+	case int64:
+		if r < 0 {
+			w.report(scriptError(r, j.ID, "move to "+target))
+		}
+		return nil
+	case []any:
+		next, _, _, perr := w.parseFetch(r, token)
+		w.report(perr)
+		return next
+	}
+	return nil
+}
+
+// renewLocks extends the locks of running jobs every LockDuration/4.
+func (w *Worker) renewLocks(ctx context.Context) {
+	t := time.NewTicker(w.opts.LockDuration / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		w.mu.Lock()
+		args := make([]any, 0, 2+2*len(w.running))
+		args = append(args, w.k.base, w.opts.LockDuration.Milliseconds())
+		for id, tok := range w.running {
+			args = append(args, id, tok)
+		}
+		w.mu.Unlock()
+		if len(args) == 2 {
+			continue
+		}
+		failed, err := extendLocksScript.Run(w.cmdCtx(), w.rdb, w.k.all, args...).StringSlice()
+		if err != nil {
+			w.report(fmt.Errorf("bullmq: worker %s: extend locks: %w", w.k.name, err))
+			continue
+		}
+		for _, id := range failed {
+			w.report(fmt.Errorf("%w: worker %s could not renew the lock of job %s", ErrLockMismatch, w.k.name, id))
+		}
+	}
+}
+
+// stalledLoop runs the stalled-job check at start and every StalledInterval.
+func (w *Worker) stalledLoop(ctx context.Context) {
+	t := time.NewTicker(w.opts.StalledInterval)
+	defer t.Stop()
+	for {
+		if _, err := w.checkStalled(); err != nil {
+			w.report(fmt.Errorf("bullmq: worker %s: stalled check: %w", w.k.name, err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// checkStalled moves jobs whose lock expired back to wait (or fails those
+// that stalled too often); it returns the ids it moved.
+func (w *Worker) checkStalled() ([]string, error) {
+	return stalledScript.Run(w.cmdCtx(), w.rdb, w.k.all, w.k.base, w.opts.MaxStalledCount,
+		time.Now().UnixMilli(), w.opts.StalledInterval.Milliseconds()).StringSlice()
+}
+
+// Close stops fetching, waits for the running jobs until ctx ends, then
+// cancels their contexts and waits for their handlers to return, and
+// releases the worker's connections. It returns nil, or ctx's error when
+// it had to cancel jobs. Calling it again, or before Run, is safe.
+func (w *Worker) Close(ctx context.Context) error {
+	w.closing.Store(true)
+	w.mu.Lock()
+	state := w.state
+	w.state = 2
+	stop, cancelJ := w.stop, w.cancelJ
+	w.mu.Unlock()
+	if state == 0 || stop == nil {
+		return nil // never ran
+	}
+	if stop != nil {
+		stop()
+	}
+	select {
+	case <-w.runDone:
+		return nil
+	case <-ctx.Done():
+	}
+	cancelJ()
+	<-w.runDone
+	return ctx.Err()
+}

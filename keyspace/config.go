@@ -155,7 +155,7 @@ func (nc *nodeConfig) get(ctx context.Context) (string, error) {
 	if err != nil {
 		nc.resetOnNetErr(err)
 		if isServerError(err) {
-			return "", fmt.Errorf("%w: CONFIG GET %s: %v", ErrConfigUnavailable, configParam, err)
+			return "", fmt.Errorf("%w: CONFIG GET %s: %v (use ConfigVerify or ConfigSkip where CONFIG is blocked)", ErrConfigUnavailable, configParam, err)
 		}
 		return "", err
 	}

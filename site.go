@@ -27,7 +27,14 @@ func skipFrame(fn string) bool {
 		strings.HasPrefix(fn, "runtime.") ||
 		strings.HasPrefix(fn, "runtime/") ||
 		strings.HasPrefix(fn, "sync.") ||
-		strings.HasPrefix(fn, "context.")
+		strings.HasPrefix(fn, "context.") ||
+		// the I/O path below a blocked Read or Write
+		strings.HasPrefix(fn, "internal/") ||
+		strings.HasPrefix(fn, "net.") ||
+		strings.HasPrefix(fn, "syscall.") ||
+		strings.HasPrefix(fn, "bufio.") ||
+		strings.HasPrefix(fn, "io.") ||
+		strings.HasPrefix(fn, "crypto/tls.")
 }
 
 // shortFunc strips the import path: "github.com/a/b.(*T).M" -> "b.(*T).M".

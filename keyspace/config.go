@@ -84,6 +84,17 @@ func (nc *nodeConfig) ensure(ctx context.Context) (repaired bool, err error) {
 	if nc.closed {
 		return false, ErrClosed
 	}
+	hadConn := nc.conn != nil
+	repaired, err = nc.ensureLocked(ctx)
+	if err != nil && hadConn && nc.conn == nil && ctx.Err() == nil {
+		// The dedicated connection died (server restart, failover, idle
+		// timeout): one more try on a fresh one.
+		repaired, err = nc.ensureLocked(ctx)
+	}
+	return repaired, err
+}
+
+func (nc *nodeConfig) ensureLocked(ctx context.Context) (repaired bool, err error) {
 	opts := nc.m.opts
 	version, err := nc.serverVersion(ctx)
 	if err != nil {

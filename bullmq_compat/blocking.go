@@ -3,6 +3,7 @@ package bullmq
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"time"
 
@@ -58,7 +59,7 @@ func openBlockConn(ctx context.Context, rdb redis.UniversalClient, slotKey, clie
 			return nil, err
 		}
 	}
-	if id, err := b.conn.ClientID(lctx).Result(); err == nil {
+	if id, err := b.conn.ClientID(lctx).Result(); err == nil && id > 0 {
 		b.id = id
 	}
 	return b, nil
@@ -68,7 +69,13 @@ func (b *blockConn) longLived(ctx context.Context) context.Context {
 	return redisleak.WithOwner(redisleak.WithLongLived(context.WithoutCancel(ctx)), b.owner)
 }
 
-func (b *blockConn) cmdable() redis.Cmdable {
+// processor is what blocking calls run on: a Conn or the client itself.
+type processor interface {
+	redis.Cmdable
+	Process(ctx context.Context, cmd redis.Cmder) error
+}
+
+func (b *blockConn) cmdable() processor {
 	if b.conn != nil {
 		return b.conn
 	}
@@ -90,7 +97,7 @@ func (b *blockConn) maxBlock(d time.Duration) time.Duration {
 // f's blocking command is interrupted with CLIENT UNBLOCK. f's context
 // carries the long-lived mark and never ends by itself (so go-redis does
 // not drop the connection half-way through a reply).
-func (b *blockConn) do(ctx context.Context, f func(ctx context.Context, c redis.Cmdable) error) error {
+func (b *blockConn) do(ctx context.Context, f func(ctx context.Context, c processor) error) error {
 	b.mu.Lock()
 	closed := b.closed
 	b.mu.Unlock()
@@ -148,4 +155,18 @@ func (b *blockConn) Close() error {
 		return b.conn.Close()
 	}
 	return nil
+}
+
+// bzpopmin runs BZPOPMIN with timeout. go-redis rounds the timeout of its
+// BZPopMin down to whole seconds (and up to 1s); BullMQ blocks for
+// fractions of a second, sent as a decimal string (Redis >= 6.0).
+func bzpopmin(ctx context.Context, c processor, key string, timeout time.Duration) (*redis.ZWithKey, error) {
+	if timeout >= time.Second {
+		return c.BZPopMin(ctx, timeout.Truncate(time.Second), key).Result()
+	}
+	// Not a command go-redis knows as blocking: the client's ReadTimeout
+	// (default 3s) covers the sub-second wait.
+	cmd := redis.NewZWithKeyCmd(ctx, "bzpopmin", key, strconv.FormatFloat(timeout.Seconds(), 'f', 3, 64))
+	_ = c.Process(ctx, cmd)
+	return cmd.Result()
 }

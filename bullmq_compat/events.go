@@ -90,7 +90,7 @@ func NewQueueEvents(ctx context.Context, rdb redis.UniversalClient, queue string
 	e.closeCtx, e.cancel = context.WithCancel(context.Background())
 	if e.last == "" || e.last == "$" {
 		e.last = "0-0"
-		err := bc.do(ctx, func(c context.Context, r redis.Cmdable) error {
+		err := bc.do(ctx, func(c context.Context, r processor) error {
 			msgs, err := r.XRevRangeN(c, k.key(kEvents), "+", "-", 1).Result()
 			if err == nil && len(msgs) == 1 {
 				e.last = msgs[0].ID
@@ -124,7 +124,7 @@ func (e *QueueEvents) Next(ctx context.Context) (Event, error) {
 		}
 		timeout := e.bc.maxBlock(e.opts.BlockTimeout)
 		var streams []redis.XStream
-		err := e.bc.do(ctx, func(c context.Context, r redis.Cmdable) error {
+		err := e.bc.do(ctx, func(c context.Context, r processor) error {
 			var err error
 			streams, err = r.XRead(c, &redis.XReadArgs{
 				Streams: []string{e.k.key(kEvents), e.last}, Count: 100, Block: timeout,

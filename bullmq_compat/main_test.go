@@ -16,6 +16,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 	"go.uber.org/goleak"
 
 	"github.com/redisleak/redisleak/internal/redistest"
@@ -33,16 +34,25 @@ func TestMain(m *testing.M) {
 func realClient(t *testing.T) (*redis.Client, string) {
 	t.Helper()
 	addr := redistest.Addr(t)
-	c := redis.NewClient(&redis.Options{Addr: addr})
+	c := redis.NewClient(clientOptions(addr))
 	t.Cleanup(func() { _ = c.Close() })
 	return c, uniqueQueue(t)
+}
+
+// clientOptions turns maintenance notifications off: in go-redis v9.23 the
+// auto mode's fallback (Redis 7.0 rejects CLIENT MAINT_NOTIFICATIONS)
+// writes the shared options under the client's lock while a Client.Conn
+// reads them under its own, a data race the race detector reports when the
+// worker's Conn and another command dial at the same time.
+func clientOptions(addr string) *redis.Options {
+	return &redis.Options{Addr: addr, MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}}
 }
 
 // miniClient returns a client of a fresh miniredis.
 func miniClient(t *testing.T) (*redis.Client, *miniredis.Miniredis) {
 	t.Helper()
 	m := miniredis.RunT(t)
-	c := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	c := redis.NewClient(clientOptions(m.Addr()))
 	t.Cleanup(func() { _ = c.Close() })
 	return c, m
 }

@@ -227,9 +227,9 @@ func (w *Worker) waitMarker(ctx context.Context, bc *blockConn, blockUntil int64
 		}
 		timeout = bc.maxBlock(timeout)
 		var res *redis.ZWithKey
-		err := bc.do(ctx, func(c context.Context, r redis.Cmdable) error {
+		err := bc.do(ctx, func(c context.Context, r processor) error {
 			var err error
-			res, err = r.BZPopMin(c, timeout, w.k.key(kMarker)).Result()
+			res, err = bzpopmin(c, r, w.k.key(kMarker), timeout)
 			return err
 		})
 		switch {

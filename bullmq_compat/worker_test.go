@@ -1,0 +1,471 @@
+package bullmq
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/redisleak/redisleak"
+)
+
+func TestNewWorkerRejectsBadInput(t *testing.T) {
+	rdb, _ := miniClient(t)
+	h := func(context.Context, *Job) (any, error) { return nil, nil }
+	for _, tc := range []struct {
+		name  string
+		rdb   redis.UniversalClient
+		queue string
+		h     Handler
+		opts  WorkerOptions
+	}{
+		{"empty queue", rdb, "", h, WorkerOptions{}},
+		{"nil client", nil, "q", h, WorkerOptions{}},
+		{"nil handler", rdb, "q", nil, WorkerOptions{}},
+		{"negative concurrency", rdb, "q", h, WorkerOptions{Concurrency: -1}},
+		{"negative lock", rdb, "q", h, WorkerOptions{LockDuration: -time.Second}},
+		{"limiter without duration", rdb, "q", h, WorkerOptions{Limiter: RateLimiter{Max: 1}}},
+		{"space in name", rdb, "q", h, WorkerOptions{Name: "a b"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := NewWorker(tc.rdb, tc.queue, tc.h, tc.opts); !errors.Is(err, ErrInvalidOption) {
+				t.Fatalf("err = %v, want ErrInvalidOption", err)
+			}
+		})
+	}
+}
+
+// collector records finished jobs from the events stream.
+func waitEvents(t *testing.T, rdb *redis.Client, q *Queue, n int, names ...string) []redis.XMessage {
+	t.Helper()
+	var got []redis.XMessage
+	eventually(t, 15*time.Second, fmt.Sprintf("%d %v events", n, names), func() bool {
+		got = got[:0]
+		for _, m := range rdb.XRange(context.Background(), q.Key("events"), "-", "+").Val() {
+			for _, name := range names {
+				if m.Values["event"] == name {
+					got = append(got, m)
+				}
+			}
+		}
+		return len(got) >= n
+	})
+	return got
+}
+
+func TestWorkerCompletesJobs(t *testing.T) {
+	rdb, name := realClient(t)
+	ctx := context.Background()
+	q, _ := NewQueue(rdb, name, QueueOptions{})
+	var handlerLongLived atomic.Bool
+	w, err := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) {
+		if redisleak.IsLongLived(ctx) {
+			handlerLongLived.Store(true)
+		}
+		var d struct{ N int }
+		if err := json.Unmarshal(j.Data, &d); err != nil {
+			return nil, err
+		}
+		return map[string]int{"double": 2 * d.N}, nil
+	}, WorkerOptions{Concurrency: 4, Name: "gw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 20; i++ {
+		if _, err := q.Add(ctx, "calc", map[string]int{"n": i}, JobOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	startWorker(t, w)
+	waitEvents(t, rdb, q, 20, "completed")
+	c, _ := q.Counts(ctx)
+	if c != (JobCounts{Completed: 20}) {
+		t.Fatalf("counts = %+v", c)
+	}
+	h := rdb.HGetAll(ctx, q.Key("7")).Val()
+	if h["returnvalue"] != `{"double":14}` || h["atm"] != "1" || h["ats"] != "1" || h["pb"] != "gw" || h["finishedOn"] == "" || h["processedOn"] == "" {
+		t.Fatalf("job 7 = %v", h)
+	}
+	if rdb.Exists(ctx, q.Key("7:lock")).Val() != 0 {
+		t.Fatal("lock left behind")
+	}
+	if handlerLongLived.Load() {
+		t.Fatal("handler context carries the long-lived mark")
+	}
+	// The blocking connection is named as Node expects.
+	list := rdb.ClientList(ctx).Val()
+	if !strings.Contains(list, "name="+w.ClientName()+" ") || w.ClientName() != "bull:"+b64(name)+":w:gw" {
+		t.Fatalf("client %q not in CLIENT LIST:\n%s", w.ClientName(), list)
+	}
+	evs := waitEvents(t, rdb, q, 1, "drained")
+	if len(evs) == 0 {
+		t.Fatal("no drained event")
+	}
+}
+
+func TestWorkerRetriesWithBackoff(t *testing.T) {
+	rdb, name := realClient(t)
+	ctx := context.Background()
+	q, _ := NewQueue(rdb, name, QueueOptions{})
+	var mu sync.Mutex
+	var starts []time.Time
+	w, _ := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) {
+		mu.Lock()
+		starts = append(starts, time.Now())
+		mu.Unlock()
+		if j.AttemptsMade < 2 {
+			return nil, fmt.Errorf("boom %d", j.AttemptsMade+1)
+		}
+		return "ok", nil
+	}, WorkerOptions{})
+	if _, err := q.Add(ctx, "flaky", nil, JobOptions{Attempts: 3, Backoff: Backoff{Type: "exponential", Delay: 100 * time.Millisecond}}); err != nil {
+		t.Fatal(err)
+	}
+	startWorker(t, w)
+	waitEvents(t, rdb, q, 1, "completed")
+	h := rdb.HGetAll(ctx, q.Key("1")).Val()
+	if h["atm"] != "3" || h["ats"] != "3" || h["returnvalue"] != `"ok"` || h["failedReason"] != "boom 2" {
+		t.Fatalf("job = %v", h)
+	}
+	var st []string
+	if err := json.Unmarshal([]byte(h["stacktrace"]), &st); err != nil || len(st) != 2 {
+		t.Fatalf("stacktrace = %q", h["stacktrace"])
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if d := starts[1].Sub(starts[0]); d < 100*time.Millisecond {
+		t.Fatalf("first backoff %v < 100ms", d)
+	}
+	if d := starts[2].Sub(starts[1]); d < 200*time.Millisecond {
+		t.Fatalf("second backoff %v < 200ms (exponential)", d)
+	}
+	var delayed int
+	for _, m := range rdb.XRange(ctx, q.Key("events"), "-", "+").Val() {
+		switch m.Values["event"] {
+		case "delayed":
+			delayed++
+		case "failed":
+			t.Fatalf("a retried attempt wrote a failed event: %v", m.Values)
+		}
+	}
+	if delayed != 2 {
+		t.Fatalf("%d delayed events, want 2", delayed)
+	}
+}
+
+func TestWorkerFailsForGood(t *testing.T) {
+	rdb, name := realClient(t)
+	ctx := context.Background()
+	q, _ := NewQueue(rdb, name, QueueOptions{})
+	w, _ := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) {
+		switch j.Name {
+		case "panic":
+			panic("handler exploded")
+		case "unrecoverable":
+			return nil, Unrecoverable(errors.New("give up"))
+		}
+		return nil, errors.New("always")
+	}, WorkerOptions{})
+	for _, tc := range []struct {
+		name     string
+		attempts int
+	}{{"plain", 2}, {"panic", 1}, {"unrecoverable", 5}} {
+		if _, err := q.Add(ctx, tc.name, nil, JobOptions{Attempts: tc.attempts}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	startWorker(t, w)
+	waitEvents(t, rdb, q, 3, "failed")
+	for id, want := range map[string]struct {
+		reason string
+		atm    string
+	}{"1": {"always", "2"}, "2": {"handler exploded", "1"}, "3": {"give up", "1"}} {
+		h := rdb.HGetAll(ctx, q.Key(id)).Val()
+		if h["failedReason"] != want.reason || h["atm"] != want.atm || h["finishedOn"] == "" {
+			t.Errorf("job %s = %v, want reason %q atm %s", id, h, want.reason, want.atm)
+		}
+	}
+	var st []string
+	_ = json.Unmarshal([]byte(rdb.HGet(ctx, q.Key("2"), "stacktrace").Val()), &st)
+	if len(st) != 1 || !strings.Contains(st[0], "handler exploded") || !strings.Contains(st[0], "worker_test.go") {
+		t.Errorf("panic stacktrace = %q", st)
+	}
+	// Node writes retries-exhausted when atm >= attempts: not for the
+	// unrecoverable job (atm 1 < attempts 5).
+	if ids := eventJobIDs(waitEvents(t, rdb, q, 2, "retries-exhausted")); ids != "1 2" {
+		t.Errorf("retries-exhausted for jobs %s, want 1 2", ids)
+	}
+	if c, _ := q.Counts(ctx); c != (JobCounts{Failed: 3}) {
+		t.Errorf("counts = %+v", c)
+	}
+}
+
+func TestWorkerOrderDelayedAndPriority(t *testing.T) {
+	rdb, name := realClient(t)
+	ctx := context.Background()
+	q, _ := NewQueue(rdb, name, QueueOptions{})
+	var mu sync.Mutex
+	var order []string
+	w, _ := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) {
+		mu.Lock()
+		order = append(order, j.Name)
+		mu.Unlock()
+		return nil, nil
+	}, WorkerOptions{})
+	added := time.Now()
+	for _, a := range []struct {
+		name string
+		o    JobOptions
+	}{
+		{"delayed", JobOptions{Delay: 300 * time.Millisecond}},
+		{"p9", JobOptions{Priority: 9}},
+		{"p1", JobOptions{Priority: 1}},
+		{"plain1", JobOptions{}},
+		{"p5", JobOptions{Priority: 5}},
+		{"plain2", JobOptions{}},
+		{"lifo", JobOptions{LIFO: true}},
+	} {
+		if _, err := q.Add(ctx, a.name, nil, a.o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	startWorker(t, w)
+	waitEvents(t, rdb, q, 7, "completed")
+	mu.Lock()
+	defer mu.Unlock()
+	if got := strings.Join(order, " "); got != "lifo plain1 plain2 p1 p5 p9 delayed" {
+		t.Fatalf("order = %s", got)
+	}
+	h := rdb.HGetAll(ctx, q.Key("1")).Val()
+	if h["delay"] != "0" || parseMillis(h["processedOn"]).Sub(added) < 300*time.Millisecond {
+		t.Fatalf("delayed job = %v", h)
+	}
+}
+
+func TestPauseAndResume(t *testing.T) {
+	rdb, name := realClient(t)
+	ctx := context.Background()
+	q, _ := NewQueue(rdb, name, QueueOptions{})
+	var ran atomic.Int32
+	w, _ := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) {
+		ran.Add(1)
+		return nil, nil
+	}, WorkerOptions{})
+	startWorker(t, w)
+	if err := q.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Add(ctx, "held", nil, JobOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := q.Counts(ctx); !c.Paused || c.Waiting != 1 {
+		t.Fatalf("counts while paused = %+v", c)
+	}
+	if rdb.Exists(ctx, q.Key("marker")).Val() != 0 {
+		t.Fatal("paused queue has a marker")
+	}
+	// The worker is blocked on the marker; a fetch (as any Node worker would
+	// do) must still find nothing.
+	if j, _, _, err := w.fetch(); err != nil || j != nil {
+		t.Fatalf("fetch on a paused queue: %v, %v", j, err)
+	}
+	if ran.Load() != 0 {
+		t.Fatal("a job ran while paused")
+	}
+	if err := q.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitEvents(t, rdb, q, 1, "completed")
+	waitEvents(t, rdb, q, 1, "paused")
+	waitEvents(t, rdb, q, 1, "resumed")
+}
+
+func TestCloseCancelsRunningHandlerAndRequeues(t *testing.T) {
+	rdb, name := realClient(t)
+	ctx := context.Background()
+	q, _ := NewQueue(rdb, name, QueueOptions{})
+	started := make(chan struct{})
+	var sawCancel atomic.Bool
+	w, _ := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) {
+		close(started)
+		<-ctx.Done()
+		sawCancel.Store(true)
+		return nil, ctx.Err()
+	}, WorkerOptions{})
+	if _, err := q.Add(ctx, "long", nil, JobOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- w.Run(context.Background()) }()
+	<-started
+	cctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if err := w.Close(cctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Close = %v, want DeadlineExceeded", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	if !sawCancel.Load() {
+		t.Fatal("handler context not cancelled")
+	}
+	// The interrupted job is back in wait, not failed.
+	c, _ := q.Counts(ctx)
+	if c != (JobCounts{Waiting: 1}) {
+		t.Fatalf("counts = %+v", c)
+	}
+	if err := w.Close(ctx); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if err := w.Run(ctx); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Run after Close = %v", err)
+	}
+	if n := len(rdb.ClientList(ctx).Val()); strings.Contains(rdb.ClientList(ctx).Val(), w.ClientName()) {
+		t.Fatalf("blocking connection still open after Close (%d)", n)
+	}
+}
+
+func TestRunReturnsContextError(t *testing.T) {
+	rdb, name := realClient(t)
+	w, _ := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) { return nil, nil }, WorkerOptions{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	eventually(t, 5*time.Second, "the worker's blocking connection", func() bool {
+		return strings.Contains(rdb.ClientList(context.Background()).Val(), "name="+w.ClientName()+" ")
+	})
+	start := time.Now()
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run = %v, want context.Canceled", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("Run took %v to stop: the blocking wait was not interrupted", d)
+	}
+	if err := w.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestProgressAndQueueEvents(t *testing.T) {
+	rdb, name := realClient(t)
+	ctx := ctxT(t, 20*time.Second)
+	q, _ := NewQueue(rdb, name, QueueOptions{})
+	qe, err := NewQueueEvents(ctx, rdb, name, QueueEventsOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qe.Close()
+	w, _ := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) {
+		if err := j.UpdateProgress(ctx, map[string]int{"pct": 50}); err != nil {
+			return nil, err
+		}
+		return []int{1, 2}, nil
+	}, WorkerOptions{})
+	if _, err := q.Add(ctx, "p", nil, JobOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	startWorker(t, w)
+	var names []string
+	for {
+		ev, err := qe.Next(ctx)
+		if err != nil {
+			t.Fatalf("Next: %v (so far %v)", err, names)
+		}
+		names = append(names, ev.Name)
+		if ev.Name == "progress" && (ev.JobID != "1" || string(ev.Data) != `{"pct":50}`) {
+			t.Fatalf("progress event = %+v", ev)
+		}
+		if ev.Name == "completed" {
+			if ev.JobID != "1" || string(ev.ReturnValue) != "[1,2]" || ev.Prev != "active" {
+				t.Fatalf("completed event = %+v", ev)
+			}
+			break
+		}
+	}
+	if got := strings.Join(names, " "); got != "added waiting active progress completed" {
+		t.Fatalf("events = %s", got)
+	}
+	if p := rdb.HGet(ctx, q.Key("1"), "progress").Val(); p != `{"pct":50}` {
+		t.Fatalf("progress = %s", p)
+	}
+	// Close interrupts a blocked Next.
+	errc := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := qe.Next(context.Background()); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	time.Sleep(50 * time.Millisecond) // let Next block (nothing to signal on)
+	if err := qe.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errc:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("Next after Close = %v", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("Close did not interrupt Next")
+	}
+}
+
+func TestRemoveOnCompleteAndFail(t *testing.T) {
+	rdb, name := realClient(t)
+	ctx := context.Background()
+	q, _ := NewQueue(rdb, name, QueueOptions{})
+	w, _ := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) {
+		if j.Name == "fail" {
+			return nil, errors.New("no")
+		}
+		return nil, nil
+	}, WorkerOptions{RemoveOnComplete: KeepLast(2), RemoveOnFail: RemoveJob()})
+	for i := 0; i < 5; i++ {
+		if _, err := q.Add(ctx, "ok", i, JobOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := q.Add(ctx, "keep", nil, JobOptions{RemoveOnComplete: KeepAll()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Add(ctx, "fail", nil, JobOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	startWorker(t, w)
+	waitEvents(t, rdb, q, 7, "completed", "failed")
+	done := rdb.ZRange(ctx, q.Key("completed"), 0, -1).Val()
+	// Jobs 1..5 keep the newest 2; job 6 (KeepAll) is kept, and its own
+	// policy trims nothing.
+	if len(done) != 3 || done[2] != "6" {
+		t.Fatalf("completed = %v", done)
+	}
+	for _, id := range []string{"1", "2", "3", "7"} {
+		if rdb.Exists(ctx, q.Key(id)).Val() != 0 {
+			t.Errorf("job %s not removed", id)
+		}
+	}
+	if rdb.ZCard(ctx, q.Key("failed")).Val() != 0 {
+		t.Errorf("failed job kept")
+	}
+}
+
+func b64(s string) string { return (&keys{prefix: "x", name: s}).clientName("")[2:] }
+
+func eventJobIDs(ms []redis.XMessage) string {
+	var ids []string
+	for _, m := range ms {
+		ids = append(ids, fmt.Sprint(m.Values["jobId"]))
+	}
+	sort.Strings(ids)
+	return strings.Join(ids, " ")
+}

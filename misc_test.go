@@ -1,0 +1,117 @@
+package redisleak_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redisleak/redisleak"
+)
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+func TestHandler(t *testing.T) {
+	rdb, tr, _ := setup(t, redisleak.Options{})
+	c := leakyConn(bg, rdb)
+	defer c.Close()
+	scanUntil(t, tr, 1)
+	srv := httptest.NewServer(tr.Handler())
+	defer srv.Close()
+	resp, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("status %d, type %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	var body map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"total", "idle", "inUse", "longLived", "leaked", "leaks", "observerMode", "clientKind", "pools"} {
+		if _, ok := body[k]; !ok {
+			t.Fatalf("field %q missing: %v", k, body)
+		}
+	}
+	leaks := body["leaks"].([]any)
+	if len(leaks) != 1 || body["leaked"].(float64) != 1 {
+		t.Fatalf("leaks %v", body)
+	}
+	if _, ok := leaks[0].(map[string]any)["site"]; ok {
+		t.Fatal("site shown without HandlerShowSites")
+	}
+	post, err := http.Post(srv.URL, "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	post.Body.Close()
+	if post.StatusCode != http.StatusMethodNotAllowed {
+		t.Fatalf("POST: %d", post.StatusCode)
+	}
+}
+
+func TestHandlerShowSites(t *testing.T) {
+	rdb, tr, _ := setup(t, redisleak.Options{HandlerShowSites: true})
+	c := leakyConn(bg, rdb)
+	defer c.Close()
+	scanUntil(t, tr, 1)
+	rec := httptest.NewRecorder()
+	tr.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+	if !strings.Contains(rec.Body.String(), "leakyConn") {
+		t.Fatalf("site missing: %s", rec.Body)
+	}
+}
+
+// fakeT records VerifyNone's failures.
+type fakeT struct{ msgs []string }
+
+func (f *fakeT) Helper() {}
+func (f *fakeT) Errorf(format string, args ...any) {
+	f.msgs = append(f.msgs, fmt.Sprintf(format, args...))
+}
+
+func TestVerifyNone(t *testing.T) {
+	rdb, tr, _ := setup(t, redisleak.Options{MaxHold: time.Hour})
+	ft := &fakeT{}
+	redisleak.VerifyNone(ft, tr)
+	if len(ft.msgs) != 0 {
+		t.Fatalf("clean tracker failed: %v", ft.msgs)
+	}
+	c := leakyConn(bg, rdb)
+	lived := rdb.Conn()
+	lived.Ping(redisleak.WithLongLived(bg))
+	defer lived.Close()
+	redisleak.VerifyNone(ft, tr, redisleak.VerifyWait(50*time.Millisecond))
+	if len(ft.msgs) != 1 || !strings.Contains(ft.msgs[0], "leakyConn") || !strings.Contains(ft.msgs[0], "found 1 leaked") {
+		t.Fatalf("VerifyNone: %v", ft.msgs)
+	}
+	// A hold that ends within the wait is not a leak.
+	go func() { time.Sleep(30 * time.Millisecond); c.Close() }()
+	ft2 := &fakeT{}
+	redisleak.VerifyNone(ft2, tr)
+	if len(ft2.msgs) != 0 {
+		t.Fatalf("hold that ended: %v", ft2.msgs)
+	}
+}
+
+func TestContextMarks(t *testing.T) {
+	ctx := redisleak.WithOwner(redisleak.WithLongLived(bg), "x")
+	if !redisleak.IsLongLived(ctx) || redisleak.OwnerOf(ctx) != "x" {
+		t.Fatal("marks lost")
+	}
+	plain := redisleak.WithoutLongLived(ctx)
+	if redisleak.IsLongLived(plain) || redisleak.OwnerOf(plain) != "x" {
+		t.Fatal("WithoutLongLived")
+	}
+	if redisleak.IsLongLived(bg) || redisleak.OwnerOf(bg) != "" {
+		t.Fatal("background carries marks")
+	}
+	if redisleak.WithoutLongLived(bg) != bg {
+		t.Fatal("WithoutLongLived allocated for an unmarked context")
+	}
+}

@@ -2,6 +2,7 @@ package sse
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -30,7 +31,9 @@ func TestStalledClient(t *testing.T) {
 	}
 	srv.Start()
 	t.Cleanup(func() {
-		if err := m.Close(t.Context()); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := m.Close(ctx); err != nil {
 			t.Error(err)
 		}
 		srv.Close()

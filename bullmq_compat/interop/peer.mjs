@@ -64,6 +64,8 @@ async function work() {
     if (job && job.finishedOn) finish();
   });
   w.on('error', (e) => process.stderr.write(`worker error: ${e}\n`));
+  await w.waitUntilReady();
+  out({ ready: true });
   await all;
   await w.close();
   c.disconnect();
@@ -81,7 +83,7 @@ async function counts() {
   const failed = (await q.getFailed()).map((j) => ({
     id: j.id, failedReason: j.failedReason, stacktrace: j.stacktrace, attemptsMade: j.attemptsMade,
   }));
-  const workers = (await q.getWorkers()).map((w) => w.name);
+  const workers = (await q.getWorkers()).map((w) => w.rawname);
   const jobs = {};
   for (const id of p.jobIds || []) {
     const j = await q.getJob(id);

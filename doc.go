@@ -1,3 +1,50 @@
 // Package redisleak finds Redis connections that are held too long in
 // go-redis pools — and knows which long holds are on purpose.
+//
+// Attach a tracker to a client you already have:
+//
+//	tr, err := redisleak.Instrument(rdb, redisleak.Options{}) // 30 s threshold, scan every 10 s
+//	if err != nil { ... }
+//	defer tr.Close()
+//	http.Handle("/health/redis-pool", tr.Handler())
+//
+// and mark the holds that are long on purpose where you start them:
+//
+//	conn := rdb.Conn()
+//	conn.BZPopMin(redisleak.WithOwner(redisleak.WithLongLived(ctx), "queue:emails"), 0, "marker")
+//
+// # What it sees
+//
+// The tracker wraps each dialed net.Conn (DialHook) and receives go-redis's
+// connection-state events (the process-wide observer installed with
+// redis.SetOTelRecorder). A hold starts when a connection leaves the pool —
+// for a command, a pipeline, a Watch callback, a Client.Conn from its first
+// command until Close, a PubSub for its life — and ends when it returns or
+// closes. Every hold is timed exactly; nothing is unwound on the hot path.
+//
+// # Long-lived holds
+//
+// A hold is exempt when the context of the call that acquired it carries
+// WithLongLived, or when it is long-lived by nature: PubSub connections
+// (go-redis re-dials them with a background context, so a mark alone would
+// be lost) and blocking commands (BLPOP, BZPOPMIN, XREAD BLOCK, WAIT, ...)
+// until their own timeout plus Options.BlockingGrace (timeout 0: forever).
+// Options.DisableRecognition turns recognition by nature off. WithMaxHold
+// sets a per-call threshold for holds that are long but bounded.
+//
+// # Reports
+//
+// Each leak is reported once: a slog WARN (leakedCount, maxHoldTimeMs and the
+// leak's fields), Options.OnLeak, the redisleak.leaks counter; an INFO
+// follows when a reported hold ends. A Leak names its acquisition site, the
+// first frame outside go-redis and this package: captured when a hold
+// outlives its command (Conn, Watch), at dial for PubSub, and for a command
+// still running from the goroutine blocked on that connection. A pool
+// timeout error names the holders (*PoolTimeoutError; errors.Is with
+// redis.ErrPoolTimeout still holds).
+//
+// # Concurrency
+//
+// A Tracker is safe for concurrent use. Close stops its goroutines and makes
+// its hooks inert; hooks cannot be removed from a go-redis client.
 package redisleak

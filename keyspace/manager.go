@@ -26,10 +26,13 @@ const (
 	stateClosed
 )
 
-// item is one event on its way to the handlers.
+// item is one event on its way to the handlers (kept small: it is copied
+// into and out of the queue, and the queue is scanned by the GC).
 type item struct {
-	ev     Event
-	routes []route
+	ns         *nodeSub
+	pr         *patternRoutes
+	key, event string
+	channel    string
 }
 
 // Manager delivers Redis keyspace notifications to handlers. Create it with
@@ -433,26 +436,23 @@ func (m *Manager) deliver(ns *nodeSub, msg *redis.Message) {
 	if pr == nil {
 		return // a pattern no handler needs any more
 	}
-	ev := Event{DB: m.opts.DB, Node: ns.addr, Channel: msg.Channel, ctx: m.handlerCtx}
+	it := item{ns: ns, pr: pr, channel: msg.Channel}
+	var ok bool
 	if pr.keyspace {
-		key, ok := strings.CutPrefix(msg.Channel, m.ksPrefix)
-		if !ok {
-			return
-		}
-		ev.Key, ev.Event = key, msg.Payload
+		it.key, ok = strings.CutPrefix(msg.Channel, m.ksPrefix)
+		it.event = msg.Payload
 	} else {
-		name, ok := strings.CutPrefix(msg.Channel, m.kePrefix)
-		if !ok {
-			return
-		}
-		ev.Key, ev.Event = msg.Payload, name
+		it.event, ok = strings.CutPrefix(msg.Channel, m.kePrefix)
+		it.key = msg.Payload
+	}
+	if !ok {
+		return
 	}
 	m.stats.received.Add(1)
 	q := m.queues[0]
 	if len(m.queues) > 1 {
-		q = m.queues[keyHash(ev.Key)%uint32(len(m.queues))]
+		q = m.queues[keyHash(it.key)%uint32(len(m.queues))]
 	}
-	it := item{ev: ev, routes: pr.routes}
 	switch m.opts.Overflow {
 	case OverflowBlock:
 		select {
@@ -503,9 +503,10 @@ func (m *Manager) work(q chan item) {
 			m.stats.discarded.Add(1)
 			continue
 		}
-		for _, r := range it.routes {
-			if r.accepts(&it.ev) {
-				m.call(r.h, it.ev)
+		ev := Event{DB: m.opts.DB, Key: it.key, Event: it.event, Node: it.ns.addr, Channel: it.channel, ctx: m.handlerCtx}
+		for _, r := range it.pr.routes {
+			if r.accepts(&ev) {
+				m.call(r.h, ev)
 			}
 		}
 		m.stats.handled.Add(1)

@@ -3,8 +3,8 @@ package keyspace
 import (
 	"context"
 	"errors"
-	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -30,6 +30,8 @@ type nodeSub struct {
 	ps      *redis.PubSub // nil while disconnected
 	waits   []*confirmWait
 	stopped bool
+
+	activity atomic.Uint64 // messages read, for the health check
 
 	stopCh  chan struct{}
 	done    chan struct{}
@@ -187,13 +189,15 @@ func (ns *nodeSub) isStopped() bool {
 	}
 }
 
-// run reads the subscription until the subscriber stops. A silent
-// connection is pinged after PingInterval and dropped when the answer does
-// not come within another interval.
+// run reads the subscription until the subscriber stops. Reads carry no
+// deadline (a deadline per message costs a timer update); the health check
+// runs beside it in watch.
 func (ns *nodeSub) run() {
 	defer close(ns.done)
 	m := ns.m
-	awaitingPong := false
+	watchDone := make(chan struct{})
+	go ns.watch(watchDone)
+	defer func() { <-watchDone }()
 	failures := 0
 	for {
 		ps := ns.current()
@@ -201,26 +205,17 @@ func (ns *nodeSub) run() {
 			if !ns.reconnect(&failures) {
 				return
 			}
-			awaitingPong = false
 			continue
 		}
-		msg, err := ps.ReceiveTimeout(m.connCtx, m.opts.PingInterval)
+		msg, err := ps.Receive(m.connCtx)
 		if err != nil {
 			if ns.isStopped() {
 				return
 			}
-			if isTimeout(err) && !awaitingPong {
-				if perr := ps.Ping(m.connCtx); perr == nil {
-					awaitingPong = true
-					continue
-				} else {
-					err = perr
-				}
-			}
 			ns.drop(ps, err)
 			continue
 		}
-		awaitingPong = false
+		ns.activity.Add(1)
 		switch v := msg.(type) {
 		case *redis.Message:
 			m.deliver(ns, v)
@@ -232,16 +227,59 @@ func (ns *nodeSub) run() {
 	}
 }
 
-// drop forgets a failed connection; the loop then reconnects.
+// errNoPong is why watch drops a silent connection.
+var errNoPong = errors.New("no reply to PING within the ping interval")
+
+// watch pings a connection that was silent for PingInterval and drops it
+// (so run reconnects) when it stays silent for another interval.
+func (ns *nodeSub) watch(done chan struct{}) {
+	defer close(done)
+	t := time.NewTicker(ns.m.opts.PingInterval)
+	defer t.Stop()
+	last := ns.activity.Load()
+	pinged := false
+	for {
+		select {
+		case <-ns.stopCh:
+			return
+		case <-t.C:
+		}
+		if cur := ns.activity.Load(); cur != last {
+			last, pinged = cur, false
+			continue
+		}
+		ps := ns.current()
+		if ps == nil {
+			pinged = false
+			continue
+		}
+		if !pinged {
+			if err := ps.Ping(ns.m.connCtx); err != nil {
+				ns.drop(ps, err)
+				continue
+			}
+			pinged = true
+			continue
+		}
+		pinged = false
+		ns.drop(ps, errNoPong)
+	}
+}
+
+// drop forgets a failed connection; run then reconnects. Only the first
+// drop of a connection counts.
 func (ns *nodeSub) drop(ps *redis.PubSub, err error) {
 	ns.mu.Lock()
-	if ns.ps == ps {
+	first := ns.ps == ps
+	if first {
 		ns.ps = nil
 	}
 	ns.mu.Unlock()
 	_ = ps.Close()
-	ns.m.stats.reconnects.Add(1)
-	ns.m.report(&NodeError{Node: ns.addr, Op: "receive", Err: err})
+	if first {
+		ns.m.stats.reconnects.Add(1)
+		ns.m.report(&NodeError{Node: ns.addr, Op: "receive", Err: err})
+	}
 }
 
 // reconnect retries connect with backoff (first try at once) until it
@@ -305,9 +343,4 @@ func (ns *nodeSub) stop() {
 	} else {
 		close(ns.done)
 	}
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }

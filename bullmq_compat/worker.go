@@ -49,6 +49,7 @@ type Worker struct {
 	mu       sync.Mutex
 	state    int // 0 new, 1 running, 2 closed
 	stop     context.CancelFunc
+	loopCtx  context.Context
 	jobsCtx  context.Context
 	cancelJ  context.CancelFunc
 	runDone  chan struct{}
@@ -135,6 +136,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.state = 1
 	loopCtx, stop := context.WithCancel(ctx)
 	w.stop = stop
+	w.loopCtx = loopCtx
 	jobsCtx, cancelJ := context.WithCancel(ctx)
 	w.jobsCtx = redisleak.WithoutLongLived(jobsCtx)
 	w.cancelJ = cancelJ
@@ -287,8 +289,30 @@ func (w *Worker) processChain(job *Job, slots chan struct{}) {
 	defer w.wg.Done()
 	defer func() { <-slots }()
 	for job != nil {
-		job = w.process(job)
+		s := w.process(job)
+		job = s.next
+		if job == nil && s.limit > 0 && !w.closing.Load() {
+			// Rate limited when finishing: wait here, keeping the slot,
+			// as the main loop may be blocked on the marker.
+			sleepCtx(w.loopCtx, min(time.Duration(s.limit)*time.Millisecond, w.opts.MaximumRateLimitDelay))
+			if w.loopCtx.Err() != nil {
+				return
+			}
+			next, _, _, err := w.fetch()
+			if err != nil {
+				w.report(fmt.Errorf("bullmq: worker %s: fetch: %w", w.k.name, err))
+				return
+			}
+			job = next
+		}
 	}
+}
+
+// step is what finishing a job leads to: the next job, or a rate limit
+// delay (ms) before the next fetch.
+type step struct {
+	next  *Job
+	limit int64
 }
 
 func (w *Worker) track(j *Job) {
@@ -305,7 +329,7 @@ func (w *Worker) untrack(j *Job) {
 
 // process runs one job to its end in Redis and returns the next job, if
 // finishing it fetched one.
-func (w *Worker) process(j *Job) *Job {
+func (w *Worker) process(j *Job) step {
 	w.track(j)
 	defer w.untrack(j)
 	if j.RepeatJobKey != "" {
@@ -325,7 +349,7 @@ func (w *Worker) process(j *Job) *Job {
 				rerr = scriptError(code, j.ID, "requeue")
 			}
 			w.report(rerr)
-			return nil
+			return step{}
 		}
 		return w.fail(j, err, err.Error(), stack)
 	}
@@ -354,7 +378,7 @@ func (w *Worker) call(ctx context.Context, j *Job) (result any, err error, stack
 }
 
 // fail retries the job when its attempts and backoff allow, else fails it.
-func (w *Worker) fail(j *Job, err error, reason, stack string) *Job {
+func (w *Worker) fail(j *Job, err error, reason, stack string) step {
 	traces := append(append([]string(nil), j.Stacktrace...), stack)
 	if l := j.opts.StackTraceLimit; l != nil {
 		if *l <= 0 {
@@ -379,7 +403,7 @@ func (w *Worker) fail(j *Job, err error, reason, stack string) *Job {
 			if rerr != nil {
 				w.report(fmt.Errorf("bullmq: worker %s: %w", w.k.name, rerr))
 			}
-			return nil
+			return step{}
 		}
 		reason = fmt.Sprintf("Unknown backoff strategy %s. If a custom backoff strategy is used, specify it when the queue is created.", j.opts.Backoff.Type)
 	}
@@ -388,7 +412,7 @@ func (w *Worker) fail(j *Job, err error, reason, stack string) *Job {
 
 // finish moves the job to completed or failed and, unless the worker is
 // closing, fetches the next job in the same script.
-func (w *Worker) finish(j *Job, target, value, stacktrace string) *Job {
+func (w *Worker) finish(j *Job, target, value, stacktrace string) step {
 	keep := w.keepCompleted
 	if target == "failed" {
 		keep = w.keepFailed
@@ -404,20 +428,20 @@ func (w *Worker) finish(j *Job, target, value, stacktrace string) *Job {
 		w.opts.Limiter.Duration.Milliseconds(), w.opts.Name).Result()
 	if err != nil {
 		w.report(fmt.Errorf("bullmq: worker %s: move job %s to %s: %w", w.k.name, j.ID, target, err))
-		return nil
+		return step{}
 	}
 	switch r := res.(type) {
 	case int64:
 		if r < 0 {
 			w.report(scriptError(r, j.ID, "move to "+target))
 		}
-		return nil
+		return step{}
 	case []any:
-		next, _, _, perr := w.parseFetch(r, token)
+		next, limit, _, perr := w.parseFetch(r, token)
 		w.report(perr)
-		return next
+		return step{next: next, limit: limit}
 	}
-	return nil
+	return step{}
 }
 
 // renewLocks extends the locks of running jobs every LockDuration/4.

@@ -119,10 +119,12 @@ async function events() {
   out({ events: got });
 }
 
-async function pause() {
+// meta pauses or resumes the queue and sets its global limits.
+async function meta() {
   const c = conn();
   const q = new Queue(p.queue, { connection: c, prefix });
-  if (p.resume) await q.resume(); else await q.pause();
+  if (p.pause) await q.pause();
+  if (p.resume) await q.resume();
   if (p.globalConcurrency) await q.setGlobalConcurrency(p.globalConcurrency);
   if (p.rateMax) await q.setGlobalRateLimit(p.rateMax, p.rateDuration);
   await q.close();
@@ -175,7 +177,7 @@ async function benchAdd() {
   out({ ns, count: p.count });
 }
 
-const modes = { add, work, counts, events, pause, schedule, benchWork, benchAdd };
+const modes = { add, work, counts, events, meta, schedule, benchWork, benchAdd };
 if (!modes[mode]) {
   process.stderr.write(`unknown mode ${mode}\n`);
   process.exit(2);

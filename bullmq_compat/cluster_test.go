@@ -1,0 +1,80 @@
+package bullmq
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+
+	"github.com/redisleak/redisleak/internal/redistest"
+)
+
+// TestCluster runs a queue and a worker on a 3-master Redis Cluster with the
+// hash tag in the prefix, so that all keys of the queue share one slot.
+func TestCluster(t *testing.T) {
+	cl := redistest.NewCluster(t, 3)
+	rdb := cl.Client(t, func(o *redis.ClusterOptions) {
+		o.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	})
+	ctx := ctxT(t, 30*time.Second)
+	name := uniqueQueue(t)
+	opts := QueueOptions{Prefix: "{bull}"}
+	q, err := NewQueue(rdb, name, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := q.Key("wait"); k != "{bull}:"+name+":wait" {
+		t.Fatalf("key = %s", k)
+	}
+	qe, err := NewQueueEvents(ctx, rdb, name, QueueEventsOptions{Prefix: "{bull}"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qe.Close()
+	w, err := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) {
+		return strings.ToUpper(j.Name), nil
+	}, WorkerOptions{Prefix: "{bull}", Concurrency: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startWorker(t, w)
+	for _, o := range []JobOptions{{}, {Priority: 2}, {Delay: 100 * time.Millisecond}, {Attempts: 2}} {
+		if _, err := q.Add(ctx, "job", nil, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for done := 0; done < 4; {
+		ev, err := qe.Next(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.Name == "completed" {
+			if string(ev.ReturnValue) != `"JOB"` {
+				t.Fatalf("completed = %+v", ev)
+			}
+			done++
+		}
+	}
+	c, err := q.Counts(ctx)
+	if err != nil || c != (JobCounts{Completed: 4}) {
+		t.Fatalf("counts = %+v, %v", c, err)
+	}
+	// The worker's blocking connection is on the node that serves the slot.
+	node, err := rdb.MasterForKey(ctx, q.Key("marker"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if list := node.ClientList(ctx).Val(); !strings.Contains(list, "name="+w.ClientName()+" ") {
+		t.Fatalf("worker connection not on the slot's node:\n%s", list)
+	}
+
+	// Without a hash tag the keys spread over slots: the script fails
+	// with an error rather than half-working.
+	bad, _ := NewQueue(rdb, name, QueueOptions{})
+	if _, err := bad.Add(ctx, "x", nil, JobOptions{}); err == nil {
+		t.Fatal("Add without a hash tag on a cluster succeeded")
+	}
+}

@@ -1,0 +1,104 @@
+package keyspace_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/redisleak/redisleak/keyspace"
+)
+
+// Handle every event on user keys. miniredis publishes no notifications of
+// its own and has no CONFIG: the example skips the config step and
+// publishes a notification by hand, as Redis would for SET user:1.
+func ExampleManager_Handle() {
+	mr := miniredis.NewMiniRedis()
+	if err := mr.Start(); err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+
+	m, err := keyspace.NewManager(rdb, keyspace.Options{Config: keyspace.ConfigSkip})
+	if err != nil {
+		panic(err)
+	}
+	got := make(chan keyspace.Event, 1)
+	m.Handle("user:*", func(ev keyspace.Event) { got <- ev })
+	ctx := context.Background()
+	if err := m.Start(ctx); err != nil {
+		panic(err)
+	}
+	defer m.Close(ctx)
+
+	mr.Publish("__keyspace@0__:user:1", "set")
+	ev := <-got
+	fmt.Println(ev.Event, ev.Key, ev.Event == keyspace.EventSet)
+	// Output: set user:1 true
+}
+
+// React to expiring sessions only: with E in the flags, the manager listens
+// on the keyevent channel of the expired event and matches keys itself.
+func ExampleManager_HandleEvents() {
+	mr := miniredis.NewMiniRedis()
+	if err := mr.Start(); err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+
+	m, err := keyspace.NewManager(rdb, keyspace.Options{Flags: "Ex", Config: keyspace.ConfigSkip})
+	if err != nil {
+		panic(err)
+	}
+	expired := make(chan string, 2)
+	err = m.HandleEvents("session:*", func(ev keyspace.Event) { expired <- ev.Key }, keyspace.EventExpired)
+	if err != nil {
+		panic(err)
+	}
+	ctx := context.Background()
+	if err := m.Start(ctx); err != nil {
+		panic(err)
+	}
+	defer m.Close(ctx)
+
+	mr.Publish("__keyevent@0__:expired", "cart:9") // not a session
+	mr.Publish("__keyevent@0__:expired", "session:42")
+	fmt.Println(<-expired)
+	// Output: session:42
+}
+
+// Where CONFIG is unavailable (managed Redis, miniredis), the default
+// ConfigMerge cannot do its job and says so; ConfigVerify or ConfigSkip are
+// the way out.
+func ExampleNewManager_configUnavailable() {
+	mr := miniredis.NewMiniRedis()
+	if err := mr.Start(); err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+
+	m, err := keyspace.NewManager(rdb, keyspace.Options{})
+	if err != nil {
+		panic(err)
+	}
+	err = m.Start(context.Background())
+	fmt.Println(errors.Is(err, keyspace.ErrConfigUnavailable))
+	// Output: true
+}
+
+// Bad flags are an error from the constructor.
+func ExampleNewManager_badFlags() {
+	rdb := redis.NewClient(&redis.Options{Addr: "localhost:6379"}) // not contacted
+	defer rdb.Close()
+	_, err := keyspace.NewManager(rdb, keyspace.Options{Flags: "KEQ"})
+	fmt.Println(err)
+	// Output: keyspace: bad notify-keyspace-events flags: unknown flag "Q" in "KEQ" (known: KEg$lshztdxemnoc and A)
+}

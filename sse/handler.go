@@ -204,7 +204,7 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	last, err := m.resume(ctx, w, c, cursor)
+	last, told, err := m.resume(ctx, w, c, cursor)
 	if err != nil {
 		if ctx.Err() == nil && !errors.Is(err, errAborted) {
 			m.report(fmt.Errorf("sse: resuming from %q: %w", cursor, err))
@@ -212,11 +212,12 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		m.stats.writeErrors.Add(1)
 		return
 	}
-	m.live(ctx, w, c, last)
+	m.live(ctx, w, c, last, told)
 }
 
 // live copies the client's queue to the response until the stream ends.
-func (m *Manager) live(ctx context.Context, w http.ResponseWriter, c *client, last streamID) {
+// Queued events up to last are duplicates; told is the browser's cursor.
+func (m *Manager) live(ctx context.Context, w http.ResponseWriter, c *client, last, told streamID) {
 	wt := m.opts.WriteTimeout
 	hb := time.NewTicker(m.opts.Heartbeat)
 	defer hb.Stop()
@@ -242,7 +243,7 @@ func (m *Manager) live(ctx context.Context, w http.ResponseWriter, c *client, la
 						fail()
 						return
 					}
-					last, wrote = f.id, true
+					last, told, wrote = f.id, f.id, true
 				}
 				if n == 63 {
 					break
@@ -262,10 +263,16 @@ func (m *Manager) live(ctx context.Context, w http.ResponseWriter, c *client, la
 			b := []byte(":\n")
 			// Every event up to lastFanned was queued before it was stored:
 			// with the queue empty, this client has all of its events up to
-			// there, and the browser's cursor can move on.
-			if adv := *m.lastFanned.Load(); len(c.queue) == 0 && last.less(adv) {
-				b = append(b, "id: "+adv.String()+"\n"...)
-				last = adv
+			// there (and up to last, which a replay may have scanned), so
+			// the browser's cursor can move on.
+			if adv := *m.lastFanned.Load(); len(c.queue) == 0 {
+				if last.less(adv) {
+					last = adv
+				}
+				if told.less(last) {
+					b = append(b, "id: "+last.String()+"\n"...)
+					told = last
+				}
 			}
 			b = append(b, '\n')
 			if c.write(w, b, wt) != nil || c.flush(wt) != nil {
@@ -278,18 +285,19 @@ func (m *Manager) live(ctx context.Context, w http.ResponseWriter, c *client, la
 
 // resume replays the history after cursor, or sends a reset for a cursor
 // that cannot be resumed. It returns the id up to which the client is
-// served: live events up to it are duplicates.
-func (m *Manager) resume(ctx context.Context, w http.ResponseWriter, c *client, cursor string) (streamID, error) {
+// served (live events up to it are duplicates) and the browser's cursor.
+func (m *Manager) resume(ctx context.Context, w http.ResponseWriter, c *client, cursor string) (last, told streamID, err error) {
 	if cursor == "" {
-		return streamID{}, nil
+		return streamID{}, streamID{}, nil
 	}
 	id, ok := parseID(cursor)
 	if !ok {
-		return m.reset(ctx, w, c, "malformed cursor")
+		last, err = m.reset(ctx, w, c, "malformed cursor")
+		return last, last, err
 	}
 	entries, err := m.rdb.XRangeN(ctx, m.stream, id.String(), "+", replayBatch).Result()
 	if err != nil {
-		return streamID{}, err
+		return streamID{}, streamID{}, err
 	}
 	if len(entries) == 0 || entries[0].ID != id.String() {
 		why := "unknown cursor"
@@ -299,11 +307,13 @@ func (m *Manager) resume(ctx context.Context, w http.ResponseWriter, c *client, 
 				why = "cursor older than the retained history"
 			}
 		}
-		return m.reset(ctx, w, c, why)
+		last, err = m.reset(ctx, w, c, why)
+		return last, last, err
 	}
 	m.stats.replays.Add(1)
 	wt := m.opts.WriteTimeout
 	scanned := id
+	told = id
 	full := len(entries) == replayBatch
 	entries = entries[1:] // the cursor itself
 	for {
@@ -317,8 +327,9 @@ func (m *Manager) resume(ctx context.Context, w http.ResponseWriter, c *client, 
 				continue
 			}
 			if err := c.write(w, f.buf, wt); err != nil {
-				return scanned, err
+				return scanned, told, err
 			}
+			told = f.id
 			m.stats.replayedEvents.Add(1)
 		}
 		if !full {
@@ -326,11 +337,11 @@ func (m *Manager) resume(ctx context.Context, w http.ResponseWriter, c *client, 
 		}
 		entries, err = m.rdb.XRangeN(ctx, m.stream, scanned.next().String(), "+", replayBatch).Result()
 		if err != nil {
-			return scanned, err
+			return scanned, told, err
 		}
 		full = len(entries) == replayBatch
 	}
-	return scanned, c.flush(wt)
+	return scanned, told, c.flush(wt)
 }
 
 // reset sends the "reset" event carrying the newest history id.

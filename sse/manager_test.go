@@ -46,7 +46,8 @@ func TestFanOutTwoManagers(t *testing.T) {
 	if e := other.next(t); e.ID != last || e.Data != "goal" {
 		t.Fatalf("sports subscriber got %+v, want only the goal %s", e, last)
 	}
-	if st := m1.Stats(); st.Clients != 1 || st.Published != 6 || st.Received != 11 {
+	eventually(t, "manager 1 to receive all 11 events", func() bool { return m1.Stats().Received == 11 })
+	if st := m1.Stats(); st.Clients != 1 || st.Published != 6 {
 		t.Fatalf("manager 1 stats %+v", st)
 	}
 }
@@ -154,7 +155,9 @@ func TestReplay(t *testing.T) {
 			}
 		})
 	}
-	if st := m.Stats(); st.Replays != 3 || st.ReplayedEvents != 18 || st.Resets != 0 {
+	// 6 replayed events per resume, plus the live one when it was published
+	// before the replay read the history.
+	if st := m.Stats(); st.Replays != 3 || st.ReplayedEvents < 18 || st.ReplayedEvents > 21 || st.Resets != 0 {
 		t.Fatalf("stats %+v", st)
 	}
 }

@@ -1,0 +1,24 @@
+module github.com/redisleak/redisleak/sse/bench
+
+go 1.26.8
+
+replace github.com/redisleak/redisleak => ../..
+
+require (
+	github.com/redis/go-redis/v9 v9.23.0
+	github.com/redisleak/redisleak v0.0.0
+	github.com/tmaxmax/go-sse v0.12.0
+)
+
+require (
+	github.com/cespare/xxhash/v2 v2.3.0 // indirect
+	github.com/go-logr/logr v1.4.4 // indirect
+	github.com/go-logr/stdr v1.2.2 // indirect
+	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
+	go.opentelemetry.io/otel v1.47.0 // indirect
+	go.opentelemetry.io/otel/log v1.47.0 // indirect
+	go.opentelemetry.io/otel/metric v1.47.0 // indirect
+	go.opentelemetry.io/otel/trace v1.47.0 // indirect
+	go.uber.org/atomic v1.12.0 // indirect
+	golang.org/x/sys v0.48.0 // indirect
+)

@@ -96,3 +96,26 @@ func TestRing(t *testing.T) {
 		t.Fatalf("shard client error %v (%T), want the bare redis.ErrPoolTimeout", err, err)
 	}
 }
+
+func TestFailoverClient(t *testing.T) {
+	master := redistest.Private(t)
+	sentinel := redistest.Sentinel(t, master, "mymaster")
+	rdb := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: "mymaster", SentinelAddrs: []string{sentinel.Addr}})
+	defer rdb.Close()
+	tr, err := redisleak.Instrument(rdb, redisleak.Options{MaxHold: 150 * time.Millisecond, ScanInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if k := tr.Stats().ClientKind; k != redisleak.ClientKindFailover {
+		t.Fatalf("client kind %q", k)
+	}
+	waitFor(t, 5*time.Second, "master reachable through the sentinel", func() bool { return rdb.Ping(bg).Err() == nil })
+	c := leakyConn(bg, rdb)
+	defer c.Close()
+	l := onlyLeak(t, scanUntil(t, tr, 1))
+	assertSite(t, l, "leakyConn")
+	if l.Addr != master.Addr {
+		t.Fatalf("leak addr %q, want the master %q", l.Addr, master.Addr)
+	}
+}

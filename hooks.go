@@ -36,6 +36,10 @@ func (h *hook) DialHook(next redis.DialHook) redis.DialHook {
 		if err != nil || c == nil || h.t.closed.Load() {
 			return c, err
 		}
+		// The dialed address: a failover client dials "FailoverClient".
+		if ra := c.RemoteAddr(); ra != nil {
+			addr = ra.String()
+		}
 		return wrapConn(c, h.t.newRecord(ctx, addr)), nil
 	}
 }

@@ -109,7 +109,7 @@ func TestChainRecorderAndReplacement(t *testing.T) {
 	t.Cleanup(func() { redis.SetOTelRecorder(nil) }) // runs after the tracker's Close
 	srv := redistest.Private(t)
 	proxy := redistest.NewProxy(t, srv.Addr)
-	rdb := redis.NewClient(&redis.Options{Addr: proxy.Addr, ReadTimeout: -1, MaxRetries: -1})
+	rdb := redis.NewClient(&redis.Options{Addr: proxy.Addr, ReadTimeout: -1, MaxRetries: -1, MaintNotificationsConfig: redistest.NoMaintNotifications()})
 	defer rdb.Close()
 	logs := &logBuffer{}
 	chained := &countingRecorder{waits: make(chan struct{}, 1)}

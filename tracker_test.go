@@ -98,7 +98,7 @@ func stuckGet(ctx context.Context, rdb *redis.Client) error {
 func TestLeakStuckCommand(t *testing.T) {
 	srv := redistest.Private(t)
 	proxy := redistest.NewProxy(t, srv.Addr)
-	rdb := redis.NewClient(&redis.Options{Addr: proxy.Addr, ReadTimeout: -1, MaxRetries: -1})
+	rdb := redis.NewClient(&redis.Options{Addr: proxy.Addr, ReadTimeout: -1, MaxRetries: -1, MaintNotificationsConfig: redistest.NoMaintNotifications()})
 	defer rdb.Close()
 	logs := &logBuffer{}
 	tr, err := redisleak.Instrument(rdb, redisleak.Options{MaxHold: 150 * time.Millisecond, ScanInterval: time.Hour, Logger: logs.logger(), FullStacks: true})

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
 // Required reports whether tests must fail instead of skipping when no real
@@ -180,13 +181,24 @@ func (s *Server) Restart() {
 
 // Client returns a go-redis client for the server, closed when the test ends.
 func (s *Server) Client(opts ...func(*redis.Options)) *redis.Client {
-	o := &redis.Options{Addr: s.Addr}
+	o := &redis.Options{Addr: s.Addr, MaintNotificationsConfig: NoMaintNotifications()}
 	for _, f := range opts {
 		f(o)
 	}
 	c := redis.NewClient(o)
 	s.t.Cleanup(func() { _ = c.Close() })
 	return c
+}
+
+// NoMaintNotifications returns a config that turns go-redis's maintenance
+// notifications handshake off. go-redis v9.23's default (auto) mode sends
+// CLIENT MAINT_NOTIFICATIONS on each new connection; Redis 7.0 rejects it and
+// the client downgrades its options, which the race detector reports as a
+// data race inside go-redis when two first connections (e.g. a PubSub and a
+// pooled one) handshake at once. Test clients turn it off so that -race
+// reports only our races.
+func NoMaintNotifications() *maintnotifications.Config {
+	return &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 }
 
 // pingRaw sends PING over a fresh TCP connection, without go-redis.
@@ -261,7 +273,7 @@ func (c *Cluster) Addrs() []string {
 
 // Client returns a ClusterClient for the cluster, closed when the test ends.
 func (c *Cluster) Client(t testing.TB, opts ...func(*redis.ClusterOptions)) *redis.ClusterClient {
-	o := &redis.ClusterOptions{Addrs: c.Addrs()}
+	o := &redis.ClusterOptions{Addrs: c.Addrs(), MaintNotificationsConfig: NoMaintNotifications()}
 	for _, f := range opts {
 		f(o)
 	}

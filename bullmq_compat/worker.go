@@ -56,6 +56,8 @@ type Worker struct {
 	running  map[string]string // job id → token
 	blocking *blockConn
 	wg       sync.WaitGroup
+
+	onFinish func() // test hook: after a job's finish script returned
 }
 
 // NewWorker returns a Worker for queue that runs h for each job once Run is
@@ -426,6 +428,9 @@ func (w *Worker) finish(j *Job, target, value, stacktrace string) step {
 		time.Now().UnixMilli(), target, value, stacktrace, keep, fetchNext,
 		token, w.opts.LockDuration.Milliseconds(), w.opts.Limiter.Max,
 		w.opts.Limiter.Duration.Milliseconds(), w.opts.Name).Result()
+	if w.onFinish != nil {
+		w.onFinish()
+	}
 	if err != nil {
 		w.report(fmt.Errorf("bullmq: worker %s: move job %s to %s: %w", w.k.name, j.ID, target, err))
 		return step{}

@@ -104,6 +104,15 @@ func globHasMeta(p string) bool {
 	return false
 }
 
+// EscapePattern escapes the glob metacharacters (* ? [ ] \) in s, so that
+// the result, as a key pattern for Handle, matches the key s only.
+func EscapePattern(s string) string { return globEscape(s) }
+
+// PrefixPattern returns a key pattern for Handle that matches every key
+// starting with the literal prefix, whatever characters it contains:
+// PrefixPattern("cache[eu]:") is `cache\[eu\]:*`.
+func PrefixPattern(prefix string) string { return globEscape(prefix) + "*" }
+
 // globEscape escapes s so that it matches only itself as a glob.
 func globEscape(s string) string {
 	if !globHasMeta(s) && !containsByte(s, ']') {

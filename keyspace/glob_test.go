@@ -50,3 +50,18 @@ func TestGlobEscape(t *testing.T) {
 		}
 	}
 }
+
+func TestPrefixPattern(t *testing.T) {
+	p := PrefixPattern("cache[eu]:*")
+	if p != `cache\[eu\]:\**` {
+		t.Errorf("PrefixPattern = %q", p)
+	}
+	for key, want := range map[string]bool{"cache[eu]:*1": true, "cache[eu]:*": true, "cachee:*1": false, "cache[eu]:1": false} {
+		if got := globMatch(p, key); got != want {
+			t.Errorf("%q matches %q = %v, want %v", p, key, got, want)
+		}
+	}
+	if e := EscapePattern("a?b"); !globMatch(e, "a?b") || globMatch(e, "axb") {
+		t.Errorf("EscapePattern(a?b) = %q", e)
+	}
+}

@@ -261,3 +261,22 @@ func TestOverlappingHandlersEachGetEventOnce(t *testing.T) {
 		t.Errorf("catch-all handler got %q, want %q", got, want)
 	}
 }
+
+// The server, not only the local matcher, treats an escaped prefix
+// literally.
+func TestEscapedPrefixOnRealRedis(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: redistest.Addr(t)})
+	defer rdb.Close()
+	ctx := context.Background()
+	prefix := fmt.Sprintf("ksesc%d:", time.Now().UnixNano())
+	rec := newRecorder()
+	startManager(t, rdb, Options{Config: ConfigSkip, DB: 9}, func(m *Manager) {
+		m.Handle(PrefixPattern(prefix+"x[1]*:"), rec.handle)
+	})
+	for _, key := range []string{"x1*:a", "x[1]:b", "x[1]*:c"} {
+		rdb.Publish(ctx, "__keyspace@9__:"+prefix+key, "set")
+	}
+	if got := keysOf(pairs(rec.until(t, prefix+"x[1]*:c", ""))); !equalStrings(got, []string{prefix + "x[1]*:c"}) {
+		t.Errorf("got %q, want only the literal prefix's key", got)
+	}
+}

@@ -191,7 +191,7 @@ func (m *Manager) HandleEvents(keyPattern string, fn func(Event), events ...stri
 		}
 	}
 	var subs []*nodeSub
-	if m.state == stateRunning && len(added) > 0 {
+	if (m.state == stateRunning || m.state == stateStarting) && len(added) > 0 {
 		subs = m.subList()
 	}
 	m.mu.Unlock()

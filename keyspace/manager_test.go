@@ -429,3 +429,25 @@ func TestConfigModesOnMiniredis(t *testing.T) {
 		}
 	}
 }
+
+func TestRingSubscribesEveryShard(t *testing.T) {
+	mr1, _ := newMini(t)
+	mr2, _ := newMini(t)
+	ring := redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"a": mr1.Addr(), "b": mr2.Addr()}})
+	defer ring.Close()
+	rec := newRecorder()
+	m := startManager(t, ring, Options{Config: ConfigSkip}, func(m *Manager) { m.Handle("*", rec.handle) })
+	if n := len(m.Nodes()); n != 2 {
+		t.Fatalf("subscribed to %d shards, want 2", n)
+	}
+	mr1.Publish("__keyspace@0__:on1", "set")
+	mr2.Publish("__keyspace@0__:on2", "set")
+	waitFor(t, "events from both shards", func() bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return len(rec.events) == 2
+	})
+	if got := pairs(rec.events); !(equalStrings(got, []string{"set on1", "set on2"}) || equalStrings(got, []string{"set on2", "set on1"})) {
+		t.Errorf("events %q", got)
+	}
+}

@@ -54,6 +54,33 @@ func (g *dialGate) dial(ctx context.Context, network, addr string) (net.Conn, er
 	return d.DialContext(ctx, network, addr)
 }
 
+// killSubscriber kills the pub/sub connection of the client named name.
+func killSubscriber(t *testing.T, srv *redistest.Server, name string) {
+	t.Helper()
+	admin := srv.Client()
+	ctx := context.Background()
+	list, err := admin.ClientList(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var victim string
+	for _, line := range strings.Split(list, "\n") {
+		if strings.Contains(line, "name="+name+" ") && strings.Contains(line, "cmd=subscribe") {
+			for _, f := range strings.Fields(line) {
+				if v, ok := strings.CutPrefix(f, "id="); ok {
+					victim = v
+				}
+			}
+		}
+	}
+	if victim == "" {
+		t.Fatalf("no subscriber named %s in CLIENT LIST:\n%s", name, list)
+	}
+	if err := admin.Do(ctx, "CLIENT", "KILL", "ID", victim).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestGapFillAfterSubscriberKilled: events published while a manager's
 // subscriber connection is gone (CLIENT KILL, reconnection held back) reach
 // its clients after the resubscription, in order, once each, followed by
@@ -76,29 +103,8 @@ func TestGapFillAfterSubscriberKilled(t *testing.T) {
 	}
 
 	// Kill A's subscriber and keep it from reconnecting.
-	admin := srv.Client()
-	ctx := context.Background()
-	list, err := admin.ClientList(ctx).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var victim string
-	for _, line := range strings.Split(list, "\n") {
-		if strings.Contains(line, "name=sse-a ") && strings.Contains(line, "cmd=subscribe") {
-			for _, f := range strings.Fields(line) {
-				if v, ok := strings.CutPrefix(f, "id="); ok {
-					victim = v
-				}
-			}
-		}
-	}
-	if victim == "" {
-		t.Fatalf("no subscriber of manager A in CLIENT LIST:\n%s", list)
-	}
 	gate.close()
-	if err := admin.Do(ctx, "CLIENT", "KILL", "ID", victim).Err(); err != nil {
-		t.Fatal(err)
-	}
+	killSubscriber(t, srv, "sse-a")
 	var gap []string
 	for i := 0; i < 20; i++ {
 		gap = append(gap, publish(t, mB, "g", "", fmt.Sprintf("gap %d", i)))
@@ -115,7 +121,56 @@ func TestGapFillAfterSubscriberKilled(t *testing.T) {
 		t.Fatalf("after the gap got %+v, want %s", e, live)
 	}
 	st := mA.Stats()
-	if st.Resubscribes < 1 || st.GapFills < 1 || st.GapEvents != 40 {
+	if st.Resubscribes < 1 || st.GapFills < 1 || st.GapEvents != 40 || st.Resyncs != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestGapBeyondHistory: when the history was trimmed past the last event a
+// manager delivered before its subscriber came back, the gap cannot be
+// filled: every stream ends with a comment, and a client resuming from its
+// cursor gets a reset instead of a silent hole.
+func TestGapBeyondHistory(t *testing.T) {
+	srv := redistest.Private(t)
+	gate := newDialGate()
+	defer gate.release()
+	rdbA := srv.Client(func(o *redis.Options) { o.Dialer = gate.dial; o.ClientName = "sse-a" })
+	rdbB := srv.Client()
+	ns := testNamespace(t)
+	mA, httpA := startManager(t, rdbA, Options{Namespace: ns})
+	mB, _ := startManager(t, rdbB, Options{Namespace: ns})
+
+	s := open(t, httpA.URL+"?topic=g", nil)
+	s.ready(t)
+	cursor := publish(t, mB, "g", "", "before")
+	if e := s.next(t); e.ID != cursor {
+		t.Fatalf("got %+v", e)
+	}
+	gate.close()
+	killSubscriber(t, srv, "sse-a")
+	var newest string
+	for i := 0; i < 20; i++ {
+		newest = publish(t, mB, "g", "", fmt.Sprintf("gap %d", i))
+	}
+	if err := rdbB.XTrimMaxLen(context.Background(), mB.stream, 5).Err(); err != nil {
+		t.Fatal(err)
+	}
+	gate.release()
+	blocks := s.waitEnd(t)
+	if len(blocks) == 0 || len(blocks[len(blocks)-1].Comments) != 1 || blocks[len(blocks)-1].Comments[0] != "closing: resume from your cursor" {
+		t.Fatalf("stream ended with %+v", blocks)
+	}
+	for _, b := range blocks {
+		if b.HasData {
+			t.Fatalf("got an event across the hole: %+v", b)
+		}
+	}
+	s2 := open(t, httpA.URL+"?topic=g&lastEventId="+cursor, nil)
+	s2.ready(t)
+	if e := s2.next(t); e.Event != "reset" || e.ID != newest {
+		t.Fatalf("resume got %+v, want a reset to %s", e, newest)
+	}
+	if st := mA.Stats(); st.Resyncs != 1 {
 		t.Fatalf("stats %+v", st)
 	}
 }

@@ -20,6 +20,7 @@ import (
 const (
 	kickSlow int32 = iota + 1
 	kickClose
+	kickResync
 )
 
 // client is one open stream.
@@ -79,28 +80,31 @@ func (c *client) finish() {
 
 var errAborted = errors.New("sse: stream aborted")
 
-// write writes b with a deadline of d from now.
-func (c *client) write(w http.ResponseWriter, b []byte, d time.Duration) error {
+// arm sets the write deadline to d from now, unless the stream is aborted.
+func (c *client) arm(d time.Duration) error {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.aborted {
-		c.mu.Unlock()
 		return errAborted
 	}
 	_ = c.rc.SetWriteDeadline(time.Now().Add(d))
-	c.mu.Unlock()
+	return nil
+}
+
+// write writes b with a deadline of d from now.
+func (c *client) write(w http.ResponseWriter, b []byte, d time.Duration) error {
+	if err := c.arm(d); err != nil {
+		return err
+	}
 	_, err := w.Write(b)
 	return err
 }
 
 // flush flushes with a deadline of d from now.
 func (c *client) flush(d time.Duration) error {
-	c.mu.Lock()
-	if c.aborted {
-		c.mu.Unlock()
-		return errAborted
+	if err := c.arm(d); err != nil {
+		return err
 	}
-	_ = c.rc.SetWriteDeadline(time.Now().Add(d))
-	c.mu.Unlock()
 	return c.rc.Flush()
 }
 
@@ -225,9 +229,16 @@ func (m *Manager) live(ctx context.Context, w http.ResponseWriter, c *client, la
 	for {
 		select {
 		case <-c.kicked:
-			if c.reason.Load() == kickSlow {
+			why := ""
+			switch c.reason.Load() {
+			case kickSlow:
+				why = "closing: client too slow"
+			case kickResync:
+				why = "closing: resume from your cursor"
+			}
+			if why != "" {
 				d := min(wt, time.Second)
-				if c.write(w, encodeComment(nil, "closing: client too slow"), d) == nil {
+				if c.write(w, encodeComment(nil, why), d) == nil {
 					_ = c.flush(d)
 				}
 			}
@@ -235,11 +246,15 @@ func (m *Manager) live(ctx context.Context, w http.ResponseWriter, c *client, la
 		case <-ctx.Done():
 			return
 		case f := <-c.queue:
-			// Write what is queued already, then flush once: no event waits.
+			// Write what is queued already (at most 64 events, within one
+			// write deadline), then flush once: no event waits.
+			if c.arm(wt) != nil {
+				return
+			}
 			wrote := false
 			for n := 0; ; n++ {
 				if last.less(f.id) {
-					if c.write(w, f.buf, wt) != nil {
+					if _, err := w.Write(f.buf); err != nil {
 						fail()
 						return
 					}
@@ -255,7 +270,7 @@ func (m *Manager) live(ctx context.Context, w http.ResponseWriter, c *client, la
 				}
 				break
 			}
-			if wrote && c.flush(wt) != nil {
+			if wrote && c.rc.Flush() != nil {
 				fail()
 				return
 			}
@@ -334,6 +349,11 @@ func (m *Manager) resume(ctx context.Context, w http.ResponseWriter, c *client, 
 		}
 		if !full {
 			break
+		}
+		select {
+		case <-c.kicked: // too slow, or closing: stop replaying
+			return scanned, told, c.flush(wt)
+		default:
 		}
 		entries, err = m.rdb.XRangeN(ctx, m.stream, scanned.next().String(), "+", replayBatch).Result()
 		if err != nil {

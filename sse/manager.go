@@ -112,8 +112,8 @@ func NewManager(rdb redis.UniversalClient, opts Options) (*Manager, error) {
 	m.cmd = newCmdConn(rdb)
 	// Where the live feed starts: events up to here are history.
 	var start streamID
-	err = m.cmd.do(startCtx, func(c redis.Cmdable) error {
-		last, err := c.XRevRangeN(startCtx, m.stream, "+", "-", 1).Result()
+	err = m.cmd.do(startCtx, func(ctx context.Context, c redis.Cmdable) error {
+		last, err := c.XRevRangeN(ctx, m.stream, "+", "-", 1).Result()
 		if err == nil && len(last) == 1 {
 			start, _ = parseID(last[0].ID)
 		}
@@ -338,15 +338,28 @@ func (m *Manager) fillGap() {
 
 func (m *Manager) fillGapOnce() (int, error) {
 	n := 0
-	for {
+	for first := true; ; first = false {
 		var entries []redis.XMessage
-		err := m.cmd.do(m.ctx, func(c redis.Cmdable) error {
+		// The first read includes the last delivered entry: if it is gone,
+		// the history was trimmed past it and events may be lost.
+		from := m.lastDelivered.next()
+		if first && !m.lastDelivered.isZero() {
+			from = m.lastDelivered
+		}
+		err := m.cmd.do(m.ctx, func(ctx context.Context, c redis.Cmdable) error {
 			var err error
-			entries, err = c.XRangeN(m.ctx, m.stream, m.lastDelivered.next().String(), "+", replayBatch).Result()
+			entries, err = c.XRangeN(ctx, m.stream, from.String(), "+", replayBatch).Result()
 			return err
 		})
 		if err != nil {
 			return n, err
+		}
+		if first && !m.lastDelivered.isZero() {
+			if len(entries) > 0 && entries[0].ID == m.lastDelivered.String() {
+				entries = entries[1:]
+			} else {
+				m.resyncAll()
+			}
 		}
 		for _, x := range entries {
 			f, ok := entryFrame(x)
@@ -356,13 +369,32 @@ func (m *Manager) fillGapOnce() (int, error) {
 			m.deliver(f)
 			n++
 		}
-		if len(entries) < replayBatch {
+		if len(entries) < replayBatch-1 {
 			return n, nil
 		}
 		// Markers are skipped by deliver's bookkeeping; move past them too.
 		if last, ok := parseID(entries[len(entries)-1].ID); ok && m.lastDelivered.less(last) {
 			m.lastDelivered = last
 		}
+	}
+}
+
+// resyncAll ends every stream after a gap the history no longer covers:
+// each browser reconnects with its cursor and gets an exact replay or a
+// reset. Run goroutine only.
+func (m *Manager) resyncAll() {
+	m.mu.Lock()
+	var all []*client
+	for c := range m.clients {
+		if m.detachLocked(c) {
+			all = append(all, c)
+		}
+	}
+	m.mu.Unlock()
+	m.stats.resyncs.Add(1)
+	m.report(fmt.Errorf("sse: the live feed missed events no longer in the history; ending %d streams so that they resume from their cursors", len(all)))
+	for _, c := range all {
+		c.kick(kickResync)
 	}
 }
 
@@ -393,10 +425,12 @@ func newCmdConn(rdb redis.UniversalClient) *cmdConn {
 }
 
 // do runs f on the command connection. ctx must carry the long-lived mark
-// (the first command on a new Conn acquires it).
-func (c *cmdConn) do(ctx context.Context, f func(redis.Cmdable) error) error {
+// (the first command on a new Conn acquires it); f gets the context to use.
+// Without a dedicated connection the commands are short pool holds, run
+// without the mark.
+func (c *cmdConn) do(ctx context.Context, f func(context.Context, redis.Cmdable) error) error {
 	if c.client == nil {
-		return f(c.rdb)
+		return f(redisleak.WithoutLongLived(ctx), c.rdb)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -406,7 +440,7 @@ func (c *cmdConn) do(ctx context.Context, f func(redis.Cmdable) error) error {
 	if c.conn == nil {
 		c.conn = c.client.Conn()
 	}
-	err := f(c.conn)
+	err := f(ctx, c.conn)
 	var rerr redis.Error
 	if err != nil && !errors.As(err, &rerr) && !errors.Is(err, redis.Nil) {
 		// A network error leaves a Conn unusable for good: take a new one.

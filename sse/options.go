@@ -44,9 +44,12 @@ type Options struct {
 	// reconnects with its cursor and replays what it missed.
 	OnFull OverflowPolicy
 
-	// WriteTimeout bounds every write (and flush) to one client; a client
-	// that does not read within it is disconnected. It overrides
-	// http.Server.WriteTimeout for the stream. Default 10s.
+	// WriteTimeout bounds every write to one client (events already queued
+	// are written and flushed together, within one deadline); a client that
+	// does not read within it is disconnected. It overrides
+	// http.Server.WriteTimeout for the stream, through
+	// http.ResponseController: a ResponseWriter wrapper must implement
+	// Unwrap for deadlines (and flushing) to work. Default 10s.
 	WriteTimeout time.Duration
 
 	// Sharded uses sharded pub/sub (SSUBSCRIBE/SPUBLISH, Redis 7) instead of

@@ -35,12 +35,16 @@ type Stats struct {
 	// connection was lost; GapFills those that found missed events, and
 	// GapEvents how many.
 	Resubscribes, GapFills, GapEvents int64
+	// Resyncs counts gaps the history no longer covered (it was trimmed
+	// past the last delivered event): every stream was then ended so that
+	// browsers resume from their own cursors.
+	Resyncs int64
 }
 
 type counters struct {
 	connections, rejected, published, received, deliveries, drops atomic.Int64
 	slowDisconnects, writeErrors, replays, replayedEvents, resets atomic.Int64
-	resubscribes, gapFills, gapEvents                             atomic.Int64
+	resubscribes, gapFills, gapEvents, resyncs                    atomic.Int64
 }
 
 // Stats returns a snapshot of the manager's counters. Safe to call at any
@@ -66,5 +70,6 @@ func (m *Manager) Stats() Stats {
 		Resubscribes:    s.resubscribes.Load(),
 		GapFills:        s.gapFills.Load(),
 		GapEvents:       s.gapEvents.Load(),
+		Resyncs:         s.resyncs.Load(),
 	}
 }

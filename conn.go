@@ -95,8 +95,13 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// Close closes the inner connection.
-func (c *trackedConn) Close() error { return c.Conn.Close() }
+// Close closes the inner connection and ends its record: a hold running on
+// it ends now.
+func (c *trackedConn) Close() error {
+	err := c.Conn.Close()
+	c.rec.tr.dropRecord(c.rec, nil)
+	return err
+}
 
 // SetDeadline passes through.
 func (c *trackedConn) SetDeadline(t time.Time) error { return c.Conn.SetDeadline(t) }

@@ -201,9 +201,9 @@ func (t *Tracker) resolveSites(views []holdView, leaks []Leak) {
 // as by the background scan (log, OnLeak, metrics, action). It returns every
 // current leak, newest reports included, longest hold first. After Close it
 // returns nil.
-func (t *Tracker) Scan() []Leak { return t.scan(false) }
+func (t *Tracker) Scan() []Leak { return t.scan() }
 
-func (t *Tracker) scan(background bool) []Leak {
+func (t *Tracker) scan() []Leak {
 	if t.closed.Load() {
 		return nil
 	}
@@ -261,7 +261,6 @@ func (t *Tracker) scan(background bool) []Leak {
 			slog.Float64("maxHoldTimeMs", ms(current[0].HeldFor)),
 			slog.String("longest", current[0].String()))
 	}
-	_ = background
 	return current
 }
 

@@ -421,7 +421,7 @@ func (t *Tracker) scanLoop() {
 			return
 		case <-tick.C:
 			t.checkMode()
-			t.scan(true)
+			t.scan()
 		case n := <-t.returnedNotes:
 			t.logReturned(n)
 		}

@@ -269,6 +269,11 @@ func TestNoFalsePositivesUnderMixedLoad(t *testing.T) {
 	if s.Total != s.Idle+s.InUse || s.LeaksReported != 0 {
 		t.Fatalf("stats %+v", s)
 	}
+	ps.Close()
+	waitFor(t, 3*time.Second, "totals to agree with go-redis", func() bool {
+		p := rdb.PoolStats()
+		return tr.Stats().Total == int(p.TotalConns)+int(p.PubSubStats.Active)
+	})
 	for _, k := range []string{redisleak.KindCommand, redisleak.KindPipeline, redisleak.KindTx} {
 		waitFor(t, time.Second, "hold stats for "+k, func() bool { return tr.Stats().HoldTime[k].Count > 0 })
 	}
@@ -310,6 +315,12 @@ func TestRestartLeavesNoPhantomHolds(t *testing.T) {
 	if got := tr.Scan(); len(got) != 0 {
 		t.Fatalf("phantom leaks: %v", got)
 	}
+	// Closed connections are forgotten: the tracker's total is go-redis's
+	// (main pool, pipeline pool and the PubSub connection).
+	ps2 := rdb.PoolStats()
+	waitFor(t, 3*time.Second, "totals to agree", func() bool {
+		return tr.Stats().Total == int(ps2.TotalConns)+int(ps2.PubSubStats.Active)
+	})
 }
 
 func holdTwo(ctx context.Context, rdb *redis.Client) []*redis.Conn {

@@ -2,7 +2,6 @@ package bullmq
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"sync/atomic"
@@ -97,7 +96,7 @@ func (q *Queue) AddBulk(ctx context.Context, jobs []BulkJob) ([]*Job, error) {
 	for i := range jobs {
 		bj := &jobs[i]
 		if err := bj.Opts.validate(); err != nil {
-			return nil, fmt.Errorf("job %d (%q): %w", i, bj.Name, err)
+			return nil, bulkErr(len(jobs), i, bj.Name, err)
 		}
 		var data []byte
 		if bj.Data == nil {
@@ -105,7 +104,7 @@ func (q *Queue) AddBulk(ctx context.Context, jobs []BulkJob) ([]*Job, error) {
 		} else {
 			var err error
 			if data, err = encodeJSON(bj.Data); err != nil {
-				return nil, fmt.Errorf("bullmq: data of job %d (%q): %w", i, bj.Name, err)
+				return nil, bulkErr(len(jobs), i, bj.Name, fmt.Errorf("bullmq: data: %w", err))
 			}
 		}
 		ts := now
@@ -115,7 +114,7 @@ func (q *Queue) AddBulk(ctx context.Context, jobs []BulkJob) ([]*Job, error) {
 		tsMs := ts.UnixMilli()
 		opts, err := bj.Opts.encode(tsMs)
 		if err != nil {
-			return nil, fmt.Errorf("bullmq: options of job %d (%q): %w", i, bj.Name, err)
+			return nil, bulkErr(len(jobs), i, bj.Name, fmt.Errorf("bullmq: options: %w", err))
 		}
 		lifo := ""
 		if bj.Opts.LIFO {
@@ -148,6 +147,14 @@ func (q *Queue) AddBulk(ctx context.Context, jobs []BulkJob) ([]*Job, error) {
 		j.Duplicate = code == 1
 	}
 	return out, nil
+}
+
+// bulkErr names the job an error is about when there are several.
+func bulkErr(n, i int, name string, err error) error {
+	if n == 1 {
+		return err
+	}
+	return fmt.Errorf("%w (job %d of the bulk, %q)", err, i, name)
 }
 
 // Pause pauses the queue for every worker, Node's included: jobs keep
@@ -220,5 +227,3 @@ func (q *Queue) Close() error {
 	q.closed.Store(true)
 	return nil
 }
-
-var _ = errors.Is

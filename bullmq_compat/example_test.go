@@ -1,0 +1,104 @@
+package bullmq_test
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	bullmq "github.com/redisleak/redisleak/bullmq_compat"
+)
+
+// A queue and a worker on an embedded miniredis; against a real Redis the
+// same code interoperates with Node's BullMQ.
+func Example() {
+	m := miniredis.NewMiniRedis()
+	if err := m.Start(); err != nil {
+		panic(err)
+	}
+	defer m.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	defer rdb.Close()
+	ctx := context.Background()
+
+	q, err := bullmq.NewQueue(rdb, "emails", bullmq.QueueOptions{})
+	if err != nil {
+		panic(err)
+	}
+	job, err := q.Add(ctx, "welcome", map[string]string{"to": "ada@example.com"}, bullmq.JobOptions{Attempts: 3})
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("added job", job.ID)
+
+	seen := make(chan string, 1)
+	w, err := bullmq.NewWorker(rdb, "emails", func(ctx context.Context, j *bullmq.Job) (any, error) {
+		seen <- j.Name + " " + string(j.Data)
+		return map[string]bool{"sent": true}, nil
+	}, bullmq.WorkerOptions{Concurrency: 4})
+	if err != nil {
+		panic(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	fmt.Println("processing", <-seen)
+
+	closeCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := w.Close(closeCtx); err != nil { // waits for the running job
+		panic(err)
+	}
+	fmt.Println("run returned", <-done)
+	finished, err := q.GetJob(ctx, job.ID)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("returnvalue", string(finished.ReturnValue))
+	// Output:
+	// added job 1
+	// processing welcome {"to":"ada@example.com"}
+	// run returned <nil>
+	// returnvalue {"sent":true}
+}
+
+// Delayed and prioritized jobs, and a bad one that writes nothing.
+func ExampleQueue_Add() {
+	m := miniredis.NewMiniRedis()
+	if err := m.Start(); err != nil {
+		panic(err)
+	}
+	defer m.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	defer rdb.Close()
+	ctx := context.Background()
+
+	q, _ := bullmq.NewQueue(rdb, "reports", bullmq.QueueOptions{MaxQueueDepth: 3})
+	_, _ = q.Add(ctx, "nightly", nil, bullmq.JobOptions{Delay: time.Hour})
+	_, _ = q.Add(ctx, "urgent", nil, bullmq.JobOptions{Priority: 1})
+	_, err := q.Add(ctx, "bad", nil, bullmq.JobOptions{JobID: "42"})
+	fmt.Println(err)
+	_, _ = q.Add(ctx, "plain", nil, bullmq.JobOptions{JobID: "report-7"})
+	_, err = q.Add(ctx, "one too many", nil, bullmq.JobOptions{})
+	fmt.Println(err)
+	c, _ := q.Counts(ctx)
+	fmt.Printf("waiting %d, prioritized %d, delayed %d\n", c.Waiting, c.Prioritized, c.Delayed)
+	// Output:
+	// bullmq: invalid job id "42": integer-like ids are reserved for generated ids
+	// bullmq: queue full: reports has MaxQueueDepth 3
+	// waiting 1, prioritized 1, delayed 1
+}
+
+// Retention policies for finished jobs, as Node stores them in a job's opts.
+func ExampleKeepJobs() {
+	for _, k := range []*bullmq.KeepJobs{bullmq.RemoveJob(), bullmq.KeepAll(), bullmq.KeepLast(100), bullmq.KeepFor(24 * time.Hour)} {
+		b, _ := k.MarshalJSON()
+		fmt.Println(string(b))
+	}
+	// Output:
+	// true
+	// false
+	// 100
+	// {"age":86400}
+}

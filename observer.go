@@ -296,6 +296,7 @@ func (r *connRecord) beginHold() {
 	r.mark.Store(nil)
 	r.ctxWord.Store(0)
 	r.sticky.Store(stickyNone)
+	r.captures.Store(0)
 	r.holdSeq.Add(1)
 	r.acquiredAt.Store(nanotime())
 	r.state.Store(stUsed)
@@ -333,7 +334,7 @@ func (r *connRecord) onCheckout(ctx context.Context) {
 // ends. A connection still held by the same context then is a sticky hold
 // (Client.Conn, Watch): its acquisition site is captured now, once per hold.
 func (r *connRecord) afterOperation(ctx context.Context, cmdName string) {
-	if r.state.Load() != stUsed || r.pubsub.Load() || r.sticky.Load() != stickyNone {
+	if r.state.Load() != stUsed || r.pubsub.Load() || r.captures.Load() >= 2 {
 		return
 	}
 	switch cmdName {
@@ -345,9 +346,17 @@ func (r *connRecord) afterOperation(ctx context.Context, cmdName string) {
 	if r.ctxWord.Load() != ctxIdentity(ctx) {
 		return
 	}
+	// The first two operations of a sticky hold capture its site; the later
+	// wins. Two, because the first may come from another goroutine: one
+	// whose command returned this connection to the pool just before the
+	// sticky holder took it, when both share one context. The holder's own
+	// operation always comes after (a Watch's WATCH, a Conn's first command).
+	if r.captures.Add(1) > 2 {
+		return
+	}
 	if cmdName == "watch" {
 		r.sticky.Store(stickyTx)
-	} else {
+	} else if r.sticky.Load() != stickyTx {
 		r.sticky.Store(stickyConn)
 	}
 	var pcs [maxStackDepth]uintptr

@@ -62,6 +62,7 @@ type connRecord struct {
 	mark       atomic.Pointer[mark] // mark on the acquiring call's context
 	ctxWord    atomic.Uintptr       // identity of the acquiring context (data word)
 	sticky     atomic.Uint32
+	captures   atomic.Uint32 // sticky site captures in this hold
 	checkouts  atomic.Uint64
 
 	// blockDeadline: 0 no blocking command in flight; blockForever (-1):

@@ -272,7 +272,7 @@ func TestNoFalsePositivesUnderMixedLoad(t *testing.T) {
 	ps.Close()
 	waitFor(t, 3*time.Second, "totals to agree with go-redis", func() bool {
 		p := rdb.PoolStats()
-		return tr.Stats().Total == int(p.TotalConns)+int(p.PubSubStats.Active)
+		return tr.Stats().Total == int(p.TotalConns)+int(p.PipelineStats.TotalConns)+int(p.PubSubStats.Active)
 	})
 	for _, k := range []string{redisleak.KindCommand, redisleak.KindPipeline, redisleak.KindTx} {
 		waitFor(t, time.Second, "hold stats for "+k, func() bool { return tr.Stats().HoldTime[k].Count > 0 })
@@ -319,7 +319,7 @@ func TestRestartLeavesNoPhantomHolds(t *testing.T) {
 	// (main pool, pipeline pool and the PubSub connection).
 	ps2 := rdb.PoolStats()
 	waitFor(t, 3*time.Second, "totals to agree", func() bool {
-		return tr.Stats().Total == int(ps2.TotalConns)+int(ps2.PubSubStats.Active)
+		return tr.Stats().Total == int(ps2.TotalConns)+int(ps2.PipelineStats.TotalConns)+int(ps2.PubSubStats.Active)
 	})
 }
 

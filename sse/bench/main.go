@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -44,6 +45,7 @@ var (
 	latFor   = flag.Duration("latency-for", 5*time.Second, "duration of the latency phase")
 	redisArg = flag.String("redis", "", "Redis address; empty starts a private redis-server")
 	only     = flag.String("only", "", "run only \"redisleak\" or \"go-sse\"")
+	cpuProf  = flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 )
 
 // system is one implementation under test.
@@ -57,6 +59,16 @@ type system struct {
 func main() {
 	flag.Parse()
 	log.SetFlags(0)
+	if *cpuProf != "" {
+		f, err := os.Create(*cpuProf)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Fatal(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 

@@ -54,6 +54,8 @@ type QueueEventsOptions struct {
 // "bullmq:events:<queue>". Next must not be called concurrently; Close may
 // be called from any goroutine.
 type QueueEvents struct {
+	rdb      redis.UniversalClient
+	owner    string
 	k        *keys
 	opts     QueueEventsOptions
 	bc       *blockConn
@@ -86,7 +88,7 @@ func NewQueueEvents(ctx context.Context, rdb redis.UniversalClient, queue string
 	if err != nil {
 		return nil, fmt.Errorf("bullmq: events of %s: %w", queue, err)
 	}
-	e := &QueueEvents{k: k, opts: opts, bc: bc, last: opts.LastEventID}
+	e := &QueueEvents{rdb: rdb, owner: owner, k: k, opts: opts, bc: bc, last: opts.LastEventID}
 	e.closeCtx, e.cancel = context.WithCancel(context.Background())
 	if e.last == "" || e.last == "$" {
 		e.last = "0-0"
@@ -138,7 +140,18 @@ func (e *QueueEvents) Next(ctx context.Context) (Event, error) {
 			if e.closeCtx.Err() != nil {
 				return Event{}, ErrClosed
 			}
-			return Event{}, err
+			if ctx.Err() != nil {
+				return Event{}, err
+			}
+			// The connection failed (a restarted server?): replace it once;
+			// the stream id says where to go on.
+			_ = e.bc.Close()
+			nbc, rerr := openBlockConn(ctx, e.rdb, e.k.key(kEvents), e.k.clientName("")+":qe", e.owner)
+			if rerr != nil {
+				return Event{}, fmt.Errorf("bullmq: events of %s: %w (reconnect: %v)", e.k.name, err, rerr)
+			}
+			e.bc = nbc
+			continue
 		}
 		for _, s := range streams {
 			for _, m := range s.Messages {

@@ -147,14 +147,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer cancelJ()
 	defer stop()
 
-	bc, err := openBlockConn(ctx, w.rdb, w.k.key(kMarker), w.ClientName(), w.owner)
+	bc, err := w.openBlocking(ctx)
 	if err != nil {
 		return fmt.Errorf("bullmq: worker %s: blocking connection: %w", w.k.name, err)
 	}
-	w.mu.Lock()
-	w.blocking = bc
-	w.mu.Unlock()
-	defer bc.Close()
+	defer func() { w.blockingConn().Close() }()
 
 	renewCtx, stopRenew := context.WithCancel(context.Background())
 	var bg sync.WaitGroup
@@ -174,6 +171,38 @@ func (w *Worker) Run(ctx context.Context) error {
 		return ctx.Err()
 	}
 	return nil
+}
+
+func (w *Worker) openBlocking(ctx context.Context) (*blockConn, error) {
+	bc, err := openBlockConn(ctx, w.rdb, w.k.key(kMarker), w.ClientName(), w.owner)
+	if err != nil {
+		return nil, err
+	}
+	w.mu.Lock()
+	w.blocking = bc
+	w.mu.Unlock()
+	return bc, nil
+}
+
+func (w *Worker) blockingConn() *blockConn {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.blocking
+}
+
+// reconnect replaces a blocking connection that failed (a restarted or
+// unreachable server): the new one is named and marked again.
+func (w *Worker) reconnect(ctx context.Context, bc *blockConn) *blockConn {
+	_ = bc.Close()
+	for ctx.Err() == nil {
+		sleepCtx(ctx, time.Second)
+		nbc, err := w.openBlocking(ctx)
+		if err == nil {
+			return nbc
+		}
+		w.report(fmt.Errorf("bullmq: worker %s: reconnect blocking connection: %w", w.k.name, err))
+	}
+	return bc
 }
 
 func (w *Worker) loop(ctx context.Context, bc *blockConn) {
@@ -204,7 +233,10 @@ func (w *Worker) loop(ctx context.Context, bc *blockConn) {
 			continue
 		}
 		blockUntil = delayUntil
-		w.waitMarker(ctx, bc, blockUntil)
+		if err := w.waitMarker(ctx, bc, blockUntil); err != nil {
+			w.report(fmt.Errorf("bullmq: worker %s: wait on marker: %w", w.k.name, err))
+			bc = w.reconnect(ctx, bc)
+		}
 	}
 }
 
@@ -218,14 +250,15 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 }
 
 // waitMarker blocks on the marker until jobs may be available: a "0"
-// member, a due delayed job, or the timeout.
-func (w *Worker) waitMarker(ctx context.Context, bc *blockConn, blockUntil int64) {
+// member, a due delayed job, or the timeout. An error means the blocking
+// connection failed.
+func (w *Worker) waitMarker(ctx context.Context, bc *blockConn, blockUntil int64) error {
 	for ctx.Err() == nil {
 		timeout := w.opts.DrainDelay
 		if blockUntil > 0 {
 			d := time.Duration(blockUntil-time.Now().UnixMilli()) * time.Millisecond
 			if d <= 0 {
-				return
+				return nil
 			}
 			timeout = max(min(d, 10*time.Second), time.Millisecond)
 		}
@@ -238,22 +271,21 @@ func (w *Worker) waitMarker(ctx context.Context, bc *blockConn, blockUntil int64
 		})
 		switch {
 		case ctx.Err() != nil:
-			return
+			return nil
 		case errors.Is(err, redis.Nil):
-			return // timeout: fetch anyway (promotes due delayed jobs)
+			return nil // timeout: fetch anyway (promotes due delayed jobs)
 		case err != nil:
-			w.report(fmt.Errorf("bullmq: worker %s: wait on marker: %w", w.k.name, err))
-			sleepCtx(ctx, time.Second)
-			return
+			return err
 		}
 		t := int64(res.Score)
 		if t == 0 || t-time.Now().UnixMilli() < 1 {
-			return
+			return nil
 		}
 		if blockUntil == 0 || t < blockUntil {
 			blockUntil = t
 		}
 	}
+	return nil
 }
 
 // fetch moves the next job into active. With no job it returns the rate

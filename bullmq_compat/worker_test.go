@@ -469,3 +469,39 @@ func eventJobIDs(ms []redis.XMessage) string {
 	sort.Strings(ids)
 	return strings.Join(ids, " ")
 }
+
+// TestLockRenewalKeepsLongJobs: a job running for several lock durations
+// keeps its lock, so another worker's stalled checks leave it alone.
+func TestLockRenewalKeepsLongJobs(t *testing.T) {
+	rdb, name := realClient(t)
+	ctx := ctxT(t, 30*time.Second)
+	q, _ := NewQueue(rdb, name, QueueOptions{})
+	var runs atomic.Int32
+	var errs atomic.Int32
+	long, _ := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) {
+		runs.Add(1)
+		time.Sleep(800 * time.Millisecond) // 4 lock durations
+		return "done", nil
+	}, WorkerOptions{LockDuration: 200 * time.Millisecond, SkipStalledCheck: true, OnError: func(err error) {
+		errs.Add(1)
+		t.Errorf("worker error: %v", err)
+	}})
+	if _, err := q.Add(ctx, "long", nil, JobOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	startWorker(t, long)
+	eventually(t, 5*time.Second, "the job to start", func() bool { return runs.Load() == 1 })
+	// A second worker checks for stalled jobs every 50ms meanwhile.
+	checker, _ := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) {
+		runs.Add(1)
+		return nil, nil
+	}, WorkerOptions{StalledInterval: 50 * time.Millisecond})
+	startWorker(t, checker)
+	waitEvents(t, rdb, q, 1, "completed")
+	if n := runs.Load(); n != 1 {
+		t.Fatalf("the job ran %d times", n)
+	}
+	if h := rdb.HGetAll(ctx, q.Key("1")).Val(); h["stc"] != "" || h["returnvalue"] != `"done"` {
+		t.Fatalf("job = %v", h)
+	}
+}

@@ -2,6 +2,7 @@ package bullmq
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"sync/atomic"
@@ -123,11 +124,11 @@ func (q *Queue) AddBulk(ctx context.Context, jobs []BulkJob) ([]*Job, error) {
 		args = append(args, bj.Opts.JobID, bj.Name, string(data), string(opts),
 			strconv.FormatInt(tsMs, 10), strconv.FormatInt(bj.Opts.Delay.Milliseconds(), 10),
 			strconv.Itoa(bj.Opts.Priority), lifo)
-		j := jobFromHash("", map[string]string{
-			"name": bj.Name, "data": string(data), "opts": string(opts),
-			"timestamp": strconv.FormatInt(tsMs, 10), "delay": strconv.FormatInt(bj.Opts.Delay.Milliseconds(), 10),
-			"priority": strconv.Itoa(bj.Opts.Priority),
-		})
+		j := &Job{
+			Name: bj.Name, Data: json.RawMessage(data), Opts: json.RawMessage(opts),
+			Attempts: bj.Opts.Attempts, Priority: bj.Opts.Priority, Delay: bj.Opts.Delay.Truncate(time.Millisecond),
+			Timestamp: time.UnixMilli(tsMs),
+		}
 		j.q, j.rdb, j.owner = q.k, q.rdb, q.owner
 		out[i] = j
 	}

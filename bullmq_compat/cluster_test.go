@@ -78,3 +78,68 @@ func TestCluster(t *testing.T) {
 		t.Fatal("Add without a hash tag on a cluster succeeded")
 	}
 }
+
+// TestClusterInteropWithNode: on a cluster, with the hash tag in the
+// prefix on both sides, Node adds → Go processes and Go adds → Node
+// processes.
+func TestClusterInteropWithNode(t *testing.T) {
+	needNode(t)
+	cl := redistest.NewCluster(t, 3)
+	rdb := cl.Client(t, func(o *redis.ClusterOptions) {
+		o.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	})
+	ctx := ctxT(t, 60*time.Second)
+	name := uniqueQueue(t)
+	var nodes []map[string]any
+	for _, n := range cl.Nodes {
+		nodes = append(nodes, map[string]any{"host": "127.0.0.1", "port": n.Port})
+	}
+	params := func(extra map[string]any) map[string]any {
+		p := map[string]any{"cluster": nodes, "queue": name, "prefix": "{bull}"}
+		for k, v := range extra {
+			p[k] = v
+		}
+		return p
+	}
+	runNode(t, 30*time.Second, "add", params(map[string]any{"jobs": []map[string]any{
+		{"name": "from-node", "data": map[string]int{"n": 1}, "opts": map[string]any{"priority": 2}},
+		{"name": "from-node-delayed", "data": map[string]int{"n": 2}, "opts": map[string]any{"delay": 100}},
+	}}), nil)
+	got := make(chan string, 2)
+	w, _ := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) {
+		got <- j.Name
+		return "go", nil
+	}, WorkerOptions{Prefix: "{bull}"})
+	done := make(chan error, 1)
+	go func() { done <- w.Run(context.Background()) }()
+	for i := 0; i < 2; i++ {
+		select {
+		case <-got:
+		case <-ctx.Done():
+			t.Fatal("Go worker did not process Node's jobs on the cluster")
+		}
+	}
+	if err := w.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	q, _ := NewQueue(rdb, name, QueueOptions{Prefix: "{bull}"})
+	if _, err := q.Add(ctx, "from-go", map[string]int{"n": 3}, JobOptions{Attempts: 2}); err != nil {
+		t.Fatal(err)
+	}
+	var out struct {
+		Seen []struct {
+			Name string `json:"name"`
+		} `json:"seen"`
+	}
+	runNode(t, 30*time.Second, "work", params(map[string]any{"count": 1}), &out)
+	if len(out.Seen) != 1 || out.Seen[0].Name != "from-go" {
+		t.Fatalf("Node worker saw %+v", out.Seen)
+	}
+	if c, err := q.Counts(ctx); err != nil || c != (JobCounts{Completed: 3}) {
+		t.Fatalf("counts = %+v, %v", c, err)
+	}
+}
+

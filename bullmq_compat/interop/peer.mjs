@@ -13,7 +13,12 @@ const [mode, raw] = process.argv.slice(2);
 const p = JSON.parse(raw || '{}');
 const prefix = p.prefix || 'bull';
 
+// conn connects to p.host:p.port, or to the Redis Cluster of p.cluster
+// ([{host, port}, ...]) when given.
 function conn() {
+  if (p.cluster) {
+    return new IORedis.Cluster(p.cluster, { redisOptions: { maxRetriesPerRequest: null } });
+  }
   return new IORedis({ host: p.host, port: p.port, maxRetriesPerRequest: null });
 }
 

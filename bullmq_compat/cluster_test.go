@@ -142,4 +142,3 @@ func TestClusterInteropWithNode(t *testing.T) {
 		t.Fatalf("counts = %+v, %v", c, err)
 	}
 }
-

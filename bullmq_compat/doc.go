@@ -50,9 +50,15 @@
 // with the owner only. Handler contexts carry no long-lived mark: a
 // connection a handler holds too long is still reported.
 //
+// A Go worker may process the children of flows added by Node's
+// FlowProducer: finishing a child does the parent's bookkeeping (its
+// processed values, its release from waiting-children, the
+// failParentOnFailure family of options).
+//
 // # Not implemented
 //
-// Flows (parent/child jobs), deduplication options on Add, job logs,
+// Adding flows from Go and moving a job to waiting-children from a Go
+// handler, deduplication options on Add, job logs,
 // metrics, sandboxed processors, manual job moves (Job.moveToDelayed and
 // friends), custom backoff strategies (a Node job with an unknown backoff
 // type fails when its retry is due), and legacy (BullMQ 5) repeatable jobs.

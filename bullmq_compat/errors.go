@@ -69,6 +69,10 @@ func scriptError(code int64, jobID, op string) error {
 		return fmt.Errorf("%w: job %s: lock held by another worker (%s)", ErrLockMismatch, jobID, op)
 	case -3:
 		return fmt.Errorf("bullmq: job %s is not in the active list (%s)", jobID, op)
+	case -4:
+		return fmt.Errorf("bullmq: job %s has pending children (%s)", jobID, op)
+	case -9:
+		return fmt.Errorf("bullmq: job %s has failed children (%s)", jobID, op)
 	default:
 		return fmt.Errorf("bullmq: %s of job %s: script code %d", op, jobID, code)
 	}

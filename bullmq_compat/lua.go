@@ -124,6 +124,101 @@ local function releaseLock(jk, id, token)
   return 0
 end
 
+-- Flow parents may live in another queue (same slot on a cluster): these
+-- helpers take the parent queue's key prefix pq ("bull:parents").
+local function pausedOrMaxedOf(pq)
+  local m = rcall("HMGET", pq .. ":meta", "paused", "concurrency")
+  if m[1] then return true end
+  if m[2] and rcall("LLEN", pq .. ":active") >= tonumber(m[2]) then return true end
+  return false
+end
+
+local function moveParentToWait(pq, pk, pid, now)
+  local a = rcall("HMGET", pk, "priority", "delay")
+  local pr, delay = tonumber(a[1]) or 0, tonumber(a[2]) or 0
+  if delay > 0 then
+    local due = now + delay
+    rcall("ZADD", pq .. ":delayed", num(due * 4096), pid)
+    rcall("XADD", pq .. ":events", "*", "event", "delayed", "jobId", pid, "delay", num(due))
+    local r = rcall("ZRANGE", pq .. ":delayed", 0, 0, "WITHSCORES")
+    if r[2] then rcall("ZADD", pq .. ":marker", num(math.floor(tonumber(r[2]) / 4096)), "1") end
+    return
+  end
+  local blocked = pausedOrMaxedOf(pq)
+  if pr == 0 then
+    rcall("RPUSH", pq .. ":wait", pid)
+  else
+    local c = rcall("INCR", pq .. ":pc")
+    rcall("ZADD", pq .. ":prioritized", num(pr * 4294967296 + (c % 4294967296)), pid)
+  end
+  if not blocked then rcall("ZADD", pq .. ":marker", 0, "0") end
+  rcall("XADD", pq .. ":events", "*", "event", "waiting", "jobId", pid, "prev", "waiting-children")
+end
+
+local function moveParentIfWaitingChildren(pq, pk, pid, now)
+  if rcall("EXISTS", pk) == 1 and rcall("ZSCORE", pq .. ":waiting-children", pid) then
+    rcall("ZREM", pq .. ":waiting-children", pid)
+    moveParentToWait(pq, pk, pid, now)
+  end
+end
+
+-- childFinished does the parent bookkeeping of a finished flow child jk.
+local function childFinished(jk, failed, value, now)
+  local a = rcall("HMGET", jk, "parentKey", "parent")
+  if not a[1] and not a[2] then return end
+  local pd = {}
+  if a[2] then
+    local ok, d = pcall(cjson.decode, a[2])
+    if ok and type(d) == "table" then pd = d end
+  end
+  local pid, pq, pk = pd["id"], pd["queueKey"], a[1]
+  if pk and not pid then
+    pid = string.match(pk, ".*:(.*)")
+    pq = string.sub(pk, 1, #pk - #pid - 1)
+  end
+  if not pid or not pq then return end
+  pk = pk or (pq .. ":" .. pid)
+  local deps = pk .. ":dependencies"
+  if not failed then
+    if rcall("SREM", deps, jk) == 1 then
+      rcall("HSET", pk .. ":processed", jk, value)
+      if rcall("SCARD", deps) == 0 then moveParentIfWaitingChildren(pq, pk, pid, now) end
+    end
+    return
+  end
+  if pd["fpof"] then
+    if rcall("SREM", deps, jk) == 1 then
+      rcall("ZADD", pk .. ":unsuccessful", now, jk)
+      if rcall("EXISTS", pk) == 1 then
+        local from
+        if rcall("ZSCORE", pq .. ":waiting-children", pid) then
+          from = pq .. ":waiting-children"
+        elseif rcall("ZSCORE", pq .. ":delayed", pid) then
+          from = pq .. ":delayed"
+          rcall("HSET", pk, "delay", 0)
+        end
+        if from then
+          rcall("ZREM", from, pid)
+          rcall("HSET", pk, "defa", "child " .. jk .. " failed")
+          moveParentToWait(pq, pk, pid, now)
+        elseif not rcall("ZSCORE", pq .. ":failed", pid) then
+          rcall("HSET", pk, "defa", "child " .. jk .. " failed")
+        end
+      end
+    end
+  elseif pd["cpof"] then
+    if rcall("SREM", deps, jk) == 1 then
+      rcall("HSET", pk .. ":failed", jk, value)
+      moveParentIfWaitingChildren(pq, pk, pid, now)
+    end
+  elseif pd["idof"] or pd["rdof"] then
+    if rcall("SREM", deps, jk) == 1 then
+      if rcall("SCARD", deps) == 0 then moveParentIfWaitingChildren(pq, pk, pid, now) end
+      if pd["idof"] then rcall("HSET", pk .. ":failed", jk, value) end
+    end
+  end
+end
+
 -- fetch moves the next job into active: {fields, id, limitDelay, delayUntil}.
 local function fetch(now, token, lockMs, limMax, limDur, worker)
   promoteDelayed(now)
@@ -246,9 +341,13 @@ var finishScript = redis.NewScript(luaPrelude + `
 local id, token, now, target, value, st, keepDefault = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local jk = P .. id
 if rcall("EXISTS", jk) == 0 then return -1 end
+local failed = target == "failed"
+if not failed then
+  if rcall("SCARD", jk .. ":dependencies") ~= 0 then return -4 end
+  if rcall("ZCARD", jk .. ":unsuccessful") ~= 0 then return -9 end
+end
 local rc = releaseLock(jk, id, token)
 if rc ~= 0 then return rc end
-local failed = target == "failed"
 if failed then
   if st ~= "" then
     rcall("HSET", jk, "failedReason", value, "stacktrace", st)
@@ -264,6 +363,7 @@ if deid then
   local dk = P .. "de:" .. deid
   if rcall("GET", dk) == id then rcall("DEL", dk) end
 end
+childFinished(jk, failed, value, tonumber(now))
 local atm = rcall("HINCRBY", jk, "atm", 1)
 local opts = jobOpts(jk)
 local keep

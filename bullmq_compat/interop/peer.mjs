@@ -6,7 +6,7 @@
 // params always has {host, port, queue, prefix?}. Every mode prints one JSON
 // line with its result on stdout (the "events" mode prints {"ready":true}
 // first) and exits 0; errors go to stderr with exit code 1.
-import { Queue, Worker, QueueEvents } from 'bullmq';
+import { Queue, Worker, QueueEvents, FlowProducer } from 'bullmq';
 import IORedis from 'ioredis';
 
 const [mode, raw] = process.argv.slice(2);
@@ -51,7 +51,9 @@ async function work() {
   const w = new Worker(
     p.queue,
     async (job) => {
-      seen.push({ id: job.id, name: job.name, data: job.data, attemptsMade: job.attemptsMade, priority: job.priority });
+      const entry = { id: job.id, name: job.name, data: job.data, attemptsMade: job.attemptsMade, priority: job.priority };
+      if (p.children) entry.children = await job.getChildrenValues();
+      seen.push(entry);
       if (job.data && job.data.sleepMs) await new Promise((r) => setTimeout(r, job.data.sleepMs));
       if (job.data && job.data.failTimes && job.attemptsMade < job.data.failTimes) {
         throw new Error(`node fails attempt ${job.attemptsMade + 1}`);
@@ -75,6 +77,16 @@ async function work() {
   await w.close();
   c.disconnect();
   out({ seen });
+}
+
+// flow adds p.flow ({name, queueName, data, opts, children: [...]}) with a FlowProducer.
+async function flow() {
+  const c = conn();
+  const fp = new FlowProducer({ connection: c, prefix });
+  const tree = await fp.add(p.flow);
+  await fp.close();
+  c.disconnect();
+  out({ id: tree.job.id, children: (tree.children || []).map((ch) => ch.job.id) });
 }
 
 async function counts() {
@@ -182,7 +194,7 @@ async function benchAdd() {
   out({ ns, count: p.count });
 }
 
-const modes = { add, work, counts, events, meta, schedule, benchWork, benchAdd };
+const modes = { add, work, flow, counts, events, meta, schedule, benchWork, benchAdd };
 if (!modes[mode]) {
   process.stderr.write(`unknown mode ${mode}\n`);
   process.exit(2);

@@ -1,0 +1,87 @@
+package bullmq
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestInteropNodeFlowChildrenOnGo: the children of a Node flow run on a Go
+// worker; the parent, in another queue, is released to a Node worker that
+// reads the children's values. A failing child with failParentOnFailure
+// fails its parent.
+func TestInteropNodeFlowChildrenOnGo(t *testing.T) {
+	needNode(t)
+	rdb, name := realClient(t)
+	ctx := ctxT(t, 60*time.Second)
+	parents, children := name+"-parents", name+"-children"
+	var flow struct {
+		ID       string   `json:"id"`
+		Children []string `json:"children"`
+	}
+	runNode(t, 30*time.Second, "flow", nodeParams(t, rdb, parents, map[string]any{"flow": map[string]any{
+		"name": "parent", "queueName": parents, "data": map[string]int{"p": 1},
+		"children": []map[string]any{
+			{"name": "child-a", "queueName": children, "data": map[string]int{"c": 1}},
+			{"name": "child-b", "queueName": children, "data": map[string]int{"c": 2}, "opts": map[string]any{"priority": 3}},
+		},
+	}}), &flow)
+	runNode(t, 30*time.Second, "flow", nodeParams(t, rdb, parents, map[string]any{"flow": map[string]any{
+		"name": "doomed-parent", "queueName": parents,
+		"children": []map[string]any{
+			{"name": "bad-child", "queueName": children, "opts": map[string]any{"failParentOnFailure": true}},
+		},
+	}}), nil)
+	if n := rdb.ZCard(ctx, "bull:"+parents+":waiting-children").Val(); n != 2 {
+		t.Fatalf("%d parents waiting for children", n)
+	}
+
+	w, _ := NewWorker(rdb, children, func(ctx context.Context, j *Job) (any, error) {
+		if j.Name == "bad-child" {
+			return nil, errors.New("child broke")
+		}
+		return map[string]any{"by": "go", "child": j.Name}, nil
+	}, WorkerOptions{})
+	startWorker(t, w)
+
+	var out struct {
+		Seen []struct {
+			ID       string                     `json:"id"`
+			Name     string                     `json:"name"`
+			Children map[string]json.RawMessage `json:"children"`
+		} `json:"seen"`
+	}
+	runNode(t, 30*time.Second, "work", nodeParams(t, rdb, parents, map[string]any{"count": 2, "children": true}), &out)
+	var got *struct {
+		ID       string                     `json:"id"`
+		Name     string                     `json:"name"`
+		Children map[string]json.RawMessage `json:"children"`
+	}
+	for i := range out.Seen {
+		if out.Seen[i].Name == "parent" {
+			got = &out.Seen[i]
+		}
+		if out.Seen[i].Name == "doomed-parent" {
+			t.Errorf("the parent of a failed child (failParentOnFailure) ran")
+		}
+	}
+	if got == nil || got.ID != flow.ID || len(got.Children) != 2 {
+		t.Fatalf("Node parent run = %+v", out.Seen)
+	}
+	for k, v := range got.Children {
+		if !strings.HasPrefix(k, "bull:"+children+":") || !strings.Contains(string(v), `"by":"go"`) {
+			t.Errorf("child value %s = %s", k, v)
+		}
+	}
+	var nc nodeCounts
+	runNode(t, 30*time.Second, "counts", nodeParams(t, rdb, parents, nil), &nc)
+	if nc.Counts["completed"] != 1 || nc.Counts["failed"] != 1 || nc.Counts["waiting-children"] != 0 {
+		t.Errorf("parent queue counts = %v", nc.Counts)
+	}
+	if len(nc.Failed) != 1 || !strings.Contains(nc.Failed[0].FailedReason, "child bull:"+children+":") {
+		t.Errorf("failed parents = %+v", nc.Failed)
+	}
+}

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"sort"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -30,30 +32,59 @@ func storm(ctx context.Context, c *redis.Client, n int) error {
 	return nil
 }
 
+// producer sends n SETs on keys matching storm:*.
+type producer func(ctx context.Context, n int) error
+
+// externalProducer runs redis-benchmark (one connection, pipelines of 100)
+// so that the test process's CPU time is the consumer's alone.
+func externalProducer(port int) producer {
+	return func(ctx context.Context, n int) error {
+		out, err := exec.CommandContext(ctx, "redis-benchmark", "-h", "127.0.0.1", "-p", strconv.Itoa(port),
+			"-t", "set", "-n", strconv.Itoa(n), "-r", "1000000", "-P", "100", "-c", "1", "-q",
+			"SET", "storm:__rand_int__", "v").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("redis-benchmark: %v: %s", err, out)
+		}
+		return nil
+	}
+}
+
+// cpuTime is the process's user+system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// measured is one storm's wall time and the process's CPU time during it.
+type measured struct{ wall, cpu time.Duration }
+
 // bareStorm measures a plain go-redis PSubscribe loop: read and count.
-func bareStorm(ctx context.Context, sub, prod *redis.Client, n int) (time.Duration, error) {
+func bareStorm(ctx context.Context, sub *redis.Client, produce producer, n int) (measured, error) {
 	ps := sub.PSubscribe(ctx, "__keyspace@0__:storm:*")
 	defer ps.Close()
 	if _, err := ps.Receive(ctx); err != nil { // the confirmation
-		return 0, err
+		return measured{}, err
 	}
 	errc := make(chan error, 1)
-	start := time.Now()
-	go func() { errc <- storm(ctx, prod, n) }()
+	start, cpu := time.Now(), cpuTime()
+	go func() { errc <- produce(ctx, n) }()
 	for got := 0; got < n; got++ {
 		if _, err := ps.ReceiveMessage(ctx); err != nil {
-			return 0, err
+			return measured{}, err
 		}
 	}
-	d := time.Since(start)
-	return d, <-errc
+	r := measured{time.Since(start), cpuTime() - cpu}
+	return r, <-errc
 }
 
 // managerStorm measures the same storm through a Manager whose handler counts.
-func managerStorm(ctx context.Context, sub, prod *redis.Client, n int, opts Options) (time.Duration, Stats, error) {
+func managerStorm(ctx context.Context, sub *redis.Client, produce producer, n int, opts Options) (measured, Stats, error) {
 	m, err := NewManager(sub, opts)
 	if err != nil {
-		return 0, Stats{}, err
+		return measured{}, Stats{}, err
 	}
 	var got atomic.Int64
 	done := make(chan struct{})
@@ -63,26 +94,31 @@ func managerStorm(ctx context.Context, sub, prod *redis.Client, n int, opts Opti
 		}
 	})
 	if err := m.Start(ctx); err != nil {
-		return 0, Stats{}, err
+		return measured{}, Stats{}, err
 	}
 	defer m.Close(ctx)
 	errc := make(chan error, 1)
-	start := time.Now()
-	go func() { errc <- storm(ctx, prod, n) }()
+	start, cpu := time.Now(), cpuTime()
+	go func() { errc <- produce(ctx, n) }()
 	select {
 	case <-done:
 	case <-time.After(2 * time.Minute):
-		return 0, m.Stats(), fmt.Errorf("manager handled %d of %d events", got.Load(), n)
+		return measured{}, m.Stats(), fmt.Errorf("manager handled %d of %d events", got.Load(), n)
 	}
-	d := time.Since(start)
-	return d, m.Stats(), <-errc
+	r := measured{time.Since(start), cpuTime() - cpu}
+	return r, m.Stats(), <-errc
 }
 
 // BenchmarkEventStorm sends a storm of SETs on watched keys (100,000 by
 // default; KEYSPACE_STORM=n to change) through a bare go-redis PSubscribe
-// loop and through a Manager, alternately on the same private Redis, and
-// reports both dispatch rates, their ratio and the events lost. One
-// iteration is one storm of each; run with -benchtime=3x for three rounds.
+// loop and through a Manager (default options), alternately on the same
+// private Redis, and reports per variant the dispatch rate (events per
+// wall-clock second) and the events per CPU-second of this process, their
+// ratios (manager/bare) and the events lost. The producer is redis-benchmark
+// in its own process when installed (so CPU time is the consumer's), else
+// an in-process pipeline. One iteration is one storm of each; the CPU is
+// shared, so compare within a run: -benchtime=8x. KEYSPACE_ONLY=manager or
+// =bare runs one variant (for profiles).
 func BenchmarkEventStorm(b *testing.B) {
 	n := 100000
 	if s := os.Getenv("KEYSPACE_STORM"); s != "" {
@@ -93,41 +129,54 @@ func BenchmarkEventStorm(b *testing.B) {
 	srv := redistest.Private(b, redistest.PrivateOptions{Args: []string{"--notify-keyspace-events", "K$"}})
 	sub, prod := srv.Client(), srv.Client()
 	ctx := context.Background()
-	var bare, mgr time.Duration
+	produce := producer(func(ctx context.Context, n int) error { return storm(ctx, prod, n) })
+	if _, err := exec.LookPath("redis-benchmark"); err == nil {
+		produce = externalProducer(srv.Port)
+	} else {
+		b.Log("redis-benchmark not found: in-process producer, CPU figures include it")
+	}
+	var bare, mgr measured
 	var lost uint64
 	ratios := make([]float64, 0, b.N)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		// Alternate the order, and compare within a round: the CPU is shared.
-		var db, dm time.Duration
+		var rb, rm measured
 		for _, managerFirst := range []bool{i%2 == 1, i%2 == 0} {
+			if only := os.Getenv("KEYSPACE_ONLY"); only != "" && (only == "manager") != managerFirst {
+				continue
+			}
 			if managerFirst {
-				d, st, err := managerStorm(ctx, sub, prod, n, Options{Flags: "K$", Config: ConfigSkip})
+				r, st, err := managerStorm(ctx, sub, produce, n, Options{Flags: "K$", Config: ConfigSkip})
 				if err != nil {
 					b.Fatal(err)
 				}
-				dm = d
+				rm = r
 				lost += st.Dropped + (uint64(n) - st.Received)
 			} else {
-				d, err := bareStorm(ctx, sub, prod, n)
+				r, err := bareStorm(ctx, sub, produce, n)
 				if err != nil {
 					b.Fatal(err)
 				}
-				db = d
+				rb = r
 			}
 		}
-		bare += db
-		mgr += dm
-		ratios = append(ratios, db.Seconds()/dm.Seconds())
+		bare.wall += rb.wall
+		bare.cpu += rb.cpu
+		mgr.wall += rm.wall
+		mgr.cpu += rm.cpu
+		ratios = append(ratios, rb.wall.Seconds()/rm.wall.Seconds())
 	}
 	b.StopTimer()
 	sort.Float64s(ratios)
 	total := float64(n * b.N)
-	bareRate, mgrRate := total/bare.Seconds(), total/mgr.Seconds()
-	b.ReportMetric(bareRate, "bare-events/s")
-	b.ReportMetric(mgrRate, "manager-events/s")
-	b.ReportMetric(mgrRate/bareRate, "ratio")
+	b.ReportMetric(total/bare.wall.Seconds(), "bare-events/s")
+	b.ReportMetric(total/mgr.wall.Seconds(), "manager-events/s")
+	b.ReportMetric(bare.wall.Seconds()/mgr.wall.Seconds(), "ratio")
 	b.ReportMetric(ratios[len(ratios)/2], "median-ratio")
+	b.ReportMetric(total/bare.cpu.Seconds(), "bare-events/cpu-s")
+	b.ReportMetric(total/mgr.cpu.Seconds(), "manager-events/cpu-s")
+	b.ReportMetric(bare.cpu.Seconds()/mgr.cpu.Seconds(), "cpu-ratio")
 	b.ReportMetric(float64(lost), "lost")
 	b.ReportMetric(0, "ns/op")
 }

@@ -54,7 +54,8 @@ type Job struct {
 	// ProcessedBy is the name of the worker that fetched it last.
 	ProcessedBy string
 	// Duplicate is set on a Job returned by Add when a job with the same
-	// custom id existed already: nothing was written.
+	// custom id existed already, or another job held its deduplication id:
+	// nothing was written and ID is the existing job's.
 	Duplicate bool
 
 	token    string

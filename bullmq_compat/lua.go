@@ -275,10 +275,12 @@ end
 `
 
 // addScript adds one or more jobs atomically. ARGV[2] = maxDepth,
-// ARGV[3] = number of jobs, then 8 arguments per job: customId, name, data,
-// opts, timestamp, delay, priority, lifo ("1"/""). Returns {2} when the jobs
-// do not fit under maxDepth (nothing written), else {code, id, ...} per job:
-// code 0 added, 1 duplicate custom id (nothing written).
+// ARGV[3] = number of jobs, then 10 arguments per job: customId, name, data,
+// opts, timestamp, delay, priority, lifo ("1"/""), deduplication id ("" for
+// none), deduplication ttl ms. Returns {2} when the jobs do not fit under
+// maxDepth (nothing written), else {code, id, ...} per job: code 0 added,
+// 1 duplicate custom id or deduplicated (nothing written; id is the
+// existing job's).
 var addScript = redis.NewScript(luaPrelude + `
 local maxDepth, count = tonumber(ARGV[2]), tonumber(ARGV[3])
 if maxDepth > 0 then
@@ -288,7 +290,7 @@ end
 local maxEv = maxEvents()
 local out = {}
 for j = 0, count - 1 do
-  local a = 4 + j * 8
+  local a = 4 + j * 10
   local customId, name, data, opts = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local ts, delay, priority = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
   local lifo = ARGV[a + 7] == "1"
@@ -296,13 +298,35 @@ for j = 0, count - 1 do
   local id = customId
   if id == "" then id = num(n) end
   local jk = P .. id
+  local deid, dettl = ARGV[a + 8], tonumber(ARGV[a + 9])
+  local holder
   if customId ~= "" and rcall("EXISTS", jk) == 1 then
     rcall("XADD", K.events, "MAXLEN", "~", maxEv, "*", "event", "duplicated", "jobId", id)
+    holder = id
+  elseif deid ~= "" then
+    local dk = P .. "de:" .. deid
+    local took
+    if dettl > 0 then took = rcall("SET", dk, id, "PX", dettl, "NX") else took = rcall("SET", dk, id, "NX") end
+    if not took then
+      local cur = rcall("GET", dk)
+      if cur and rcall("EXISTS", P .. cur) == 1 then
+        rcall("XADD", K.events, "MAXLEN", "~", maxEv, "*", "event", "deduplicated", "jobId", cur,
+          "deduplicationId", deid, "deduplicatedJobId", id)
+        holder = cur
+      elseif dettl > 0 then
+        rcall("SET", dk, id, "PX", dettl) -- the holder is gone: a stale key
+      else
+        rcall("SET", dk, id)
+      end
+    end
+  end
+  if holder then
     out[#out + 1] = 1
-    out[#out + 1] = id
+    out[#out + 1] = holder
   else
     rcall("HMSET", jk, "name", name, "data", data, "opts", opts, "timestamp", ARGV[a + 4],
       "delay", ARGV[a + 5], "priority", ARGV[a + 6])
+    if deid ~= "" then rcall("HSET", jk, "deid", deid) end
     rcall("XADD", K.events, "*", "event", "added", "jobId", id, "name", name)
     if delay > 0 then
       local due = ts + delay

@@ -123,6 +123,19 @@ type JobOptions struct {
 	StackTraceLimit int
 	// Timestamp is the job's creation time (zero: now).
 	Timestamp time.Time
+	// Deduplication, when set, adds the job only if no job holds its
+	// deduplication id (Node's simple and TTL modes; extend, replace and
+	// keepLastIfActive are not implemented).
+	Deduplication *Deduplication
+}
+
+// Deduplication is Node's deduplication option: while the job that took ID
+// exists (and, with a TTL, for at most TTL), adds with the same ID write
+// nothing and return that job's id. The id is released when the job
+// finishes.
+type Deduplication struct {
+	ID  string
+	TTL time.Duration // 0: until the job finishes; millisecond resolution
 }
 
 func (o *JobOptions) validate() error {
@@ -155,6 +168,9 @@ func (o *JobOptions) validate() error {
 	if err := o.RemoveOnFail.validate("RemoveOnFail"); err != nil {
 		return err
 	}
+	if d := o.Deduplication; d != nil && (d.ID == "" || d.TTL < 0) {
+		return invalidf("Deduplication needs an ID and a TTL >= 0, got %+v", *d)
+	}
 	if o.JobID != "" {
 		if err := ValidateJobID(o.JobID); err != nil {
 			return err
@@ -175,8 +191,14 @@ type storedOpts struct {
 	RemoveOnFail     json.RawMessage `json:"removeOnFail,omitempty"`
 	StackTraceLimit  *int            `json:"stackTraceLimit,omitempty"`
 	Timestamp        int64           `json:"timestamp,omitempty"`
+	Dedup            *storedDedup    `json:"de,omitempty"`
 	// Repeat is only read (jobs of Node job schedulers).
 	Repeat json.RawMessage `json:"repeat,omitempty"`
+}
+
+type storedDedup struct {
+	ID  string `json:"id"`
+	TTL int64  `json:"ttl,omitempty"`
 }
 
 type storedBackoff struct {
@@ -202,6 +224,9 @@ func (o *JobOptions) encode(ts int64) ([]byte, error) {
 	}
 	if !o.Timestamp.IsZero() {
 		s.Timestamp = ts
+	}
+	if d := o.Deduplication; d != nil {
+		s.Dedup = &storedDedup{ID: d.ID, TTL: d.TTL.Milliseconds()}
 	}
 	if o.StackTraceLimit > 0 {
 		n := o.StackTraceLimit

@@ -70,8 +70,9 @@ type BulkJob struct {
 // Invalid input (unencodable data, a bad option or job id) is an error
 // wrapping ErrInvalidOption or ErrInvalidJobID, and nothing is written.
 // With QueueOptions.MaxQueueDepth set, a full queue gives ErrQueueFull.
-// A custom JobID that already exists writes nothing: the returned Job has
-// that id and Duplicate set.
+// A custom JobID that already exists, or a Deduplication id held by
+// another job, writes nothing: the returned Job has the existing job's id
+// and Duplicate set.
 func (q *Queue) Add(ctx context.Context, name string, data any, opts JobOptions) (*Job, error) {
 	jobs, err := q.AddBulk(ctx, []BulkJob{{Name: name, Data: data, Opts: opts}})
 	if err != nil {
@@ -91,7 +92,7 @@ func (q *Queue) AddBulk(ctx context.Context, jobs []BulkJob) ([]*Job, error) {
 		return nil, nil
 	}
 	now := time.Now()
-	args := make([]any, 0, 3+8*len(jobs))
+	args := make([]any, 0, 3+10*len(jobs))
 	args = append(args, q.k.base, q.opts.MaxQueueDepth, len(jobs))
 	out := make([]*Job, len(jobs))
 	for i := range jobs {
@@ -121,9 +122,13 @@ func (q *Queue) AddBulk(ctx context.Context, jobs []BulkJob) ([]*Job, error) {
 		if bj.Opts.LIFO {
 			lifo = "1"
 		}
+		deid, dettl := "", int64(0)
+		if d := bj.Opts.Deduplication; d != nil {
+			deid, dettl = d.ID, d.TTL.Milliseconds()
+		}
 		args = append(args, bj.Opts.JobID, bj.Name, string(data), string(opts),
 			strconv.FormatInt(tsMs, 10), strconv.FormatInt(bj.Opts.Delay.Milliseconds(), 10),
-			strconv.Itoa(bj.Opts.Priority), lifo)
+			strconv.Itoa(bj.Opts.Priority), lifo, deid, dettl)
 		j := &Job{
 			Name: bj.Name, Data: json.RawMessage(data), Opts: json.RawMessage(opts),
 			Attempts: bj.Opts.Attempts, Priority: bj.Opts.Priority, Delay: bj.Opts.Delay.Truncate(time.Millisecond),

@@ -22,8 +22,9 @@
 // delayed (JobOptions.Delay) and prioritized (JobOptions.Priority) jobs, with
 // custom ids following Node's rules (a duplicate id writes nothing). Data is
 // encoded with encoding/json; a json.RawMessage is stored as is.
-// QueueOptions.MaxQueueDepth turns Add into a backpressure point that fails
-// with ErrQueueFull. Queue.Pause and Queue.Resume affect Node workers too.
+// JobOptions.Deduplication skips adds while a job holds the same
+// deduplication id. QueueOptions.MaxQueueDepth turns Add into a
+// backpressure point that fails with ErrQueueFull. Queue.Pause and Queue.Resume affect Node workers too.
 //
 // # Consuming
 //
@@ -36,6 +37,11 @@
 // RemoveOnComplete / RemoveOnFail, and keeps Node job schedulers going (the
 // next iteration is added when a scheduler's job is fetched). Handler
 // panics fail the job with the panic message and stack. Close drains.
+//
+// A Go worker may process the children of flows added by Node's
+// FlowProducer: finishing a child does the parent's bookkeeping (its
+// processed values, its release from waiting-children, the
+// failParentOnFailure family of options).
 //
 // # Connections
 //
@@ -50,16 +56,11 @@
 // with the owner only. Handler contexts carry no long-lived mark: a
 // connection a handler holds too long is still reported.
 //
-// A Go worker may process the children of flows added by Node's
-// FlowProducer: finishing a child does the parent's bookkeeping (its
-// processed values, its release from waiting-children, the
-// failParentOnFailure family of options).
-//
 // # Not implemented
 //
 // Adding flows from Go and moving a job to waiting-children from a Go
-// handler, the extend, replace and keepLastIfActive deduplication modes, job logs,
-// metrics, sandboxed processors, manual job moves (Job.moveToDelayed and
+// handler, the extend, replace and keepLastIfActive deduplication modes,
+// job logs, metrics, sandboxed processors, manual job moves (Job.moveToDelayed and
 // friends), custom backoff strategies (a Node job with an unknown backoff
 // type fails when its retry is due), and legacy (BullMQ 5) repeatable jobs.
 package bullmq

@@ -31,6 +31,8 @@ type dispatcher struct {
 	prefixes atomic.Pointer[map[string]*Tracker]
 	// events counts checkouts seen, to notice a replaced dispatcher.
 	events atomic.Uint64
+	// clients maps each instrumented client to its open tracker.
+	clients map[redis.UniversalClient]*Tracker
 }
 
 type chainBox struct {
@@ -44,6 +46,8 @@ var (
 	_ redis.OTelRecorder          = (*dispatcher)(nil)
 	_ redis.OTelConnectionCounter = (*dispatcher)(nil)
 )
+
+var errAlreadyInstrumented = errors.New("redisleak: Instrument: this client already has an open tracker; Close it first")
 
 var errChainConflict = errors.New("redisleak: Options.ChainRecorder differs from the recorder chained by another open tracker")
 
@@ -60,6 +64,13 @@ func (d *dispatcher) attach(t *Tracker, chain redis.OTelRecorder) error {
 		d.chain.Store(box)
 		d.chainSet = true
 	}
+	if other := d.clients[t.client]; other != nil && !other.closed.Load() {
+		return errAlreadyInstrumented
+	}
+	if d.clients == nil {
+		d.clients = map[redis.UniversalClient]*Tracker{}
+	}
+	d.clients[t.client] = t
 	d.refs++
 	// (Re)install every time: another recorder may have replaced us.
 	redis.SetOTelRecorder(d)
@@ -71,6 +82,9 @@ func (d *dispatcher) detach(t *Tracker) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.forgetPrefixes(t)
+	if d.clients[t.client] == t {
+		delete(d.clients, t.client)
+	}
 	d.refs--
 	if d.refs > 0 {
 		return
@@ -132,10 +146,15 @@ func (d *dispatcher) record(cn redis.ConnInfo) *connRecord {
 		return nil
 	}
 	if a, ok := cn.RemoteAddr().(*trackedAddr); ok {
-		if a.rec.tr.closed.Load() {
-			return nil
+		// A client instrumented again after a tracker closed has the closed
+		// tracker's (inert) wrapper outside the new one's: look inside.
+		for a != nil && a.rec.tr.closed.Load() {
+			a, _ = a.Addr.(*trackedAddr)
 		}
-		return a.rec
+		if a != nil {
+			return a.rec
+		}
+		// wrapped only by closed trackers: like a connection without wrapper
 	}
 	m := d.prefixes.Load()
 	if m == nil || len(*m) == 0 {

@@ -534,3 +534,27 @@ func TestConcurrentTrackersAndRecorderRestore(t *testing.T) {
 	}
 	tb.Close()
 }
+
+func TestReinstrumentAfterClose(t *testing.T) {
+	rdb, tr, _ := setup(t, redisleak.Options{})
+	if tr2, err := redisleak.Instrument(rdb, redisleak.Options{}); err == nil {
+		tr2.Close()
+		t.Fatal("a second open tracker on one client was accepted")
+	}
+	rdb.Ping(bg)
+	tr.Close()
+	// A new tracker on the same client works although the closed one's
+	// hooks (and connection wrappers) cannot be removed.
+	tr2, err := redisleak.Instrument(rdb, redisleak.Options{MaxHold: 150 * time.Millisecond, ScanInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr2.Close()
+	rdb.PoolStats() // existing connections are wrapped by the closed tracker only
+	c := leakyConn(bg, rdb)
+	defer c.Close()
+	// The pre-existing connection is found through the late-attachment probe
+	// or a fresh dial; either way the leak is seen with its site.
+	l := onlyLeak(t, scanUntil(t, tr2, 1))
+	assertSite(t, l, "leakyConn")
+}

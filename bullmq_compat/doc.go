@@ -60,7 +60,7 @@
 //
 // Adding flows from Go and moving a job to waiting-children from a Go
 // handler, the extend, replace and keepLastIfActive deduplication modes,
-// job logs, metrics, sandboxed processors, manual job moves (Job.moveToDelayed and
+// metrics, sandboxed processors, manual job moves (Job.moveToDelayed and
 // friends), custom backoff strategies (a Node job with an unknown backoff
 // type fails when its retry is due), and legacy (BullMQ 5) repeatable jobs.
 package bullmq

@@ -39,6 +39,7 @@ type nodeCounts struct {
 		State        string          `json:"state"`
 		Delay        int64           `json:"delay"`
 		Priority     int             `json:"priority"`
+		Logs         []string        `json:"logs"`
 	} `json:"jobs"`
 }
 
@@ -86,6 +87,11 @@ func TestInteropNodeAddsGoProcesses(t *testing.T) {
 			if err := j.UpdateProgress(ctx, 42); err != nil {
 				return nil, err
 			}
+			for _, l := range []string{"step 1", "step 2"} {
+				if _, err := j.Log(ctx, l); err != nil {
+					return nil, err
+				}
+			}
 		}
 		return map[string]any{"by": "go", "name": j.Name, "data": j.Data}, nil
 	}, WorkerOptions{Name: "go-worker"})
@@ -128,7 +134,7 @@ func TestInteropNodeAddsGoProcesses(t *testing.T) {
 	}
 
 	var nc nodeCounts
-	runNode(t, 30*time.Second, "counts", nodeParams(t, rdb, name, map[string]any{"jobIds": []string{"5", "7", "my-id"}}), &nc)
+	runNode(t, 30*time.Second, "counts", nodeParams(t, rdb, name, map[string]any{"jobIds": []string{"4", "5", "7", "my-id"}}), &nc)
 	if nc.Counts["completed"] != 6 || nc.Counts["failed"] != 1 || nc.Counts["wait"]+nc.Counts["active"]+nc.Counts["delayed"]+nc.Counts["prioritized"] != 0 {
 		t.Errorf("Node getJobCounts = %v", nc.Counts)
 	}
@@ -140,6 +146,9 @@ func TestInteropNodeAddsGoProcesses(t *testing.T) {
 		if err := json.Unmarshal(c.ReturnValue, &rv); err != nil || rv["by"] != "go" || rv["name"] != c.Name || c.FinishedOn == 0 {
 			t.Errorf("Node sees completed job %s %s with returnvalue %s", c.ID, c.Name, c.ReturnValue)
 		}
+	}
+	if j := nc.Jobs["4"]; j == nil || strings.Join(j.Logs, ",") != "step 1,step 2" || string(j.Progress) != "42" {
+		t.Errorf("Node sees job 4 (logs, progress) as %+v", j)
 	}
 	if j := nc.Jobs["5"]; j == nil || j.AttemptsMade != 3 || j.State != "completed" {
 		t.Errorf("Node sees the retried job as %+v", j)

@@ -176,6 +176,23 @@ func (j *Job) UpdateProgress(ctx context.Context, progress any) error {
 	return nil
 }
 
+// Log appends a line to the job's log (the <job>:logs list Node's
+// Queue.getJobLogs reads), keeping the last opts.keepLogs lines when the job
+// has that option. It returns the number of lines kept.
+func (j *Job) Log(ctx context.Context, line string) (int, error) {
+	if j.rdb == nil || j.q == nil {
+		return 0, fmt.Errorf("bullmq: job %s has no queue", j.ID)
+	}
+	n, err := logScript.Run(ownerCtx(ctx, j.owner), j.rdb, j.q.all, j.q.base, j.ID, line).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("bullmq: log of job %s: %w", j.ID, err)
+	}
+	if n < 0 {
+		return 0, scriptError(n, j.ID, "log")
+	}
+	return int(n), nil
+}
+
 // encodeJSON encodes v with encoding/json; a json.RawMessage (or
 // *json.RawMessage) must be valid JSON and is kept as is; nil becomes null.
 func encodeJSON(v any) ([]byte, error) {

@@ -587,6 +587,20 @@ rcall("XADD", K.events, "MAXLEN", "~", maxEvents(), "*", "event", "progress", "j
 return 0
 `)
 
+// logScript: ARGV[2..] = id, line. Appends to the job's :logs list, keeping
+// the last opts.kl (keepLogs) lines. Returns the number of lines, or -1.
+var logScript = redis.NewScript(luaPrelude + `
+local jk = P .. ARGV[2]
+if rcall("EXISTS", jk) == 0 then return -1 end
+local n = rcall("RPUSH", jk .. ":logs", ARGV[3])
+local kl = tonumber(jobOpts(jk)["kl"])
+if kl and kl > 0 then
+  rcall("LTRIM", jk .. ":logs", -kl, -1)
+  return math.min(kl, n)
+end
+return n
+`)
+
 // countsScript returns {wait, prioritized, delayed, active, completed, failed, paused(0/1)}.
 var countsScript = redis.NewScript(luaPrelude + `
 local paused = 0

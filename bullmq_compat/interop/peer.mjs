@@ -105,7 +105,8 @@ async function counts() {
   for (const id of p.jobIds || []) {
     const j = await q.getJob(id);
     jobs[id] = j ? { name: j.name, data: j.data, opts: j.opts, progress: j.progress, returnvalue: j.returnvalue,
-      attemptsMade: j.attemptsMade, state: await j.getState(), delay: j.delay, priority: j.priority } : null;
+      attemptsMade: j.attemptsMade, state: await j.getState(), delay: j.delay, priority: j.priority,
+      logs: (await q.getJobLogs(id)).logs } : null;
   }
   await q.close();
   c.disconnect();

@@ -40,6 +40,7 @@ const (
 	ConfigSkip
 )
 
+// String returns the mode's name: "merge", "verify", "warn" or "skip".
 func (m ConfigMode) String() string {
 	switch m {
 	case ConfigMerge:
@@ -72,6 +73,7 @@ const (
 	OverflowDropOldest
 )
 
+// String returns the policy's name: "block", "drop-newest" or "drop-oldest".
 func (o Overflow) String() string {
 	switch o {
 	case OverflowBlock:

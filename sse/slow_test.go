@@ -132,3 +132,73 @@ func TestDropEventsPolicy(t *testing.T) {
 	default:
 	}
 }
+
+// gatedWriter blocks writes of events while its gate is closed.
+type gatedWriter struct {
+	http.ResponseWriter
+	gate <-chan struct{}
+}
+
+func (g *gatedWriter) Write(p []byte) (int, error) {
+	if g.gate != nil && strings.HasPrefix(string(p), "id: ") {
+		<-g.gate
+	}
+	return g.ResponseWriter.Write(p)
+}
+
+func (g *gatedWriter) Unwrap() http.ResponseWriter { return g.ResponseWriter }
+
+// TestSlowClientClosingComment: a client whose queue overflows while its
+// connection is still writable gets at most the events it had queued, then
+// the closing comment, then the end of the stream.
+func TestSlowClientClosingComment(t *testing.T) {
+	rdb := redisClient(t)
+	m, err := NewManager(rdb, Options{Namespace: testNamespace(t), QueueSize: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gw := &gatedWriter{ResponseWriter: w}
+		if r.URL.Query().Get("gated") != "" {
+			gw.gate = gate
+		}
+		m.ServeHTTP(gw, r)
+	}))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := m.Close(ctx); err != nil {
+			t.Error(err)
+		}
+		srv.Close()
+	})
+	s := open(t, srv.URL+"?topic=s&gated=1", nil)
+	s.ready(t)
+	var ids []string
+	for i := 0; i < 4 && m.Stats().SlowDisconnects == 0; i++ {
+		ids = append(ids, publish(t, m, "s", "", fmt.Sprint(i)))
+		eventually(t, "delivery or overflow", func() bool {
+			st := m.Stats()
+			return st.Deliveries+st.Drops == int64(len(ids))
+		})
+	}
+	if m.Stats().SlowDisconnects != 1 {
+		t.Fatalf("no overflow: %+v", m.Stats())
+	}
+	close(gate)
+	blocks := s.waitEnd(t)
+	last := blocks[len(blocks)-1]
+	if len(last.Comments) != 1 || last.Comments[0] != "closing: client too slow" || last.HasData {
+		t.Fatalf("stream ended with %+v", blocks)
+	}
+	var got []string
+	for _, b := range blocks {
+		if b.HasData {
+			got = append(got, b.ID)
+		}
+	}
+	if len(got) >= len(ids) || strings.Join(got, ",") != strings.Join(ids[:len(got)], ",") {
+		t.Fatalf("events before the closing comment %v, want a proper prefix of %v", got, ids)
+	}
+}

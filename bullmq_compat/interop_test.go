@@ -29,6 +29,7 @@ type nodeCounts struct {
 		AttemptsMade int      `json:"attemptsMade"`
 	} `json:"failed"`
 	Workers []string `json:"workers"`
+	Paused  bool     `json:"paused"`
 	Jobs    map[string]*struct {
 		Name         string          `json:"name"`
 		Data         json.RawMessage `json:"data"`
@@ -308,5 +309,44 @@ func TestInteropMixedWorkers(t *testing.T) {
 	}
 	if byNode == 0 || len(goDid) == 0 || byNode+len(goDid) != n {
 		t.Errorf("Node did %d, Go did %d of %d", byNode, len(goDid), n)
+	}
+}
+
+// TestInteropPause: a pause from Node holds Go workers back, a resume from
+// Node releases them, and Node sees a pause made from Go.
+func TestInteropPause(t *testing.T) {
+	needNode(t)
+	rdb, name := realClient(t)
+	ctx := ctxT(t, 60*time.Second)
+	q, _ := NewQueue(rdb, name, QueueOptions{})
+	runNode(t, 30*time.Second, "meta", nodeParams(t, rdb, name, map[string]any{"pause": true}), nil)
+	if c, _ := q.Counts(ctx); !c.Paused {
+		t.Fatal("Go does not see Node's pause")
+	}
+	ran := make(chan string, 1)
+	w, _ := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) {
+		ran <- j.ID
+		return nil, nil
+	}, WorkerOptions{})
+	if _, err := q.Add(ctx, "held", nil, JobOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	startWorker(t, w)
+	if j, _, _, err := w.fetch(); err != nil || j != nil {
+		t.Fatalf("fetch while Node paused the queue: %v %v", j, err)
+	}
+	runNode(t, 30*time.Second, "meta", nodeParams(t, rdb, name, map[string]any{"resume": true}), nil)
+	select {
+	case <-ran:
+	case <-ctx.Done():
+		t.Fatal("the job did not run after Node resumed the queue")
+	}
+	if err := q.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var nc nodeCounts
+	runNode(t, 30*time.Second, "counts", nodeParams(t, rdb, name, nil), &nc)
+	if !nc.Paused {
+		t.Fatal("Node does not see Go's pause")
 	}
 }

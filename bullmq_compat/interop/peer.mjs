@@ -108,9 +108,10 @@ async function counts() {
       attemptsMade: j.attemptsMade, state: await j.getState(), delay: j.delay, priority: j.priority,
       logs: (await q.getJobLogs(id)).logs } : null;
   }
+  const paused = await q.isPaused();
   await q.close();
   c.disconnect();
-  out({ counts, completed, failed, workers, jobs });
+  out({ counts, completed, failed, workers, jobs, paused });
 }
 
 // events collects events until it has seen `count` of the names in p.names.

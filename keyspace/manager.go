@@ -248,7 +248,11 @@ func (m *Manager) Start(ctx context.Context) error {
 	m.cancelRun = cancel
 	m.connCtx = redisleak.WithOwner(redisleak.WithLongLived(run), Owner)
 	m.handlerCtx = redisleak.WithoutLongLived(run)
-	m.queues = make([]chan item, m.opts.Workers)
+	workers := m.opts.Workers
+	if m.opts.Inline {
+		workers = 0
+	}
+	m.queues = make([]chan item, workers)
 	for i := range m.queues {
 		q := make(chan item, m.opts.QueueSize)
 		m.queues[i] = q
@@ -449,6 +453,12 @@ func (m *Manager) deliver(ns *nodeSub, msg *redis.Message) {
 		return
 	}
 	m.stats.received.Add(1)
+	if m.opts.Inline {
+		ns.inHandler.Store(true)
+		m.handle(it)
+		ns.inHandler.Store(false)
+		return
+	}
 	q := m.queues[0]
 	if len(m.queues) > 1 {
 		q = m.queues[keyHash(it.key)%uint32(len(m.queues))]
@@ -503,14 +513,19 @@ func (m *Manager) work(q chan item) {
 			m.stats.discarded.Add(1)
 			continue
 		}
-		ev := Event{DB: m.opts.DB, Key: it.key, Event: it.event, Node: it.ns.addr, Channel: it.channel, ctx: m.handlerCtx}
-		for _, r := range it.pr.routes {
-			if r.accepts(&ev) {
-				m.call(r.h, ev)
-			}
-		}
-		m.stats.handled.Add(1)
+		m.handle(it)
 	}
+}
+
+// handle runs the handlers of one event.
+func (m *Manager) handle(it item) {
+	ev := Event{DB: m.opts.DB, Key: it.key, Event: it.event, Node: it.ns.addr, Channel: it.channel, ctx: m.handlerCtx}
+	for _, r := range it.pr.routes {
+		if r.accepts(&ev) {
+			m.call(r.h, ev)
+		}
+	}
+	m.stats.handled.Add(1)
 }
 
 func (m *Manager) call(h *handler, ev Event) {

@@ -451,3 +451,41 @@ func TestRingSubscribesEveryShard(t *testing.T) {
 		t.Errorf("events %q", got)
 	}
 }
+
+func TestInlineHandlers(t *testing.T) {
+	mr, rdb := newMini(t)
+	rec := newRecorder()
+	errs := newErrSink()
+	release := make(chan struct{})
+	m := startManager(t, rdb, Options{Config: ConfigSkip, Inline: true, PingInterval: 20 * time.Millisecond, OnError: errs.report}, func(m *Manager) {
+		m.Handle("*", func(ev Event) {
+			switch ev.Key {
+			case "boom":
+				panic("inline bug")
+			case "slow":
+				<-release
+			}
+			rec.handle(ev)
+		})
+	})
+	mr.Publish("__keyspace@0__:boom", "set")
+	mr.Publish("__keyspace@0__:a", "set")
+	rec.until(t, "a", "")
+	// A handler that blocks for many ping intervals is no silent connection.
+	mr.Publish("__keyspace@0__:slow", "set")
+	waitFor(t, "the slow handler to start", func() bool { return m.Stats().Received == 3 })
+	time.AfterFunc(200*time.Millisecond, func() { close(release) })
+	mr.Publish("__keyspace@0__:b", "set")
+	got := pairs(rec.until(t, "b", ""))
+	if want := []string{"set a", "set slow", "set b"}; !equalStrings(got, want) {
+		t.Errorf("events %q, want %q", got, want)
+	}
+	if s := m.Stats(); s.Panics != 1 || s.Reconnects != 0 || s.Queued != 0 {
+		t.Errorf("Stats = %+v, want 1 panic and no reconnect", s)
+	}
+	for _, o := range []Options{{Inline: true, QueueSize: 10}, {Inline: true, Workers: 2}, {Inline: true, Overflow: OverflowDropNewest}} {
+		if _, err := NewManager(rdb, o); !errors.Is(err, ErrBadOptions) {
+			t.Errorf("NewManager(%+v) = %v, want ErrBadOptions", o, err)
+		}
+	}
+}

@@ -123,6 +123,14 @@ type Options struct {
 	// spread by key, so the events of one key reach handlers in order
 	// whatever the number.
 	Workers int
+	// Inline runs handlers on the subscriber goroutine (one per server),
+	// without queue or hand-off: the cheapest delivery (about 1 µs less CPU
+	// per event, see README). A handler that takes long stops the reading;
+	// Redis then buffers the events up to its client-output-buffer-limit
+	// for pubsub and disconnects the subscriber beyond it (reported as a
+	// gap). In a cluster, handlers for different primaries run at the same
+	// time. QueueSize, Workers and Overflow must be left zero.
+	Inline bool
 
 	// CheckInterval is how often the manager re-reads the topology (cluster
 	// primaries, ring shards) and re-checks the server setting (default
@@ -163,6 +171,9 @@ func (o Options) withDefaults() (Options, flagSet, error) {
 		return o, 0, fmt.Errorf("%w: unknown Config mode %d", ErrBadOptions, int(o.Config))
 	case o.Overflow < OverflowBlock || o.Overflow > OverflowDropOldest:
 		return o, 0, fmt.Errorf("%w: unknown Overflow policy %d", ErrBadOptions, int(o.Overflow))
+	}
+	if o.Inline && (o.QueueSize != 0 || o.Workers != 0 || o.Overflow != OverflowBlock) {
+		return o, 0, fmt.Errorf("%w: Inline has no queue: leave QueueSize, Workers and Overflow zero", ErrBadOptions)
 	}
 	if o.QueueSize == 0 {
 		o.QueueSize = DefaultQueueSize

@@ -111,14 +111,15 @@ func managerStorm(ctx context.Context, sub *redis.Client, produce producer, n in
 
 // BenchmarkEventStorm sends a storm of SETs on watched keys (100,000 by
 // default; KEYSPACE_STORM=n to change) through a bare go-redis PSubscribe
-// loop and through a Manager (default options), alternately on the same
+// loop and through a Manager, alternately on the same
 // private Redis, and reports per variant the dispatch rate (events per
 // wall-clock second) and the events per CPU-second of this process, their
 // ratios (manager/bare) and the events lost. The producer is redis-benchmark
 // in its own process when installed (so CPU time is the consumer's), else
-// an in-process pipeline. One iteration is one storm of each; the CPU is
-// shared, so compare within a run: -benchtime=8x. KEYSPACE_ONLY=manager or
-// =bare runs one variant (for profiles).
+// an in-process pipeline. Variants: bare, manager (default options) and
+// inline (Options.Inline). One iteration is one storm of each; the CPU is
+// shared, so compare within a run: -benchtime=8x. KEYSPACE_ONLY=<variant>
+// runs one variant (for profiles).
 func BenchmarkEventStorm(b *testing.B) {
 	n := 100000
 	if s := os.Getenv("KEYSPACE_STORM"); s != "" {
@@ -135,48 +136,64 @@ func BenchmarkEventStorm(b *testing.B) {
 	} else {
 		b.Log("redis-benchmark not found: in-process producer, CPU figures include it")
 	}
-	var bare, mgr measured
+	variants := []struct {
+		name string
+		opts *Options // nil: the bare loop
+	}{
+		{"bare", nil},
+		{"manager", &Options{Flags: "K$", Config: ConfigSkip}},
+		{"inline", &Options{Flags: "K$", Config: ConfigSkip, Inline: true}},
+	}
+	sums := make([]measured, len(variants))
+	ratios := make([][]float64, len(variants))
 	var lost uint64
-	ratios := make([]float64, 0, b.N)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		// Alternate the order, and compare within a round: the CPU is shared.
-		var rb, rm measured
-		for _, managerFirst := range []bool{i%2 == 1, i%2 == 0} {
-			if only := os.Getenv("KEYSPACE_ONLY"); only != "" && (only == "manager") != managerFirst {
+		// Rotate the order, and compare within a round: the CPU is shared.
+		round := make([]measured, len(variants))
+		for j := range variants {
+			k := (i + j) % len(variants)
+			v := variants[k]
+			if only := os.Getenv("KEYSPACE_ONLY"); only != "" && only != v.name {
 				continue
 			}
-			if managerFirst {
-				r, st, err := managerStorm(ctx, sub, produce, n, Options{Flags: "K$", Config: ConfigSkip})
-				if err != nil {
-					b.Fatal(err)
-				}
-				rm = r
-				lost += st.Dropped + (uint64(n) - st.Received)
+			var r measured
+			var err error
+			if v.opts == nil {
+				r, err = bareStorm(ctx, sub, produce, n)
 			} else {
-				r, err := bareStorm(ctx, sub, produce, n)
-				if err != nil {
-					b.Fatal(err)
-				}
-				rb = r
+				var st Stats
+				r, st, err = managerStorm(ctx, sub, produce, n, *v.opts)
+				lost += st.Dropped + (uint64(n) - st.Received)
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			round[k] = r
+			sums[k].wall += r.wall
+			sums[k].cpu += r.cpu
+		}
+		for k := 1; k < len(variants); k++ {
+			if round[0].wall > 0 && round[k].wall > 0 {
+				ratios[k] = append(ratios[k], round[0].wall.Seconds()/round[k].wall.Seconds())
 			}
 		}
-		bare.wall += rb.wall
-		bare.cpu += rb.cpu
-		mgr.wall += rm.wall
-		mgr.cpu += rm.cpu
-		ratios = append(ratios, rb.wall.Seconds()/rm.wall.Seconds())
 	}
 	b.StopTimer()
-	sort.Float64s(ratios)
 	total := float64(n * b.N)
-	b.ReportMetric(total/bare.wall.Seconds(), "bare-events/s")
-	b.ReportMetric(total/mgr.wall.Seconds(), "manager-events/s")
-	b.ReportMetric(bare.wall.Seconds()/mgr.wall.Seconds(), "ratio")
-	b.ReportMetric(ratios[len(ratios)/2], "median-ratio")
-	b.ReportMetric(total/bare.cpu.Seconds(), "bare-events/cpu-s")
-	b.ReportMetric(total/mgr.cpu.Seconds(), "manager-events/cpu-s")
-	b.ReportMetric(bare.cpu.Seconds()/mgr.cpu.Seconds(), "cpu-ratio")
+	for k, v := range variants {
+		if sums[k].wall == 0 {
+			continue
+		}
+		b.ReportMetric(total/sums[k].wall.Seconds(), v.name+"-events/s")
+		b.ReportMetric(total/sums[k].cpu.Seconds(), v.name+"-events/cpu-s")
+		if k > 0 && sums[0].wall > 0 {
+			b.ReportMetric(sums[0].wall.Seconds()/sums[k].wall.Seconds(), v.name+"-ratio")
+			b.ReportMetric(sums[0].cpu.Seconds()/sums[k].cpu.Seconds(), v.name+"-cpu-ratio")
+			sort.Float64s(ratios[k])
+			b.ReportMetric(ratios[k][len(ratios[k])/2], v.name+"-median-ratio")
+		}
+	}
 	b.ReportMetric(float64(lost), "lost")
 	b.ReportMetric(0, "ns/op")
 }

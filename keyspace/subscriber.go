@@ -31,7 +31,8 @@ type nodeSub struct {
 	waits   []*confirmWait
 	stopped bool
 
-	activity atomic.Uint64 // messages read, for the health check
+	activity  atomic.Uint64 // messages read, for the health check
+	inHandler atomic.Bool   // an inline handler is running (Options.Inline)
 
 	stopCh  chan struct{}
 	done    chan struct{}
@@ -244,7 +245,9 @@ func (ns *nodeSub) watch(done chan struct{}) {
 			return
 		case <-t.C:
 		}
-		if cur := ns.activity.Load(); cur != last {
+		if cur := ns.activity.Load(); cur != last || ns.inHandler.Load() {
+			// Traffic, or an inline handler holds up the reading: the
+			// connection is not silent.
 			last, pinged = cur, false
 			continue
 		}

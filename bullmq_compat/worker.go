@@ -214,6 +214,10 @@ func (w *Worker) loop(ctx context.Context, bc *blockConn) {
 		case <-ctx.Done():
 			return
 		}
+		if ctx.Err() != nil || w.closing.Load() { // select picks at random when both are ready
+			<-slots
+			return
+		}
 		job, limitDelay, delayUntil, err := w.fetch()
 		if err != nil {
 			<-slots

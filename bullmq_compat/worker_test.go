@@ -505,3 +505,43 @@ func TestLockRenewalKeepsLongJobs(t *testing.T) {
 		t.Fatalf("job = %v", h)
 	}
 }
+
+// TestCloseWaitsForRunningJobs: within its context, Close lets running
+// handlers finish and their jobs complete; nothing new is fetched.
+func TestCloseWaitsForRunningJobs(t *testing.T) {
+	rdb, name := realClient(t)
+	ctx := ctxT(t, 30*time.Second)
+	q, _ := NewQueue(rdb, name, QueueOptions{})
+	started := make(chan struct{}, 2)
+	w, _ := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) {
+		started <- struct{}{}
+		select {
+		case <-time.After(300 * time.Millisecond):
+			return "finished", nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}, WorkerOptions{Concurrency: 2})
+	for i := 0; i < 2; i++ {
+		if _, err := q.Add(ctx, "slow", i, JobOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- w.Run(context.Background()) }()
+	<-started
+	<-started
+	if _, err := q.Add(ctx, "late", nil, JobOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(ctx); err != nil {
+		t.Fatalf("Close = %v", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	c, _ := q.Counts(ctx)
+	if c != (JobCounts{Completed: 2, Waiting: 1}) {
+		t.Fatalf("counts = %+v, want the 2 running jobs completed and the late one waiting", c)
+	}
+}

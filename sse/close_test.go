@@ -91,3 +91,31 @@ func TestCloseWithoutClients(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestHTTP2: streams work over HTTP/2 (flushes, write deadlines through
+// http.ResponseController), and Close ends them.
+func TestHTTP2(t *testing.T) {
+	m, err := NewManager(redisClient(t), Options{Namespace: testNamespace(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(m)
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	defer srv.Close()
+	s := openWith(t, srv.Client(), srv.URL+"?topic=h2", nil)
+	if s.Resp.ProtoMajor != 2 {
+		t.Fatalf("protocol %s", s.Resp.Proto)
+	}
+	s.ready(t)
+	id := publish(t, m, "h2", "x", "over h2")
+	if e := s.next(t); e.ID != id || e.Event != "x" {
+		t.Fatalf("got %+v", e)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := m.Close(ctx); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	s.waitEnd(t)
+}

@@ -177,7 +177,6 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Type", "text/event-stream; charset=utf-8")
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no")
-	h.Set("Connection", "keep-alive")
 	h.Del("Content-Length")
 	wt := m.opts.WriteTimeout
 	prelude := []byte("retry: " + strconv.FormatInt(m.opts.Retry.Milliseconds(), 10) + "\n")

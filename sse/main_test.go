@@ -82,6 +82,14 @@ func startManager(t *testing.T, rdb redis.UniversalClient, o Options) (*Manager,
 // open connects to url with the given headers and starts reading.
 func open(t *testing.T, url string, header http.Header) *stream {
 	t.Helper()
+	tr := &http.Transport{DisableKeepAlives: true}
+	return openWith(t, &http.Client{Transport: tr}, url, header)
+}
+
+// openWith is open with a given client; its idle connections are closed
+// when the stream ends.
+func openWith(t *testing.T, hc *http.Client, url string, header http.Header) *stream {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
@@ -90,8 +98,7 @@ func open(t *testing.T, url string, header http.Header) *stream {
 	for k, v := range header {
 		req.Header[k] = v
 	}
-	tr := &http.Transport{DisableKeepAlives: true}
-	resp, err := (&http.Client{Transport: tr}).Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		cancel()
 		t.Fatalf("GET %s: %v", url, err)
@@ -99,7 +106,7 @@ func open(t *testing.T, url string, header http.Header) *stream {
 	s := &stream{Resp: resp, C: make(chan msg, 100000), cancel: cancel}
 	go func() {
 		defer close(s.C)
-		defer tr.CloseIdleConnections()
+		defer hc.CloseIdleConnections()
 		readStream(resp.Body, s.C)
 	}()
 	t.Cleanup(s.Close)

@@ -350,3 +350,44 @@ func TestInteropPause(t *testing.T) {
 		t.Fatal("Node does not see Go's pause")
 	}
 }
+
+// TestInteropNodeKeepPolicies: removeOnComplete / removeOnFail set by Node
+// (object, number and boolean forms) are applied by the Go worker.
+func TestInteropNodeKeepPolicies(t *testing.T) {
+	needNode(t)
+	rdb, name := realClient(t)
+	ctx := ctxT(t, 30*time.Second)
+	q, _ := NewQueue(rdb, name, QueueOptions{})
+	jobs := []map[string]any{}
+	for i := 0; i < 3; i++ {
+		jobs = append(jobs, map[string]any{"name": "counted", "data": i, "opts": map[string]any{"removeOnComplete": map[string]any{"count": 1, "age": 3600}}})
+	}
+	jobs = append(jobs,
+		map[string]any{"name": "numbered", "data": 0, "opts": map[string]any{"removeOnComplete": 5}},
+		map[string]any{"name": "gone", "data": 0, "opts": map[string]any{"removeOnComplete": true}},
+		map[string]any{"name": "fail-gone", "data": 0, "opts": map[string]any{"removeOnFail": true}},
+	)
+	runNode(t, 30*time.Second, "add", nodeParams(t, rdb, name, map[string]any{"jobs": jobs}), nil)
+	w, _ := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) {
+		if j.Name == "fail-gone" {
+			return nil, fmt.Errorf("no")
+		}
+		return nil, nil
+	}, WorkerOptions{})
+	startWorker(t, w)
+	waitEvents(t, rdb, q, 6, "completed", "failed")
+	// Jobs 1-3 keep the newest 1 each time one finishes, job 4 (keep 5)
+	// trims nothing, job 5 is removed at once, job 6 removed on failure.
+	done := rdb.ZRange(ctx, q.Key("completed"), 0, -1).Val()
+	if strings.Join(done, " ") != "3 4" {
+		t.Errorf("completed = %v, want [3 4]", done)
+	}
+	for _, id := range []string{"1", "2", "5", "6"} {
+		if rdb.Exists(ctx, q.Key(id)).Val() != 0 {
+			t.Errorf("job %s not removed", id)
+		}
+	}
+	if n := rdb.ZCard(ctx, q.Key("failed")).Val(); n != 0 {
+		t.Errorf("%d failed jobs kept", n)
+	}
+}

@@ -46,7 +46,9 @@
 // handlers see them in order. When the queue is full, Options.Overflow
 // decides: block reading (default), drop the newest or drop the oldest,
 // counted in Stats. A panicking handler is recovered and reported to
-// Options.OnError as a *PanicError.
+// Options.OnError as a *PanicError. Options.Inline runs handlers on the
+// subscriber goroutine instead: no queue and no hand-off, the cheapest
+// delivery, but a slow handler holds up the reading.
 //
 // # Cluster
 //

@@ -280,3 +280,37 @@ func TestEscapedPrefixOnRealRedis(t *testing.T) {
 		t.Errorf("got %q, want only the literal prefix's key", got)
 	}
 }
+
+// Managers merging different flags into one server at the same time:
+// CONFIG has no compare-and-set, so one write can undo another that was
+// read back already; the read-back retry and the periodic check make the
+// server end up with all of them.
+func TestConcurrentMergesKeepBothFlags(t *testing.T) {
+	srv := redistest.Private(t)
+	rdb := srv.Client()
+	flags := []string{"Kx", "El", "K$", "Eh"}
+	errc := make(chan error, len(flags))
+	managers := make([]*Manager, len(flags))
+	for i, f := range flags {
+		m, err := NewManager(rdb, Options{Flags: f, CheckInterval: 50 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		managers[i] = m
+	}
+	for _, m := range managers {
+		go func() { errc <- m.Start(context.Background()) }()
+	}
+	for range managers {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := parseServerFlags("KExl$h")
+	waitFor(t, "all flags on the server", func() bool {
+		return parseServerFlags(configValue(t, rdb))&want == want
+	})
+	for _, m := range managers {
+		closeManager(t, m)
+	}
+}

@@ -12,7 +12,8 @@ import (
 // ID must be empty when the event is handed to Manager.Publish: Publish
 // assigns the id (the entry id of the namespace's history stream) and
 // returns it. Event is the SSE event type ("" means the browser's default,
-// "message"); it must not contain CR, LF or NUL. Data may span several lines
+// "message"); it must not contain CR, LF or NUL, and must not be "reset",
+// the type of the manager's own reset events. Data may span several lines
 // (LF, CR LF or CR all end a line, as in the SSE grammar); it must not
 // contain NUL.
 type Event struct {
@@ -91,6 +92,12 @@ func checkTopic(topic string) error {
 	return nil
 }
 
+// ResetEvent is the SSE event type of the event a stream gets instead of a
+// replay when its cursor cannot be resumed (malformed, unknown, or older than
+// the history). Its data says why; its id is the newest id of the history.
+// A client should reload its state when it sees one.
+const ResetEvent = "reset"
+
 // maxTopicLen bounds a topic name.
 const maxTopicLen = 256
 
@@ -102,6 +109,9 @@ func checkEvent(e Event) error {
 	}
 	if why := badChars(e.Event); why != "" {
 		return fmt.Errorf("%w: event type %s", ErrInvalidEvent, why)
+	}
+	if e.Event == ResetEvent {
+		return fmt.Errorf("%w: event type %q is reserved", ErrInvalidEvent, ResetEvent)
 	}
 	if strings.IndexByte(e.Data, 0) >= 0 {
 		return fmt.Errorf("%w: data contains NUL", ErrInvalidEvent)

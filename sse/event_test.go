@@ -97,6 +97,7 @@ func TestCheckEvent(t *testing.T) {
 		{"type with CR", "t", Event{Event: "a\rb"}, ErrInvalidEvent},
 		{"type with NUL", "t", Event{Event: "a\x00"}, ErrInvalidEvent},
 		{"data with NUL", "t", Event{Data: "a\x00"}, ErrInvalidEvent},
+		{"reserved type", "t", Event{Event: "reset"}, ErrInvalidEvent},
 		{"empty topic", "", Event{}, ErrInvalidTopic},
 		{"topic with LF", "a\nb", Event{}, ErrInvalidTopic},
 		{"long topic", strings.Repeat("x", 257), Event{}, ErrInvalidTopic},

@@ -137,10 +137,8 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	ctx, cancel := context.WithCancel(redisleak.WithOwner(redisleak.WithoutLongLived(r.Context()), owner))
-	defer cancel()
 	if m.opts.Authorize != nil {
-		topics, err = m.authorize(r.WithContext(ctx), topics)
+		topics, err = m.authorize(r.WithContext(redisleak.WithoutLongLived(r.Context())), topics)
 		if err != nil {
 			m.stats.rejected.Add(1)
 			status := http.StatusForbidden
@@ -160,6 +158,9 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	// The stream's own Redis calls (replay) are short holds of owner "sse".
+	ctx, cancel := context.WithCancel(redisleak.WithOwner(redisleak.WithoutLongLived(r.Context()), owner))
+	defer cancel()
 	cursor := r.Header.Get("Last-Event-ID")
 	if cursor == "" {
 		cursor = r.URL.Query().Get("lastEventId")
@@ -375,7 +376,7 @@ func (m *Manager) reset(ctx context.Context, w http.ResponseWriter, c *client, w
 	}
 	m.stats.resets.Add(1)
 	wt := m.opts.WriteTimeout
-	if err := c.write(w, encodeEvent(nil, newest, "reset", why), wt); err != nil {
+	if err := c.write(w, encodeEvent(nil, newest, ResetEvent, why), wt); err != nil {
 		return id, err
 	}
 	return id, c.flush(wt)

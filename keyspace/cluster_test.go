@@ -239,3 +239,51 @@ func moveSlot(t *testing.T, all []*redistest.Server, slot int, from, to *rediste
 }
 
 var _ = redis.Nil
+
+// TestClusterNodeReconnect: killing the subscriber on one primary replaces
+// that subscriber only (one OnGap); a handler added afterwards is
+// subscribed on every primary.
+func TestClusterNodeReconnect(t *testing.T) {
+	cl := redistest.NewCluster(t, 3)
+	cc := cl.Client(t)
+	ctx := context.Background()
+	gaps := make(chan struct{}, 10)
+	first := newNodeRecorder()
+	m := startManager(t, cc, Options{Flags: "K$", OnGap: func() { gaps <- struct{}{} }}, func(m *Manager) {
+		m.Handle("a:*", first.handle)
+	})
+	victim := cl.Nodes[1].Client()
+	if n, err := victim.ClientKillByFilter(ctx, "TYPE", "pubsub").Result(); err != nil || n != 1 {
+		t.Fatalf("CLIENT KILL TYPE pubsub on %s = %d, %v", cl.Nodes[1].Addr, n, err)
+	}
+	select {
+	case <-gaps:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no OnGap after killing one primary's subscriber")
+	}
+	later := newNodeRecorder()
+	if err := m.HandleEvents("b:*", later.handle); err != nil {
+		t.Fatal(err)
+	}
+	const keys = 90
+	for i := 0; i < keys; i++ {
+		if err := cc.Set(ctx, fmt.Sprintf("a:%d", i), "v", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := cc.Set(ctx, fmt.Sprintf("b:%d", i), "v", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first.waitKeys(t, keys)
+	later.waitKeys(t, keys)
+	for _, r := range []*nodeRecorder{first, later} {
+		r.mu.Lock()
+		if len(r.nodes) != 3 {
+			t.Errorf("events from %v, want all 3 primaries", r.nodes)
+		}
+		r.mu.Unlock()
+	}
+	if s := m.Stats(); s.Gaps != 1 || s.Reconnects != 1 || s.Nodes != 3 {
+		t.Errorf("Stats = %+v, want exactly one gap and one reconnect", s)
+	}
+}

@@ -11,8 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/redisleak/redisleak"
 )
 
@@ -540,4 +538,3 @@ func (m *Manager) cors(w http.ResponseWriter, r *http.Request) bool {
 }
 
 var _ http.Handler = (*Manager)(nil)
-var _ redis.UniversalClient = (*redis.Client)(nil)

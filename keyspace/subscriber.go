@@ -26,10 +26,11 @@ type nodeSub struct {
 	client *redis.Client
 	cfg    *nodeConfig
 
-	mu      sync.Mutex
-	ps      *redis.PubSub // nil while disconnected
-	waits   []*confirmWait
-	stopped bool
+	mu          sync.Mutex
+	ps          *redis.PubSub // nil while disconnected
+	connectedAt time.Time     // when ps was subscribed
+	waits       []*confirmWait
+	stopped     bool
 
 	activity  atomic.Uint64 // messages read, for the health check
 	inHandler atomic.Bool   // an inline handler is running (Options.Inline)
@@ -70,6 +71,18 @@ func (ns *nodeSub) connect(ctx context.Context, initial bool, onDone func()) (*c
 		return nil, ErrClosed
 	}
 	patterns := ns.m.routes.Load().patterns
+	if onDone != nil {
+		// A reconnect whose subscription was never confirmed is superseded
+		// by this one: one OnGap, not one per attempt.
+		kept := ns.waits[:0]
+		for _, old := range ns.waits {
+			if old.onDone == nil {
+				kept = append(kept, old)
+			}
+		}
+		clear(ns.waits[len(kept):])
+		ns.waits = kept
+	}
 	w := ns.addWaitLocked(patterns, onDone)
 	var err error
 	if len(patterns) > 0 {
@@ -82,6 +95,7 @@ func (ns *nodeSub) connect(ctx context.Context, initial bool, onDone func()) (*c
 		return nil, &NodeError{Node: ns.addr, Op: "subscribe", Err: err}
 	}
 	ns.ps = ps
+	ns.connectedAt = time.Now()
 	ns.mu.Unlock()
 	return w, nil
 }
@@ -213,6 +227,16 @@ func (ns *nodeSub) run() {
 			if ns.isStopped() {
 				return
 			}
+			// A connection that dies right after it was made (a server
+			// that accepts and closes) is retried with growing backoff.
+			ns.mu.Lock()
+			lived := time.Since(ns.connectedAt)
+			ns.mu.Unlock()
+			if lived < time.Second {
+				failures++
+			} else {
+				failures = 0
+			}
 			ns.drop(ps, err)
 			continue
 		}
@@ -304,10 +328,16 @@ func (ns *nodeSub) reconnect(failures *int) bool {
 			return false
 		}
 		ctx, cancel := context.WithTimeout(ns.m.connCtx, 10*time.Second)
+		go func() {
+			select {
+			case <-ns.stopCh:
+				cancel() // Close: give up on a slow dial or CONFIG at once
+			case <-ctx.Done():
+			}
+		}()
 		w, err := ns.connect(ctx, false, ns.m.gap)
 		cancel()
 		if err == nil {
-			*failures = 0
 			select {
 			case <-w.done: // no patterns: nothing to confirm
 				ns.m.gap()

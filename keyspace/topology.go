@@ -31,6 +31,13 @@ func (m *Manager) maintain() {
 func (m *Manager) checkOnce() {
 	ctx, cancel := context.WithTimeout(m.connCtx, m.opts.CheckInterval+5*time.Second)
 	defer cancel()
+	go func() {
+		select {
+		case <-m.maintStop:
+			cancel() // Close: do not wait for a slow server
+		case <-ctx.Done():
+		}
+	}()
 	nodes, err := m.listNodes(ctx)
 	if err != nil {
 		m.report(&NodeError{Node: "topology", Op: "topology", Err: err})

@@ -52,6 +52,13 @@ func openBlockConn(ctx context.Context, rdb redis.UniversalClient, slotKey, clie
 	default:
 		return b, nil
 	}
+	// A first command through the client settles go-redis's connection
+	// handshake options (its maintenance-notifications auto mode rewrites
+	// them on the first failed handshake) before the Conn, which reads
+	// them under a lock of its own, makes its handshake.
+	if err := b.node.Ping(redisleak.WithOwner(context.WithoutCancel(ctx), owner)).Err(); err != nil {
+		return nil, err
+	}
 	b.conn = b.node.EphemeralConn() // closed, not pooled, on Close: its client name goes with it
 	if clientName != "" {
 		if err := b.conn.ClientSetName(lctx, clientName).Err(); err != nil {

@@ -6,9 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
-
 	"github.com/redisleak/redisleak/internal/redistest"
 )
 
@@ -16,9 +13,7 @@ import (
 // hash tag in the prefix, so that all keys of the queue share one slot.
 func TestCluster(t *testing.T) {
 	cl := redistest.NewCluster(t, 3)
-	rdb := cl.Client(t, func(o *redis.ClusterOptions) {
-		o.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-	})
+	rdb := cl.Client(t)
 	ctx := ctxT(t, 30*time.Second)
 	name := uniqueQueue(t)
 	opts := QueueOptions{Prefix: "{bull}"}
@@ -85,9 +80,7 @@ func TestCluster(t *testing.T) {
 func TestClusterInteropWithNode(t *testing.T) {
 	needNode(t)
 	cl := redistest.NewCluster(t, 3)
-	rdb := cl.Client(t, func(o *redis.ClusterOptions) {
-		o.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-	})
+	rdb := cl.Client(t)
 	ctx := ctxT(t, 60*time.Second)
 	name := uniqueQueue(t)
 	var nodes []map[string]any

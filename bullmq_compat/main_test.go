@@ -16,7 +16,6 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
 	"go.uber.org/goleak"
 
 	"github.com/redisleak/redisleak/internal/redistest"
@@ -39,13 +38,9 @@ func realClient(t *testing.T) (*redis.Client, string) {
 	return c, uniqueQueue(t)
 }
 
-// clientOptions turns maintenance notifications off: in go-redis v9.23 the
-// auto mode's fallback (Redis 7.0 rejects CLIENT MAINT_NOTIFICATIONS)
-// writes the shared options under the client's lock while a Client.Conn
-// reads them under its own, a data race the race detector reports when the
-// worker's Conn and another command dial at the same time.
+// clientOptions are the options of the tests' clients: go-redis defaults.
 func clientOptions(addr string) *redis.Options {
-	return &redis.Options{Addr: addr, MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}}
+	return &redis.Options{Addr: addr}
 }
 
 // miniClient returns a client of a fresh miniredis.

@@ -320,3 +320,55 @@ func TestHandoff(t *testing.T) {
 	<-done
 	wg.Wait()
 }
+
+// TestConcurrentPublishersOneOrder: events published concurrently through
+// two managers reach clients of both managers in one order, the order of
+// their ids, each once; with sharded pub/sub on a standalone server too.
+func TestConcurrentPublishersOneOrder(t *testing.T) {
+	for _, sharded := range []bool{false, true} {
+		t.Run(fmt.Sprintf("sharded=%v", sharded), func(t *testing.T) {
+			rdb := redisClient(t)
+			ns := testNamespace(t)
+			m1, srv1 := startManager(t, rdb, Options{Namespace: ns, Sharded: sharded})
+			m2, srv2 := startManager(t, rdb, Options{Namespace: ns, Sharded: sharded})
+			s1 := open(t, srv1.URL+"?topic=o", nil)
+			s2 := open(t, srv2.URL+"?topic=o", nil)
+			s1.ready(t)
+			s2.ready(t)
+			const perPublisher = 100
+			var wg sync.WaitGroup
+			for p := 0; p < 4; p++ {
+				m := []*Manager{m1, m2}[p%2]
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := 0; i < perPublisher; i++ {
+						if _, err := m.Publish(context.Background(), "o", Event{Data: fmt.Sprint(p, "-", i)}); err != nil {
+							t.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			var seq [2][]string
+			for k, s := range []*stream{s1, s2} {
+				var prev streamID
+				for i := 0; i < 4*perPublisher; i++ {
+					e := s.next(t)
+					id, ok := parseID(e.ID)
+					if !ok || !prev.less(id) {
+						t.Fatalf("client %d: id %q after %v", k, e.ID, prev)
+					}
+					prev = id
+					seq[k] = append(seq[k], e.ID+" "+e.Data)
+				}
+			}
+			for i := range seq[0] {
+				if seq[0][i] != seq[1][i] {
+					t.Fatalf("clients diverge at %d: %q vs %q", i, seq[0][i], seq[1][i])
+				}
+			}
+		})
+	}
+}

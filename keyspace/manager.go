@@ -54,16 +54,18 @@ type Manager struct {
 	handleErr error
 	subs      map[string]*nodeSub
 
-	connCtx    context.Context // run context with the long-lived mark and owner
-	handlerCtx context.Context // run context without the long-lived mark
-	cancelRun  context.CancelFunc
-	queues     []chan item
-	workers    sync.WaitGroup
-	abandon    atomic.Bool
-	maintStop  chan struct{}
-	maintDone  chan struct{}
-	closeOnce  sync.Once
-	closeErr   error
+	connCtx      context.Context // run context with the long-lived mark and owner
+	handlerCtx   context.Context // run context without the long-lived mark
+	cancelRun    context.CancelFunc
+	queues       []chan item
+	workers      sync.WaitGroup
+	abandon      atomic.Bool
+	maintStop    chan struct{}
+	maintDone    chan struct{}
+	closeOnce    sync.Once
+	closeErr     error
+	shutdownOnce sync.Once
+	shutdownErr  error
 
 	stats counters
 }
@@ -264,11 +266,19 @@ func (m *Manager) Start(ctx context.Context) error {
 	m.mu.Unlock()
 
 	if err := m.startNodes(ctx); err != nil {
-		close(m.maintDone)
+		m.mu.Lock()
+		m.state = stateClosed
+		m.mu.Unlock()
+		close(m.maintDone) // the maintenance loop never ran
 		_ = m.shutdown(context.Background())
 		return err
 	}
 	m.mu.Lock()
+	if m.state == stateClosed { // Close ran meanwhile and is waiting
+		m.mu.Unlock()
+		close(m.maintDone)
+		return ErrClosed
+	}
 	m.state = stateRunning
 	m.mu.Unlock()
 	go m.maintain()
@@ -292,6 +302,10 @@ func (m *Manager) startNodes(ctx context.Context) error {
 	for _, c := range nodes {
 		ns := newNodeSub(m, c)
 		m.mu.Lock()
+		if m.state == stateClosed {
+			m.mu.Unlock()
+			return ErrClosed
+		}
 		if _, dup := m.subs[ns.addr]; dup {
 			m.mu.Unlock()
 			continue
@@ -333,7 +347,14 @@ func (m *Manager) Close(ctx context.Context) error {
 	return m.closeErr
 }
 
+// shutdown stops everything Start started; it runs once (a failed Start
+// and Close may both ask).
 func (m *Manager) shutdown(ctx context.Context) error {
+	m.shutdownOnce.Do(func() { m.shutdownErr = m.doShutdown(ctx) })
+	return m.shutdownErr
+}
+
+func (m *Manager) doShutdown(ctx context.Context) error {
 	if m.maintStop != nil {
 		select {
 		case <-m.maintStop:

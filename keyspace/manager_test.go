@@ -489,3 +489,39 @@ func TestInlineHandlers(t *testing.T) {
 		}
 	}
 }
+
+func TestCloseAfterFailedStartAndDuringStart(t *testing.T) {
+	// Nothing listens on the port: Start fails, Close after it is a no-op.
+	_, rdb := newMini(t)
+	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1})
+	defer dead.Close()
+	m, err := NewManager(dead, Options{Config: ConfigSkip})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Handle("*", func(Event) {})
+	if err := m.Start(context.Background()); err == nil {
+		t.Fatal("Start against a dead address succeeded")
+	}
+	if err := m.Close(context.Background()); err != nil {
+		t.Errorf("Close after failed Start: %v", err)
+	}
+
+	// Close racing Start: no panic, no goroutine left (goleak), Start
+	// reports success or ErrClosed.
+	for i := 0; i < 20; i++ {
+		m, err := NewManager(rdb, Options{Config: ConfigSkip})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Handle("*", func(Event) {})
+		started := make(chan error, 1)
+		go func() { started <- m.Start(context.Background()) }()
+		if err := m.Close(context.Background()); err != nil {
+			t.Errorf("Close during Start: %v", err)
+		}
+		if err := <-started; err != nil && !errors.Is(err, ErrClosed) && !errors.Is(err, ErrStarted) {
+			t.Errorf("Start racing Close: %v", err)
+		}
+	}
+}

@@ -184,8 +184,11 @@ func (ns *nodeSub) wait(ctx context.Context, w *confirmWait) error {
 // start launches the receive loop.
 func (ns *nodeSub) start() {
 	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	if ns.stopped {
+		return // stop already closed done
+	}
 	ns.started = true
-	ns.mu.Unlock()
 	go ns.run()
 }
 

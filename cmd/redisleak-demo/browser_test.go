@@ -1,0 +1,364 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redisleak/redisleak/internal/redistest"
+)
+
+// TestBrowser loads the dashboard in headless Chromium and checks what the
+// page shows: the chart keeps updating from the SSE stream (with the
+// history replayed first), the leaked series is drawn in red, and the
+// seeded leak is listed with its site. It saves a screenshot,
+// dashboard.png, in the test's temp dir (and in $REDISLEAK_ARTIFACTS when
+// set). Chromium is driven over the DevTools protocol on a pipe
+// (--remote-debugging-pipe): no dependency, no port.
+func TestBrowser(t *testing.T) {
+	bin := ""
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			bin = p
+			break
+		}
+	}
+	if bin == "" {
+		redistest.Unavailable(t, "chromium not installed (apt-get install chromium)")
+	}
+	t.Run("marked", func(t *testing.T) { testBrowser(t, bin, "dashboard.png", false) })
+	// The naive picture: the companions' holders are listed as leaks too.
+	t.Run("naive", func(t *testing.T) { testBrowser(t, bin, "dashboard-naive.png", true, "-mark-long-lived=false") })
+}
+
+func testBrowser(t *testing.T, bin, shotName string, naive bool, args ...string) {
+	cfg := testConfig(t, append([]string{"-leak-after", "1s", "-status", "0"}, args...)...)
+	urls := make(chan string, 1)
+	cfg.ready = func(u string) { urls <- u }
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out lockedBuffer
+	done := make(chan error, 1)
+	go func() {
+		_, err := run(ctx, cfg, &out)
+		done <- err
+	}()
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("run: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("run did not return within 30s")
+		}
+		if t.Failed() {
+			t.Logf("demo output:\n%s", out.String())
+		}
+	}()
+	var base string
+	select {
+	case base = <-urls:
+	case <-time.After(20 * time.Second):
+		t.Fatal("demo not ready within 20s")
+	}
+	// Let a few stats events accumulate: the page replays them first.
+	time.Sleep(2 * time.Second)
+
+	b := startBrowser(t, bin)
+	defer b.close()
+	tab := b.newTab(t, "about:blank")
+	tab.call(t, "Emulation.setDeviceMetricsOverride", map[string]any{"width": 1200, "height": 900, "deviceScaleFactor": 1, "mobile": false})
+	tab.call(t, "Page.navigate", map[string]any{"url": base})
+
+	// What the page shows, read from its DOM and canvas.
+	const probe = `(() => {
+	  if (!document.body || !document.getElementById('leaks')) return '{}';
+	  const c = document.getElementById('chart');
+	  let red = 0;
+	  if (c && c.width) {
+	    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+	    for (let i = 0; i < d.length; i += 4) if (d[i] > 190 && d[i+1] < 90 && d[i+2] < 90 && d[i+3] > 200) red++;
+	  }
+	  const rows = Array.from(document.querySelectorAll('#leaks tbody tr.leak')).map(r => r.innerText);
+	  return JSON.stringify({points: +document.body.dataset.points, last: +(document.body.dataset.last || 0),
+	    leaked: (document.getElementById('v-leaked') || {}).textContent, live: (document.getElementById('conn-state') || {}).textContent,
+	    red: red, rows: rows});
+	})()`
+	type view struct {
+		Points int
+		Last   int64
+		Leaked string
+		Live   string
+		Red    int
+		Rows   []string
+	}
+	look := func() view {
+		var v view
+		var s string
+		tab.eval(t, probe, &s)
+		if err := json.Unmarshal([]byte(s), &v); err != nil {
+			t.Fatalf("probe: %v: %s", err, s)
+		}
+		return v
+	}
+	var first, v view
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		v = look()
+		if first.Points == 0 && v.Points > 0 {
+			first = v
+		}
+		leakListed := len(v.Rows) == 1 && strings.Contains(v.Rows[0], "leakyReport")
+		if naive {
+			all := strings.Join(v.Rows, "\n")
+			leakListed = len(v.Rows) >= 5 && strings.Contains(all, "leakyReport") && strings.Contains(all, "sse") &&
+				strings.Contains(all, "bullmq:worker") && !strings.Contains(all, "untagHook")
+		}
+		if first.Points > 0 && v.Points >= first.Points+4 && v.Last > first.Last && leakListed && v.Red > 50 && v.Live == "live" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dashboard within 30s: first %+v, last %+v", first, v)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if first.Points < 3 {
+		t.Errorf("first view had %d points: the history was not replayed", first.Points)
+	}
+	t.Logf("dashboard: %d stats events (%d at first sight), leak rows %q, %d red pixels", v.Points, first.Points, v.Rows, v.Red)
+
+	var shot struct {
+		Data string `json:"data"`
+	}
+	tab.callInto(t, "Page.captureScreenshot", map[string]any{"format": "png"}, &shot)
+	png, err := base64.StdEncoding.DecodeString(shot.Data)
+	if err != nil || len(png) < 1000 {
+		t.Fatalf("screenshot: %v (%d bytes)", err, len(png))
+	}
+	path := filepath.Join(t.TempDir(), shotName)
+	if err := os.WriteFile(path, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot: %s", path)
+	if dir := os.Getenv("REDISLEAK_ARTIFACTS"); dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err == nil {
+			p := filepath.Join(dir, "redisleak-demo-"+shotName)
+			if err := os.WriteFile(p, png, 0o644); err == nil {
+				t.Logf("screenshot copied to %s", p)
+			}
+		}
+	}
+}
+
+// browser is a headless Chromium driven over --remote-debugging-pipe:
+// JSON messages separated by NUL, commands on fd 3, answers on fd 4.
+type browser struct {
+	cmd    *exec.Cmd
+	stderr *lockedBuffer
+	w      io.WriteCloser
+	readWG sync.WaitGroup
+
+	mu      sync.Mutex
+	nextID  int
+	pending map[int]chan cdpAnswer
+	wmu     sync.Mutex
+}
+
+type cdpAnswer struct {
+	Result json.RawMessage `json:"result"`
+	Error  *struct {
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func startBrowser(t *testing.T, bin string) *browser {
+	t.Helper()
+	cmdR, cmdW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ansR, ansW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &browser{stderr: &lockedBuffer{}, w: cmdW, pending: map[int]chan cdpAnswer{}}
+	b.cmd = exec.Command(bin, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
+		"--hide-scrollbars", "--window-size=1200,900", "--remote-debugging-pipe", "--user-data-dir="+t.TempDir(), "about:blank")
+	b.cmd.ExtraFiles = []*os.File{cmdR, ansW} // fd 3, fd 4
+	b.cmd.Stderr = b.stderr
+	b.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := b.cmd.Start(); err != nil {
+		_ = cmdR.Close()
+		_ = cmdW.Close()
+		_ = ansR.Close()
+		_ = ansW.Close()
+		redistest.Unavailable(t, "cannot start chromium: "+err.Error())
+	}
+	_ = cmdR.Close()
+	_ = ansW.Close()
+	b.readWG.Add(1)
+	go b.read(ansR)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("chromium stderr:\n%s", b.stderr.String())
+		}
+	})
+	return b
+}
+
+// read dispatches answers by id until the pipe closes; events are dropped.
+func (b *browser) read(r *os.File) {
+	defer b.readWG.Done()
+	defer r.Close()
+	br := bufio.NewReader(r)
+	for {
+		msg, err := br.ReadBytes(0)
+		if err != nil {
+			b.mu.Lock()
+			for id, ch := range b.pending {
+				close(ch)
+				delete(b.pending, id)
+			}
+			b.mu.Unlock()
+			return
+		}
+		var m struct {
+			ID int `json:"id"`
+			cdpAnswer
+		}
+		if json.Unmarshal(msg[:len(msg)-1], &m) != nil || m.ID == 0 {
+			continue
+		}
+		b.mu.Lock()
+		ch := b.pending[m.ID]
+		delete(b.pending, m.ID)
+		b.mu.Unlock()
+		if ch != nil {
+			ch <- m.cdpAnswer
+		}
+	}
+}
+
+// send runs one command, in a session or at the browser level.
+func (b *browser) send(session, method string, params any) (json.RawMessage, error) {
+	b.mu.Lock()
+	b.nextID++
+	id := b.nextID
+	ch := make(chan cdpAnswer, 1)
+	b.pending[id] = ch
+	b.mu.Unlock()
+	msg := map[string]any{"id": id, "method": method, "params": params}
+	if session != "" {
+		msg["sessionId"] = session
+	}
+	data, err := json.Marshal(msg)
+	if err != nil {
+		return nil, err
+	}
+	b.wmu.Lock()
+	_, err = b.w.Write(append(data, 0))
+	b.wmu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case a, ok := <-ch:
+		if !ok {
+			return nil, errors.New("browser closed the pipe")
+		}
+		if a.Error != nil {
+			return nil, fmt.Errorf("%s: %s", method, a.Error.Message)
+		}
+		return a.Result, nil
+	case <-time.After(20 * time.Second):
+		return nil, fmt.Errorf("%s: no answer within 20s", method)
+	}
+}
+
+// close kills the browser's process group and waits for the reader.
+func (b *browser) close() {
+	_ = b.w.Close()
+	_ = syscall.Kill(-b.cmd.Process.Pid, syscall.SIGKILL)
+	_ = b.cmd.Wait()
+	b.readWG.Wait()
+}
+
+// tab is one page target, attached in flat mode.
+type tab struct {
+	b       *browser
+	session string
+}
+
+func (b *browser) newTab(t *testing.T, url string) *tab {
+	t.Helper()
+	res, err := b.send("", "Target.createTarget", map[string]any{"url": url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var target struct {
+		TargetID string `json:"targetId"`
+	}
+	_ = json.Unmarshal(res, &target)
+	res, err = b.send("", "Target.attachToTarget", map[string]any{"targetId": target.TargetID, "flatten": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var att struct {
+		SessionID string `json:"sessionId"`
+	}
+	_ = json.Unmarshal(res, &att)
+	if att.SessionID == "" {
+		t.Fatalf("attachToTarget: %s", res)
+	}
+	return &tab{b: b, session: att.SessionID}
+}
+
+func (tb *tab) call(t *testing.T, method string, params any) {
+	t.Helper()
+	tb.callInto(t, method, params, nil)
+}
+
+func (tb *tab) callInto(t *testing.T, method string, params, into any) {
+	t.Helper()
+	res, err := tb.b.send(tb.session, method, params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if into != nil {
+		if err := json.Unmarshal(res, into); err != nil {
+			t.Fatalf("%s: %v", method, err)
+		}
+	}
+}
+
+// eval evaluates a JavaScript expression that returns a string.
+func (tb *tab) eval(t *testing.T, expr string, into *string) {
+	t.Helper()
+	var r struct {
+		Result struct {
+			Value any `json:"value"`
+		} `json:"result"`
+		ExceptionDetails any `json:"exceptionDetails"`
+	}
+	tb.callInto(t, "Runtime.evaluate", map[string]any{"expression": expr, "returnByValue": true}, &r)
+	if r.ExceptionDetails != nil {
+		t.Fatalf("evaluate: %v", r.ExceptionDetails)
+	}
+	s, _ := r.Result.Value.(string)
+	*into = s
+}

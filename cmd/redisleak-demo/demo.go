@@ -1,0 +1,296 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+
+	"github.com/redisleak/redisleak"
+)
+
+// result is what a run saw: printed at the end, checked by the tests.
+type result struct {
+	URL      string
+	Redis    string // "miniredis (embedded)" or the server's address
+	Stats    redisleak.Stats
+	Leaks    []redisleak.Leak // current leaks at the end
+	Holds    []redisleak.Leak // every current hold at the end
+	Reported []redisleak.Leak // every leak reported during the run (OnLeak)
+	Keyspace string           // "on" or why it is off
+	Jobs     jobTotals
+}
+
+// syncWriter serialises writes of the logger and the status lines.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+// run starts the service, serves until ctx ends (or cfg.Duration passes),
+// prints the final stats, shuts everything down and returns what it saw.
+func run(ctx context.Context, cfg config, stdout io.Writer) (*result, error) {
+	start := time.Now()
+	out := &syncWriter{w: stdout}
+	if cfg.Duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, cfg.Duration)
+		defer cancel()
+	}
+
+	// Redis: a real server, or an embedded miniredis.
+	res := &result{Redis: cfg.RedisAddr}
+	addr := cfg.RedisAddr
+	var mr *miniredis.Miniredis
+	if addr == "" {
+		mr = miniredis.NewMiniRedis()
+		if err := mr.Start(); err != nil {
+			return nil, fmt.Errorf("embedded Redis: %w", err)
+		}
+		defer mr.Close()
+		addr = mr.Addr()
+		res.Redis = "miniredis (embedded)"
+	}
+	rdb := redis.NewClient(&redis.Options{
+		Addr: addr,
+		// Maintenance notifications are a Redis Enterprise/Cloud handshake
+		// that older servers reject; the demo does not need them.
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
+	})
+	defer rdb.Close()
+	if !cfg.MarkLongLived {
+		// Before Instrument, so that this hook runs in front of the
+		// tracker's: see untagHook.
+		rdb.AddHook(untagHook{})
+	}
+
+	metrics, err := newMetrics()
+	if err != nil {
+		return nil, err
+	}
+	defer metrics.shutdown()
+
+	book := newSiteBook()
+	var logHandler slog.Handler = slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelInfo})
+	if !cfg.MarkLongLived {
+		logHandler = siteFixer{Handler: logHandler, book: book}
+	}
+	logger := slog.New(logHandler)
+	var reportedMu sync.Mutex
+	tr, err := redisleak.Instrument(rdb, redisleak.Options{
+		MaxHold:            cfg.MaxHold,
+		ScanInterval:       cfg.ScanInterval,
+		Logger:             logger,
+		DisableRecognition: !cfg.MarkLongLived,
+		HandlerShowSites:   true, // a demo: show where leaks come from
+		FullStacks:         !cfg.MarkLongLived,
+		StackDepth:         64,
+		MeterProvider:      metrics.provider,
+		OnLeak: func(l redisleak.Leak) {
+			book.note(l)
+			reportedMu.Lock()
+			res.Reported = append(res.Reported, l)
+			reportedMu.Unlock()
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer tr.Close()
+
+	pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+	err = rdb.Ping(pctx).Err()
+	pcancel()
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach Redis at %s: %w", addr, err)
+	}
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, err
+	}
+	res.URL = urlOf(ln.Addr())
+
+	svc, err := startService(ctx, serviceConfig{
+		cfg: cfg, rdb: rdb, tr: tr, out: out, miniredis: mr != nil,
+		baseURL: res.URL, metrics: metrics, started: start, sites: book,
+	})
+	if err != nil {
+		_ = ln.Close()
+		return nil, err
+	}
+	defer svc.release()
+	res.Keyspace = svc.keyspaceNote
+
+	var handler http.Handler = svc.routes(tr.Handler(), metrics.handler)
+	if cfg.wrap != nil {
+		handler = cfg.wrap(handler)
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	srv.RegisterOnShutdown(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = svc.sse.Close(cctx)
+	})
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	mode := "long-lived holders marked, recognition on"
+	if !cfg.MarkLongLived {
+		mode = "NAIVE: long-lived marks stripped, recognition off (-mark-long-lived=false)"
+	}
+	fmt.Fprintf(out, "redisleak demo: dashboard at %s\n", res.URL)
+	fmt.Fprintf(out, "  redis: %s; tracker: max hold %v, scan every %v; %s\n", res.Redis, cfg.MaxHold, cfg.ScanInterval, mode)
+	fmt.Fprintf(out, "  keyspace manager: %s\n", svc.keyspaceNote)
+	if cfg.Leak {
+		fmt.Fprintf(out, "  the load generator calls the buggy /api/report after %v: it leaks one connection\n", cfg.LeakAfter)
+	}
+	if cfg.Duration > 0 {
+		fmt.Fprintf(out, "  running for %v\n", cfg.Duration)
+	} else {
+		fmt.Fprintf(out, "  press Ctrl-C to stop\n")
+	}
+	if cfg.ready != nil {
+		cfg.ready(res.URL)
+	}
+
+	svc.startLoops(ctx)
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-served:
+	}
+
+	// Final picture, while every holder is still running.
+	res.Leaks = tr.Scan()
+	res.Stats = tr.Stats()
+	res.Holds = tr.Holds()
+	res.Jobs = svc.totals()
+	reportedMu.Lock()
+	res.Reported = append([]redisleak.Leak(nil), res.Reported...)
+	reportedMu.Unlock()
+	printFinal(out, res, time.Since(start))
+
+	// Shutdown: load and publishers first, then the HTTP server (which
+	// ends the SSE streams), then the holders.
+	svc.stopLoops()
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer scancel()
+	if serveErr == nil {
+		if err := srv.Shutdown(sctx); err != nil {
+			fmt.Fprintf(out, "http shutdown: %v\n", err)
+		}
+		<-served
+	}
+	svc.shutdown(sctx)
+	_ = tr.Close() // flushes the tracker's last log lines
+	fmt.Fprintln(out, "redisleak demo: stopped")
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return res, serveErr
+	}
+	return res, nil
+}
+
+// urlOf names a listener's address as a URL a browser can open.
+func urlOf(a net.Addr) string {
+	host, port, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return "http://" + a.String() + "/"
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "localhost"
+	}
+	return "http://" + net.JoinHostPort(host, port) + "/"
+}
+
+// printFinal prints the stats, the leaks and the holders.
+func printFinal(w io.Writer, r *result, elapsed time.Duration) {
+	s := r.Stats
+	fmt.Fprintf(w, "\nfinal stats after %s: total=%d idle=%d in-use=%d long-lived=%d leaked=%d; leaks reported=%d\n",
+		seconds(elapsed), s.Total, s.Idle, s.InUse, s.LongLived, s.Leaked, s.LeaksReported)
+	fmt.Fprintf(w, "jobs: signups=%d completed=%d failed=%d; keyspace: %s\n", r.Jobs.Signups, r.Jobs.Completed, r.Jobs.Failed, r.Keyspace)
+	if len(r.Leaks) == 0 {
+		fmt.Fprintln(w, "current leaks: none")
+	} else {
+		fmt.Fprintf(w, "current leaks (%d):\n", len(r.Leaks))
+		for _, l := range r.Leaks {
+			fmt.Fprintf(w, "  %s\n", leakString(l))
+		}
+	}
+	groups := groupHolders(r.Holds)
+	if len(groups) > 0 {
+		fmt.Fprintln(w, "holders now:")
+		for _, g := range groups {
+			state := "short"
+			switch {
+			case g.Leaked > 0:
+				state = "LEAKED"
+			case g.LongLived:
+				state = "long-lived"
+			}
+			fmt.Fprintf(w, "  %-10s %-9s owner %-28q x%d, longest %s\n", state, g.Kind, g.Owner, g.Count, seconds(time.Duration(g.MaxHeldMs)*time.Millisecond))
+		}
+	}
+	fmt.Fprintln(w)
+}
+
+// holderGroup counts current holds by kind, owner and state.
+type holderGroup struct {
+	Kind      string  `json:"kind"`
+	Owner     string  `json:"owner"`
+	Count     int     `json:"count"`
+	LongLived bool    `json:"longLived"`
+	Leaked    int     `json:"leaked"`
+	MaxHeldMs float64 `json:"maxHeldMs"`
+}
+
+func groupHolders(holds []redisleak.Leak) []holderGroup {
+	idx := map[string]int{}
+	var out []holderGroup
+	for _, h := range holds {
+		k := fmt.Sprintf("%s|%s|%v|%v", h.Kind, h.Owner, h.LongLived, h.Leaked)
+		i, ok := idx[k]
+		if !ok {
+			i = len(out)
+			idx[k] = i
+			out = append(out, holderGroup{Kind: h.Kind, Owner: h.Owner, LongLived: h.LongLived})
+		}
+		g := &out[i]
+		g.Count++
+		if h.Leaked {
+			g.Leaked++
+		}
+		if ms := float64(h.HeldFor) / float64(time.Millisecond); ms > g.MaxHeldMs {
+			g.MaxHeldMs = ms
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if (a.Leaked > 0) != (b.Leaked > 0) {
+			return a.Leaked > 0
+		}
+		if a.LongLived != b.LongLived {
+			return a.LongLived
+		}
+		return strings.Compare(a.Owner+a.Kind, b.Owner+b.Kind) < 0
+	})
+	return out
+}

@@ -1,0 +1,223 @@
+// The dashboard: one EventSource on the stats topic, a canvas chart drawn by
+// hand, and tables. No libraries, nothing loaded from elsewhere.
+(function () {
+  'use strict';
+  const WINDOW_MS = 120 * 1000;
+  const SERIES = [
+    {key: 'total', color: '#8a94a6', width: 2},
+    {key: 'inUse', color: '#2f6fde', width: 2},
+    {key: 'longLived', color: '#1f9d6b', width: 2.5},
+    {key: 'leaked', color: '#d92d20', width: 3, fill: 'rgba(217,45,32,.10)'},
+  ];
+  const body = document.body;
+  const canvas = document.getElementById('chart');
+  const stateBadge = document.getElementById('conn-state');
+  let points = [];
+  let last = null;
+  let received = 0;
+  let scheduled = false;
+
+  function $(id) { return document.getElementById(id); }
+  function text(id, v) { const el = $(id); if (el) el.textContent = v; }
+  function fmtMs(ms) { return ms >= 10000 ? (ms / 1000).toFixed(0) + ' s' : (ms / 1000).toFixed(1) + ' s'; }
+  function cell(tr, v, cls) {
+    const td = document.createElement('td');
+    if (v instanceof Node) td.appendChild(v); else td.textContent = v;
+    if (cls) td.className = cls;
+    tr.appendChild(td);
+  }
+  function pill(label, cls) {
+    const s = document.createElement('span');
+    s.className = 'state ' + cls;
+    s.textContent = label;
+    return s;
+  }
+  function emptyRow(tbody, n, msg) {
+    const tr = document.createElement('tr');
+    tr.className = 'empty';
+    const td = document.createElement('td');
+    td.colSpan = n;
+    td.textContent = msg;
+    tr.appendChild(td);
+    tbody.appendChild(tr);
+  }
+
+  function onStats(s) {
+    received++;
+    last = s;
+    points.push({t: s.t, total: s.total, inUse: s.inUse, longLived: s.longLived, leaked: s.leaked});
+    const cut = s.t - WINDOW_MS;
+    while (points.length && points[0].t < cut) points.shift();
+    if (!scheduled) {
+      scheduled = true;
+      requestAnimationFrame(render);
+    }
+  }
+
+  function render() {
+    scheduled = false;
+    const s = last;
+    if (!s) return;
+    text('v-total', s.total);
+    text('v-inUse', s.inUse);
+    text('v-longLived', s.longLived);
+    text('v-leaked', s.leaked);
+    text('v-reported', s.leaksReported);
+    $('v-leaked').parentNode.classList.toggle('alarm', s.leaked > 0);
+
+    const lt = $('leaks').tBodies[0];
+    lt.textContent = '';
+    if (!s.leaks.length) emptyRow(lt, 5, 'none');
+    for (const l of s.leaks) {
+      const tr = document.createElement('tr');
+      tr.className = 'leak';
+      cell(tr, '#' + l.connId);
+      cell(tr, l.kind);
+      cell(tr, l.owner || '—');
+      cell(tr, fmtMs(l.heldForMs) + ' / ' + fmtMs(l.maxHoldMs), 'nowrap');
+      cell(tr, l.site || 'unknown', 'site');
+      lt.appendChild(tr);
+    }
+
+    const ht = $('holders').tBodies[0];
+    ht.textContent = '';
+    if (!s.holders.length) emptyRow(ht, 5, 'nothing held right now');
+    for (const h of s.holders) {
+      const tr = document.createElement('tr');
+      if (h.leaked > 0) cell(tr, pill('leaked', 'leaked'));
+      else if (h.longLived) cell(tr, pill('long-lived', 'longlived'));
+      else cell(tr, pill('in use', 'short'));
+      cell(tr, h.kind);
+      cell(tr, h.owner || '—');
+      cell(tr, h.count);
+      cell(tr, fmtMs(h.maxHeldMs));
+      ht.appendChild(tr);
+    }
+
+    text('j-signups', s.jobs.signups);
+    text('j-completed', s.jobs.completed);
+    text('j-failed', s.jobs.failed);
+    text('j-attempts', s.jobs.attemptsFailed);
+    text('q-waiting', s.queue.waiting);
+    text('q-active', s.queue.active);
+    text('q-delayed', s.queue.delayed);
+    text('s-clients', s.sseClients);
+    text('k-expired', s.keyspace.indexOf('on') === 0 ? s.jobs.sessionsExpired : 'off');
+
+    drawChart();
+    body.dataset.points = String(received);
+    body.dataset.last = String(s.t);
+  }
+
+  function niceStep(max) {
+    const raw = max / 5;
+    for (const step of [1, 2, 5, 10, 20, 25, 50, 100, 200, 500, 1000]) if (step >= raw) return step;
+    return Math.ceil(raw);
+  }
+
+  function drawChart() {
+    const dpr = window.devicePixelRatio || 1;
+    const cssW = canvas.clientWidth || 1100, cssH = canvas.clientHeight || 260;
+    if (canvas.width !== Math.round(cssW * dpr) || canvas.height !== Math.round(cssH * dpr)) {
+      canvas.width = Math.round(cssW * dpr);
+      canvas.height = Math.round(cssH * dpr);
+    }
+    const g = canvas.getContext('2d');
+    g.setTransform(dpr, 0, 0, dpr, 0, 0);
+    g.clearRect(0, 0, cssW, cssH);
+    const L = 40, R = 12, T = 10, B = 24;
+    const W = cssW - L - R, H = cssH - T - B;
+    const now = points.length ? points[points.length - 1].t : Date.now();
+    // Two minutes, or less just after start (at least 30 s).
+    const span = Math.min(WINDOW_MS, Math.max(30000, points.length ? now - points[0].t : 0));
+    const t0 = now - span;
+    let ymax = 4;
+    for (const p of points) ymax = Math.max(ymax, p.total, p.inUse);
+    const step = niceStep(ymax);
+    ymax = Math.ceil(ymax / step) * step;
+    const x = (t) => L + (t - t0) / span * W;
+    const y = (v) => T + H - v / ymax * H;
+
+    g.font = '11px system-ui, sans-serif';
+    g.fillStyle = '#667085';
+    g.strokeStyle = '#e4e7ec';
+    g.lineWidth = 1;
+    g.textAlign = 'right';
+    g.textBaseline = 'middle';
+    for (let v = 0; v <= ymax; v += step) {
+      g.beginPath();
+      g.moveTo(L, Math.round(y(v)) + .5);
+      g.lineTo(L + W, Math.round(y(v)) + .5);
+      g.stroke();
+      g.fillText(String(v), L - 6, y(v));
+    }
+    g.textAlign = 'center';
+    g.textBaseline = 'top';
+    const tick = [5, 10, 20, 30].find((st) => span / 1000 / st <= 6.5) || 30;
+    for (let s = Math.floor(span / 1000 / tick) * tick; s >= 0; s -= tick) {
+      g.fillText(s === 0 ? 'now' : '-' + s + ' s', x(now - s * 1000), T + H + 6);
+    }
+    if (points.length === 0) {
+      g.textAlign = 'center';
+      g.textBaseline = 'middle';
+      g.fillText('waiting for the first stats event…', L + W / 2, T + H / 2);
+      return;
+    }
+    g.save();
+    g.beginPath();
+    g.rect(L, T - 4, W, H + 8);
+    g.clip();
+    for (const sr of SERIES) {
+      g.beginPath();
+      let prev = null;
+      for (const p of points) {
+        const px = x(p.t), py = y(p[sr.key]);
+        if (prev === null) g.moveTo(px, py);
+        else { g.lineTo(px, prev); g.lineTo(px, py); }
+        prev = py;
+      }
+      g.lineTo(x(now), prev);
+      if (sr.fill) {
+        g.save();
+        g.lineTo(x(now), y(0));
+        g.lineTo(x(points[0].t), y(0));
+        g.closePath();
+        g.fillStyle = sr.fill;
+        g.fill();
+        g.restore();
+        // redraw the line without the closing path
+        g.beginPath();
+        prev = null;
+        for (const p of points) {
+          const px = x(p.t), py = y(p[sr.key]);
+          if (prev === null) g.moveTo(px, py);
+          else { g.lineTo(px, prev); g.lineTo(px, py); }
+          prev = py;
+        }
+        g.lineTo(x(now), prev);
+      }
+      g.strokeStyle = sr.color;
+      g.lineWidth = sr.width;
+      g.lineJoin = 'round';
+      g.stroke();
+    }
+    g.restore();
+  }
+
+  // The first connection starts from the oldest stats event the server
+  // still remembers, so the chart starts with up to two minutes of history
+  // replayed by the SSE manager; a reconnecting EventSource sends its
+  // Last-Event-ID instead.
+  const since = body.dataset.since;
+  const es = new EventSource('/events?topic=pool' + (since ? '&lastEventId=' + encodeURIComponent(since) : ''));
+  es.addEventListener('stats', (e) => {
+    try { onStats(JSON.parse(e.data)); } catch (err) { console.error(err); }
+  });
+  es.addEventListener('reset', () => { points = []; });
+  es.onopen = () => { stateBadge.textContent = 'live'; stateBadge.className = 'badge good'; };
+  es.onerror = () => { stateBadge.textContent = 'reconnecting…'; stateBadge.className = 'badge bad'; };
+
+  $('leak-btn').addEventListener('click', () => { fetch('/api/report').catch(() => {}); });
+  window.addEventListener('resize', () => { if (last) drawChart(); });
+  drawChart();
+})();

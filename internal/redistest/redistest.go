@@ -65,6 +65,7 @@ type Server struct {
 	Dir  string
 
 	t    testing.TB
+	tls  bool // the port speaks TLS: readiness is a TCP accept
 	args []string
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -133,7 +134,11 @@ func (s *Server) start(bin string) error {
 			return fmt.Errorf("redis-server on port %d exited at start (log: %s)", s.Port, s.logTail())
 		default:
 		}
-		if pingRaw(s.Addr) == nil {
+		ready := pingRaw
+		if s.tls {
+			ready = dialOnly
+		}
+		if ready(s.Addr) == nil {
 			return nil
 		}
 		time.Sleep(10 * time.Millisecond)

@@ -329,19 +329,20 @@ func (w *Worker) processChain(job *Job, slots chan struct{}) {
 	for job != nil {
 		s := w.process(job)
 		job = s.next
-		if job == nil && s.limit > 0 && !w.closing.Load() {
-			// Rate limited when finishing: wait here, keeping the slot,
-			// as the main loop may be blocked on the marker.
-			sleepCtx(w.loopCtx, min(time.Duration(s.limit)*time.Millisecond, w.opts.MaximumRateLimitDelay))
+		for limit := s.limit; job == nil && limit > 0 && !w.closing.Load(); {
+			// Rate limited: wait here, keeping the slot, until the limiter
+			// lets a job through (the main loop may be blocked on the
+			// marker, which a rate-limited queue does not get).
+			sleepCtx(w.loopCtx, min(time.Duration(limit)*time.Millisecond, w.opts.MaximumRateLimitDelay))
 			if w.loopCtx.Err() != nil {
 				return
 			}
-			next, _, _, err := w.fetch()
+			next, l, _, err := w.fetch()
 			if err != nil {
 				w.report(fmt.Errorf("bullmq: worker %s: fetch: %w", w.k.name, err))
 				return
 			}
-			job = next
+			job, limit = next, l
 		}
 	}
 }

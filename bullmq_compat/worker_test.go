@@ -224,7 +224,7 @@ func TestWorkerOrderDelayedAndPriority(t *testing.T) {
 		name string
 		o    JobOptions
 	}{
-		{"delayed", JobOptions{Delay: 300 * time.Millisecond}},
+		{"delayed", JobOptions{Delay: time.Second}},
 		{"p9", JobOptions{Priority: 9}},
 		{"p1", JobOptions{Priority: 1}},
 		{"plain1", JobOptions{}},
@@ -244,7 +244,7 @@ func TestWorkerOrderDelayedAndPriority(t *testing.T) {
 		t.Fatalf("order = %s", got)
 	}
 	h := rdb.HGetAll(ctx, q.Key("1")).Val()
-	if h["delay"] != "0" || parseMillis(h["processedOn"]).Sub(added) < 300*time.Millisecond {
+	if h["delay"] != "0" || parseMillis(h["processedOn"]).Sub(added) < time.Second {
 		t.Fatalf("delayed job = %v", h)
 	}
 }
@@ -480,9 +480,9 @@ func TestLockRenewalKeepsLongJobs(t *testing.T) {
 	var errs atomic.Int32
 	long, _ := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) {
 		runs.Add(1)
-		time.Sleep(800 * time.Millisecond) // 4 lock durations
+		time.Sleep(1500 * time.Millisecond) // 3 lock durations
 		return "done", nil
-	}, WorkerOptions{LockDuration: 200 * time.Millisecond, SkipStalledCheck: true, OnError: func(err error) {
+	}, WorkerOptions{LockDuration: 500 * time.Millisecond, SkipStalledCheck: true, OnError: func(err error) {
 		errs.Add(1)
 		t.Errorf("worker error: %v", err)
 	}})
@@ -491,11 +491,11 @@ func TestLockRenewalKeepsLongJobs(t *testing.T) {
 	}
 	startWorker(t, long)
 	eventually(t, 5*time.Second, "the job to start", func() bool { return runs.Load() == 1 })
-	// A second worker checks for stalled jobs every 50ms meanwhile.
+	// A second worker checks for stalled jobs every 100ms meanwhile.
 	checker, _ := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) {
 		runs.Add(1)
 		return nil, nil
-	}, WorkerOptions{StalledInterval: 50 * time.Millisecond})
+	}, WorkerOptions{StalledInterval: 100 * time.Millisecond})
 	startWorker(t, checker)
 	waitEvents(t, rdb, q, 1, "completed")
 	if n := runs.Load(); n != 1 {

@@ -68,12 +68,24 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*result, error) {
 		addr = mr.Addr()
 		res.Redis = "miniredis (embedded)"
 	}
-	rdb := redis.NewClient(&redis.Options{
+	opts := &redis.Options{
 		Addr: addr,
 		// Maintenance notifications are a Redis Enterprise/Cloud handshake
 		// that older servers reject; the demo does not need them.
 		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
-	})
+	}
+	// Check the server with a client of its own, so that a failure leaves
+	// the demo's client (and its tracker) untouched.
+	probe := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 3 * time.Second,
+		MaintNotificationsConfig: opts.MaintNotificationsConfig})
+	pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+	err := probe.Ping(pctx).Err()
+	pcancel()
+	_ = probe.Close()
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach Redis at %s: %w", addr, err)
+	}
+	rdb := redis.NewClient(opts)
 	defer rdb.Close()
 	if !cfg.MarkLongLived {
 		// Before Instrument, so that this hook runs in front of the
@@ -115,16 +127,9 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*result, error) {
 	}
 	defer tr.Close()
 
-	pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
-	err = rdb.Ping(pctx).Err()
-	pcancel()
-	if err != nil {
-		return nil, fmt.Errorf("cannot reach Redis at %s: %w", addr, err)
-	}
-
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w (pick another address with -listen, e.g. -listen :0)", err)
 	}
 	res.URL = urlOf(ln.Addr())
 
@@ -176,6 +181,9 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*result, error) {
 	var serveErr error
 	select {
 	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.Canceled) {
+			fmt.Fprintln(out, "interrupted: shutting down")
+		}
 	case serveErr = <-served:
 	}
 
@@ -239,7 +247,7 @@ func printFinal(w io.Writer, r *result, elapsed time.Duration) {
 	if len(groups) > 0 {
 		fmt.Fprintln(w, "holders now:")
 		for _, g := range groups {
-			state := "short"
+			state := "in use"
 			switch {
 			case g.Leaked > 0:
 				state = "LEAKED"

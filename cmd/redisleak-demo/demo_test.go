@@ -29,7 +29,7 @@ func TestParseConfig(t *testing.T) {
 	}{
 		{name: "defaults", check: func(t *testing.T, c config) {
 			if c.RedisAddr != "" || c.Listen != "127.0.0.1:8080" || c.Duration != 0 || c.MaxHold != 2*time.Second ||
-				c.ScanInterval != 500*time.Millisecond || !c.Leak || !c.MarkLongLived {
+				c.ScanInterval != 500*time.Millisecond || !c.Leak || c.LeakAfter != 1500*time.Millisecond || !c.MarkLongLived {
 				t.Errorf("defaults: %+v", c)
 			}
 		}},

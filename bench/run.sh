@@ -144,7 +144,7 @@ run_callgrind() {
 }
 
 run_tracker() {
-	(cd "$work" && "$bin" -test.run '^$' -test.bench '^BenchmarkTracker10k$' -test.count 5 -test.cpu 2) | tee "$OUT/tracker10k.txt"
+	(cd "$work" && "$bin" -test.run '^$' -test.bench '^BenchmarkTracker10k$' -test.count 6 -test.cpu 2) | tee "$OUT/tracker10k.txt"
 	if [ -x "$benchstat_bin" ]; then
 		"$benchstat_bin" "$OUT/tracker10k.txt" | tee "$OUT/tracker10k-benchstat.txt"
 	fi

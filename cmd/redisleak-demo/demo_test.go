@@ -220,6 +220,18 @@ func TestRunMiniredis(t *testing.T) {
 	}
 }
 
+// TestRunNoLeak: with -leak=false nothing at all is reported.
+func TestRunNoLeak(t *testing.T) {
+	t.Parallel()
+	res, _ := runDemo(t, testConfig(t, "-duration", "4s", "-leak=false"))
+	if len(res.Reported) != 0 || res.Stats.Leaked != 0 {
+		t.Errorf("reported %v; stats %+v", res.Reported, res.Stats)
+	}
+	if res.Stats.LongLived != 4 {
+		t.Errorf("long-lived = %d, want 4", res.Stats.LongLived)
+	}
+}
+
 // TestRunMiniredisNaive: with -mark-long-lived=false the same holders are
 // flagged, each under its owner and own acquisition site.
 func TestRunMiniredisNaive(t *testing.T) {

@@ -213,7 +213,8 @@
   es.addEventListener('stats', (e) => {
     try { onStats(JSON.parse(e.data)); } catch (err) { console.error(err); }
   });
-  es.addEventListener('reset', () => { points = []; });
+  // The history no longer reaches back to the cursor: start the chart over.
+  es.addEventListener('reset', () => { points = []; drawChart(); });
   es.onopen = () => { stateBadge.textContent = 'live'; stateBadge.className = 'badge good'; };
   es.onerror = () => { stateBadge.textContent = 'reconnecting…'; stateBadge.className = 'badge bad'; };
 

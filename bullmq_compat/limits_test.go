@@ -108,7 +108,12 @@ func TestNodeGlobalConcurrencyAndRateLimit(t *testing.T) {
 		// 1 job per 500ms: 1s between the 1st and the 3rd, less a margin
 		// for goroutine scheduling on a busy host.
 		if d := starts[2].Sub(starts[0]); d < 800*time.Millisecond {
-			t.Fatalf("3 jobs in %v under Node's global limit of 1 per 500ms", d)
+			var pon []string
+			for _, id := range []string{"1", "2", "3"} {
+				pon = append(pon, rdb.HGet(ctx, q.Key(id), "processedOn").Val())
+			}
+			t.Fatalf("3 jobs in %v under Node's global limit of 1 per 500ms (meta %v, limiter ttl %v, processedOn %v)",
+				d, rdb.HGetAll(ctx, q.Key("meta")).Val(), rdb.PTTL(ctx, q.Key("limiter")).Val(), pon)
 		}
 	})
 }

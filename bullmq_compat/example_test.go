@@ -102,3 +102,34 @@ func ExampleKeepJobs() {
 	// 100
 	// {"age":86400}
 }
+
+// Following a queue's events, written by Go or Node producers and workers.
+func ExampleNewQueueEvents() {
+	m := miniredis.NewMiniRedis()
+	if err := m.Start(); err != nil {
+		panic(err)
+	}
+	defer m.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+
+	qe, err := bullmq.NewQueueEvents(ctx, rdb, "emails", bullmq.QueueEventsOptions{})
+	if err != nil {
+		panic(err)
+	}
+	defer qe.Close()
+	q, _ := bullmq.NewQueue(rdb, "emails", bullmq.QueueOptions{})
+	_, _ = q.Add(ctx, "welcome", nil, bullmq.JobOptions{Delay: time.Minute})
+	for i := 0; i < 2; i++ {
+		ev, err := qe.Next(ctx)
+		if err != nil {
+			panic(err)
+		}
+		fmt.Println(ev.Name, ev.JobID)
+	}
+	// Output:
+	// added 1
+	// delayed 1
+}

@@ -41,6 +41,12 @@ func TestBrowser(t *testing.T) {
 	t.Run("marked", func(t *testing.T) { testBrowser(t, bin, "dashboard.png", false) })
 	// The naive picture: the companions' holders are listed as leaks too.
 	t.Run("naive", func(t *testing.T) { testBrowser(t, bin, "dashboard-naive.png", true, "-mark-long-lived=false") })
+	// On a real Redis the keyspace manager is on: the page counts expired
+	// sessions.
+	t.Run("redis", func(t *testing.T) {
+		srv := redistest.Private(t)
+		testBrowser(t, bin, "dashboard-redis.png", false, "-redis", srv.Addr)
+	})
 }
 
 func testBrowser(t *testing.T, bin, shotName string, naive bool, args ...string) {
@@ -96,15 +102,17 @@ func testBrowser(t *testing.T, bin, shotName string, naive bool, args ...string)
 	  const rows = Array.from(document.querySelectorAll('#leaks tbody tr.leak')).map(r => r.innerText);
 	  return JSON.stringify({points: +document.body.dataset.points, last: +(document.body.dataset.last || 0),
 	    leaked: (document.getElementById('v-leaked') || {}).textContent, live: (document.getElementById('conn-state') || {}).textContent,
+	    expired: (document.getElementById('k-expired') || {}).textContent,
 	    red: red, rows: rows});
 	})()`
 	type view struct {
-		Points int
-		Last   int64
-		Leaked string
-		Live   string
-		Red    int
-		Rows   []string
+		Points  int
+		Last    int64
+		Leaked  string
+		Expired string
+		Live    string
+		Red     int
+		Rows    []string
 	}
 	look := func() view {
 		var v view
@@ -128,7 +136,11 @@ func testBrowser(t *testing.T, bin, shotName string, naive bool, args ...string)
 			leakListed = len(v.Rows) >= 5 && strings.Contains(all, "leakyReport") && strings.Contains(all, "sse") &&
 				strings.Contains(all, "bullmq:worker") && !strings.Contains(all, "untagHook")
 		}
-		if first.Points > 0 && v.Points >= first.Points+4 && v.Last > first.Last && leakListed && v.Red > 50 && v.Live == "live" {
+		keyspaceShown := v.Expired == "off"
+		if len(args) > 0 && args[0] == "-redis" {
+			keyspaceShown = v.Expired != "" && v.Expired != "off" && v.Expired != "0" && v.Expired != "–"
+		}
+		if first.Points > 0 && v.Points >= first.Points+4 && keyspaceShown && v.Last > first.Last && leakListed && v.Red > 50 && v.Live == "live" {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -38,10 +38,11 @@
 // next iteration is added when a scheduler's job is fetched). Handler
 // panics fail the job with the panic message and stack. Close drains.
 //
-// A Go worker may process the children of flows added by Node's
-// FlowProducer: finishing a child does the parent's bookkeeping (its
-// processed values, its release from waiting-children, the
-// failParentOnFailure family of options).
+// Flows: FlowProducer adds a parent that waits in waiting-children until
+// its children completed, as Node's FlowProducer does, and a Go worker may
+// process the children of flows added by Node: finishing a child does the
+// parent's bookkeeping (its processed values, its release from
+// waiting-children, the failParentOnFailure family of options).
 //
 // # Connections
 //
@@ -58,8 +59,7 @@
 //
 // # Not implemented
 //
-// Adding flows from Go and moving a job to waiting-children from a Go
-// handler, the extend, replace and keepLastIfActive deduplication modes,
+// Moving a job to waiting-children from inside a Go handler, the extend, replace and keepLastIfActive deduplication modes,
 // metrics, sandboxed processors, manual job moves (Job.moveToDelayed and
 // friends), custom backoff strategies (a Node job with an unknown backoff
 // type fails when its retry is due), and legacy (BullMQ 5) repeatable jobs.

@@ -85,3 +85,74 @@ func TestInteropNodeFlowChildrenOnGo(t *testing.T) {
 		t.Errorf("failed parents = %+v", nc.Failed)
 	}
 }
+
+// TestInteropGoFlow: a flow added from Go; a Node worker runs the children,
+// then the parent is released to a Go worker that reads their values.
+func TestInteropGoFlow(t *testing.T) {
+	needNode(t)
+	rdb, name := realClient(t)
+	ctx := ctxT(t, 60*time.Second)
+	parents, children := name+"-parents", name+"-children"
+	fp, err := NewFlowProducer(rdb, FlowProducerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree, err := fp.Add(ctx, FlowJob{Name: "report", Queue: parents, Data: map[string]int{"r": 1}, Children: []FlowJob{
+		{Name: "part-a", Queue: children, Data: map[string]int{"c": 1}},
+		{Name: "part-b", Queue: children, Data: map[string]int{"c": 2}, Opts: JobOptions{Priority: 2}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pq, _ := NewQueue(rdb, parents, QueueOptions{})
+	if n := rdb.ZCard(ctx, pq.Key("waiting-children")).Val(); n != 1 {
+		t.Fatalf("%d parents waiting for children", n)
+	}
+	if deps := rdb.SMembers(ctx, pq.Key(tree.Job.ID+":dependencies")).Val(); len(deps) != 2 {
+		t.Fatalf("dependencies = %v", deps)
+	}
+	runNode(t, 30*time.Second, "work", nodeParams(t, rdb, children, map[string]any{"count": 2}), nil)
+
+	got := make(chan map[string]json.RawMessage, 1)
+	w, _ := NewWorker(rdb, parents, func(ctx context.Context, j *Job) (any, error) {
+		vals, err := j.ChildrenValues(ctx)
+		if err != nil {
+			return nil, err
+		}
+		got <- vals
+		return len(vals), nil
+	}, WorkerOptions{})
+	startWorker(t, w)
+	select {
+	case vals := <-got:
+		if len(vals) != 2 {
+			t.Fatalf("children values = %v", vals)
+		}
+		for _, c := range tree.Children {
+			v := vals["bull:"+children+":"+c.Job.ID]
+			if !strings.Contains(string(v), `"by":"node"`) {
+				t.Errorf("value of %s = %s", c.Job.ID, v)
+			}
+		}
+	case <-ctx.Done():
+		t.Fatal("the parent was not released")
+	}
+}
+
+func TestFlowRejectsBadInputWritingNothing(t *testing.T) {
+	rdb, _ := miniClient(t)
+	fp, _ := NewFlowProducer(rdb, FlowProducerOptions{})
+	_, err := fp.Add(context.Background(), FlowJob{Name: "p", Queue: "parents", Children: []FlowJob{
+		{Name: "ok", Queue: "children"},
+		{Name: "bad", Queue: "children", Opts: JobOptions{Priority: -1}},
+	}})
+	if !errors.Is(err, ErrInvalidOption) {
+		t.Fatalf("err = %v", err)
+	}
+	if n := rdb.DBSize(context.Background()).Val(); n != 0 {
+		t.Fatalf("%d keys written", n)
+	}
+	if _, err := fp.Add(context.Background(), FlowJob{Name: "p", Queue: ""}); !errors.Is(err, ErrInvalidOption) {
+		t.Fatalf("empty queue: err = %v", err)
+	}
+}

@@ -32,6 +32,7 @@ const (
 	kStalledCheck
 	kPaused
 	kRepeat
+	kWaitingChildren
 	kCount
 )
 
@@ -40,6 +41,7 @@ var keyNames = [kCount]string{
 	kMeta: "meta", kID: "id", kEvents: "events", kMarker: "marker", kPC: "pc",
 	kStalled: "stalled", kLimiter: "limiter", kCompleted: "completed", kFailed: "failed",
 	kStalledCheck: "stalled-check", kPaused: "paused", kRepeat: "repeat",
+	kWaitingChildren: "waiting-children",
 }
 
 func newKeys(prefix, name string) (*keys, error) {

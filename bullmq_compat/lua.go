@@ -18,7 +18,7 @@ local K = {
   wait = KEYS[1], active = KEYS[2], prioritized = KEYS[3], delayed = KEYS[4],
   meta = KEYS[5], id = KEYS[6], events = KEYS[7], marker = KEYS[8], pc = KEYS[9],
   stalled = KEYS[10], limiter = KEYS[11], completed = KEYS[12], failed = KEYS[13],
-  stalledCheck = KEYS[14], paused = KEYS[15], rep = KEYS[16]
+  stalledCheck = KEYS[14], paused = KEYS[15], rep = KEYS[16], waitingChildren = KEYS[17]
 }
 local P = ARGV[1]
 
@@ -275,11 +275,13 @@ end
 `
 
 // addScript adds one or more jobs atomically. ARGV[2] = maxDepth,
-// ARGV[3] = number of jobs, then 10 arguments per job: customId, name, data,
+// ARGV[3] = number of jobs, then 13 arguments per job: customId, name, data,
 // opts, timestamp, delay, priority, lifo ("1"/""), deduplication id ("" for
-// none), deduplication ttl ms. Returns {2} when the jobs do not fit under
-// maxDepth (nothing written), else {code, id, ...} per job: code 0 added,
-// 1 duplicate custom id or deduplicated (nothing written; id is the
+// none), deduplication ttl ms, parent job key ("" for none), parent JSON,
+// waitChildren ("1": a flow parent, to waiting-children). Returns {2} when
+// the jobs do not fit under maxDepth (nothing written), {5} when a parent
+// is missing (nothing written), else {code, id, ...} per job: code 0
+// added, 1 duplicate custom id or deduplicated (nothing written; id is the
 // existing job's).
 var addScript = redis.NewScript(luaPrelude + `
 local maxDepth, count = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -287,10 +289,15 @@ if maxDepth > 0 then
   local depth = rcall("LLEN", K.wait) + rcall("ZCARD", K.prioritized) + rcall("ZCARD", K.delayed)
   if depth + count > maxDepth then return {2} end
 end
+for j = 0, count - 1 do
+  local pk = ARGV[4 + j * 13 + 10]
+  if pk ~= "" and rcall("EXISTS", pk) == 0 then return {5} end
+end
 local maxEv = maxEvents()
 local out = {}
 for j = 0, count - 1 do
-  local a = 4 + j * 10
+  local a = 4 + j * 13
+  local parentKey, parentData, waitChildren = ARGV[a + 10], ARGV[a + 11], ARGV[a + 12] == "1"
   local customId, name, data, opts = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local ts, delay, priority = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
   local lifo = ARGV[a + 7] == "1"
@@ -327,8 +334,12 @@ for j = 0, count - 1 do
     rcall("HMSET", jk, "name", name, "data", data, "opts", opts, "timestamp", ARGV[a + 4],
       "delay", ARGV[a + 5], "priority", ARGV[a + 6])
     if deid ~= "" then rcall("HSET", jk, "deid", deid) end
+    if parentKey ~= "" then rcall("HSET", jk, "parentKey", parentKey, "parent", parentData) end
     rcall("XADD", K.events, "*", "event", "added", "jobId", id, "name", name)
-    if delay > 0 then
+    if waitChildren then
+      rcall("ZADD", K.waitingChildren, ARGV[a + 4], id)
+      rcall("XADD", K.events, "MAXLEN", "~", maxEv, "*", "event", "waiting-children", "jobId", id)
+    elseif delay > 0 then
       local due = ts + delay
       rcall("ZADD", K.delayed, num(delayedScore(due)), id)
       rcall("XADD", K.events, "MAXLEN", "~", maxEv, "*", "event", "delayed", "jobId", id, "delay", num(due))
@@ -344,6 +355,7 @@ for j = 0, count - 1 do
       markReady()
       rcall("XADD", K.events, "MAXLEN", "~", maxEv, "*", "event", "waiting", "jobId", id)
     end
+    if parentKey ~= "" then rcall("SADD", parentKey .. ":dependencies", jk) end
     out[#out + 1] = 0
     out[#out + 1] = id
   end

@@ -123,6 +123,11 @@ type JobOptions struct {
 	StackTraceLimit int
 	// Timestamp is the job's creation time (zero: now).
 	Timestamp time.Time
+	// FailParentOnFailure (flows) fails the job's parent when the job
+	// fails for good; IgnoreDependencyOnFailure lets the parent go on
+	// instead, recording the failure in the parent's :failed hash.
+	FailParentOnFailure       bool
+	IgnoreDependencyOnFailure bool
 	// Deduplication, when set, adds the job only if no job holds its
 	// deduplication id (Node's simple and TTL modes; extend, replace and
 	// keepLastIfActive are not implemented).
@@ -192,6 +197,8 @@ type storedOpts struct {
 	StackTraceLimit  *int            `json:"stackTraceLimit,omitempty"`
 	Timestamp        int64           `json:"timestamp,omitempty"`
 	Dedup            *storedDedup    `json:"de,omitempty"`
+	FPOF             bool            `json:"fpof,omitempty"`
+	IDOF             bool            `json:"idof,omitempty"`
 	// Repeat is only read (jobs of Node job schedulers).
 	Repeat json.RawMessage `json:"repeat,omitempty"`
 }
@@ -228,6 +235,7 @@ func (o *JobOptions) encode(ts int64) ([]byte, error) {
 	if d := o.Deduplication; d != nil {
 		s.Dedup = &storedDedup{ID: d.ID, TTL: d.TTL.Milliseconds()}
 	}
+	s.FPOF, s.IDOF = o.FailParentOnFailure, o.IgnoreDependencyOnFailure
 	if o.StackTraceLimit > 0 {
 		n := o.StackTraceLimit
 		s.StackTraceLimit = &n

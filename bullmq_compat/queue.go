@@ -92,67 +92,101 @@ func (q *Queue) AddBulk(ctx context.Context, jobs []BulkJob) ([]*Job, error) {
 		return nil, nil
 	}
 	now := time.Now()
-	args := make([]any, 0, 3+10*len(jobs))
+	args := make([]any, 0, 3+addArgsPerJob*len(jobs))
 	args = append(args, q.k.base, q.opts.MaxQueueDepth, len(jobs))
 	out := make([]*Job, len(jobs))
 	for i := range jobs {
-		bj := &jobs[i]
-		if err := bj.Opts.validate(); err != nil {
-			return nil, bulkErr(len(jobs), i, bj.Name, err)
-		}
-		var data []byte
-		if bj.Data == nil {
-			data = []byte("{}")
-		} else {
-			var err error
-			if data, err = encodeJSON(bj.Data); err != nil {
-				return nil, bulkErr(len(jobs), i, bj.Name, fmt.Errorf("bullmq: data: %w", err))
-			}
-		}
-		ts := now
-		if !bj.Opts.Timestamp.IsZero() {
-			ts = bj.Opts.Timestamp
-		}
-		tsMs := ts.UnixMilli()
-		opts, err := bj.Opts.encode(tsMs)
+		var err error
+		args, out[i], err = q.appendAddArgs(args, &jobs[i], now, flowLink{})
 		if err != nil {
-			return nil, bulkErr(len(jobs), i, bj.Name, fmt.Errorf("bullmq: options: %w", err))
+			return nil, bulkErr(len(jobs), i, jobs[i].Name, err)
 		}
-		lifo := ""
-		if bj.Opts.LIFO {
-			lifo = "1"
-		}
-		deid, dettl := "", int64(0)
-		if d := bj.Opts.Deduplication; d != nil {
-			deid, dettl = d.ID, d.TTL.Milliseconds()
-		}
-		args = append(args, bj.Opts.JobID, bj.Name, string(data), string(opts),
-			strconv.FormatInt(tsMs, 10), strconv.FormatInt(bj.Opts.Delay.Milliseconds(), 10),
-			strconv.Itoa(bj.Opts.Priority), lifo, deid, dettl)
-		j := &Job{
-			Name: bj.Name, Data: json.RawMessage(data), Opts: json.RawMessage(opts),
-			Attempts: bj.Opts.Attempts, Priority: bj.Opts.Priority, Delay: bj.Opts.Delay.Truncate(time.Millisecond),
-			Timestamp: time.UnixMilli(tsMs),
-		}
-		j.q, j.rdb, j.owner = q.k, q.rdb, q.owner
-		out[i] = j
 	}
 	res, err := addScript.Run(ownerCtx(ctx, q.owner), q.rdb, q.k.all, args...).Slice()
 	if err != nil {
 		return nil, fmt.Errorf("bullmq: add to %s: %w", q.k.name, err)
 	}
-	if len(res) == 1 {
-		return nil, fmt.Errorf("%w: %s has MaxQueueDepth %d", ErrQueueFull, q.k.name, q.opts.MaxQueueDepth)
+	if err := q.addResult(res, out); err != nil {
+		return nil, err
 	}
-	if len(res) != 2*len(jobs) {
-		return nil, fmt.Errorf("bullmq: add to %s: unexpected reply %v", q.k.name, res)
+	return out, nil
+}
+
+// addArgsPerJob is how many script arguments each job of an add takes.
+const addArgsPerJob = 13
+
+// flowLink places a job in a flow: its parent, and whether it waits for
+// children of its own.
+type flowLink struct {
+	parentKey, parentData string
+	waitChildren          bool
+}
+
+// appendAddArgs validates and encodes one job for addScript.
+func (q *Queue) appendAddArgs(args []any, bj *BulkJob, now time.Time, link flowLink) ([]any, *Job, error) {
+	if err := bj.Opts.validate(); err != nil {
+		return args, nil, err
+	}
+	var data []byte
+	if bj.Data == nil {
+		data = []byte("{}")
+	} else {
+		var err error
+		if data, err = encodeJSON(bj.Data); err != nil {
+			return args, nil, fmt.Errorf("bullmq: data: %w", err)
+		}
+	}
+	ts := now
+	if !bj.Opts.Timestamp.IsZero() {
+		ts = bj.Opts.Timestamp
+	}
+	tsMs := ts.UnixMilli()
+	opts, err := bj.Opts.encode(tsMs)
+	if err != nil {
+		return args, nil, fmt.Errorf("bullmq: options: %w", err)
+	}
+	lifo := ""
+	if bj.Opts.LIFO {
+		lifo = "1"
+	}
+	deid, dettl := "", int64(0)
+	if d := bj.Opts.Deduplication; d != nil {
+		deid, dettl = d.ID, d.TTL.Milliseconds()
+	}
+	waitChildren := ""
+	if link.waitChildren {
+		waitChildren = "1"
+	}
+	args = append(args, bj.Opts.JobID, bj.Name, string(data), string(opts),
+		strconv.FormatInt(tsMs, 10), strconv.FormatInt(bj.Opts.Delay.Milliseconds(), 10),
+		strconv.Itoa(bj.Opts.Priority), lifo, deid, dettl,
+		link.parentKey, link.parentData, waitChildren)
+	j := &Job{
+		Name: bj.Name, Data: json.RawMessage(data), Opts: json.RawMessage(opts),
+		Attempts: bj.Opts.Attempts, Priority: bj.Opts.Priority, Delay: bj.Opts.Delay.Truncate(time.Millisecond),
+		Timestamp: time.UnixMilli(tsMs),
+	}
+	j.q, j.rdb, j.owner = q.k, q.rdb, q.owner
+	return args, j, nil
+}
+
+// addResult fills in the ids addScript returned.
+func (q *Queue) addResult(res []any, out []*Job) error {
+	if len(res) == 1 {
+		if code, _ := res[0].(int64); code == 5 {
+			return fmt.Errorf("%w: the parent of a job added to %s is missing", ErrJobNotFound, q.k.name)
+		}
+		return fmt.Errorf("%w: %s has MaxQueueDepth %d", ErrQueueFull, q.k.name, q.opts.MaxQueueDepth)
+	}
+	if len(res) != 2*len(out) {
+		return fmt.Errorf("bullmq: add to %s: unexpected reply %v", q.k.name, res)
 	}
 	for i, j := range out {
 		code, _ := res[2*i].(int64)
 		j.ID, _ = res[2*i+1].(string)
 		j.Duplicate = code == 1
 	}
-	return out, nil
+	return nil
 }
 
 // bulkErr names the job an error is about when there are several.

@@ -105,7 +105,10 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*result, error) {
 		logHandler = siteFixer{Handler: logHandler, book: book}
 	}
 	logger := slog.New(logHandler)
-	var reportedMu sync.Mutex
+	var (
+		reportedMu sync.Mutex
+		reported   []redisleak.Leak
+	)
 	tr, err := redisleak.Instrument(rdb, redisleak.Options{
 		MaxHold:            cfg.MaxHold,
 		ScanInterval:       cfg.ScanInterval,
@@ -118,7 +121,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*result, error) {
 		OnLeak: func(l redisleak.Leak) {
 			book.note(l)
 			reportedMu.Lock()
-			res.Reported = append(res.Reported, l)
+			reported = append(reported, l)
 			reportedMu.Unlock()
 		},
 	})
@@ -144,11 +147,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*result, error) {
 	defer svc.release()
 	res.Keyspace = svc.keyspaceNote
 
-	var handler http.Handler = svc.routes(tr.Handler(), metrics.handler)
-	if cfg.wrap != nil {
-		handler = cfg.wrap(handler)
-	}
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: svc.routes(tr.Handler(), metrics.handler), ReadHeaderTimeout: 10 * time.Second}
 	srv.RegisterOnShutdown(func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -193,7 +192,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*result, error) {
 	res.Holds = tr.Holds()
 	res.Jobs = svc.totals()
 	reportedMu.Lock()
-	res.Reported = append([]redisleak.Leak(nil), res.Reported...)
+	res.Reported = append([]redisleak.Leak(nil), reported...)
 	reportedMu.Unlock()
 	printFinal(out, res, time.Since(start))
 

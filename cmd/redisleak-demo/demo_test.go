@@ -47,7 +47,7 @@ func TestParseConfig(t *testing.T) {
 			"-leak-after", "3s", "-mark-long-lived=false", "-concurrency", "2", "-rate", "5", "-status", "0"}, check: func(t *testing.T, c config) {
 			want := config{Listen: ":0", Duration: 5 * time.Second, MaxHold: time.Second, ScanInterval: 100 * time.Millisecond,
 				LeakAfter: 3 * time.Second, Concurrency: 2, Rate: 5}
-			c.ready, c.wrap = nil, nil
+			c.ready = nil
 			if fmt.Sprintf("%+v", c) != fmt.Sprintf("%+v", want) {
 				t.Errorf("got %+v, want %+v", c, want)
 			}

@@ -27,7 +27,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
@@ -49,9 +48,8 @@ type config struct {
 	Rate          float64
 	StatusEvery   time.Duration
 
-	// Not flags: set by tests.
-	ready func(url string)                // called once the server listens
-	wrap  func(http.Handler) http.Handler // wraps the demo's handler
+	// ready, when set (by tests), is called once the server listens.
+	ready func(url string)
 }
 
 // parseConfig parses the command line; getenv supplies REDIS_ADDR.

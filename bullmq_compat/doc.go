@@ -24,7 +24,8 @@
 // encoded with encoding/json; a json.RawMessage is stored as is.
 // JobOptions.Deduplication skips adds while a job holds the same
 // deduplication id. QueueOptions.MaxQueueDepth turns Add into a
-// backpressure point that fails with ErrQueueFull. Queue.Pause and Queue.Resume affect Node workers too.
+// backpressure point that fails with ErrQueueFull. Queue.Pause and
+// Queue.Resume affect Node workers too.
 //
 // # Consuming
 //
@@ -59,8 +60,10 @@
 //
 // # Not implemented
 //
-// Moving a job to waiting-children from inside a Go handler, the extend, replace and keepLastIfActive deduplication modes,
-// metrics, sandboxed processors, manual job moves (Job.moveToDelayed and
-// friends), custom backoff strategies (a Node job with an unknown backoff
-// type fails when its retry is due), and legacy (BullMQ 5) repeatable jobs.
+// Moving a job to waiting-children from inside a Go handler; the extend,
+// replace and keepLastIfActive deduplication modes; metrics; sandboxed
+// processors; manual job moves (Job.moveToDelayed and friends); custom
+// backoff strategies (a Node job with an unknown backoff type fails when
+// its retry is due); legacy (BullMQ 5) repeatable jobs; the queue's
+// meta.version field.
 package bullmq

@@ -147,7 +147,11 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*result, error) {
 	defer svc.release()
 	res.Keyspace = svc.keyspaceNote
 
-	srv := &http.Server{Handler: svc.routes(tr.Handler(), metrics.handler), ReadHeaderTimeout: 10 * time.Second}
+	health := tr.Handler()
+	if !cfg.MarkLongLived {
+		health = fixHealthSites(health)
+	}
+	srv := &http.Server{Handler: svc.routes(health, metrics.handler), ReadHeaderTimeout: 10 * time.Second}
 	srv.RegisterOnShutdown(func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -2,7 +2,10 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -65,5 +68,36 @@ func TestSiteFixer(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+func TestFixHealthSites(t *testing.T) {
+	stub := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet {
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"total":3,"leaks":[{"connId":4,"site":"naive.go:32 main.untagHook.ProcessHook.func1",
+			"stack":["main.untagHook.ProcessHook.func1 /x/naive.go:32","github.com/redisleak/redisleak/sse.NewManager /x/sse/manager.go:135"]},
+			{"connId":5,"site":"service.go:1 main.f"}]}`))
+	})
+	h := fixHealthSites(stub)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/health/redis-pool", nil))
+	var body struct {
+		Total int
+		Leaks []struct{ Site string }
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+		t.Fatal(err)
+	}
+	if body.Total != 3 || len(body.Leaks) != 2 || body.Leaks[0].Site != "manager.go:135 sse.NewManager" || body.Leaks[1].Site != "service.go:1 main.f" {
+		t.Errorf("got %+v", body)
+	}
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/health/redis-pool", nil))
+	if rec.Code != http.StatusMethodNotAllowed {
+		t.Errorf("POST: %d", rec.Code)
 	}
 }

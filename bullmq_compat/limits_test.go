@@ -53,7 +53,7 @@ func maxConcurrent(t *testing.T, rdb *redis.Client, name string, n int) int32 {
 				break
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 		now.Add(-1)
 		return nil, nil
 	}, WorkerOptions{Concurrency: 4})

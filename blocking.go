@@ -69,6 +69,31 @@ func atoiBytes(b []byte) (int, bool) {
 	return n, true
 }
 
+// mayBlock is blockingTimeout's cheap pre-check: b is a RESP array whose
+// first element (the command name) starts with b, x or w.
+func mayBlock(b []byte) bool {
+	// "*N\r\n$L\r\nNAME": with one-digit N and L (every command up to 9
+	// arguments and names up to 9 bytes) the name starts at 8.
+	if len(b) > 9 && b[2] == '\r' && b[6] == '\r' {
+		c := b[8] | 0x20
+		return c == 'b' || c == 'x' || c == 'w'
+	}
+	// otherwise the name starts after the second '\n'
+	n := 0
+	for i := 0; i < len(b) && i < 32; i++ {
+		if b[i] == '\n' {
+			if n++; n == 2 {
+				if i+1 < len(b) {
+					c := b[i+1] | 0x20
+					return c == 'b' || c == 'x' || c == 'w'
+				}
+				return false
+			}
+		}
+	}
+	return false
+}
+
 // blockingTimeout reports whether the command at the start of b is a
 // blocking command and, if so, its timeout (blockForever for 0).
 func blockingTimeout(b []byte) (time.Duration, bool) {

@@ -4,6 +4,7 @@ import (
 	"net"
 	"syscall"
 	"time"
+	_ "unsafe" // go:linkname
 )
 
 // trackedConn wraps a net.Conn dialed through a tracked client. It exists for
@@ -112,10 +113,19 @@ func (c *trackedConn) SetReadDeadline(t time.Time) error { return c.Conn.SetRead
 // SetWriteDeadline passes through.
 func (c *trackedConn) SetWriteDeadline(t time.Time) error { return c.Conn.SetWriteDeadline(t) }
 
-var clockBase = time.Now()
+// runtimeNano is the runtime's monotonic clock: one vDSO call, without the
+// wall-clock read that time.Now adds.
+//
+//go:linkname runtimeNano runtime.nanotime
+func runtimeNano() int64
+
+var (
+	clockBase     = time.Now()
+	clockBaseNano = runtimeNano()
+)
 
 // nanotime returns monotonic nanoseconds since the package was loaded.
-func nanotime() int64 { return int64(time.Since(clockBase)) }
+func nanotime() int64 { return runtimeNano() - clockBaseNano }
 
 // unixAt converts a nanotime value to wall time.
 func unixAt(n int64) time.Time { return clockBase.Add(time.Duration(n)) }

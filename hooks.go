@@ -54,7 +54,7 @@ func (h *hook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		if t.closed.Load() {
 			return next(ctx, cmd)
 		}
-		if t.Mode() == ModeHooks {
+		if t.hooksMode.Load() {
 			op := t.beginOp(ctx, cmd.Name(), cmd.Args())
 			defer t.endOp(op)
 		}
@@ -86,7 +86,7 @@ func (h *hook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Process
 				m.pipeline = true
 			}
 		})
-		if t.Mode() == ModeHooks {
+		if t.hooksMode.Load() {
 			name := "pipeline"
 			if tx {
 				name = "multi"

@@ -26,6 +26,7 @@ type trackerMetrics struct {
 	holdHist  metric.Float64Histogram
 	leaks     metric.Int64Counter
 	kindAttrs [len6]metric.MeasurementOption
+	kindRec   [len6][]metric.RecordOption // built once: no allocation per Record
 	base      attribute.KeyValue
 }
 
@@ -63,6 +64,7 @@ func newTrackerMetrics(t *Tracker, mp metric.MeterProvider) (*trackerMetrics, er
 	}
 	for i, k := range allKinds {
 		m.kindAttrs[i] = metric.WithAttributes(m.base, attribute.String("kind", k))
+		m.kindRec[i] = []metric.RecordOption{m.kindAttrs[i]}
 	}
 	attrs := metric.WithAttributes(m.base)
 	m.reg, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
@@ -83,7 +85,7 @@ func (m *trackerMetrics) recordHold(kind int, d int64) {
 	if m == nil {
 		return
 	}
-	m.holdHist.Record(context.Background(), float64(d)/1e9, m.kindAttrs[kind])
+	m.holdHist.Record(context.Background(), float64(d)/1e9, m.kindRec[kind]...)
 }
 
 func (m *trackerMetrics) addLeaks(ls []Leak) {

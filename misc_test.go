@@ -1,6 +1,7 @@
 package redisleak_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -9,7 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/redisleak/redisleak"
+	"github.com/redisleak/redisleak/internal/redistest"
 )
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
@@ -113,5 +117,56 @@ func TestContextMarks(t *testing.T) {
 	}
 	if redisleak.WithoutLongLived(bg) != bg {
 		t.Fatal("WithoutLongLived allocated for an unmarked context")
+	}
+}
+
+// An application's own go-redis hook is not named as the acquisition site.
+type appHook struct{}
+
+func (appHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (appHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { return next(ctx, cmd) }
+}
+func (appHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { return next(ctx, cmds) }
+}
+
+func TestSiteSkipsApplicationHooks(t *testing.T) {
+	srv := redistest.Private(t)
+	rdb := srv.Client()
+	rdb.AddHook(appHook{})
+	tr, err := redisleak.Instrument(rdb, redisleak.Options{MaxHold: 150 * time.Millisecond, ScanInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	c := leakyConn(bg, rdb)
+	defer c.Close()
+	assertSite(t, onlyLeak(t, scanUntil(t, tr, 1)), "leakyConn")
+}
+
+// A server that cannot be reached is not mistaken for a replaced observer.
+func TestUnreachableServerKeepsObserverMode(t *testing.T) {
+	port, err := redistest.FreePort(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &logBuffer{}
+	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port), MaxRetries: -1, DialTimeout: 50 * time.Millisecond})
+	defer rdb.Close()
+	tr, err := redisleak.Instrument(rdb, redisleak.Options{ScanInterval: 20 * time.Millisecond, Logger: logs.logger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	for i := 0; i < 10; i++ {
+		if rdb.Ping(bg).Err() == nil {
+			t.Fatal("ping to a closed port succeeded")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(60 * time.Millisecond)
+	if m := tr.Stats().ObserverMode; m != redisleak.ModeObserver || strings.Contains(logs.String(), "falling back") {
+		t.Fatalf("mode %s; logs %s", m, logs)
 	}
 }

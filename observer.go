@@ -145,7 +145,15 @@ func (d *dispatcher) record(cn redis.ConnInfo) *connRecord {
 	if cn == nil {
 		return nil
 	}
-	if a, ok := cn.RemoteAddr().(*trackedAddr); ok {
+	a, ok := cn.RemoteAddr().(*trackedAddr)
+	if ok && !a.rec.tr.closed.Load() {
+		return a.rec
+	}
+	return d.recordSlow(cn, a, ok)
+}
+
+func (d *dispatcher) recordSlow(cn redis.ConnInfo, a *trackedAddr, ok bool) *connRecord {
+	if ok {
 		// A client instrumented again after a tracker closed has the closed
 		// tracker's (inert) wrapper outside the new one's: look inside.
 		for a != nil && a.rec.tr.closed.Load() {
@@ -167,10 +175,17 @@ func (d *dispatcher) record(cn redis.ConnInfo) *connRecord {
 	return t.legacyRecord(cn)
 }
 
-// RecordConnectionCount is the state-change signal.
+// RecordConnectionCount is the state-change signal. Of the events of one
+// command (-1 idle, +1 used at checkout; -1 used, +1 idle at return) only
+// "+1 idle" needs the record: the checkout is taken from
+// RecordConnectionWaitTime, which carries the caller's context, and a close
+// ends the record through the wrapper. PubSub connections (+1/-1 used,
+// isPubSub) have no other signal.
 func (d *dispatcher) RecordConnectionCount(ctx context.Context, delta int, cn redis.ConnInfo, state string, isPubSub bool) {
-	if r := d.record(cn); r != nil {
-		r.onCount(delta, cn, state, isPubSub)
+	if isPubSub || (delta > 0 && state == "idle") {
+		if r := d.record(cn); r != nil {
+			r.onCount(delta, cn, isPubSub)
+		}
 	}
 	if box := d.chain.Load(); box != nil && box.counter != nil {
 		box.counter.RecordConnectionCount(ctx, delta, cn, state, isPubSub)
@@ -190,7 +205,7 @@ func (d *dispatcher) RecordPendingRequests(ctx context.Context, delta int, cn re
 func (d *dispatcher) RecordConnectionWaitTime(ctx context.Context, dur time.Duration, cn redis.ConnInfo) {
 	d.events.Add(1)
 	if r := d.record(cn); r != nil {
-		r.onCheckout(ctx)
+		r.onCheckout(ctx, cn)
 	} else if cn != nil {
 		if m := markFrom(ctx); m != nil && m.probe != nil && !m.probe.closed.Load() {
 			d.learnPrefix(cn.PoolName(), m.probe)
@@ -204,7 +219,7 @@ func (d *dispatcher) RecordConnectionWaitTime(ctx context.Context, dur time.Dura
 // RecordOperationDuration runs on the caller's goroutine after a command:
 // a connection still held then outlived the command (Conn, Watch).
 func (d *dispatcher) RecordOperationDuration(ctx context.Context, dur time.Duration, cmd redis.Cmder, attempts int, err error, cn redis.ConnInfo, db int) {
-	if r := d.record(cn); r != nil {
+	if r := d.record(cn); r != nil && r.state.Load() == stUsed {
 		r.afterOperation(ctx, cmd.Name())
 	}
 	if box := d.chain.Load(); box != nil {
@@ -226,8 +241,10 @@ func (d *dispatcher) RecordPipelineOperationDuration(ctx context.Context, dur ti
 // RecordConnectionClosed drops records of connections without a wrapper
 // (wrapped ones are dropped when their net.Conn closes).
 func (d *dispatcher) RecordConnectionClosed(ctx context.Context, cn redis.ConnInfo, reason string, err error) {
-	if r := d.record(cn); r != nil && r.conn == nil {
-		r.tr.dropRecord(r, cn)
+	if m := d.prefixes.Load(); m != nil && len(*m) > 0 {
+		if r := d.record(cn); r != nil && r.conn == nil {
+			r.tr.dropRecord(r, cn)
+		}
 	}
 	if box := d.chain.Load(); box != nil {
 		box.rec.RecordConnectionClosed(ctx, cn, reason, err)
@@ -283,77 +300,86 @@ func (d *dispatcher) RecordStreamLag(ctx context.Context, lag time.Duration, cn 
 	}
 }
 
-// onCount applies a state change.
-func (r *connRecord) onCount(delta int, cn redis.ConnInfo, state string, isPubSub bool) {
+// onCount applies "+1 idle" (a return, or a new connection put in the pool)
+// and the PubSub connection's "+1 used" / "-1 used".
+func (r *connRecord) onCount(delta int, cn redis.ConnInfo, isPubSub bool) {
 	if r.poolName.Load() == nil {
-		name := cn.PoolName()
-		r.setPool(name)
-		if r.conn != nil {
-			disp.learnPrefix(name, r.tr)
-		}
+		r.learnPool(cn)
 	}
-	switch {
-	case delta > 0 && state == "used":
-		if isPubSub {
+	if isPubSub {
+		if delta > 0 {
 			r.pubsub.Store(true)
+			r.beginHold(nil, 0)
+		} else {
+			r.endHold()
 		}
-		r.beginHold()
-	case delta < 0 && state == "used":
+		return
+	}
+	if r.state.Load() == stUsed {
 		r.endHold()
-	case delta > 0 && state == "idle":
-		r.state.Store(stIdle)
-	case delta < 0 && state == "idle":
-		// followed by "+1 used" (checkout) or a close
+	} else {
 		r.state.Store(stIdle)
 	}
 }
 
-func (r *connRecord) beginHold() {
-	if r.state.Load() == stUsed {
-		return
+func (r *connRecord) learnPool(cn redis.ConnInfo) {
+	name := cn.PoolName()
+	r.setPool(name)
+	if r.conn != nil {
+		disp.learnPrefix(name, r.tr)
 	}
-	r.mark.Store(nil)
-	r.ctxWord.Store(0)
-	r.sticky.Store(stickyNone)
-	r.captures.Store(0)
+}
+
+// beginHold starts a hold acquired with mark m by a context of identity cw.
+func (r *connRecord) beginHold(m *mark, cw uintptr) {
+	r.mark.Store(m)
+	r.ctxWord.Store(cw)
+	if r.sticky.Load() != stickyNone {
+		r.sticky.Store(stickyNone)
+	}
+	if r.captures.Load() != 0 {
+		r.captures.Store(0)
+	}
 	r.holdSeq.Add(1)
 	r.acquiredAt.Store(nanotime())
 	r.state.Store(stUsed)
 }
 
+// endHold ends the current hold; the connection is idle (or about to close).
 func (r *connRecord) endHold() {
 	if r.state.Load() != stUsed {
 		return
 	}
-	now := nanotime()
-	held := now - r.acquiredAt.Load()
-	kind := r.kind()
-	r.state.Store(stNew) // between "-1 used" and "+1 idle" or close
-	r.blockDeadline.Store(0)
-	r.tr.holds.push(kindIndex(kind), held)
+	held := nanotime() - r.acquiredAt.Load()
+	kind := r.kindIndex()
+	r.state.Store(stIdle)
+	if r.blockDeadline.Load() != 0 {
+		r.blockDeadline.Store(0)
+	}
+	r.tr.holds.push(kind, held)
 	if rs := r.reportedSeq.Load(); rs != 0 && rs == r.holdSeq.Load() {
 		r.tr.noteReturned(r, held)
 	}
 }
 
-// onCheckout runs on the caller's goroutine with the caller's context.
-func (r *connRecord) onCheckout(ctx context.Context) {
-	if r.state.Load() != stUsed {
-		// the count callback may not have arrived yet on the dial path
-		r.beginHold()
+// onCheckout runs on the caller's goroutine with the caller's context, on
+// both the idle and the fresh-dial path: the hold starts here.
+func (r *connRecord) onCheckout(ctx context.Context, cn redis.ConnInfo) {
+	if r.poolName.Load() == nil {
+		r.learnPool(cn)
+	}
+	if r.state.Load() == stUsed {
+		r.endHold() // a missed return: never double-count
 	}
 	r.checkouts.Add(1)
-	if m := markFrom(ctx); m != nil {
-		r.mark.Store(m)
-	}
-	r.ctxWord.Store(ctxIdentity(ctx))
+	r.beginHold(markFrom(ctx), ctxIdentity(ctx))
 }
 
 // afterOperation runs on the caller's goroutine when a command or pipeline
 // ends. A connection still held by the same context then is a sticky hold
 // (Client.Conn, Watch): its acquisition site is captured now, once per hold.
 func (r *connRecord) afterOperation(ctx context.Context, cmdName string) {
-	if r.state.Load() != stUsed || r.pubsub.Load() || r.captures.Load() >= 2 {
+	if r.pubsub.Load() || r.captures.Load() >= 2 {
 		return
 	}
 	switch cmdName {

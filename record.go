@@ -98,6 +98,12 @@ func (r *connRecord) setPool(name string) {
 
 // noteWrite is called by the wrapper with every buffer go-redis writes.
 func (r *connRecord) noteWrite(b []byte) {
+	if !mayBlock(b) {
+		if r.blockDeadline.Load() != 0 {
+			r.blockDeadline.Store(0)
+		}
+		return
+	}
 	if d, ok := blockingTimeout(b); ok {
 		if d == blockForever {
 			r.blockDeadline.Store(int64(blockForever))
@@ -118,6 +124,31 @@ func ctxIdentity(ctx context.Context) uintptr {
 		return 0
 	}
 	return (*[2]uintptr)(unsafe.Pointer(&ctx))[1]
+}
+
+// kindIndex is kind's index in allKinds, without string comparisons.
+func (r *connRecord) kindIndex() int {
+	if r.pubsub.Load() {
+		return 4
+	}
+	if r.blockDeadline.Load() != 0 {
+		return 5
+	}
+	switch r.sticky.Load() {
+	case stickyTx:
+		return 2
+	case stickyConn:
+		return 3
+	}
+	if m := r.mark.Load(); m != nil {
+		if m.tx {
+			return 2
+		}
+		if m.pipeline {
+			return 1
+		}
+	}
+	return 0
 }
 
 // kind classifies the current hold.

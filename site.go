@@ -22,6 +22,11 @@ const rootPkgPrefix = "github.com/redisleak/redisleak."
 
 func skipFrame(fn string) bool {
 	return fn == "" ||
+		// go-redis hooks of the application or other libraries (logging,
+		// tracing): the closures returned by the redis.Hook methods
+		strings.Contains(fn, ".ProcessHook.func") ||
+		strings.Contains(fn, ".ProcessPipelineHook.func") ||
+		strings.Contains(fn, ".DialHook.func") ||
 		strings.HasPrefix(fn, "github.com/redis/go-redis/") ||
 		strings.HasPrefix(fn, rootPkgPrefix) ||
 		strings.HasPrefix(fn, "runtime.") ||

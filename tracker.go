@@ -199,6 +199,7 @@ type Tracker struct {
 	scanMu       sync.Mutex
 	lastReminder time.Time
 	mode         atomic.Pointer[string]
+	hooksMode    atomic.Bool // mode == ModeHooks, for the hot path
 	lastEvents   uint64
 	lastPoolOps  uint64
 	quietScans   int
@@ -490,16 +491,21 @@ func (t *Tracker) checkMode() {
 	case dOps > 0 && dEvents == 0 && cur == ModeObserver:
 		m := ModeHooks
 		t.mode.Store(&m)
+		t.hooksMode.Store(true)
 		t.opts.Logger.Warn("redisleak: go-redis's connection observer no longer reaches the tracker (redis.SetOTelRecorder was called by something else); falling back to hooks: only commands in flight are checked, Conn/Watch/PubSub holds are not. Chain your recorder through Options.ChainRecorder to avoid this.",
 			slog.Uint64("poolCheckouts", dOps))
 	case dEvents > 0 && cur == ModeHooks:
 		m := ModeObserver
 		t.mode.Store(&m)
+		t.hooksMode.Store(false)
 		t.opts.Logger.Info("redisleak: connection observer reaches the tracker again")
 	}
 }
 
-// poolOps sums go-redis's own checkout counters over the client's pools.
+// poolOps sums go-redis's own counters of checkouts from the idle list over
+// the client's pools. (Misses also count failed dials, which never reach the
+// observer: a server that cannot be reached must not look like a replaced
+// observer.)
 func (t *Tracker) poolOps() uint64 {
 	var s *redis.PoolStats
 	switch c := t.client.(type) {
@@ -513,5 +519,5 @@ func (t *Tracker) poolOps() uint64 {
 	if s == nil {
 		return 0
 	}
-	return uint64(s.Hits) + uint64(s.Misses)
+	return uint64(s.Hits)
 }

@@ -2,6 +2,7 @@ package redisleak
 
 import (
 	"net"
+	"runtime"
 	"syscall"
 	"time"
 	_ "unsafe" // go:linkname
@@ -33,7 +34,7 @@ type trackedAddr struct {
 // trackedSyscallConn is a trackedConn over a connection that implements
 // syscall.Conn.
 type trackedSyscallConn struct {
-	*trackedConn
+	trackedConn
 	sc syscall.Conn
 }
 
@@ -41,13 +42,20 @@ type trackedSyscallConn struct {
 func (c *trackedSyscallConn) SyscallConn() (syscall.RawConn, error) { return c.sc.SyscallConn() }
 
 func wrapConn(inner net.Conn, rec *connRecord) net.Conn {
-	tc := &trackedConn{Conn: inner, rec: rec}
-	tc.addr = trackedAddr{Addr: inner.RemoteAddr(), rec: rec}
-	rec.conn = tc
 	if sc, ok := inner.(syscall.Conn); ok {
-		return &trackedSyscallConn{trackedConn: tc, sc: sc}
+		w := &trackedSyscallConn{sc: sc} // one allocation for both
+		w.init(inner, rec)
+		return w
 	}
-	return tc
+	w := &trackedConn{}
+	w.init(inner, rec)
+	return w
+}
+
+func (c *trackedConn) init(inner net.Conn, rec *connRecord) {
+	c.Conn, c.rec = inner, rec
+	c.addr = trackedAddr{Addr: inner.RemoteAddr(), rec: rec}
+	rec.conn = c
 }
 
 // RemoteAddr returns the inner connection's address, wrapped so that the
@@ -88,11 +96,9 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 func (c *trackedConn) Write(b []byte) (int, error) {
 	c.rec.noteWrite(b)
 	n, err := c.Conn.Write(b)
-	if err != nil {
-		// keep c live after the call so that the receiver is accurate in a
-		// goroutine dump taken while Write blocks
-		c.rec.writeErrs.Add(1)
-	}
+	// keep c live across the call so that the receiver printed in a
+	// goroutine dump taken while Write blocks is accurate
+	runtime.KeepAlive(c)
 	return n, err
 }
 

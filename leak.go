@@ -220,7 +220,10 @@ func (t *Tracker) scan() []Leak {
 		}
 		if r.reportedSeq.Load() == v.seq {
 			r.mu.Lock()
-			l := r.lastReported
+			var l Leak
+			if r.lastReported != nil {
+				l = *r.lastReported
+			}
 			r.mu.Unlock()
 			l.HeldFor = v.held
 			current = append(current, l)
@@ -236,7 +239,8 @@ func (t *Tracker) scan() []Leak {
 	for i, v := range freshViews {
 		r := v.rec
 		r.mu.Lock()
-		r.lastReported = fresh[i]
+		l := fresh[i]
+		r.lastReported = &l
 		r.mu.Unlock()
 		r.reportedSeq.Store(v.seq)
 	}
@@ -308,14 +312,15 @@ func (t *Tracker) act(views []holdView, fresh []Leak) {
 		if t.opts.CloseAbove > 0 && usage[r.pool()] <= t.opts.CloseAbove {
 			continue
 		}
-		r.mu.Lock()
-		r.closedByUs = true
-		r.mu.Unlock()
 		_ = r.conn.Conn.Close()
 		t.closedLeaks.Add(1)
 		fresh[i].Closed = true
 		r.mu.Lock()
-		r.lastReported.Closed = true
+		if r.lastReported != nil {
+			l := *r.lastReported
+			l.Closed = true
+			r.lastReported = &l
+		}
 		r.mu.Unlock()
 	}
 }

@@ -371,7 +371,6 @@ func (r *connRecord) onCheckout(ctx context.Context, cn redis.ConnInfo) {
 	if r.state.Load() == stUsed {
 		r.endHold() // a missed return: never double-count
 	}
-	r.checkouts.Add(1)
 	r.beginHold(markFrom(ctx), ctxIdentity(ctx))
 }
 

@@ -63,20 +63,17 @@ type connRecord struct {
 	ctxWord    atomic.Uintptr       // identity of the acquiring context (data word)
 	sticky     atomic.Uint32
 	captures   atomic.Uint32 // sticky site captures in this hold
-	checkouts  atomic.Uint64
 
 	// blockDeadline: 0 no blocking command in flight; blockForever (-1):
 	// one with timeout 0; else the nanotime until which it is exempt.
 	blockDeadline atomic.Int64
-	writeErrs     atomic.Int64
 
 	poolName atomic.Pointer[string]
 
 	mu           sync.Mutex // guards the fields below
 	sitePCs      []uintptr  // acquisition stack captured for sticky holds
 	siteSeq      uint64     // holdSeq the sitePCs belong to
-	closedByUs   bool
-	lastReported Leak
+	lastReported *Leak      // the report of the hold reportedSeq names
 
 	// reportedSeq is the holdSeq reported as a leak (0: none).
 	reportedSeq atomic.Uint64
@@ -91,8 +88,7 @@ func (r *connRecord) pool() string {
 
 func (r *connRecord) setPool(name string) {
 	if r.poolName.Load() == nil && name != "" {
-		n := name
-		r.poolName.CompareAndSwap(nil, &n)
+		r.poolName.CompareAndSwap(nil, r.tr.internPool(name))
 	}
 }
 

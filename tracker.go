@@ -193,7 +193,9 @@ type Tracker struct {
 	records map[*connRecord]struct{}
 	legacy  map[redis.ConnInfo]*connRecord
 	nodes   map[*redis.Client]struct{}
-	nextID  atomic.Uint64
+	// poolNames interns pool names (one string per pool, not per connection)
+	poolNames sync.Map
+	nextID    atomic.Uint64
 
 	// leak reporting state, guarded by scanMu
 	scanMu       sync.Mutex
@@ -342,13 +344,27 @@ func (t *Tracker) attachNode(ctx context.Context, c *redis.Client, top bool) {
 	}
 }
 
+// internPool returns one shared *string per pool name.
+func (t *Tracker) internPool(name string) *string {
+	if p, ok := t.poolNames.Load(name); ok {
+		return p.(*string)
+	}
+	p, _ := t.poolNames.LoadOrStore(name, &name)
+	return p.(*string)
+}
+
 // newRecord registers a freshly dialed connection.
 func (t *Tracker) newRecord(ctx context.Context, addr string) *connRecord {
 	r := &connRecord{tr: t, id: t.nextID.Add(1), addr: addr}
 	r.dialMark = markFrom(ctx)
+	// Keep the dial stack only when it names a site: pooled connections are
+	// dialed on go-redis's background goroutine (nothing to name); PubSub
+	// connections are dialed by the caller of Subscribe.
 	var pcs [maxStackDepth]uintptr
 	n := runtime.Callers(3, pcs[:t.opts.StackDepth])
-	r.dialPCs = append([]uintptr(nil), pcs[:n]...)
+	if site, _ := sitesFromPCs(pcs[:n], false); site != "" {
+		r.dialPCs = append([]uintptr(nil), pcs[:n]...)
+	}
 	t.mu.Lock()
 	t.records[r] = struct{}{}
 	t.mu.Unlock()
@@ -404,7 +420,10 @@ func (t *Tracker) snapshotRecords() []*connRecord {
 // Called from the observer: never blocks.
 func (t *Tracker) noteReturned(r *connRecord, held int64) {
 	r.mu.Lock()
-	l := r.lastReported
+	var l Leak
+	if r.lastReported != nil {
+		l = *r.lastReported
+	}
 	r.mu.Unlock()
 	select {
 	case t.returnedNotes <- returnedNote{rec: r, held: time.Duration(held), leak: l}:

@@ -228,10 +228,11 @@ local function fetch(now, token, lockMs, limMax, limDur, worker)
   if max > 0 then
     local n = tonumber(rcall("GET", K.limiter) or "0")
     if n >= max then
-      -- PTTL is 0 in the key's last millisecond: still limited (Node lets
-      -- a job through there, which puts two jobs in one window).
       local ttl = rcall("PTTL", K.limiter)
-      if ttl >= 0 then return {0, 0, math.max(ttl, 1), 0} end
+      -- In the key's last millisecond PTTL is 0: end the window now, as
+      -- Node does, so the job taken below starts a new one (INCR to 1).
+      if ttl == 0 then rcall("DEL", K.limiter) end
+      if ttl > 0 then return {0, 0, ttl, 0} end
     end
   end
   if m[1] then return {0, 0, 0, 0} end

@@ -238,6 +238,11 @@ local function fetch(now, token, lockMs, limMax, limDur, worker)
   if m[1] then return {0, 0, 0, 0} end
   if m[2] and rcall("LLEN", K.active) >= tonumber(m[2]) then return {0, 0, 0, 0} end
   local id = rcall("RPOPLPUSH", K.wait, K.active)
+  if id and string.sub(id, 1, 2) == "0:" then
+    -- a legacy (pre-5.0) marker entry: discard it and take the next, as Node does
+    rcall("LREM", K.active, 1, id)
+    id = rcall("RPOPLPUSH", K.wait, K.active)
+  end
   if not id then
     local z = rcall("ZPOPMIN", K.prioritized)
     if z[1] then
@@ -246,11 +251,6 @@ local function fetch(now, token, lockMs, limMax, limDur, worker)
     else
       rcall("DEL", K.pc)
     end
-  end
-  if id and string.sub(id, 1, 2) == "0:" then
-    -- a legacy marker entry: discard it, as Node does
-    rcall("LREM", K.active, 1, id)
-    id = nil
   end
   if not id then
     return {0, 0, 0, nextDelayedDue() or 0}

@@ -545,3 +545,23 @@ func TestCloseWaitsForRunningJobs(t *testing.T) {
 		t.Fatalf("counts = %+v, want the 2 running jobs completed and the late one waiting", c)
 	}
 }
+
+// TestLegacyMarkerInWaitIsDiscarded: a pre-5.0 marker entry ("0:<ms>") in
+// wait is dropped, and the job behind it is fetched.
+func TestLegacyMarkerInWaitIsDiscarded(t *testing.T) {
+	rdb, name := realClient(t)
+	ctx := ctxT(t, 10*time.Second)
+	q, _ := NewQueue(rdb, name, QueueOptions{})
+	if _, err := q.Add(ctx, "real", nil, JobOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rdb.RPush(ctx, q.Key("wait"), "0:1700000000000") // at the processing end
+	w, _ := NewWorker(rdb, name, func(context.Context, *Job) (any, error) { return nil, nil }, WorkerOptions{})
+	j, _, _, err := w.fetch()
+	if err != nil || j == nil || j.ID != "1" {
+		t.Fatalf("fetch = %+v, %v", j, err)
+	}
+	if a := rdb.LRange(ctx, q.Key("active"), 0, -1).Val(); len(a) != 1 || a[0] != "1" {
+		t.Fatalf("active = %v", a)
+	}
+}

@@ -344,7 +344,7 @@ func (t *Tracker) attachNode(ctx context.Context, c *redis.Client, top bool) {
 	}
 }
 
-// internPool returns one shared *string per pool name.
+// internPool returns one shared *string per pool name (or address).
 func (t *Tracker) internPool(name string) *string {
 	if p, ok := t.poolNames.Load(name); ok {
 		return p.(*string)
@@ -355,7 +355,7 @@ func (t *Tracker) internPool(name string) *string {
 
 // newRecord registers a freshly dialed connection.
 func (t *Tracker) newRecord(ctx context.Context, addr string) *connRecord {
-	r := &connRecord{tr: t, id: t.nextID.Add(1), addr: addr}
+	r := &connRecord{tr: t, id: t.nextID.Add(1), addr: *t.internPool(addr)}
 	r.dialMark = markFrom(ctx)
 	// Keep the dial stack only when it names a site: pooled connections are
 	// dialed on go-redis's background goroutine (nothing to name); PubSub

@@ -156,3 +156,37 @@ func TestFlowRejectsBadInputWritingNothing(t *testing.T) {
 		t.Fatalf("empty queue: err = %v", err)
 	}
 }
+
+// TestGoFlowFailParentOnFailure: a child added with FailParentOnFailure
+// fails its parent, which a worker then fails without running it.
+func TestGoFlowFailParentOnFailure(t *testing.T) {
+	rdb, name := realClient(t)
+	ctx := ctxT(t, 30*time.Second)
+	parents, children := name+"-parents", name+"-children"
+	fp, _ := NewFlowProducer(rdb, FlowProducerOptions{})
+	tree, err := fp.Add(ctx, FlowJob{Name: "parent", Queue: parents, Children: []FlowJob{
+		{Name: "bad", Queue: children, Opts: JobOptions{FailParentOnFailure: true}},
+		{Name: "slow", Queue: children},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cw, _ := NewWorker(rdb, children, func(ctx context.Context, j *Job) (any, error) {
+		if j.Name == "bad" {
+			return nil, errors.New("broken child")
+		}
+		return nil, nil
+	}, WorkerOptions{})
+	startWorker(t, cw)
+	pw, _ := NewWorker(rdb, parents, func(ctx context.Context, j *Job) (any, error) {
+		t.Errorf("the parent of a failed child ran")
+		return nil, nil
+	}, WorkerOptions{})
+	startWorker(t, pw)
+	pq, _ := NewQueue(rdb, parents, QueueOptions{})
+	waitEvents(t, rdb, pq, 1, "failed")
+	want := "child bull:" + children + ":" + tree.Children[0].Job.ID + " failed"
+	if r := rdb.HGet(ctx, pq.Key(tree.Job.ID), "failedReason").Val(); r != want {
+		t.Fatalf("parent failedReason = %q, want %q", r, want)
+	}
+}

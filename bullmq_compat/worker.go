@@ -122,9 +122,11 @@ func (w *Worker) newToken() string {
 
 // Run fetches and processes jobs until ctx ends or Close is called. It
 // returns nil after Close, ctx's error when ctx ended, or an error if the
-// worker cannot start (ErrClosed after Close; an error on a second Run).
-// When ctx ends, the handlers' contexts end too; jobs whose handler then
-// fails are put back in wait, untouched, for another worker.
+// worker cannot start (ErrClosed after Close; an error on a second Run; the
+// error of opening the blocking connection, after which the Worker can
+// only be closed). When ctx ends, the handlers' contexts end too; jobs
+// whose handler then fails are put back in wait, untouched, for another
+// worker.
 func (w *Worker) Run(ctx context.Context) error {
 	w.mu.Lock()
 	switch w.state {

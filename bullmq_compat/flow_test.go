@@ -190,3 +190,54 @@ func TestGoFlowFailParentOnFailure(t *testing.T) {
 		t.Fatalf("parent failedReason = %q, want %q", r, want)
 	}
 }
+
+// TestInteropNodeFlowFailureOptionsOnGo: children of a Node flow that fail
+// on a Go worker with continueParentOnFailure, ignoreDependencyOnFailure
+// and removeDependencyOnFailure release the parent as Node expects.
+func TestInteropNodeFlowFailureOptionsOnGo(t *testing.T) {
+	needNode(t)
+	rdb, name := realClient(t)
+	parents, children := name+"-parents", name+"-children"
+	for _, opt := range []string{"continueParentOnFailure", "ignoreDependencyOnFailure", "removeDependencyOnFailure"} {
+		runNode(t, 30*time.Second, "flow", nodeParams(t, rdb, parents, map[string]any{"flow": map[string]any{
+			"name": opt, "queueName": parents,
+			"children": []map[string]any{
+				{"name": "fails", "queueName": children, "opts": map[string]any{opt: true}},
+			},
+		}}), nil)
+	}
+	w, _ := NewWorker(rdb, children, func(ctx context.Context, j *Job) (any, error) {
+		return nil, errors.New("child broke")
+	}, WorkerOptions{})
+	startWorker(t, w)
+	var out struct {
+		Seen []struct {
+			Name            string            `json:"name"`
+			FailedChildren  map[string]string `json:"failedChildren"`
+			IgnoredFailures map[string]string `json:"ignoredFailures"`
+		} `json:"seen"`
+	}
+	runNode(t, 30*time.Second, "work", nodeParams(t, rdb, parents, map[string]any{"count": 3, "children": true}), &out)
+	seen := map[string]int{}
+	for _, s := range out.Seen {
+		seen[s.Name]++
+		switch s.Name {
+		case "continueParentOnFailure":
+			if len(s.FailedChildren) != 1 {
+				t.Errorf("cpof parent: failed children %v", s.FailedChildren)
+			}
+		case "ignoreDependencyOnFailure":
+			if len(s.IgnoredFailures) != 1 {
+				t.Errorf("idof parent: ignored failures %v", s.IgnoredFailures)
+			}
+			for _, v := range s.IgnoredFailures {
+				if v != "child broke" {
+					t.Errorf("idof parent: failure %q", v)
+				}
+			}
+		}
+	}
+	if len(seen) != 3 {
+		t.Fatalf("Node ran the parents %v, want all three released", seen)
+	}
+}

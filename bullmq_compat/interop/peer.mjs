@@ -52,7 +52,11 @@ async function work() {
     p.queue,
     async (job) => {
       const entry = { id: job.id, name: job.name, data: job.data, attemptsMade: job.attemptsMade, priority: job.priority };
-      if (p.children) entry.children = await job.getChildrenValues();
+      if (p.children) {
+        entry.children = await job.getChildrenValues();
+        entry.failedChildren = await job.getFailedChildrenValues();
+        entry.ignoredFailures = await job.getIgnoredChildrenFailures();
+      }
       seen.push(entry);
       if (job.data && job.data.sleepMs) await new Promise((r) => setTimeout(r, job.data.sleepMs));
       if (job.data && job.data.failTimes && job.attemptsMade < job.data.failTimes) {

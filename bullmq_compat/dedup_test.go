@@ -48,7 +48,9 @@ func TestDeduplication(t *testing.T) {
 	if rdb.Exists(ctx, q.Key("de:user-42")).Val() != 0 {
 		t.Fatal("deduplication key left after the job finished")
 	}
-	next, err := q.Add(ctx, "sync", 4, JobOptions{Deduplication: &Deduplication{ID: "user-42", TTL: time.Minute}})
+	// (Delayed, so that the running worker does not finish it and release
+	// the id before the TTL is checked.)
+	next, err := q.Add(ctx, "sync", 4, JobOptions{Delay: time.Hour, Deduplication: &Deduplication{ID: "user-42", TTL: time.Minute}})
 	if err != nil || next.Duplicate {
 		t.Fatalf("add after release: %+v %v", next, err)
 	}

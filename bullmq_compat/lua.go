@@ -98,13 +98,16 @@ local function promoteDelayed(now)
   markReady()
 end
 
-local function jobOpts(jk)
-  local raw = rcall("HGET", jk, "opts")
+local function decodeOpts(raw)
   if raw then
     local ok, o = pcall(cjson.decode, raw)
     if ok and type(o) == "table" then return o end
   end
   return {}
+end
+
+local function jobOpts(jk)
+  return decodeOpts(rcall("HGET", jk, "opts"))
 end
 
 local function removeJobKeys(jk)
@@ -163,8 +166,7 @@ local function moveParentIfWaitingChildren(pq, pk, pid, now)
 end
 
 -- childFinished does the parent bookkeeping of a finished flow child jk.
-local function childFinished(jk, failed, value, now)
-  local a = rcall("HMGET", jk, "parentKey", "parent")
+local function childFinished(jk, a, failed, value, now)
   if not a[1] and not a[2] then return end
   local pd = {}
   if a[2] then
@@ -397,14 +399,14 @@ end
 if rcall("LREM", K.active, -1, id) == 0 then return -3 end
 local maxEv = maxEvents()
 rcall("XTRIM", K.events, "MAXLEN", "~", maxEv)
-local deid = rcall("HGET", jk, "deid")
-if deid then
-  local dk = P .. "de:" .. deid
+local f = rcall("HMGET", jk, "deid", "parentKey", "parent", "opts")
+if f[1] then
+  local dk = P .. "de:" .. f[1]
   if rcall("GET", dk) == id then rcall("DEL", dk) end
 end
-childFinished(jk, failed, value, tonumber(now))
+childFinished(jk, {f[2], f[3]}, failed, value, tonumber(now))
 local atm = rcall("HINCRBY", jk, "atm", 1)
-local opts = jobOpts(jk)
+local opts = decodeOpts(f[4])
 local keep
 if failed then keep = opts["removeOnFail"] else keep = opts["removeOnComplete"] end
 if keep == nil and keepDefault ~= "" then keep = cjson.decode(keepDefault) end

@@ -55,6 +55,18 @@ func (r *respArgs) next() ([]byte, bool) {
 	return arg, true
 }
 
+// last returns the last remaining element, or nil.
+func (r *respArgs) last() []byte {
+	var last []byte
+	for {
+		a, ok := r.next()
+		if !ok {
+			return last
+		}
+		last = a
+	}
+}
+
 func atoiBytes(b []byte) (int, bool) {
 	if len(b) == 0 || len(b) > 10 {
 		return 0, false
@@ -117,15 +129,7 @@ func blockingTimeout(b []byte) (time.Duration, bool) {
 	lower := bytes.ToLower(name)
 	switch string(lower) {
 	case "blpop", "brpop", "brpoplpush", "blmove", "bzpopmin", "bzpopmax":
-		var last []byte
-		for {
-			a, ok := args.next()
-			if !ok {
-				break
-			}
-			last = a
-		}
-		return secondsArg(last)
+		return secondsArg(args.last())
 	case "blmpop", "bzmpop":
 		a, ok := args.next()
 		if !ok {
@@ -150,15 +154,7 @@ func blockingTimeout(b []byte) (time.Duration, bool) {
 			}
 		}
 	case "wait", "waitaof":
-		var last []byte
-		for {
-			a, ok := args.next()
-			if !ok {
-				break
-			}
-			last = a
-		}
-		return millisArg(last)
+		return millisArg(args.last())
 	}
 	return 0, false
 }

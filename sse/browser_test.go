@@ -61,16 +61,7 @@ func (s *sniffWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 // what was published meanwhile, exactly once; a heartbeat moves its cursor
 // past events of other topics.
 func TestBrowser(t *testing.T) {
-	bin := ""
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			bin = p
-			break
-		}
-	}
-	if bin == "" {
-		redistest.Unavailable(t, "chromium not installed (apt-get install chromium)")
-	}
+	bin := redistest.Chromium(t)
 	rdb := redisClient(t)
 	m, err := NewManager(rdb, Options{Namespace: testNamespace(t), Retry: 100 * time.Millisecond, Heartbeat: 100 * time.Millisecond})
 	if err != nil {
@@ -126,9 +117,7 @@ func TestBrowser(t *testing.T) {
 	}()
 
 	var stderr bytes.Buffer
-	cmd := exec.Command(bin, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-		"--disable-background-networking", "--disable-component-update", "--disable-sync",
-		"--disable-quic", "--user-data-dir="+t.TempDir(), srv.URL+"/")
+	cmd := exec.Command(bin, append(redistest.ChromiumFlags, "--user-data-dir="+t.TempDir(), srv.URL+"/")...)
 	cmd.Stderr = &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

@@ -28,16 +28,7 @@ import (
 // set). Chromium is driven over the DevTools protocol on a pipe
 // (--remote-debugging-pipe): no dependency, no port.
 func TestBrowser(t *testing.T) {
-	bin := ""
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			bin = p
-			break
-		}
-	}
-	if bin == "" {
-		redistest.Unavailable(t, "chromium not installed (apt-get install chromium)")
-	}
+	bin := redistest.Chromium(t)
 	t.Run("marked", func(t *testing.T) { testBrowser(t, bin, "dashboard.png", false) })
 	// The naive picture: the companions' holders are listed as leaks too.
 	t.Run("naive", func(t *testing.T) { testBrowser(t, bin, "dashboard-naive.png", true, "-mark-long-lived=false") })
@@ -208,9 +199,8 @@ func startBrowser(t *testing.T, bin string) *browser {
 		t.Fatal(err)
 	}
 	b := &browser{stderr: &lockedBuffer{}, w: cmdW, pending: map[int]chan cdpAnswer{}}
-	b.cmd = exec.Command(bin, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
-		"--hide-scrollbars", "--window-size=1200,900", "--remote-debugging-pipe", "--user-data-dir="+t.TempDir(), "about:blank")
+	b.cmd = exec.Command(bin, append(redistest.ChromiumFlags,
+		"--hide-scrollbars", "--window-size=1200,900", "--remote-debugging-pipe", "--user-data-dir="+t.TempDir(), "about:blank")...)
 	b.cmd.ExtraFiles = []*os.File{cmdR, ansW} // fd 3, fd 4
 	b.cmd.Stderr = b.stderr
 	b.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -29,8 +29,11 @@ type dispatcher struct {
 	// prefixes maps a client's base pool name to its tracker, for
 	// connections opened before the tracker was attached (no wrapper).
 	prefixes atomic.Pointer[map[string]*Tracker]
-	// events counts checkouts seen, to notice a replaced dispatcher.
-	events atomic.Uint64
+	// saw is set by the first checkout after a tracker's mode check reset
+	// it, and gen counts those: a tracker whose client's pools had checkouts
+	// while gen stood still knows that the dispatcher was replaced.
+	saw atomic.Bool
+	gen atomic.Uint64
 	// clients maps each instrumented client to its open tracker.
 	clients map[redis.UniversalClient]*Tracker
 }
@@ -203,7 +206,10 @@ func (d *dispatcher) RecordPendingRequests(ctx context.Context, delta int, cn re
 // context right after a checkout, on both the idle and the fresh-dial path:
 // the mark on the context is read here.
 func (d *dispatcher) RecordConnectionWaitTime(ctx context.Context, dur time.Duration, cn redis.ConnInfo) {
-	d.events.Add(1)
+	if !d.saw.Load() { // read-mostly: no shared write per command
+		d.saw.Store(true)
+		d.gen.Add(1)
+	}
 	if r := d.record(cn); r != nil {
 		r.onCheckout(ctx, cn)
 	} else if cn != nil {
@@ -371,6 +377,7 @@ func (r *connRecord) onCheckout(ctx context.Context, cn redis.ConnInfo) {
 	if r.state.Load() == stUsed {
 		r.endHold() // a missed return: never double-count
 	}
+
 	r.beginHold(markFrom(ctx), ctxIdentity(ctx))
 }
 

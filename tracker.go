@@ -202,7 +202,7 @@ type Tracker struct {
 	lastReminder time.Time
 	mode         atomic.Pointer[string]
 	hooksMode    atomic.Bool // mode == ModeHooks, for the hot path
-	lastEvents   uint64
+	lastGen      uint64
 	lastPoolOps  uint64
 	quietScans   int
 
@@ -501,19 +501,22 @@ func (t *Tracker) Mode() string { return *t.mode.Load() }
 func (t *Tracker) checkMode() {
 	t.scanMu.Lock()
 	defer t.scanMu.Unlock()
-	events := disp.events.Load()
+	g := disp.gen.Load()
+	saw := g != t.lastGen
+	t.lastGen = g
+	disp.saw.Store(false)
 	ops := t.poolOps()
-	dEvents, dOps := events-t.lastEvents, ops-t.lastPoolOps
-	t.lastEvents, t.lastPoolOps = events, ops
+	dOps := ops - t.lastPoolOps
+	t.lastPoolOps = ops
 	cur := t.Mode()
 	switch {
-	case dOps > 0 && dEvents == 0 && cur == ModeObserver:
+	case dOps > 0 && !saw && cur == ModeObserver:
 		m := ModeHooks
 		t.mode.Store(&m)
 		t.hooksMode.Store(true)
 		t.opts.Logger.Warn("redisleak: go-redis's connection observer no longer reaches the tracker (redis.SetOTelRecorder was called by something else); falling back to hooks: only commands in flight are checked, Conn/Watch/PubSub holds are not. Chain your recorder through Options.ChainRecorder to avoid this.",
 			slog.Uint64("poolCheckouts", dOps))
-	case dEvents > 0 && cur == ModeHooks:
+	case saw && cur == ModeHooks:
 		m := ModeObserver
 		t.mode.Store(&m)
 		t.hooksMode.Store(false)

@@ -208,7 +208,6 @@ func (t *Tracker) scan() []Leak {
 		return nil
 	}
 	t.scanMu.Lock()
-	defer t.scanMu.Unlock()
 	now := nanotime()
 
 	var current []Leak
@@ -253,17 +252,19 @@ func (t *Tracker) scan() []Leak {
 		t.leaksTotal.Add(uint64(len(fresh)))
 		t.metrics.addLeaks(fresh)
 		t.logLeaks(fresh, current)
-		if t.opts.OnLeak != nil {
-			for _, l := range fresh {
-				t.opts.OnLeak(l)
-			}
-		}
 	} else if len(current) > 0 && t.opts.RepeatWarning > 0 && time.Since(t.lastReminder) >= t.opts.RepeatWarning {
 		t.lastReminder = time.Now()
 		t.opts.Logger.Warn("redisleak: leaked redis connections still held",
 			slog.Int("leakedCount", len(current)),
 			slog.Float64("maxHoldTimeMs", ms(current[0].HeldFor)),
 			slog.String("longest", current[0].String()))
+	}
+	t.scanMu.Unlock()
+	// OnLeak runs outside the scan lock: it may call Scan, Stats or Holds.
+	if t.opts.OnLeak != nil {
+		for _, l := range fresh {
+			t.opts.OnLeak(l)
+		}
 	}
 	return current
 }

@@ -170,3 +170,21 @@ func TestUnreachableServerKeepsObserverMode(t *testing.T) {
 		t.Fatalf("mode %s; logs %s", m, logs)
 	}
 }
+
+// OnLeak may call back into the tracker.
+func TestOnLeakMayCallTracker(t *testing.T) {
+	var got []redisleak.Leak
+	var tr *redisleak.Tracker
+	rdb, tr0, _ := setup(t, redisleak.Options{OnLeak: func(l redisleak.Leak) {
+		got = append(got, l)
+		_ = tr.Stats()
+		_ = tr.Scan()
+	}})
+	tr = tr0
+	c := leakyConn(bg, rdb)
+	defer c.Close()
+	scanUntil(t, tr, 1)
+	if len(got) != 1 || got[0].Kind != redisleak.KindConn {
+		t.Fatalf("OnLeak got %v", got)
+	}
+}

@@ -53,7 +53,9 @@ type Options struct {
 	// Logger receives leak warnings and follow-ups. nil means slog.Default().
 	Logger *slog.Logger
 	// OnLeak is called once for each newly detected leak, from the scanning
-	// goroutine (or the goroutine calling Scan). It must not block for long.
+	// goroutine (or the goroutine calling Scan), after the scan. It may call
+	// the tracker's methods; it should not block for long (the next
+	// background scan waits for it).
 	OnLeak func(Leak)
 
 	// KindMaxHold overrides MaxHold per hold kind (KindCommand, KindConn,

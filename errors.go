@@ -84,7 +84,7 @@ func (t *Tracker) poolTimeoutError(err error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if time.Since(c.at) > time.Second {
-		holds := t.Holds()
+		holds := t.listHolds(false, 0)
 		counts := map[HolderCount]int{}
 		for _, h := range holds {
 			if h.Kind == KindPubSub {
@@ -113,6 +113,7 @@ func (t *Tracker) poolTimeoutError(err error) error {
 				break
 			}
 		}
+		t.resolveLeakSites(c.long)
 		c.at = time.Now()
 	}
 	return &PoolTimeoutError{

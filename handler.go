@@ -42,13 +42,12 @@ func (t *Tracker) Handler() http.Handler {
 	})
 }
 
-// currentLeaks returns the holds over their threshold without reporting.
+// currentLeaks returns the holds over their threshold without reporting;
+// sites are resolved only when they are shown.
 func (t *Tracker) currentLeaks() []Leak {
-	var out []Leak
-	for _, h := range t.Holds() {
-		if h.Leaked {
-			out = append(out, h)
-		}
+	sites := 0
+	if t.opts.HandlerShowSites {
+		sites = -1
 	}
-	return out
+	return t.listHolds(true, sites)
 }

@@ -197,6 +197,30 @@ func (t *Tracker) resolveSites(views []holdView, leaks []Leak) {
 	}
 }
 
+// resolveLeakSites fills the sites of holds taken from listHolds(…, 0).
+func (t *Tracker) resolveLeakSites(ls []Leak) {
+	byID := make(map[uint64]*connRecord)
+	for _, r := range t.snapshotRecords() {
+		byID[r.id] = r
+	}
+	now := nanotime()
+	var views []holdView
+	var idx []int
+	for i, l := range ls {
+		if r := byID[l.ConnID]; r != nil {
+			if v, ok := t.evaluate(r, now); ok {
+				views = append(views, v)
+				idx = append(idx, i)
+			}
+		}
+	}
+	tmp := make([]Leak, len(views))
+	t.resolveSites(views, tmp)
+	for j, i := range idx {
+		ls[i].Site, ls[i].Stack = tmp[j].Site, tmp[j].Stack
+	}
+}
+
 // Scan runs a leak scan now. Leaks not reported before are reported exactly
 // as by the background scan (log, OnLeak, metrics, action). It returns every
 // current leak, newest reports included, longest hold first. After Close it
@@ -400,22 +424,32 @@ func (t *Tracker) scanInflight(now int64) []Leak {
 
 // Holds returns every current hold (leaked or not), longest first. Sites are
 // resolved as for leaks. Useful in tests and debugging; it does not report.
-func (t *Tracker) Holds() []Leak {
+func (t *Tracker) Holds() []Leak { return t.listHolds(false, -1) }
+
+// listHolds returns the current holds, longest first: only leaked ones with
+// leakedOnly; sites resolved for the first withSites of them (-1: all).
+// Resolving a command's site takes a goroutine dump, so callers that need
+// few sites ask for few.
+func (t *Tracker) listHolds(leakedOnly bool, withSites int) []Leak {
 	if t.closed.Load() {
 		return nil
 	}
 	now := nanotime()
 	var views []holdView
 	for _, r := range t.snapshotRecords() {
-		if v, ok := t.evaluate(r, now); ok {
+		if v, ok := t.evaluate(r, now); ok && (v.leaked || !leakedOnly) {
 			views = append(views, v)
 		}
 	}
+	sort.Slice(views, func(i, j int) bool { return views[i].held > views[j].held })
 	out := make([]Leak, len(views))
 	for i, v := range views {
 		out[i] = t.leakOf(v, now)
 	}
-	t.resolveSites(views, out)
-	sort.Slice(out, func(i, j int) bool { return out[i].HeldFor > out[j].HeldFor })
+	n := len(views)
+	if withSites >= 0 && withSites < n {
+		n = withSites
+	}
+	t.resolveSites(views[:n], out[:n])
 	return out
 }

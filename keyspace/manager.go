@@ -57,7 +57,7 @@ type Manager struct {
 	connCtx      context.Context // run context with the long-lived mark and owner
 	handlerCtx   context.Context // run context without the long-lived mark
 	cancelRun    context.CancelFunc
-	queues       []chan item
+	queues       []*queue
 	workers      sync.WaitGroup
 	abandon      atomic.Bool
 	maintStop    chan struct{}
@@ -70,9 +70,15 @@ type Manager struct {
 	stats counters
 }
 
+// counters: received is written by the subscribers and handled by the
+// handler goroutines, for every event; each has its own cache line.
 type counters struct {
-	received, handled, dropped, discarded atomic.Uint64
-	panics, gaps, reconnects              atomic.Uint64
+	received                   atomic.Uint64
+	_                          [56]byte
+	handled                    atomic.Uint64
+	_                          [56]byte
+	dropped, discarded, panics atomic.Uint64
+	gaps, reconnects           atomic.Uint64
 }
 
 // Stats is a snapshot of a manager's counters.
@@ -254,12 +260,12 @@ func (m *Manager) Start(ctx context.Context) error {
 	if m.opts.Inline {
 		workers = 0
 	}
-	m.queues = make([]chan item, workers)
+	m.queues = make([]*queue, workers)
 	for i := range m.queues {
-		q := make(chan item, m.opts.QueueSize)
+		q := newQueue(m, m.opts.QueueSize)
 		m.queues[i] = q
 		m.workers.Add(1)
-		go m.work(q)
+		go q.run()
 	}
 	m.maintStop = make(chan struct{})
 	m.maintDone = make(chan struct{})
@@ -371,7 +377,7 @@ func (m *Manager) doShutdown(ctx context.Context) error {
 		ns.stop()
 	}
 	for _, q := range m.queues {
-		close(q)
+		q.close()
 	}
 	drained := make(chan struct{})
 	go func() { m.workers.Wait(); close(drained) }()
@@ -424,7 +430,7 @@ func (m *Manager) Stats() Stats {
 	m.mu.Lock()
 	s.Nodes = len(m.subs)
 	for _, q := range m.queues {
-		s.Queued += len(q)
+		s.Queued += q.queued()
 	}
 	m.mu.Unlock()
 	return s
@@ -484,37 +490,7 @@ func (m *Manager) deliver(ns *nodeSub, msg *redis.Message) {
 	if len(m.queues) > 1 {
 		q = m.queues[keyHash(it.key)%uint32(len(m.queues))]
 	}
-	switch m.opts.Overflow {
-	case OverflowBlock:
-		select {
-		case q <- it:
-		default:
-			select {
-			case q <- it:
-			case <-ns.stopCh:
-				m.stats.discarded.Add(1)
-			}
-		}
-	case OverflowDropNewest:
-		select {
-		case q <- it:
-		default:
-			m.stats.dropped.Add(1)
-		}
-	case OverflowDropOldest:
-		for {
-			select {
-			case q <- it:
-				return
-			default:
-			}
-			select {
-			case <-q:
-				m.stats.dropped.Add(1)
-			default:
-			}
-		}
-	}
+	q.push(it, ns.stopCh)
 }
 
 // keyHash is FNV-1a, to spread keys over the handler goroutines.
@@ -525,17 +501,6 @@ func keyHash(s string) uint32 {
 		h *= 16777619
 	}
 	return h
-}
-
-func (m *Manager) work(q chan item) {
-	defer m.workers.Done()
-	for it := range q {
-		if m.abandon.Load() {
-			m.stats.discarded.Add(1)
-			continue
-		}
-		m.handle(it)
-	}
 }
 
 // handle runs the handlers of one event.

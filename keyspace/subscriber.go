@@ -208,8 +208,13 @@ func (ns *nodeSub) isStopped() bool {
 }
 
 // run reads the subscription until the subscriber stops. Reads carry no
-// deadline (a deadline per message costs a timer update); the health check
-// runs beside it in watch.
+// deadline; the health check runs beside it in watch. The first read of a
+// connection clears the read deadline its handshake left (go-redis's
+// Receive); later reads leave the socket's deadline alone (ReceiveTimeout
+// with a negative timeout), which saves a SetReadDeadline and a clock read
+// per message. Should go-redis replace the connection underneath (it does
+// after a failed write) and leave a handshake deadline, the read fails at
+// that deadline and the subscriber reconnects as for any error, with OnGap.
 func (ns *nodeSub) run() {
 	defer close(ns.done)
 	m := ns.m
@@ -217,6 +222,7 @@ func (ns *nodeSub) run() {
 	go ns.watch(watchDone)
 	defer func() { <-watchDone }()
 	failures := 0
+	var cleared *redis.PubSub // the connection whose read deadline was cleared
 	for {
 		ps := ns.current()
 		if ps == nil {
@@ -225,7 +231,11 @@ func (ns *nodeSub) run() {
 			}
 			continue
 		}
-		msg, err := ps.Receive(m.connCtx)
+		timeout := time.Duration(-1)
+		if ps != cleared {
+			timeout, cleared = 0, ps
+		}
+		msg, err := ps.ReceiveTimeout(m.connCtx, timeout)
 		if err != nil {
 			if ns.isStopped() {
 				return

@@ -43,7 +43,9 @@
 //
 // Events go through a bounded queue (Options.QueueSize) to Options.Workers
 // handler goroutines; events of one key always go to the same goroutine, so
-// handlers see them in order. When the queue is full, Options.Overflow
+// handlers see them in order. The handler goroutines take the waiting events
+// in batches and, during a stream of events, look for more every 100 µs
+// rather than being woken for each. When the queue is full, Options.Overflow
 // decides: block reading (default), drop the newest or drop the oldest,
 // counted in Stats. A panicking handler is recovered and reported to
 // Options.OnError as a *PanicError. Options.Inline runs handlers on the

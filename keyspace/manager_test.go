@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/redisleak/redisleak"
@@ -523,5 +524,25 @@ func TestCloseAfterFailedStartAndDuringStart(t *testing.T) {
 		if err := <-started; err != nil && !errors.Is(err, ErrClosed) && !errors.Is(err, ErrStarted) {
 			t.Errorf("Start racing Close: %v", err)
 		}
+	}
+}
+
+// TestIdleBeyondReadTimeout: the subscriber reads without a deadline per
+// message; the deadline the connection's handshake set (ReadTimeout) must
+// not end a quiet subscription.
+func TestIdleBeyondReadTimeout(t *testing.T) {
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), ReadTimeout: 100 * time.Millisecond})
+	t.Cleanup(func() { _ = rdb.Close() })
+	rec := newRecorder()
+	m := startManager(t, rdb, Options{Config: ConfigSkip, PingInterval: time.Minute}, func(m *Manager) { m.Handle("*", rec.handle) })
+	for i := 0; i < 2; i++ {
+		time.Sleep(300 * time.Millisecond)
+		key := fmt.Sprintf("k%d", i)
+		mr.Publish("__keyspace@0__:"+key, "set")
+		rec.until(t, key, "")
+	}
+	if s := m.Stats(); s.Reconnects != 0 || s.Gaps != 0 {
+		t.Errorf("Stats = %+v, want no reconnect and no gap", s)
 	}
 }

@@ -115,7 +115,10 @@ type Options struct {
 	RestoreOnClose bool
 
 	// QueueSize is the capacity of each handler goroutine's queue (default
-	// DefaultQueueSize).
+	// DefaultQueueSize). The event being handled does not count. A handler
+	// goroutine takes the waiting events in batches and, while events keep
+	// coming, looks for more every 100 µs instead of being woken for each
+	// one, so an event may wait about that long (more on a loaded machine).
 	QueueSize int
 	// Overflow is the policy for a full queue (default OverflowBlock).
 	Overflow Overflow
@@ -124,8 +127,8 @@ type Options struct {
 	// whatever the number.
 	Workers int
 	// Inline runs handlers on the subscriber goroutine (one per server),
-	// without queue or hand-off: the cheapest delivery (about 1 µs less CPU
-	// per event, see README). A handler that takes long stops the reading;
+	// without queue or hand-off: the cheapest delivery (about 0.3–0.5 µs
+	// less CPU per event, see README). A handler that takes long stops the reading;
 	// Redis then buffers the events up to its client-output-buffer-limit
 	// for pubsub and disconnects the subscriber beyond it (reported as a
 	// gap). In a cluster, handlers for different primaries run at the same

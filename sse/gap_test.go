@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -81,30 +82,46 @@ func killSubscriber(t *testing.T, srv *redistest.Server, name string) {
 	}
 }
 
+// gapSetup is two managers on one private server; manager A's client dials
+// through a gate. A stream on A has received one event (first); then A's
+// subscriber is killed and kept from reconnecting until gate.release.
+type gapSetup struct {
+	gate   *dialGate
+	rdbB   *redis.Client
+	mA, mB *Manager
+	httpA  *httptest.Server
+	s      *stream
+	first  string
+}
+
+func newGapSetup(t *testing.T) *gapSetup {
+	t.Helper()
+	srv := redistest.Private(t)
+	g := &gapSetup{gate: newDialGate()}
+	rdbA := srv.Client(func(o *redis.Options) { o.Dialer = g.gate.dial; o.ClientName = "sse-a" })
+	g.rdbB = srv.Client()
+	ns := testNamespace(t)
+	g.mA, g.httpA = startManager(t, rdbA, Options{Namespace: ns})
+	g.mB, _ = startManager(t, g.rdbB, Options{Namespace: ns})
+	g.s = open(t, g.httpA.URL+"?topic=g", nil)
+	g.s.ready(t)
+	g.first = publish(t, g.mB, "g", "", "before")
+	if e := g.s.next(t); e.ID != g.first {
+		t.Fatalf("got %+v", e)
+	}
+	g.gate.close()
+	killSubscriber(t, srv, "sse-a")
+	return g
+}
+
 // TestGapFillAfterSubscriberKilled: events published while a manager's
 // subscriber connection is gone (CLIENT KILL, reconnection held back) reach
 // its clients after the resubscription, in order, once each, followed by
 // live events.
 func TestGapFillAfterSubscriberKilled(t *testing.T) {
-	srv := redistest.Private(t)
-	gate := newDialGate()
-	defer gate.release()
-	rdbA := srv.Client(func(o *redis.Options) { o.Dialer = gate.dial; o.ClientName = "sse-a" })
-	rdbB := srv.Client()
-	ns := testNamespace(t)
-	mA, httpA := startManager(t, rdbA, Options{Namespace: ns})
-	mB, _ := startManager(t, rdbB, Options{Namespace: ns})
-
-	s := open(t, httpA.URL+"?topic=g", nil)
-	s.ready(t)
-	first := publish(t, mB, "g", "", "before")
-	if e := s.next(t); e.ID != first {
-		t.Fatalf("got %+v", e)
-	}
-
-	// Kill A's subscriber and keep it from reconnecting.
-	gate.close()
-	killSubscriber(t, srv, "sse-a")
+	g := newGapSetup(t)
+	defer g.gate.release()
+	gate, mA, mB, s := g.gate, g.mA, g.mB, g.s
 	var gap []string
 	for i := 0; i < 20; i++ {
 		gap = append(gap, publish(t, mB, "g", "", fmt.Sprintf("gap %d", i)))
@@ -131,23 +148,9 @@ func TestGapFillAfterSubscriberKilled(t *testing.T) {
 // filled: every stream ends with a comment, and a client resuming from its
 // cursor gets a reset instead of a silent hole.
 func TestGapBeyondHistory(t *testing.T) {
-	srv := redistest.Private(t)
-	gate := newDialGate()
-	defer gate.release()
-	rdbA := srv.Client(func(o *redis.Options) { o.Dialer = gate.dial; o.ClientName = "sse-a" })
-	rdbB := srv.Client()
-	ns := testNamespace(t)
-	mA, httpA := startManager(t, rdbA, Options{Namespace: ns})
-	mB, _ := startManager(t, rdbB, Options{Namespace: ns})
-
-	s := open(t, httpA.URL+"?topic=g", nil)
-	s.ready(t)
-	cursor := publish(t, mB, "g", "", "before")
-	if e := s.next(t); e.ID != cursor {
-		t.Fatalf("got %+v", e)
-	}
-	gate.close()
-	killSubscriber(t, srv, "sse-a")
+	g := newGapSetup(t)
+	defer g.gate.release()
+	gate, rdbB, mA, mB, httpA, s, cursor := g.gate, g.rdbB, g.mA, g.mB, g.httpA, g.s, g.first
 	var newest string
 	for i := 0; i < 20; i++ {
 		newest = publish(t, mB, "g", "", fmt.Sprintf("gap %d", i))

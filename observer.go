@@ -39,8 +39,9 @@ type dispatcher struct {
 }
 
 type chainBox struct {
-	rec     redis.OTelRecorder
-	counter redis.OTelConnectionCounter
+	rec       redis.OTelRecorder
+	counter   redis.OTelConnectionCounter
+	registrar redis.OTelPoolRegistrar
 }
 
 var disp = &dispatcher{}
@@ -48,6 +49,7 @@ var disp = &dispatcher{}
 var (
 	_ redis.OTelRecorder          = (*dispatcher)(nil)
 	_ redis.OTelConnectionCounter = (*dispatcher)(nil)
+	_ redis.OTelPoolRegistrar     = (*dispatcher)(nil)
 )
 
 var errAlreadyInstrumented = errors.New("redisleak: Instrument: this client already has an open tracker; Close it first")
@@ -64,6 +66,7 @@ func (d *dispatcher) attach(t *Tracker, chain redis.OTelRecorder) error {
 		}
 		box := &chainBox{rec: chain}
 		box.counter, _ = chain.(redis.OTelConnectionCounter)
+		box.registrar, _ = chain.(redis.OTelPoolRegistrar)
 		d.chain.Store(box)
 		d.chainSet = true
 	}
@@ -254,6 +257,34 @@ func (d *dispatcher) RecordConnectionClosed(ctx context.Context, cn redis.ConnIn
 	}
 	if box := d.chain.Load(); box != nil {
 		box.rec.RecordConnectionClosed(ctx, cn, reason, err)
+	}
+}
+
+// RegisterPool is forwarded to a chained recorder that registers pools.
+func (d *dispatcher) RegisterPool(name string, p redis.Pooler) {
+	if box := d.chain.Load(); box != nil && box.registrar != nil {
+		box.registrar.RegisterPool(name, p)
+	}
+}
+
+// UnregisterPool is forwarded to a chained recorder that registers pools.
+func (d *dispatcher) UnregisterPool(p redis.Pooler) {
+	if box := d.chain.Load(); box != nil && box.registrar != nil {
+		box.registrar.UnregisterPool(p)
+	}
+}
+
+// RegisterPubSubPool is forwarded to a chained recorder that registers pools.
+func (d *dispatcher) RegisterPubSubPool(name string, p redis.PubSubPooler) {
+	if box := d.chain.Load(); box != nil && box.registrar != nil {
+		box.registrar.RegisterPubSubPool(name, p)
+	}
+}
+
+// UnregisterPubSubPool is forwarded to a chained recorder that registers pools.
+func (d *dispatcher) UnregisterPubSubPool(p redis.PubSubPooler) {
+	if box := d.chain.Load(); box != nil && box.registrar != nil {
+		box.registrar.UnregisterPubSubPool(p)
 	}
 }
 

@@ -2,6 +2,7 @@ package redisleak_test
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -185,4 +186,39 @@ func (noopRecorder) RecordConnectionWaitTime(context.Context, time.Duration, red
 func (noopRecorder) RecordConnectionClosed(context.Context, redis.ConnInfo, string, error)     {}
 func (noopRecorder) RecordPubSubMessage(context.Context, redis.ConnInfo, string, string, bool) {}
 func (noopRecorder) RecordStreamLag(context.Context, time.Duration, redis.ConnInfo, string, string, string) {
+}
+
+// registrarRecorder is a chained recorder that also registers pools (as
+// go-redis's native OTel recorder does).
+type registrarRecorder struct {
+	noopRecorder
+	mu    sync.Mutex
+	pools []string
+}
+
+func (r *registrarRecorder) RegisterPool(name string, _ redis.Pooler) {
+	r.mu.Lock()
+	r.pools = append(r.pools, name)
+	r.mu.Unlock()
+}
+func (r *registrarRecorder) UnregisterPool(redis.Pooler)                   {}
+func (r *registrarRecorder) RegisterPubSubPool(string, redis.PubSubPooler) {}
+func (r *registrarRecorder) UnregisterPubSubPool(redis.PubSubPooler)       {}
+
+func TestChainRecorderPoolRegistration(t *testing.T) {
+	t.Cleanup(func() { redis.SetOTelRecorder(nil) })
+	srv := redistest.Private(t)
+	chained := &registrarRecorder{}
+	tr, err := redisleak.Instrument(srv.Client(), redisleak.Options{ScanInterval: time.Hour, ChainRecorder: chained})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	c := srv.Client() // created while the dispatcher is installed
+	c.Ping(bg)
+	chained.mu.Lock()
+	defer chained.mu.Unlock()
+	if len(chained.pools) == 0 {
+		t.Fatal("the chained recorder was not told about the new client's pool")
+	}
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -136,8 +138,24 @@ func (nc *nodeConfig) ensureLocked(ctx context.Context) (repaired bool, err erro
 	}
 	// Merge: append what is missing, never remove. Another process may be
 	// merging at the same time (CONFIG has no compare-and-set): read back
-	// and retry; the periodic check repairs a write lost after that.
-	for try := 0; try < 3; try++ {
+	// and retry after a short random pause (writers in lockstep would undo
+	// each other again); the periodic check repairs a write lost after that.
+	for try := 0; try < mergeTries; try++ {
+		if try > 0 {
+			pause := time.Duration(1+rand.IntN(4*try)) * time.Millisecond
+			select {
+			case <-ctx.Done():
+				return repaired, nc.wrap("config", ctx.Err())
+			case <-time.After(pause):
+			}
+			if current, err = nc.get(ctx); err != nil {
+				return repaired, nc.wrap("config", err)
+			}
+			if need&^parseServerFlags(current) == 0 {
+				nc.hadFlags = true
+				return repaired, nil
+			}
+		}
 		merged, _ := mergeFlags(current, need)
 		if err := nc.connLocked().ConfigSet(ctx, configParam, merged).Err(); err != nil {
 			nc.resetOnNetErr(err)
@@ -160,6 +178,9 @@ func (nc *nodeConfig) ensureLocked(ctx context.Context) (repaired bool, err erro
 	}
 	return repaired, nc.wrap("config", fmt.Errorf("%w: setting keeps changing under us (now %q, need %q)", ErrFlagsMissing, current, need.String()))
 }
+
+// mergeTries bounds the write-and-read-back rounds of one merge.
+const mergeTries = 10
 
 func (nc *nodeConfig) get(ctx context.Context) (string, error) {
 	vals, err := nc.connLocked().ConfigGet(ctx, configParam).Result()

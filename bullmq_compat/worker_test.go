@@ -478,11 +478,13 @@ func TestLockRenewalKeepsLongJobs(t *testing.T) {
 	q, _ := NewQueue(rdb, name, QueueOptions{})
 	var runs atomic.Int32
 	var errs atomic.Int32
+	// 2 s locks renewed every 500 ms: a renewal may be up to 1.5 s late (CI
+	// runs the packages' race-enabled tests side by side on 2 cores).
 	long, _ := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) {
 		runs.Add(1)
-		time.Sleep(2500 * time.Millisecond) // 2.5 lock durations
+		time.Sleep(5 * time.Second) // 2.5 lock durations
 		return "done", nil
-	}, WorkerOptions{LockDuration: time.Second, SkipStalledCheck: true, OnError: func(err error) {
+	}, WorkerOptions{LockDuration: 2 * time.Second, SkipStalledCheck: true, OnError: func(err error) {
 		errs.Add(1)
 		t.Errorf("worker error: %v", err)
 	}})

@@ -31,7 +31,12 @@ func TestClusterClient(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	i := 0
 	waitFor(t, 5*time.Second, "pools on all 3 nodes", func() bool {
+		// connections opened before a node was reached are tracked from
+		// their next state change: keep traffic going
+		i++
+		rdb.Set(bg, fmt.Sprint("key", i%60), i, 0)
 		addrs := map[string]bool{}
 		for _, p := range tr.Stats().Pools {
 			addrs[p.Addr] = true

@@ -291,6 +291,15 @@ func Instrument(rdb redis.UniversalClient, opts Options) (*Tracker, error) {
 	case *redis.ClusterClient:
 		c.AddHook(&hook{t: t, top: true})
 		c.OnNewNode(func(n *redis.Client) { t.attachNode(ctx, n, false) })
+		// Nodes that exist already, synchronously when the cluster state is
+		// loaded: with a cancelled context ForEachShard's reload fails at
+		// once and it falls back to the current state (no I/O).
+		done, cancelDone := context.WithCancel(ctx)
+		cancelDone()
+		_ = c.ForEachShard(done, func(_ context.Context, n *redis.Client) error {
+			t.attachNode(ctx, n, false)
+			return nil
+		})
 		t.wg.Add(1)
 		go func() {
 			// Reach nodes that exist already. ForEachShard may load the

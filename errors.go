@@ -6,8 +6,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // PoolTimeoutError is returned instead of redis.ErrPoolTimeout by an
@@ -84,12 +82,10 @@ func (t *Tracker) poolTimeoutError(err error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if time.Since(c.at) > time.Second {
-		holds := t.listHolds(false, 0)
+		// PubSub connections have their own pool: they do not exhaust it.
+		holds := t.listHolds(func(v holdView) bool { return v.kind != KindPubSub }, 3)
 		counts := map[HolderCount]int{}
 		for _, h := range holds {
-			if h.Kind == KindPubSub {
-				continue // separate pool: does not exhaust the command pool
-			}
 			counts[HolderCount{Kind: h.Kind, Owner: h.Owner, LongLived: h.LongLived}]++
 		}
 		c.held = c.held[:0]
@@ -103,17 +99,7 @@ func (t *Tracker) poolTimeoutError(err error) error {
 			}
 			return c.held[i].Kind+c.held[i].Owner < c.held[j].Kind+c.held[j].Owner
 		})
-		c.long = c.long[:0]
-		for _, h := range holds {
-			if h.Kind == KindPubSub {
-				continue
-			}
-			c.long = append(c.long, h)
-			if len(c.long) == 3 {
-				break
-			}
-		}
-		t.resolveLeakSites(c.long)
+		c.long = append(c.long[:0], holds[:min(3, len(holds))]...)
 		c.at = time.Now()
 	}
 	return &PoolTimeoutError{
@@ -122,5 +108,3 @@ func (t *Tracker) poolTimeoutError(err error) error {
 		Longest: append([]Leak(nil), c.long...),
 	}
 }
-
-var _ = redis.ErrPoolTimeout

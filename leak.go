@@ -197,30 +197,6 @@ func (t *Tracker) resolveSites(views []holdView, leaks []Leak) {
 	}
 }
 
-// resolveLeakSites fills the sites of holds taken from listHolds(…, 0).
-func (t *Tracker) resolveLeakSites(ls []Leak) {
-	byID := make(map[uint64]*connRecord)
-	for _, r := range t.snapshotRecords() {
-		byID[r.id] = r
-	}
-	now := nanotime()
-	var views []holdView
-	var idx []int
-	for i, l := range ls {
-		if r := byID[l.ConnID]; r != nil {
-			if v, ok := t.evaluate(r, now); ok {
-				views = append(views, v)
-				idx = append(idx, i)
-			}
-		}
-	}
-	tmp := make([]Leak, len(views))
-	t.resolveSites(views, tmp)
-	for j, i := range idx {
-		ls[i].Site, ls[i].Stack = tmp[j].Site, tmp[j].Stack
-	}
-}
-
 // Scan runs a leak scan now. Leaks not reported before are reported exactly
 // as by the background scan (log, OnLeak, metrics, action). It returns every
 // current leak, newest reports included, longest hold first. After Close it
@@ -380,26 +356,31 @@ func (t *Tracker) poolSize() int {
 	return 0
 }
 
+// evaluateOp classifies a command in flight (hooks mode) as evaluate does a
+// connection's hold.
+func (t *Tracker) evaluateOp(op *inflightOp, now int64) holdView {
+	v := holdView{held: time.Duration(now - op.start), kind: KindCommand}
+	v.longLived = op.mark != nil && op.mark.longLived
+	if op.blocked {
+		v.kind = KindBlocking
+		if !t.opts.DisableRecognition && (op.block == blockForever || v.held < op.block+t.opts.BlockingGrace) {
+			v.longLived = true
+		}
+	}
+	v.threshold = t.threshold(v.kind, op.mark)
+	v.leaked = !v.longLived && v.held > v.threshold
+	return v
+}
+
 // scanInflight reports, in hooks mode, commands in flight for too long.
 func (t *Tracker) scanInflight(now int64) []Leak {
-	if t.Mode() != ModeHooks {
+	if !t.hooksMode.Load() {
 		return nil
 	}
 	var out []Leak
 	for _, op := range t.inflightOps() {
-		held := time.Duration(now - op.start)
-		longLived := op.mark != nil && op.mark.longLived
-		if op.blocked && !t.opts.DisableRecognition {
-			if op.block == blockForever || held < op.block+t.opts.BlockingGrace {
-				longLived = true
-			}
-		}
-		kind := KindCommand
-		if op.blocked {
-			kind = KindBlocking
-		}
-		th := t.threshold(kind, op.mark)
-		if longLived || held <= th {
+		v := t.evaluateOp(op, now)
+		if !v.leaked {
 			continue
 		}
 		t.ifMu.Lock()
@@ -412,7 +393,7 @@ func (t *Tracker) scanInflight(now int64) []Leak {
 		if seen {
 			continue
 		}
-		l := Leak{Kind: kind, AcquiredAt: unixAt(op.start), HeldFor: held, MaxHold: th, Leaked: true}
+		l := Leak{Kind: v.kind, AcquiredAt: unixAt(op.start), HeldFor: v.held, MaxHold: v.threshold, Leaked: true}
 		if op.mark != nil {
 			l.Owner = op.mark.owner
 		}
@@ -424,20 +405,20 @@ func (t *Tracker) scanInflight(now int64) []Leak {
 
 // Holds returns every current hold (leaked or not), longest first. Sites are
 // resolved as for leaks. Useful in tests and debugging; it does not report.
-func (t *Tracker) Holds() []Leak { return t.listHolds(false, -1) }
+func (t *Tracker) Holds() []Leak { return t.listHolds(nil, -1) }
 
-// listHolds returns the current holds, longest first: only leaked ones with
-// leakedOnly; sites resolved for the first withSites of them (-1: all).
+// listHolds returns the current holds that keep passes (nil: all), longest
+// first, with sites resolved for the first withSites of them (-1: all).
 // Resolving a command's site takes a goroutine dump, so callers that need
 // few sites ask for few.
-func (t *Tracker) listHolds(leakedOnly bool, withSites int) []Leak {
+func (t *Tracker) listHolds(keep func(holdView) bool, withSites int) []Leak {
 	if t.closed.Load() {
 		return nil
 	}
 	now := nanotime()
 	var views []holdView
 	for _, r := range t.snapshotRecords() {
-		if v, ok := t.evaluate(r, now); ok && (v.leaked || !leakedOnly) {
+		if v, ok := t.evaluate(r, now); ok && (keep == nil || keep(v)) {
 			views = append(views, v)
 		}
 	}

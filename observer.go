@@ -22,10 +22,9 @@ import (
 // The callbacks run inside go-redis's pool lock: they only touch atomics.
 
 type dispatcher struct {
-	mu       sync.Mutex // guards refs, chainSet and installation
-	refs     int
-	chainSet bool
-	chain    atomic.Pointer[chainBox]
+	mu    sync.Mutex // guards refs, clients and installation
+	refs  int
+	chain atomic.Pointer[chainBox]
 	// prefixes maps a client's base pool name to its tracker, for
 	// connections opened before the tracker was attached (no wrapper).
 	prefixes atomic.Pointer[map[string]*Tracker]
@@ -60,18 +59,17 @@ var errChainConflict = errors.New("redisleak: Options.ChainRecorder differs from
 func (d *dispatcher) attach(t *Tracker, chain redis.OTelRecorder) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if other := d.clients[t.client]; other != nil && !other.closed.Load() {
+		return errAlreadyInstrumented
+	}
 	if chain != nil {
-		if cur := d.chain.Load(); d.refs > 0 && d.chainSet && cur != nil && cur.rec != chain {
+		if cur := d.chain.Load(); cur != nil && cur.rec != chain {
 			return errChainConflict
 		}
 		box := &chainBox{rec: chain}
 		box.counter, _ = chain.(redis.OTelConnectionCounter)
 		box.registrar, _ = chain.(redis.OTelPoolRegistrar)
 		d.chain.Store(box)
-		d.chainSet = true
-	}
-	if other := d.clients[t.client]; other != nil && !other.closed.Load() {
-		return errAlreadyInstrumented
 	}
 	if d.clients == nil {
 		d.clients = map[redis.UniversalClient]*Tracker{}
@@ -102,7 +100,6 @@ func (d *dispatcher) detach(t *Tracker) {
 		redis.SetOTelRecorder(nil)
 	}
 	d.chain.Store(nil)
-	d.chainSet = false
 }
 
 func (d *dispatcher) learnPrefix(pool string, t *Tracker) {

@@ -28,6 +28,16 @@ const (
 
 var allKinds = []string{KindCommand, KindPipeline, KindTx, KindConn, KindPubSub, KindBlocking}
 
+// Indexes of the kinds in allKinds.
+const (
+	kiCommand = iota
+	kiPipeline
+	kiTx
+	kiConn
+	kiPubSub
+	kiBlocking
+)
+
 func kindIndex(k string) int {
 	for i, x := range allKinds {
 		if x == k {
@@ -94,19 +104,15 @@ func (r *connRecord) setPool(name string) {
 
 // noteWrite is called by the wrapper with every buffer go-redis writes.
 func (r *connRecord) noteWrite(b []byte) {
-	if !mayBlock(b) {
-		if r.blockDeadline.Load() != 0 {
-			r.blockDeadline.Store(0)
+	if mayBlock(b) {
+		if d, ok := blockingTimeout(b); ok {
+			if d == blockForever {
+				r.blockDeadline.Store(int64(blockForever))
+			} else {
+				r.blockDeadline.Store(nanotime() + int64(d) + int64(r.tr.opts.BlockingGrace))
+			}
+			return
 		}
-		return
-	}
-	if d, ok := blockingTimeout(b); ok {
-		if d == blockForever {
-			r.blockDeadline.Store(int64(blockForever))
-		} else {
-			r.blockDeadline.Store(nanotime() + int64(d) + int64(r.tr.opts.BlockingGrace))
-		}
-		return
 	}
 	if r.blockDeadline.Load() != 0 {
 		r.blockDeadline.Store(0)
@@ -122,55 +128,34 @@ func ctxIdentity(ctx context.Context) uintptr {
 	return (*[2]uintptr)(unsafe.Pointer(&ctx))[1]
 }
 
-// kindIndex is kind's index in allKinds, without string comparisons.
+// kindIndex is the current hold's kind as an index in allKinds (for the hot
+// path: no string comparisons).
 func (r *connRecord) kindIndex() int {
 	if r.pubsub.Load() {
-		return 4
+		return kiPubSub
 	}
 	if r.blockDeadline.Load() != 0 {
-		return 5
+		return kiBlocking
 	}
 	switch r.sticky.Load() {
 	case stickyTx:
-		return 2
+		return kiTx
 	case stickyConn:
-		return 3
+		return kiConn
 	}
 	if m := r.mark.Load(); m != nil {
 		if m.tx {
-			return 2
+			return kiTx
 		}
 		if m.pipeline {
-			return 1
+			return kiPipeline
 		}
 	}
-	return 0
+	return kiCommand
 }
 
 // kind classifies the current hold.
-func (r *connRecord) kind() string {
-	if r.pubsub.Load() {
-		return KindPubSub
-	}
-	if r.blockDeadline.Load() != 0 {
-		return KindBlocking
-	}
-	switch r.sticky.Load() {
-	case stickyTx:
-		return KindTx
-	case stickyConn:
-		return KindConn
-	}
-	if m := r.mark.Load(); m != nil {
-		if m.tx {
-			return KindTx
-		}
-		if m.pipeline {
-			return KindPipeline
-		}
-	}
-	return KindCommand
-}
+func (r *connRecord) kind() string { return allKinds[r.kindIndex()] }
 
 // basePoolName strips go-redis's pool suffixes: the three pools of one
 // client share the prefix "<addr>_<id>".

@@ -7,8 +7,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // Stats is a snapshot of a tracker's view of its client. Total = Idle +
@@ -77,15 +75,14 @@ func (t *Tracker) Stats() Stats {
 		return s
 	}
 	if s.ObserverMode == ModeHooks {
-		if ps := t.poolStatsCounts(); ps != nil {
-			s.Total, s.Idle = ps[0], ps[1]
-			s.InUse = s.Total - s.Idle
-		}
+		ps := t.client.PoolStats()
+		s.Total, s.Idle = int(ps.TotalConns), int(ps.IdleConns)
+		s.InUse = s.Total - s.Idle
 		now := nanotime()
 		for _, op := range t.inflightOps() {
-			if op.mark != nil && op.mark.longLived {
+			if v := t.evaluateOp(op, now); v.longLived {
 				s.LongLived++
-			} else if time.Duration(now-op.start) > t.threshold(KindCommand, op.mark) {
+			} else if v.leaked {
 				s.Leaked++
 			}
 		}
@@ -131,24 +128,6 @@ func (t *Tracker) Stats() Stats {
 	}
 	sort.Slice(s.Pools, func(i, j int) bool { return s.Pools[i].Name < s.Pools[j].Name })
 	return s
-}
-
-func (t *Tracker) poolStatsCounts() []int {
-	var total, idle int
-	switch c := t.client.(type) {
-	case *redis.Client:
-		ps := c.PoolStats()
-		total, idle = int(ps.TotalConns), int(ps.IdleConns)
-	case *redis.ClusterClient:
-		ps := c.PoolStats()
-		total, idle = int(ps.TotalConns), int(ps.IdleConns)
-	case *redis.Ring:
-		ps := c.PoolStats()
-		total, idle = int(ps.TotalConns), int(ps.IdleConns)
-	default:
-		return nil
-	}
-	return []int{total, idle}
 }
 
 // holdRecorder collects ended holds. The observer's hot path only appends

@@ -202,11 +202,9 @@ type Tracker struct {
 	// leak reporting state, guarded by scanMu
 	scanMu       sync.Mutex
 	lastReminder time.Time
-	mode         atomic.Pointer[string]
-	hooksMode    atomic.Bool // mode == ModeHooks, for the hot path
+	hooksMode    atomic.Bool // ModeHooks: the observer no longer reaches the tracker
 	lastGen      uint64
 	lastPoolOps  uint64
-	quietScans   int
 
 	leaksTotal    atomic.Uint64
 	closedLeaks   atomic.Uint64
@@ -220,7 +218,6 @@ type Tracker struct {
 }
 
 type returnedNote struct {
-	rec  *connRecord
 	held time.Duration
 	leak Leak
 }
@@ -250,8 +247,6 @@ func Instrument(rdb redis.UniversalClient, opts Options) (*Tracker, error) {
 		returnedNotes: make(chan returnedNote, 256),
 		holds:         newHoldRecorder(),
 	}
-	mode := ModeObserver
-	t.mode.Store(&mode)
 	switch c := rdb.(type) {
 	case *redis.Client:
 		if c == nil {
@@ -437,7 +432,7 @@ func (t *Tracker) noteReturned(r *connRecord, held int64) {
 	}
 	r.mu.Unlock()
 	select {
-	case t.returnedNotes <- returnedNote{rec: r, held: time.Duration(held), leak: l}:
+	case t.returnedNotes <- returnedNote{held: time.Duration(held), leak: l}:
 	default:
 	}
 }
@@ -505,7 +500,12 @@ func (t *Tracker) Close() error {
 }
 
 // Mode returns the observer mode: ModeObserver or ModeHooks.
-func (t *Tracker) Mode() string { return *t.mode.Load() }
+func (t *Tracker) Mode() string {
+	if t.hooksMode.Load() {
+		return ModeHooks
+	}
+	return ModeObserver
+}
 
 // checkMode notices a replaced observer: go-redis counted checkouts of this
 // client's pools since the last scan but the dispatcher saw none at all.
@@ -522,14 +522,10 @@ func (t *Tracker) checkMode() {
 	cur := t.Mode()
 	switch {
 	case dOps > 0 && !saw && cur == ModeObserver:
-		m := ModeHooks
-		t.mode.Store(&m)
 		t.hooksMode.Store(true)
 		t.opts.Logger.Warn("redisleak: go-redis's connection observer no longer reaches the tracker (redis.SetOTelRecorder was called by something else); falling back to hooks: only commands in flight are checked, Conn/Watch/PubSub holds are not. Chain your recorder through Options.ChainRecorder to avoid this.",
 			slog.Uint64("poolCheckouts", dOps))
 	case saw && cur == ModeHooks:
-		m := ModeObserver
-		t.mode.Store(&m)
 		t.hooksMode.Store(false)
 		t.opts.Logger.Info("redisleak: connection observer reaches the tracker again")
 	}
@@ -539,18 +535,4 @@ func (t *Tracker) checkMode() {
 // the client's pools. (Misses also count failed dials, which never reach the
 // observer: a server that cannot be reached must not look like a replaced
 // observer.)
-func (t *Tracker) poolOps() uint64 {
-	var s *redis.PoolStats
-	switch c := t.client.(type) {
-	case *redis.Client:
-		s = c.PoolStats()
-	case *redis.ClusterClient:
-		s = c.PoolStats()
-	case *redis.Ring:
-		s = c.PoolStats()
-	}
-	if s == nil {
-		return 0
-	}
-	return uint64(s.Hits)
-}
+func (t *Tracker) poolOps() uint64 { return uint64(t.client.PoolStats().Hits) }

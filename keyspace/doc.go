@@ -41,16 +41,20 @@
 // a cluster primary joins, or when the flags were found removed); a handler
 // that must not miss changes should re-read its keys there.
 //
-// Events go through a bounded queue (Options.QueueSize) to Options.Workers
-// handler goroutines; events of one key always go to the same goroutine, so
-// handlers see them in order. The handler goroutines take the waiting events
-// in batches and, during a stream of events, look for more every 100 µs
-// rather than being woken for each. When the queue is full, Options.Overflow
-// decides: block reading (default), drop the newest or drop the oldest,
-// counted in Stats. A panicking handler is recovered and reported to
-// Options.OnError as a *PanicError. Options.Inline runs handlers on the
-// subscriber goroutine instead: no queue and no hand-off, the cheapest
-// delivery, but a slow handler holds up the reading.
+// Each of Options.Workers handler goroutines has a bounded queue
+// (Options.QueueSize); events of one key always go to the same queue, so
+// handlers see them in order. While a queue is empty and idle, the
+// subscriber's goroutine runs the handlers itself, which saves a hand-off
+// per event; a handler call that takes longer than about 10–20 ms hands the
+// reading to a new goroutine, and the events read meanwhile are queued and
+// handled in order after it (Stats.Handoffs). The handler goroutines take
+// the waiting events in batches and, during a stream of events, look for
+// more every 100 µs rather than being woken for each. When the queue is
+// full, Options.Overflow decides: block reading (default), drop the newest
+// or drop the oldest, counted in Stats. A panicking handler is recovered
+// and reported to Options.OnError as a *PanicError. Options.Inline runs
+// handlers on the subscriber goroutine always: no queue, and a slow handler
+// holds up the reading.
 //
 // # Cluster
 //

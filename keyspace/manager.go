@@ -62,6 +62,9 @@ type Manager struct {
 	abandon      atomic.Bool
 	maintStop    chan struct{}
 	maintDone    chan struct{}
+	handoffArmed atomic.Bool   // the hand-off check runs (handoff.go)
+	handoffWake  chan struct{} // 1-buffered: arms the hand-off check
+	handoffDone  chan struct{}
 	closeOnce    sync.Once
 	closeErr     error
 	shutdownOnce sync.Once
@@ -78,7 +81,7 @@ type counters struct {
 	handled                    atomic.Uint64
 	_                          [56]byte
 	dropped, discarded, panics atomic.Uint64
-	gaps, reconnects           atomic.Uint64
+	gaps, reconnects, handoffs atomic.Uint64
 }
 
 // Stats is a snapshot of a manager's counters.
@@ -99,6 +102,10 @@ type Stats struct {
 	Gaps uint64
 	// Reconnects counts subscriber connections that failed and were replaced.
 	Reconnects uint64
+	// Handoffs counts the times a handler running on a subscriber's
+	// goroutine took so long that reading moved to a new goroutine (see
+	// Options.QueueSize).
+	Handoffs uint64
 	// Nodes is the number of servers subscribed to now.
 	Nodes int
 	// Queued is the number of events waiting for a handler now.
@@ -153,9 +160,10 @@ func collect(ctx context.Context, each func(context.Context, func(context.Contex
 // Handle calls fn for every event on keys matching keyPattern, a Redis glob
 // as PSUBSCRIBE takes it ("user:*", "session:[0-9]*"). It may be called
 // before or after Start; after Start it returns once every server confirmed
-// the new subscription (or after 5 s). Handlers run on the manager's
-// handler goroutines, never concurrently for events of the same key, and
-// each handler sees the events of one key in order. An invalid argument
+// the new subscription (or after 5 s). Handlers run on the subscriber's
+// goroutine while they keep up, else on the manager's handler goroutines
+// (see Options.QueueSize), never concurrently for events of the same key,
+// and each handler sees the events of one key in order. An invalid argument
 // (empty pattern, nil fn) makes the next Start fail, or, after Start, is
 // reported to Options.OnError; HandleEvents returns it instead.
 func (m *Manager) Handle(keyPattern string, fn func(Event)) {
@@ -269,6 +277,13 @@ func (m *Manager) Start(ctx context.Context) error {
 	}
 	m.maintStop = make(chan struct{})
 	m.maintDone = make(chan struct{})
+	m.handoffDone = make(chan struct{})
+	if workers > 0 {
+		m.handoffWake = make(chan struct{}, 1)
+		go m.handoffLoop()
+	} else {
+		close(m.handoffDone)
+	}
 	m.mu.Unlock()
 
 	if err := m.startNodes(ctx); err != nil {
@@ -368,19 +383,27 @@ func (m *Manager) doShutdown(ctx context.Context) error {
 			close(m.maintStop)
 		}
 		<-m.maintDone
+		<-m.handoffDone
 	}
 	m.mu.Lock()
 	subs := m.subList()
 	m.subs = map[string]*nodeSub{}
 	m.mu.Unlock()
 	for _, ns := range subs {
-		ns.stop()
+		ns.signalStop()
 	}
-	for _, q := range m.queues {
-		q.close()
-	}
+	// Readers may be running handlers: wait for them within ctx too.
 	drained := make(chan struct{})
-	go func() { m.workers.Wait(); close(drained) }()
+	go func() {
+		for _, ns := range subs {
+			<-ns.done
+		}
+		for _, q := range m.queues {
+			q.close()
+		}
+		m.workers.Wait()
+		close(drained)
+	}()
 	var err error
 	select {
 	case <-drained:
@@ -426,6 +449,7 @@ func (m *Manager) Stats() Stats {
 		Panics:     m.stats.panics.Load(),
 		Gaps:       m.stats.gaps.Load(),
 		Reconnects: m.stats.reconnects.Load(),
+		Handoffs:   m.stats.handoffs.Load(),
 	}
 	m.mu.Lock()
 	s.Nodes = len(m.subs)
@@ -461,11 +485,14 @@ func (m *Manager) gap() {
 	}
 }
 
-// deliver turns a pub/sub message into an Event and queues it.
-func (m *Manager) deliver(ns *nodeSub, msg *redis.Message) {
+// deliver turns a pub/sub message into an Event and runs its handlers on
+// the reader's goroutine when their queue is empty and idle, or queues it.
+// It reports false when the reader's role was taken over while it ran
+// handlers: the caller must stop reading.
+func (m *Manager) deliver(ns *nodeSub, msg *redis.Message) bool {
 	pr := m.routes.Load().byPattern[msg.Pattern]
 	if pr == nil {
-		return // a pattern no handler needs any more
+		return true // a pattern no handler needs any more
 	}
 	it := item{ns: ns, pr: pr, channel: msg.Channel}
 	var ok bool
@@ -477,20 +504,28 @@ func (m *Manager) deliver(ns *nodeSub, msg *redis.Message) {
 		it.key = msg.Payload
 	}
 	if !ok {
-		return
+		return true
 	}
 	m.stats.received.Add(1)
 	if m.opts.Inline {
-		ns.inHandler.Store(true)
+		ns.handling.Add(1)
 		m.handle(it)
-		ns.inHandler.Store(false)
-		return
+		ns.handling.Add(1)
+		return true
 	}
 	q := m.queues[0]
 	if len(m.queues) > 1 {
 		q = m.queues[keyHash(it.key)%uint32(len(m.queues))]
 	}
+	if q.tryInline() {
+		v := ns.handling.Add(1)
+		m.armHandoff()
+		m.handle(it)
+		q.endInline()
+		return ns.handling.CompareAndSwap(v, v+1)
+	}
 	q.push(it, ns.stopCh)
+	return true
 }
 
 // keyHash is FNV-1a, to spread keys over the handler goroutines.

@@ -115,10 +115,18 @@ type Options struct {
 	RestoreOnClose bool
 
 	// QueueSize is the capacity of each handler goroutine's queue (default
-	// DefaultQueueSize). The event being handled does not count. A handler
+	// DefaultQueueSize). The event being handled does not count.
+	//
+	// While a queue is empty and its handler goroutine idle, the subscriber
+	// goroutine runs the handlers of an event itself (handing each event to
+	// another goroutine would cost more than most handlers do). A handler
+	// call that is still running after about 10–20 ms hands the reading to
+	// a new goroutine (counted in Stats.Handoffs); the events read
+	// meanwhile wait in the queue, subject to Overflow, and the handler
+	// goroutine handles them in order once that call returned. Handlers of
+	// one queue never run at the same time, wherever they run. The handler
 	// goroutine takes the waiting events in batches and, while events keep
-	// coming, looks for more every 100 µs instead of being woken for each
-	// one, so an event may wait about that long (more on a loaded machine).
+	// coming, looks for more every 100 µs instead of being woken for each.
 	QueueSize int
 	// Overflow is the policy for a full queue (default OverflowBlock).
 	Overflow Overflow
@@ -126,9 +134,10 @@ type Options struct {
 	// spread by key, so the events of one key reach handlers in order
 	// whatever the number.
 	Workers int
-	// Inline runs handlers on the subscriber goroutine (one per server),
-	// without queue or hand-off: the cheapest delivery (about 0.3–0.5 µs
-	// less CPU per event, see README). A handler that takes long stops the reading;
+	// Inline runs handlers on the subscriber goroutine (one per server)
+	// always, without queue or hand-off. It saves little over the default
+	// (which runs quick handlers there too, see QueueSize): a few tens of
+	// nanoseconds per event. A handler that takes long stops the reading;
 	// Redis then buffers the events up to its client-output-buffer-limit
 	// for pubsub and disconnects the subscriber beyond it (reported as a
 	// gap). In a cluster, handlers for different primaries run at the same

@@ -27,6 +27,16 @@ var napTime = 100 * time.Microsecond
 // leave it alone while events keep coming; it parks, to be woken by the next
 // event, only after a nap that brought nothing. A reader wakes a napping
 // goroutine early when the queue is half full or a reader waits for room.
+//
+// Cheaper still is no hand-off at all: while the queue is empty and the
+// handler goroutine idle, a reader runs the event's handlers itself
+// (tryInline, endInline) and the handler goroutine stays parked. The queue
+// has one runner at a time, the handler goroutine (busy) or a reader
+// (inline), so its events are handled one after the other and in order:
+// an event that arrives while a reader runs handlers inline is queued, and
+// the handler goroutine takes over the queue when the reader is done. A
+// reader that spends long in a handler loses its role as reader to a new
+// goroutine (see handoff.go), which queues the events behind it.
 type queue struct {
 	m   *Manager
 	cap int
@@ -42,11 +52,24 @@ type queue struct {
 	room    chan struct{} // while readers wait for room (OverflowBlock); closed when there is
 	wake    chan struct{} // 1-buffered; sent to exactly when parked or napping turns false
 
+	// gate says who runs the queue's handlers and whether events wait
+	// (gateInline, gateBusy, gateWaiting). Zero means idle and empty: a
+	// reader may claim it (tryInline) with a compare-and-swap, without mu.
+	// Every other change happens under mu.
+	gate atomic.Uint32
+
 	_          [64]byte     // next is written by the handler goroutine for every event
 	next       atomic.Int64 // next index of cur to claim
 	roomWanted atomic.Bool  // room != nil
 	_          [64 - 9]byte
 }
+
+// The bits of queue.gate.
+const (
+	gateInline  = 1 << iota // a reader runs an event's handlers on its own goroutine
+	gateBusy                // the handler goroutine works through a batch
+	gateWaiting             // events wait in buf
+)
 
 func newQueue(m *Manager, capacity int) *queue {
 	return &queue{m: m, cap: capacity, wake: make(chan struct{}, 1)}
@@ -81,6 +104,27 @@ func (q *queue) wakeLocked() {
 		q.parked, q.napping = false, false
 		q.wake <- struct{}{}
 	}
+}
+
+// tryInline reports whether the caller, a reader, may run the handlers of
+// its event itself: the queue is empty and nobody runs its handlers. If so,
+// the caller must call endInline when they returned.
+func (q *queue) tryInline() bool {
+	return q.gate.CompareAndSwap(0, gateInline)
+}
+
+// endInline ends a reader's inline run and wakes the handler goroutine for
+// the events queued meanwhile.
+func (q *queue) endInline() {
+	if q.gate.CompareAndSwap(gateInline, 0) {
+		return // nothing was queued meanwhile
+	}
+	q.mu.Lock()
+	q.gate.And(^uint32(gateInline))
+	if q.head < len(q.buf) {
+		q.wakeLocked()
+	}
+	q.mu.Unlock()
 }
 
 // dropOldestLocked discards the oldest event not yet started and reports
@@ -138,8 +182,9 @@ func (q *queue) push(it item, stop <-chan struct{}) {
 		q.buf, q.head = q.buf[:n], 0
 	}
 	q.buf = append(q.buf, it)
-	if q.parked || q.napping && (q.queuedLocked() >= q.cap/2 || q.room != nil) {
-		q.wakeLocked()
+	q.gate.Or(gateWaiting)
+	if q.gate.Load()&gateInline == 0 && (q.parked || q.napping && (q.queuedLocked() >= q.cap/2 || q.room != nil)) {
+		q.wakeLocked() // (while a reader runs handlers inline, endInline wakes it)
 	}
 	q.mu.Unlock()
 }
@@ -203,20 +248,30 @@ func (q *queue) run() {
 			q.spare = cur[:0]
 		}
 		cur = nil
-		if q.head < len(q.buf) {
+		if q.head < len(q.buf) && q.gate.Load()&gateInline == 0 {
 			cur = q.buf[q.head:]
 			q.buf, q.head = q.spare, 0
 			q.spare = nil
 			q.cur = cur
 			q.next.Store(0)
+			q.gate.Store(gateBusy) // buf is empty now; no reader can be inline
 			q.freeRoomLocked()
 			q.mu.Unlock()
 			hot = true
 			continue
 		}
-		q.buf, q.head = q.buf[:0], 0
 		q.cur = nil
 		q.next.Store(0)
+		if q.head < len(q.buf) {
+			// A reader runs handlers inline (it claimed the gate while we
+			// napped): its endInline wakes us.
+			q.parked = true
+			q.mu.Unlock()
+			<-q.wake
+			continue
+		}
+		q.buf, q.head = q.buf[:0], 0
+		q.gate.CompareAndSwap(gateBusy, 0) // idle and empty: readers may run handlers
 		if q.closed {
 			q.mu.Unlock()
 			return

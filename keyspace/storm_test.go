@@ -61,16 +61,47 @@ func cpuTime() time.Duration {
 // measured is one storm's wall time and the process's CPU time during it.
 type measured struct{ wall, cpu time.Duration }
 
+// stormSetup says how a storm is sent.
+//
+// Live: the producer runs while the consumer reads; the storm lasts as long
+// as the slower of the two, and a consumer that keeps up is measured at the
+// producer's rate.
+//
+// Backlog (proxy set): the subscriber reads through a loopback proxy that
+// holds the replies back while the producer sends the whole storm; the
+// clock starts when the proxy lets the held-back events through, so the
+// consumer works through them as fast as it can: its dispatch rate. The
+// server must not limit the subscriber's output buffer.
+type stormSetup struct {
+	produce producer
+	proxy   *redistest.Proxy // backlog mode when set
+}
+
+// send starts the storm and the clock: in backlog mode, after the whole
+// storm is produced (and held back by the proxy). It returns when the clock
+// starts; errc gets the producer's result.
+func (s stormSetup) send(ctx context.Context, n int) (start time.Time, cpu time.Duration, errc chan error) {
+	errc = make(chan error, 1)
+	if s.proxy == nil {
+		start, cpu = time.Now(), cpuTime()
+		go func() { errc <- s.produce(ctx, n) }()
+		return start, cpu, errc
+	}
+	s.proxy.Stall(true)
+	errc <- s.produce(ctx, n)
+	start, cpu = time.Now(), cpuTime()
+	s.proxy.Stall(false)
+	return start, cpu, errc
+}
+
 // bareStorm measures a plain go-redis PSubscribe loop: read and count.
-func bareStorm(ctx context.Context, sub *redis.Client, produce producer, n int) (measured, error) {
+func bareStorm(ctx context.Context, sub *redis.Client, setup stormSetup, n int) (measured, error) {
 	ps := sub.PSubscribe(ctx, "__keyspace@0__:storm:*")
 	defer ps.Close()
 	if _, err := ps.Receive(ctx); err != nil { // the confirmation
 		return measured{}, err
 	}
-	errc := make(chan error, 1)
-	start, cpu := time.Now(), cpuTime()
-	go func() { errc <- produce(ctx, n) }()
+	start, cpu, errc := setup.send(ctx, n)
 	for got := 0; got < n; got++ {
 		if _, err := ps.ReceiveMessage(ctx); err != nil {
 			return measured{}, err
@@ -81,7 +112,7 @@ func bareStorm(ctx context.Context, sub *redis.Client, produce producer, n int) 
 }
 
 // managerStorm measures the same storm through a Manager whose handler counts.
-func managerStorm(ctx context.Context, sub *redis.Client, produce producer, n int, opts Options) (measured, Stats, error) {
+func managerStorm(ctx context.Context, sub *redis.Client, setup stormSetup, n int, opts Options) (measured, Stats, error) {
 	m, err := NewManager(sub, opts)
 	if err != nil {
 		return measured{}, Stats{}, err
@@ -97,9 +128,7 @@ func managerStorm(ctx context.Context, sub *redis.Client, produce producer, n in
 		return measured{}, Stats{}, err
 	}
 	defer m.Close(ctx)
-	errc := make(chan error, 1)
-	start, cpu := time.Now(), cpuTime()
-	go func() { errc <- produce(ctx, n) }()
+	start, cpu, errc := setup.send(ctx, n)
 	select {
 	case <-done:
 	case <-time.After(2 * time.Minute):
@@ -111,15 +140,24 @@ func managerStorm(ctx context.Context, sub *redis.Client, produce producer, n in
 
 // BenchmarkEventStorm sends a storm of SETs on watched keys (100,000 by
 // default; KEYSPACE_STORM=n to change) through a bare go-redis PSubscribe
-// loop and through a Manager, alternately on the same
-// private Redis, and reports per variant the dispatch rate (events per
-// wall-clock second) and the events per CPU-second of this process, their
-// ratios (manager/bare) and the events lost. The producer is redis-benchmark
-// in its own process when installed (so CPU time is the consumer's), else
-// an in-process pipeline. Variants: bare, manager (default options) and
-// inline (Options.Inline). One iteration is one storm of each; the CPU is
-// shared, so compare within a run: -benchtime=8x. KEYSPACE_ONLY=<variant>
-// runs one variant (for profiles).
+// loop and through a Manager, alternately on the same private Redis, and
+// reports per variant the dispatch rate (events per wall-clock second) and
+// the events per CPU-second of this process, their ratios (variant/bare:
+// overall and the median of the per-round ratios) and the events lost.
+//
+// Sub-benchmarks: backlog measures the dispatch rate proper: the storm is
+// produced while a loopback proxy holds it back, then released, and the
+// consumer works through it as fast as it can (the proxy's copying, a few
+// large writes, is in both variants' figures). live sends the storm while
+// the consumer reads, as in production; a consumer that keeps up is
+// measured at the producer's rate.
+//
+// The producer is redis-benchmark in its own process when installed (so
+// CPU time is the consumer's), else an in-process pipeline. Variants: bare,
+// manager (default options) and inline (Options.Inline). One iteration is
+// one storm of each, in rotating order; the CPU is shared, so compare
+// within a run: -benchtime=8x. KEYSPACE_ONLY=<variant> runs one variant
+// (for profiles).
 func BenchmarkEventStorm(b *testing.B) {
 	n := 100000
 	if s := os.Getenv("KEYSPACE_STORM"); s != "" {
@@ -127,15 +165,29 @@ func BenchmarkEventStorm(b *testing.B) {
 			n = v
 		}
 	}
-	srv := redistest.Private(b, redistest.PrivateOptions{Args: []string{"--notify-keyspace-events", "K$"}})
-	sub, prod := srv.Client(), srv.Client()
-	ctx := context.Background()
+	srv := redistest.Private(b, redistest.PrivateOptions{Args: []string{
+		"--notify-keyspace-events", "K$",
+		"--client-output-buffer-limit", "pubsub 0 0 0", // the backlog is held in Redis
+	}})
+	prod := srv.Client()
 	produce := producer(func(ctx context.Context, n int) error { return storm(ctx, prod, n) })
 	if _, err := exec.LookPath("redis-benchmark"); err == nil {
 		produce = externalProducer(srv.Port)
 	} else {
 		b.Log("redis-benchmark not found: in-process producer, CPU figures include it")
 	}
+	b.Run("backlog", func(b *testing.B) {
+		proxy := redistest.NewProxy(b, srv.Addr)
+		sub := srv.Client(func(o *redis.Options) { o.Addr = proxy.Addr })
+		runStorms(b, sub, stormSetup{produce: produce, proxy: proxy}, n)
+	})
+	b.Run("live", func(b *testing.B) {
+		runStorms(b, srv.Client(), stormSetup{produce: produce}, n)
+	})
+}
+
+func runStorms(b *testing.B, sub *redis.Client, setup stormSetup, n int) {
+	ctx := context.Background()
 	variants := []struct {
 		name string
 		opts *Options // nil: the bare loop
@@ -160,10 +212,10 @@ func BenchmarkEventStorm(b *testing.B) {
 			var r measured
 			var err error
 			if v.opts == nil {
-				r, err = bareStorm(ctx, sub, produce, n)
+				r, err = bareStorm(ctx, sub, setup, n)
 			} else {
 				var st Stats
-				r, st, err = managerStorm(ctx, sub, produce, n, *v.opts)
+				r, st, err = managerStorm(ctx, sub, setup, n, *v.opts)
 				lost += st.Dropped + (uint64(n) - st.Received)
 			}
 			if err != nil {

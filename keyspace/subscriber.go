@@ -32,9 +32,19 @@ type nodeSub struct {
 	waits       []*confirmWait
 	stopped     bool
 
-	activity  atomic.Uint64 // messages read, for the health check
-	inHandler atomic.Bool   // an inline handler is running (Options.Inline)
+	activity atomic.Uint64 // messages read, for the health check
+	// handling is odd while the reader runs handlers on its own goroutine.
+	// Whoever moves it from odd to even ends that run: the reader when the
+	// handlers returned, or the hand-off check (handoff.go), which then
+	// starts a new reader; the old one returns once its handlers did.
+	handling atomic.Uint64
+	seen     uint64 // handling at the hand-off check's last look (its own)
 
+	// The reader's state, passed on with the role.
+	failures int           // connections in a row that died young
+	cleared  *redis.PubSub // the connection whose read deadline was cleared
+
+	readers sync.WaitGroup // the reader, and one taken over that still runs handlers
 	stopCh  chan struct{}
 	done    chan struct{}
 	started bool
@@ -207,33 +217,48 @@ func (ns *nodeSub) isStopped() bool {
 	}
 }
 
-// run reads the subscription until the subscriber stops. Reads carry no
-// deadline; the health check runs beside it in watch. The first read of a
-// connection clears the read deadline its handshake left (go-redis's
-// Receive); later reads leave the socket's deadline alone (ReceiveTimeout
-// with a negative timeout), which saves a SetReadDeadline and a clock read
-// per message. Should go-redis replace the connection underneath (it does
-// after a failed write) and leave a handshake deadline, the read fails at
-// that deadline and the subscriber reconnects as for any error, with OnGap.
+// run runs the subscriber: the reader (read) and the health check (watch)
+// until the subscriber stops.
 func (ns *nodeSub) run() {
 	defer close(ns.done)
-	m := ns.m
 	watchDone := make(chan struct{})
 	go ns.watch(watchDone)
 	defer func() { <-watchDone }()
-	failures := 0
-	var cleared *redis.PubSub // the connection whose read deadline was cleared
+	ns.readers.Add(1)
+	ns.read()
+	ns.readers.Wait() // a reader that took over from this goroutine
+}
+
+// takeOver starts a new reader: the current one is stuck in a handler
+// (called by the hand-off check, which took its role).
+func (ns *nodeSub) takeOver() {
+	ns.readers.Add(1) // the old reader has not returned: never from zero
+	go ns.read()
+}
+
+// read reads the subscription until the subscriber stops or the reader's
+// role was taken over. Reads carry no deadline; the health check runs
+// beside it in watch. The first read of a connection clears the read
+// deadline its handshake left (go-redis's Receive); later reads leave the
+// socket's deadline alone (ReceiveTimeout with a negative timeout), which
+// saves a SetReadDeadline and a clock read per message. Should go-redis
+// replace the connection underneath (it does after a failed write) and
+// leave a handshake deadline, the read fails at that deadline and the
+// subscriber reconnects as for any error, with OnGap.
+func (ns *nodeSub) read() {
+	defer ns.readers.Done()
+	m := ns.m
 	for {
 		ps := ns.current()
 		if ps == nil {
-			if !ns.reconnect(&failures) {
+			if !ns.reconnect(&ns.failures) {
 				return
 			}
 			continue
 		}
 		timeout := time.Duration(-1)
-		if ps != cleared {
-			timeout, cleared = 0, ps
+		if ps != ns.cleared {
+			timeout, ns.cleared = 0, ps
 		}
 		msg, err := ps.ReceiveTimeout(m.connCtx, timeout)
 		if err != nil {
@@ -246,9 +271,9 @@ func (ns *nodeSub) run() {
 			lived := time.Since(ns.connectedAt)
 			ns.mu.Unlock()
 			if lived < time.Second {
-				failures++
+				ns.failures++
 			} else {
-				failures = 0
+				ns.failures = 0
 			}
 			ns.drop(ps, err)
 			continue
@@ -256,7 +281,9 @@ func (ns *nodeSub) run() {
 		ns.activity.Add(1)
 		switch v := msg.(type) {
 		case *redis.Message:
-			m.deliver(ns, v)
+			if !m.deliver(ns, v) {
+				return // taken over while in a handler
+			}
 		case *redis.Subscription:
 			if v.Kind == "psubscribe" {
 				ns.confirmed(v.Channel)
@@ -282,9 +309,9 @@ func (ns *nodeSub) watch(done chan struct{}) {
 			return
 		case <-t.C:
 		}
-		if cur := ns.activity.Load(); cur != last || ns.inHandler.Load() {
-			// Traffic, or an inline handler holds up the reading: the
-			// connection is not silent.
+		if cur := ns.activity.Load(); cur != last || ns.handling.Load()&1 == 1 {
+			// Traffic, or a handler holds up the reading: the connection
+			// is not silent.
 			last, pinged = cur, false
 			continue
 		}
@@ -366,13 +393,19 @@ func (ns *nodeSub) reconnect(failures *int) bool {
 	}
 }
 
-// stop closes the subscription and waits for the loop to end. Safe to call
-// twice.
+// stop closes the subscription and waits for the loop to end (and for a
+// handler its reader runs). Safe to call twice.
 func (ns *nodeSub) stop() {
+	ns.signalStop()
+	<-ns.done
+}
+
+// signalStop closes the subscription and tells the loop to end; done is
+// closed when it has. Safe to call twice.
+func (ns *nodeSub) signalStop() {
 	ns.mu.Lock()
 	if ns.stopped {
 		ns.mu.Unlock()
-		<-ns.done
 		return
 	}
 	ns.stopped = true
@@ -384,9 +417,7 @@ func (ns *nodeSub) stop() {
 	if ps != nil {
 		_ = ps.Close()
 	}
-	if started {
-		<-ns.done
-	} else {
+	if !started {
 		close(ns.done)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 )
 
 // Proxy is a loopback TCP proxy in front of a Redis server whose replies can
@@ -17,6 +16,8 @@ type Proxy struct {
 	ln      net.Listener
 	stalled atomic.Bool
 	mu      sync.Mutex
+	resume  chan struct{} // closed when the stall ends (or the proxy closes)
+	closed  bool
 	conns   []net.Conn
 	wg      sync.WaitGroup
 }
@@ -36,8 +37,21 @@ func NewProxy(t testing.TB, target string) *Proxy {
 }
 
 // Stall stops (true) or resumes (false) forwarding replies to clients.
-// Bytes read from the server while stalled are held back, not dropped.
-func (p *Proxy) Stall(on bool) { p.stalled.Store(on) }
+// Bytes read from the server while stalled are held back, not dropped, and
+// forwarded at once when the stall ends.
+func (p *Proxy) Stall(on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if on == p.stalled.Load() {
+		return
+	}
+	if on {
+		p.resume = make(chan struct{})
+	} else {
+		close(p.resume)
+	}
+	p.stalled.Store(on)
+}
 
 func (p *Proxy) accept() {
 	defer p.wg.Done()
@@ -81,15 +95,17 @@ func (p *Proxy) copyReplies(dst, src net.Conn) {
 	}
 }
 
-// waitResume waits a little while stalled; false once the proxy is closed.
+// waitResume waits until the stall ends; false once the proxy is closed.
 func (p *Proxy) waitResume() bool {
 	p.mu.Lock()
-	closed := p.conns == nil
+	closed, resume := p.closed, p.resume
 	p.mu.Unlock()
 	if closed {
 		return false
 	}
-	time.Sleep(5 * time.Millisecond)
+	if resume != nil {
+		<-resume
+	}
 	return true
 }
 
@@ -101,6 +117,13 @@ func (p *Proxy) Close() {
 		_ = c.Close()
 	}
 	p.conns = nil
+	if !p.closed {
+		p.closed = true
+		if p.stalled.Load() {
+			close(p.resume) // wake stalled copies: they see closed
+			p.stalled.Store(false)
+		}
+	}
 	p.mu.Unlock()
 	p.wg.Wait()
 }

@@ -102,13 +102,5 @@ func TestHandoffsUnderMixedLoad(t *testing.T) {
 	if s := m.Stats(); s.Handoffs == 0 || s.Dropped != 0 || s.Received != keys*per {
 		t.Errorf("Stats = %+v, want hand-offs, nothing dropped, all received", s)
 	}
-	last := map[string]string{}
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	for _, ev := range rec.events {
-		if prev, ok := last[ev.Key]; ok && ev.Event <= prev {
-			t.Fatalf("key %s: %s after %s", ev.Key, ev.Event, prev)
-		}
-		last[ev.Key] = ev.Event
-	}
+	rec.checkPerKeyOrder(t)
 }

@@ -85,6 +85,21 @@ func (r *recorder) until(t *testing.T, key, name string) []Event {
 	}
 }
 
+// checkPerKeyOrder fails t unless the events of every key were recorded
+// with increasing names (the tests name them e000, e001, ...).
+func (r *recorder) checkPerKeyOrder(t *testing.T) {
+	t.Helper()
+	last := map[string]string{}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, ev := range r.events {
+		if prev, ok := last[ev.Key]; ok && ev.Event <= prev {
+			t.Fatalf("key %s: %s after %s", ev.Key, ev.Event, prev)
+		}
+		last[ev.Key] = ev.Event
+	}
+}
+
 // pairs renders events as "event key" strings for comparison.
 func pairs(evs []Event) []string {
 	out := make([]string, len(evs))

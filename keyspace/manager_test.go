@@ -246,15 +246,7 @@ func TestPerKeyOrderWithWorkers(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("handled %d of %d events", done.Load(), keys*per)
 	}
-	last := map[string]string{}
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	for _, ev := range rec.events {
-		if prev, ok := last[ev.Key]; ok && ev.Event <= prev {
-			t.Fatalf("key %s: %s after %s", ev.Key, ev.Event, prev)
-		}
-		last[ev.Key] = ev.Event
-	}
+	rec.checkPerKeyOrder(t)
 }
 
 func TestHandleAfterStart(t *testing.T) {

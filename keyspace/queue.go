@@ -31,8 +31,8 @@ var napTime = 100 * time.Microsecond
 // Cheaper still is no hand-off at all: while the queue is empty and the
 // handler goroutine idle, a reader runs the event's handlers itself
 // (tryInline, endInline) and the handler goroutine stays parked. The queue
-// has one runner at a time, the handler goroutine (busy) or a reader
-// (inline), so its events are handled one after the other and in order:
+// has one runner at a time, the handler goroutine (gateBusy) or a reader
+// (gateInline), so its events are handled one after the other and in order:
 // an event that arrives while a reader runs handlers inline is queued, and
 // the handler goroutine takes over the queue when the reader is done. A
 // reader that spends long in a handler loses its role as reader to a new
@@ -54,8 +54,9 @@ type queue struct {
 
 	// gate says who runs the queue's handlers and whether events wait
 	// (gateInline, gateBusy, gateWaiting). Zero means idle and empty: a
-	// reader may claim it (tryInline) with a compare-and-swap, without mu.
-	// Every other change happens under mu.
+	// reader claims it with a compare-and-swap from zero (tryInline) and,
+	// when nothing was queued meanwhile, gives it back with one to zero
+	// (endInline), both without mu. Every other change happens under mu.
 	gate atomic.Uint32
 
 	_          [64]byte     // next is written by the handler goroutine for every event

@@ -32,7 +32,10 @@ type nodeSub struct {
 	waits       []*confirmWait
 	stopped     bool
 
-	activity atomic.Uint64 // messages read, for the health check
+	// traffic is set by the reader when it read something and cleared by
+	// the health check when it looks (a load per message, a store only
+	// after a look).
+	traffic atomic.Bool
 	// handling is odd while the reader runs handlers on its own goroutine.
 	// Whoever moves it from odd to even ends that run: the reader when the
 	// handlers returned, or the hand-off check (handoff.go), which then
@@ -278,7 +281,9 @@ func (ns *nodeSub) read() {
 			ns.drop(ps, err)
 			continue
 		}
-		ns.activity.Add(1)
+		if !ns.traffic.Load() {
+			ns.traffic.Store(true)
+		}
 		switch v := msg.(type) {
 		case *redis.Message:
 			if !m.deliver(ns, v) {
@@ -301,7 +306,6 @@ func (ns *nodeSub) watch(done chan struct{}) {
 	defer close(done)
 	t := time.NewTicker(ns.m.opts.PingInterval)
 	defer t.Stop()
-	last := ns.activity.Load()
 	pinged := false
 	for {
 		select {
@@ -309,10 +313,10 @@ func (ns *nodeSub) watch(done chan struct{}) {
 			return
 		case <-t.C:
 		}
-		if cur := ns.activity.Load(); cur != last || ns.handling.Load()&1 == 1 {
+		if ns.traffic.Swap(false) || ns.handling.Load()&1 == 1 {
 			// Traffic, or a handler holds up the reading: the connection
 			// is not silent.
-			last, pinged = cur, false
+			pinged = false
 			continue
 		}
 		ps := ns.current()

@@ -104,3 +104,31 @@ func TestHandoffsUnderMixedLoad(t *testing.T) {
 	}
 	rec.checkPerKeyOrder(t)
 }
+
+// TestHandleFromHandler: a handler that adds a handler waits for the new
+// subscription's confirmation, which only a reader can read; the hand-off
+// gives it one, and the new handler gets its events.
+func TestHandleFromHandler(t *testing.T) {
+	mr, rdb := newMini(t)
+	added := make(chan error, 1)
+	rec := newRecorder()
+	m := startManager(t, rdb, Options{Config: ConfigSkip}, func(m *Manager) {
+		m.Handle("first", func(Event) {
+			added <- m.HandleEvents("second:*", rec.handle)
+		})
+	})
+	mr.Publish("__keyspace@0__:first", "set")
+	select {
+	case err := <-added:
+		if err != nil {
+			t.Fatalf("HandleEvents from a handler: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("HandleEvents from a handler did not return")
+	}
+	if s := m.Stats(); s.Handoffs != 1 {
+		t.Errorf("Stats = %+v, want 1 hand-off", s)
+	}
+	mr.Publish("__keyspace@0__:second:1", "set")
+	rec.until(t, "second:1", "set")
+}

@@ -352,8 +352,9 @@ func (m *Manager) startNodes(ctx context.Context) error {
 // within ctx (events left when ctx ends are counted in Stats.Discarded and
 // ctx's error is returned), restores the server setting when
 // Options.RestoreOnClose, and releases the connections. It waits for the
-// manager's goroutines (a handler that never returns blocks it). A second
-// call returns the first call's result.
+// manager's goroutines (a handler that never returns blocks it), so it
+// must not be called from a handler. A second call returns the first
+// call's result.
 func (m *Manager) Close(ctx context.Context) error {
 	m.closeOnce.Do(func() {
 		m.mu.Lock()

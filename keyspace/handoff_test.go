@@ -56,16 +56,15 @@ func TestSlowHandlerHandsOffReading(t *testing.T) {
 	if maxInFlight.Load() != 1 {
 		t.Errorf("%d handlers ran at once, want 1", maxInFlight.Load())
 	}
-	// Fast events now run on the (new) reader: no further hand-off, and the
-	// check goes back to sleep.
+	// Fast events are handled again, and the check goes back to sleep (no
+	// timer while no handler runs). (Whether they ran on the reader is not
+	// asserted: a reader descheduled for two ticks under load is, rightly,
+	// taken over too.)
 	for i := 0; i < 20; i++ {
 		mr.Publish("__keyspace@0__:k9", "set")
 	}
 	waitFor(t, "the fast events", func() bool { return m.Stats().Handled == n+21 })
 	waitFor(t, "the hand-off check to sleep", func() bool { return !m.handoffArmed.Load() })
-	if s := m.Stats(); s.Handoffs != 1 {
-		t.Errorf("Stats = %+v, want still 1 hand-off", s)
-	}
 }
 
 // TestHandoffsUnderMixedLoad: a stream in which some handler calls take
@@ -126,8 +125,8 @@ func TestHandleFromHandler(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("HandleEvents from a handler did not return")
 	}
-	if s := m.Stats(); s.Handoffs != 1 {
-		t.Errorf("Stats = %+v, want 1 hand-off", s)
+	if s := m.Stats(); s.Handoffs == 0 {
+		t.Errorf("Stats = %+v, want a hand-off", s)
 	}
 	mr.Publish("__keyspace@0__:second:1", "set")
 	rec.until(t, "second:1", "set")

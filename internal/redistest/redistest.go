@@ -82,38 +82,58 @@ type PrivateOptions struct {
 // it when t ends.
 func Private(t testing.TB, opts ...PrivateOptions) *Server {
 	t.Helper()
-	bin := ServerBinary()
-	if bin == "" {
+	if ServerBinary() == "" {
 		Unavailable(t, "redis-server not found in PATH")
 	}
-	var extra []string
-	for _, o := range opts {
-		extra = append(extra, o.Args...)
+	s, err := launch(t, false, func(port int, dir string) ([]string, error) {
+		args := serverArgs(port, dir)
+		for _, o := range opts {
+			args = append(args, o.Args...)
+		}
+		return args, nil
+	})
+	if err != nil {
+		t.Fatalf("redistest: cannot start redis-server: %v", err)
 	}
-	dir := t.TempDir()
+	return s
+}
+
+// serverArgs are the arguments of every private redis-server: loopback,
+// nothing persisted, a log in dir named after the port (see logTail).
+func serverArgs(port int, dir string) []string {
+	return []string{
+		"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", dir,
+		"--daemonize", "no", "--loglevel", "warning",
+		"--logfile", filepath.Join(dir, fmt.Sprintf("redis-%d.log", port)),
+	}
+}
+
+// launch starts redis-server on a free loopback port (with bus, one whose
+// cluster bus port is free too) and a new directory, with the arguments
+// args gives for them, and stops it when t ends. Another process may take
+// the port first: it tries five ports before it gives up.
+func launch(t testing.TB, bus bool, args func(port int, dir string) ([]string, error)) (*Server, error) {
 	var lastErr error
 	for try := 0; try < 5; try++ {
-		port, err := FreePort(false)
+		port, err := FreePort(bus)
 		if err != nil {
 			lastErr = err
 			continue
 		}
+		dir := t.TempDir()
 		s := &Server{Addr: "127.0.0.1:" + strconv.Itoa(port), Port: port, Dir: dir, t: t}
-		s.args = append([]string{
-			"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-			"--save", "", "--appendonly", "no", "--dir", dir,
-			"--daemonize", "no", "--loglevel", "warning",
-			"--logfile", filepath.Join(dir, fmt.Sprintf("redis-%d.log", port)),
-		}, extra...)
-		if err := s.start(bin); err != nil {
+		if s.args, err = args(port, dir); err != nil {
+			return nil, err
+		}
+		if err := s.start(ServerBinary()); err != nil {
 			lastErr = err
 			continue
 		}
 		t.Cleanup(s.Stop)
-		return s
+		return s, nil
 	}
-	t.Fatalf("redistest: cannot start redis-server: %v", lastErr)
-	return nil
+	return nil, lastErr
 }
 
 func (s *Server) start(bin string) error {
@@ -300,12 +320,16 @@ func NewCluster(t testing.TB, n int, opts ...PrivateOptions) *Cluster {
 	}
 	c := &Cluster{}
 	for i := 0; i < n; i++ {
-		var s *Server
-		var err error
-		for try := 0; try < 5 && s == nil; try++ {
-			s, err = startClusterNode(t, opts)
-		}
-		if s == nil {
+		s, err := launch(t, true, func(port int, dir string) ([]string, error) {
+			args := append(serverArgs(port, dir),
+				"--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"),
+				"--cluster-node-timeout", "2000")
+			for _, o := range opts {
+				args = append(args, o.Args...)
+			}
+			return args, nil
+		})
+		if err != nil {
 			t.Fatalf("redistest: cluster node: %v", err)
 		}
 		c.Nodes = append(c.Nodes, s)
@@ -355,29 +379,4 @@ func NewCluster(t testing.TB, n int, opts ...PrivateOptions) *Cluster {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-func startClusterNode(t testing.TB, opts []PrivateOptions) (*Server, error) {
-	port, err := FreePort(true)
-	if err != nil {
-		return nil, err
-	}
-	dir := t.TempDir()
-	s := &Server{Addr: "127.0.0.1:" + strconv.Itoa(port), Port: port, Dir: dir, t: t}
-	s.args = []string{
-		"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", dir,
-		"--daemonize", "no", "--loglevel", "warning",
-		"--logfile", filepath.Join(dir, fmt.Sprintf("redis-%d.log", port)),
-		"--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"),
-		"--cluster-node-timeout", "2000",
-	}
-	for _, o := range opts {
-		s.args = append(s.args, o.Args...)
-	}
-	if err := s.start(ServerBinary()); err != nil {
-		return nil, err
-	}
-	t.Cleanup(s.Stop)
-	return s, nil
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 )
 
@@ -12,33 +11,20 @@ import (
 // masterName (quorum 1), stopped when t ends.
 func Sentinel(t testing.TB, master *Server, masterName string) *Server {
 	t.Helper()
-	bin := ServerBinary()
-	if bin == "" {
+	if ServerBinary() == "" {
 		Unavailable(t, "redis-server not found in PATH")
 	}
-	var lastErr error
-	for try := 0; try < 5; try++ {
-		port, err := FreePort(false)
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		dir := t.TempDir()
+	s, err := launch(t, false, func(port int, dir string) ([]string, error) {
 		conf := filepath.Join(dir, "sentinel.conf")
 		body := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nlogfile %s\nsentinel monitor %s 127.0.0.1 %d 1\nsentinel down-after-milliseconds %s 1000\n",
 			port, dir, filepath.Join(dir, fmt.Sprintf("redis-%d.log", port)), masterName, master.Port, masterName)
 		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
-		s := &Server{Addr: "127.0.0.1:" + strconv.Itoa(port), Port: port, Dir: dir, t: t}
-		s.args = []string{conf, "--sentinel"}
-		if err := s.start(bin); err != nil {
-			lastErr = err
-			continue
-		}
-		t.Cleanup(s.Stop)
-		return s
+		return []string{conf, "--sentinel"}, nil
+	})
+	if err != nil {
+		t.Fatalf("redistest: cannot start sentinel: %v", err)
 	}
-	t.Fatalf("redistest: cannot start sentinel: %v", lastErr)
-	return nil
+	return s
 }

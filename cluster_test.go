@@ -32,7 +32,7 @@ func TestClusterClient(t *testing.T) {
 		}
 	}
 	i := 0
-	waitFor(t, 5*time.Second, "pools on all 3 nodes", func() bool {
+	redistest.WaitFor(t, 5*time.Second, "pools on all 3 nodes", func() bool {
 		// connections opened before a node was reached are tracked from
 		// their next state change: keep traffic going
 		i++
@@ -58,7 +58,7 @@ func TestClusterClient(t *testing.T) {
 	if _, err := ps.Receive(bg); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, "pubsub counted", func() bool { return tr.Stats().LongLived == 1 })
+	redistest.WaitFor(t, 2*time.Second, "pubsub counted", func() bool { return tr.Stats().LongLived == 1 })
 	s := tr.Stats()
 	if s.Total != s.Idle+s.InUse || s.Leaked != 1 {
 		t.Fatalf("stats %+v", s)
@@ -115,7 +115,7 @@ func TestFailoverClient(t *testing.T) {
 	if k := tr.Stats().ClientKind; k != redisleak.ClientKindFailover {
 		t.Fatalf("client kind %q", k)
 	}
-	waitFor(t, 5*time.Second, "master reachable through the sentinel", func() bool { return rdb.Ping(bg).Err() == nil })
+	redistest.WaitFor(t, 5*time.Second, "master reachable through the sentinel", func() bool { return rdb.Ping(bg).Err() == nil })
 	c := leakyConn(bg, rdb)
 	defer c.Close()
 	l := onlyLeak(t, scanUntil(t, tr, 1))

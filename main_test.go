@@ -66,23 +66,11 @@ func setup(t *testing.T, opts redisleak.Options, ro ...func(*redis.Options)) (*r
 	return rdb, tr, logs
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // scanUntil scans until at least n leaks are found.
 func scanUntil(t *testing.T, tr *redisleak.Tracker, n int) []redisleak.Leak {
 	t.Helper()
 	var leaks []redisleak.Leak
-	waitFor(t, 5*time.Second, "leaks to be found", func() bool {
+	redistest.WaitFor(t, 5*time.Second, "leaks to be found", func() bool {
 		leaks = tr.Scan()
 		return len(leaks) >= n
 	})

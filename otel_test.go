@@ -133,7 +133,7 @@ func TestChainRecorderAndReplacement(t *testing.T) {
 
 	// Something else replaces the process-wide recorder: the tracker notices.
 	redis.SetOTelRecorder(noopRecorder{})
-	waitFor(t, 3*time.Second, "fallback to hooks mode", func() bool {
+	redistest.WaitFor(t, 3*time.Second, "fallback to hooks mode", func() bool {
 		rdb.Ping(bg)
 		return tr.Stats().ObserverMode == redisleak.ModeHooks
 	})
@@ -149,7 +149,7 @@ func TestChainRecorderAndReplacement(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- stuckGet(bg, rdb) }()
 	var leaks []redisleak.Leak
-	waitFor(t, 3*time.Second, "stuck command in hooks mode", func() bool {
+	redistest.WaitFor(t, 3*time.Second, "stuck command in hooks mode", func() bool {
 		leaks = tr.Scan()
 		return len(leaks) == 1
 	})

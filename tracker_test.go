@@ -49,7 +49,7 @@ func TestLeakUnclosedConn(t *testing.T) {
 	if got := tr.Scan(); len(got) != 0 {
 		t.Fatalf("after Close: %v", got)
 	}
-	waitFor(t, 2*time.Second, "stats to clear", func() bool { s := tr.Stats(); return s.Leaked == 0 && s.InUse == 0 })
+	redistest.WaitFor(t, 2*time.Second, "stats to clear", func() bool { s := tr.Stats(); return s.Leaked == 0 && s.InUse == 0 })
 	if tr.Stats().LeaksReported != 1 {
 		t.Fatalf("LeaksReported %d", tr.Stats().LeaksReported)
 	}
@@ -78,7 +78,7 @@ func TestLeakBlockedWatch(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, "watch hold to end", func() bool { return len(tr.Scan()) == 0 })
+	redistest.WaitFor(t, 2*time.Second, "watch hold to end", func() bool { return len(tr.Scan()) == 0 })
 }
 
 func stuckGet(ctx context.Context, rdb *redis.Client) error {
@@ -114,8 +114,8 @@ func TestLeakStuckCommand(t *testing.T) {
 	if err := <-done; err != nil && err != redis.Nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, "stuck hold to end", func() bool { return len(tr.Scan()) == 0 })
-	waitFor(t, 2*time.Second, "INFO follow-up", func() bool { return strings.Contains(logs.String(), "was returned") })
+	redistest.WaitFor(t, 2*time.Second, "stuck hold to end", func() bool { return len(tr.Scan()) == 0 })
+	redistest.WaitFor(t, 2*time.Second, "INFO follow-up", func() bool { return strings.Contains(logs.String(), "was returned") })
 }
 
 func TestLongLivedExempt(t *testing.T) {
@@ -142,7 +142,7 @@ func TestLongLivedExempt(t *testing.T) {
 	defer c2.Close()
 	c2.Ping(redisleak.WithMaxHold(bg, time.Hour))
 
-	waitFor(t, 3*time.Second, "holds to be seen", func() bool { return tr.Stats().InUse >= 5 })
+	redistest.WaitFor(t, 3*time.Second, "holds to be seen", func() bool { return tr.Stats().InUse >= 5 })
 	time.Sleep(300 * time.Millisecond) // longer than MaxHold
 	if leaks := tr.Scan(); len(leaks) != 0 {
 		t.Fatalf("long-lived holds reported as leaks: %v", leaks)
@@ -194,7 +194,7 @@ func TestBlockingBeyondTimeoutIsLeak(t *testing.T) {
 	rdb, tr, _ := setup(t, redisleak.Options{})
 	done := make(chan struct{})
 	go func() { defer close(done); rdb.BLPop(bg, time.Second, "nothing") }()
-	waitFor(t, 2*time.Second, "blocking hold", func() bool { return tr.Stats().InUse == 1 })
+	redistest.WaitFor(t, 2*time.Second, "blocking hold", func() bool { return tr.Stats().InUse == 1 })
 	time.Sleep(300 * time.Millisecond)
 	if got := tr.Scan(); len(got) != 0 {
 		t.Fatalf("within timeout+grace: %v", got)
@@ -260,12 +260,12 @@ func TestNoFalsePositivesUnderMixedLoad(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 	ps.Close()
-	waitFor(t, 3*time.Second, "totals to agree with go-redis", func() bool {
+	redistest.WaitFor(t, 3*time.Second, "totals to agree with go-redis", func() bool {
 		p := rdb.PoolStats()
 		return tr.Stats().Total == int(p.TotalConns)+int(p.PipelineStats.TotalConns)+int(p.PubSubStats.Active)
 	})
 	for _, k := range []string{redisleak.KindCommand, redisleak.KindPipeline, redisleak.KindTx} {
-		waitFor(t, time.Second, "hold stats for "+k, func() bool { return tr.Stats().HoldTime[k].Count > 0 })
+		redistest.WaitFor(t, time.Second, "hold stats for "+k, func() bool { return tr.Stats().HoldTime[k].Count > 0 })
 	}
 }
 
@@ -296,9 +296,9 @@ func TestRestartLeavesNoPhantomHolds(t *testing.T) {
 	// discards it. Pooled connections are replaced as they fail.
 	_ = c.Ping(bg).Err()
 	_ = c.Close()
-	waitFor(t, 5*time.Second, "commands to work again", func() bool { return rdb.Set(bg, "k", 1, 0).Err() == nil })
-	waitFor(t, 5*time.Second, "pubsub to reconnect", func() bool { return rdb.Publish(bg, "c", "x").Val() == 1 })
-	waitFor(t, 3*time.Second, "no phantom holds", func() bool {
+	redistest.WaitFor(t, 5*time.Second, "commands to work again", func() bool { return rdb.Set(bg, "k", 1, 0).Err() == nil })
+	redistest.WaitFor(t, 5*time.Second, "pubsub to reconnect", func() bool { return rdb.Publish(bg, "c", "x").Val() == 1 })
+	redistest.WaitFor(t, 3*time.Second, "no phantom holds", func() bool {
 		s := tr.Stats()
 		return s.InUse == 1 && s.LongLived == 1 && s.Leaked == 0 && s.Total == s.Idle+s.InUse
 	})
@@ -308,7 +308,7 @@ func TestRestartLeavesNoPhantomHolds(t *testing.T) {
 	// Closed connections are forgotten: the tracker's total is go-redis's
 	// (main pool, pipeline pool and the PubSub connection).
 	ps2 := rdb.PoolStats()
-	waitFor(t, 3*time.Second, "totals to agree", func() bool {
+	redistest.WaitFor(t, 3*time.Second, "totals to agree", func() bool {
 		return tr.Stats().Total == int(ps2.TotalConns)+int(ps2.PipelineStats.TotalConns)+int(ps2.PubSubStats.Active)
 	})
 }
@@ -369,7 +369,7 @@ func TestActionCloseLeaked(t *testing.T) {
 		t.Fatal("holder's next call succeeded on a closed connection")
 	}
 	c.Close()
-	waitFor(t, 2*time.Second, "slot freed", func() bool { return tr.Stats().InUse == 0 })
+	redistest.WaitFor(t, 2*time.Second, "slot freed", func() bool { return tr.Stats().InUse == 0 })
 	if err := rdb.Ping(bg).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -422,7 +422,7 @@ func TestLateAttachment(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	waitFor(t, 3*time.Second, "pre-existing connection tracked", func() bool { return tr.Stats().Total >= 1 })
+	redistest.WaitFor(t, 3*time.Second, "pre-existing connection tracked", func() bool { return tr.Stats().Total >= 1 })
 	c := leakyConn(bg, rdb)
 	defer c.Close()
 	l := onlyLeak(t, scanUntil(t, tr, 1))
@@ -542,7 +542,7 @@ func TestReinstrumentAfterClose(t *testing.T) {
 	defer tr2.Close()
 	// The existing connection is wrapped by the closed tracker only: the
 	// late-attachment probe names its pool, and it is tracked from then on.
-	waitFor(t, 3*time.Second, "existing connection tracked", func() bool { return tr2.Stats().Total == 1 })
+	redistest.WaitFor(t, 3*time.Second, "existing connection tracked", func() bool { return tr2.Stats().Total == 1 })
 	c := leakyConn(bg, rdb)
 	defer c.Close()
 	l := onlyLeak(t, scanUntil(t, tr2, 1))

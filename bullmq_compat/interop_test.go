@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/redisleak/redisleak/internal/redistest"
 )
 
 // nodeCounts is the output of the peer's "counts" mode.
@@ -282,7 +284,7 @@ func TestInteropMixedWorkers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, 30*time.Second, "all jobs completed", func() bool {
+	redistest.WaitFor(t, 30*time.Second, "all jobs completed", func() bool {
 		c, _ := q.Counts(ctx)
 		return c.Completed == n
 	})

@@ -93,18 +93,6 @@ func startWorker(t testing.TB, w *Worker) <-chan error {
 	return done
 }
 
-// eventually polls cond every 10ms until it holds or d passes.
-func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // --- the Node peer ---
 
 func interopDir(t testing.TB) string {

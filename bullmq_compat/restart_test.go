@@ -28,17 +28,17 @@ func TestWorkerSurvivesRedisRestart(t *testing.T) {
 		return nil, nil
 	}, WorkerOptions{OnError: func(error) { errs.Add(1) }})
 	startWorker(t, w)
-	eventually(t, 5*time.Second, "the worker blocking", func() bool {
+	redistest.WaitFor(t, 5*time.Second, "the worker blocking", func() bool {
 		return strings.Contains(rdb.ClientList(ctx).Val(), "name="+w.ClientName()+" ")
 	})
 	s.Restart()
-	eventually(t, 15*time.Second, "the worker blocking again after the restart", func() bool {
+	redistest.WaitFor(t, 15*time.Second, "the worker blocking again after the restart", func() bool {
 		return strings.Contains(rdb.ClientList(ctx).Val(), "name="+w.ClientName()+" ")
 	})
 	if _, err := q.Add(ctx, "after", nil, JobOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 15*time.Second, "the job added after the restart to run", func() bool { return ran.Load() == 1 })
+	redistest.WaitFor(t, 15*time.Second, "the job added after the restart to run", func() bool { return ran.Load() == 1 })
 	t.Logf("%d errors reported during the restart", errs.Load())
 }
 
@@ -58,7 +58,7 @@ func TestQueueEventsSurvivesRedisRestart(t *testing.T) {
 	s.Restart()
 	q, _ := NewQueue(rdb, name, QueueOptions{})
 	var j *Job
-	eventually(t, 10*time.Second, "an add after the restart", func() bool {
+	redistest.WaitFor(t, 10*time.Second, "an add after the restart", func() bool {
 		j, err = q.Add(ctx, "after", nil, JobOptions{})
 		return err == nil
 	})

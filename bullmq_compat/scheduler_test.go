@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/redisleak/redisleak/internal/redistest"
 )
 
 // TestInteropNodeJobSchedulers: jobs of Node job schedulers (every and
@@ -39,7 +41,7 @@ func TestInteropNodeJobSchedulers(t *testing.T) {
 	}, WorkerOptions{Concurrency: 2, OnError: func(err error) { t.Errorf("worker error: %v", err) }})
 	done := make(chan error, 1)
 	go func() { done <- w.Run(context.Background()) }()
-	eventually(t, 20*time.Second, "4 every-jobs and 2 cron jobs", func() bool {
+	redistest.WaitFor(t, 20*time.Second, "4 every-jobs and 2 cron jobs", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(runs["tick"]) >= 4 && len(runs["cron"]) >= 2

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/redisleak/redisleak"
+	"github.com/redisleak/redisleak/internal/redistest"
 )
 
 // TestIdleWorkerIsLongLivedForTheTracker: with the tracker attached, an
@@ -37,7 +38,7 @@ func TestIdleWorkerIsLongLivedForTheTracker(t *testing.T) {
 		return nil, nil
 	}, WorkerOptions{DrainDelay: 5 * time.Second})
 	startWorker(t, w)
-	eventually(t, 5*time.Second, "the worker blocking on its marker", func() bool {
+	redistest.WaitFor(t, 5*time.Second, "the worker blocking on its marker", func() bool {
 		return strings.Contains(rdb.ClientList(context.Background()).Val(), "cmd=bzpopmin")
 	})
 	time.Sleep(450 * time.Millisecond) // longer than MaxHold, while the worker idles

@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/redisleak/redisleak"
+	"github.com/redisleak/redisleak/internal/redistest"
 )
 
 func TestNewWorkerRejectsBadInput(t *testing.T) {
@@ -46,7 +47,7 @@ func TestNewWorkerRejectsBadInput(t *testing.T) {
 func waitEvents(t *testing.T, rdb *redis.Client, q *Queue, n int, names ...string) []redis.XMessage {
 	t.Helper()
 	var got []redis.XMessage
-	eventually(t, 15*time.Second, fmt.Sprintf("%d %v events", n, names), func() bool {
+	redistest.WaitFor(t, 15*time.Second, fmt.Sprintf("%d %v events", n, names), func() bool {
 		got = got[:0]
 		for _, m := range rdb.XRange(context.Background(), q.Key("events"), "-", "+").Val() {
 			for _, name := range names {
@@ -338,7 +339,7 @@ func TestRunReturnsContextError(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
-	eventually(t, 5*time.Second, "the worker's blocking connection", func() bool {
+	redistest.WaitFor(t, 5*time.Second, "the worker's blocking connection", func() bool {
 		return strings.Contains(rdb.ClientList(context.Background()).Val(), "name="+w.ClientName()+" ")
 	})
 	start := time.Now()
@@ -492,7 +493,7 @@ func TestLockRenewalKeepsLongJobs(t *testing.T) {
 		t.Fatal(err)
 	}
 	startWorker(t, long)
-	eventually(t, 5*time.Second, "the job to start", func() bool { return runs.Load() == 1 })
+	redistest.WaitFor(t, 5*time.Second, "the job to start", func() bool { return runs.Load() == 1 })
 	// A second worker checks for stalled jobs every 100ms meanwhile.
 	checker, _ := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) {
 		runs.Add(1)

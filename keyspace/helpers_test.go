@@ -8,6 +8,8 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redisleak/redisleak/internal/redistest"
 )
 
 // newMini starts a miniredis and a client for it, both closed when t ends.
@@ -109,17 +111,10 @@ func pairs(evs []Event) []string {
 	return out
 }
 
-// waitFor polls cond (a condition on counters, which have no signal of
-// their own) every few milliseconds for up to 10s.
+// waitFor is redistest.WaitFor with 10 s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	redistest.WaitFor(t, 10*time.Second, what, cond)
 }
 
 // errSink collects OnError reports.

@@ -236,14 +236,8 @@ func publish(t *testing.T, m *Manager, topic, typ, data string) string {
 	return id
 }
 
-// eventually polls cond until it holds or 10s pass.
+// eventually is redistest.WaitFor with 10 s.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	redistest.WaitFor(t, 10*time.Second, what, cond)
 }

@@ -380,3 +380,17 @@ func NewCluster(t testing.TB, n int, opts ...PrivateOptions) *Cluster {
 		}
 	}
 }
+
+// WaitFor polls cond every 5 ms until it holds, and fails t when it does not
+// hold within d. For conditions without a signal of their own (counters,
+// stats).
+func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -350,13 +350,7 @@ for j = 0, count - 1 do
       rcall("XADD", K.events, "MAXLEN", "~", maxEv, "*", "event", "delayed", "jobId", id, "delay", num(due))
       markDelayed()
     else
-      if priority > 0 then
-        rcall("ZADD", K.prioritized, priorityScore(priority), id)
-      elseif lifo then
-        rcall("RPUSH", K.wait, id)
-      else
-        rcall("LPUSH", K.wait, id)
-      end
+      enqueue(id, priority, lifo)
       markReady()
       rcall("XADD", K.events, "MAXLEN", "~", maxEv, "*", "event", "waiting", "jobId", id)
     end

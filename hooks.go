@@ -57,6 +57,12 @@ func (h *hook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		if t.hooksMode.Load() {
 			op := t.beginOp(ctx, cmd.Name(), cmd.Args())
 			defer t.endOp(op)
+		} else if t.legacyN.Load() > 0 {
+			// Connections opened before the tracker have no wrapper to see
+			// a blocking command being written: note it by goroutine.
+			if g, ok := t.noteLegacyBlocking(cmd); ok {
+				defer t.legacyBlock.Delete(g)
+			}
 		}
 		err := next(ctx, cmd)
 		if err != nil && !t.opts.DisablePoolTimeoutDetail && isPoolTimeout(err) {
@@ -170,6 +176,26 @@ func (t *Tracker) inflightOps() []*inflightOp {
 		out = append(out, op)
 	}
 	return out
+}
+
+// noteLegacyBlocking records a blocking command about to run on the
+// calling goroutine, with the nanotime until which it is exempt.
+func (t *Tracker) noteLegacyBlocking(cmd redis.Cmder) (uintptr, bool) {
+	name := cmd.Name()
+	if len(name) == 0 || (name[0] != 'b' && name[0] != 'x' && name[0] != 'w') {
+		return 0, false
+	}
+	d, ok := blockingTimeout(argsToRESP(cmd.Args()))
+	if !ok {
+		return 0, false
+	}
+	until := int64(blockForever)
+	if d != blockForever {
+		until = nanotime() + int64(d) + int64(t.opts.BlockingGrace)
+	}
+	g := curG()
+	t.legacyBlock.Store(g, until)
+	return g, true
 }
 
 // argsToRESP renders command arguments the way go-redis writes them, for

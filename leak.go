@@ -104,6 +104,13 @@ func (t *Tracker) evaluate(r *connRecord, now int64) (v holdView, ok bool) {
 	v.seq = r.holdSeq.Load()
 	v.held = time.Duration(now - acq)
 	v.kind = r.kind()
+	legacyUntil := int64(0)
+	if r.conn == nil && v.kind != KindPubSub && r.blockDeadline.Load() == 0 {
+		// no wrapper: a blocking command noted by the hook (hooks.go)
+		if u, ok := t.legacyBlock.Load(r.holderG.Load()); ok {
+			v.kind, legacyUntil = KindBlocking, u.(int64)
+		}
+	}
 	m := r.mark.Load()
 	if m == nil && v.kind == KindPubSub {
 		m = r.dialMark
@@ -124,7 +131,11 @@ func (t *Tracker) evaluate(r *connRecord, now int64) (v holdView, ok bool) {
 		case KindPubSub:
 			v.longLived = true
 		case KindBlocking:
-			if bd := r.blockDeadline.Load(); bd == int64(blockForever) || bd > now {
+			bd := r.blockDeadline.Load()
+			if legacyUntil != 0 {
+				bd = legacyUntil
+			}
+			if bd == int64(blockForever) || bd > now {
 				v.longLived = true
 			}
 		}
@@ -146,7 +157,12 @@ func (t *Tracker) threshold(kind string, m *mark) time.Duration {
 
 func (t *Tracker) leakOf(v holdView, now int64) Leak {
 	r := v.rec
+	site := ""
+	if r.preSeq != 0 && v.seq == r.preSeq {
+		site = siteBeforeInstrument
+	}
 	return Leak{
+		Site:       site,
 		ConnID:     r.id,
 		Kind:       v.kind,
 		Owner:      v.owner,
@@ -208,6 +224,7 @@ func (t *Tracker) scan() []Leak {
 		return nil
 	}
 	t.scanMu.Lock()
+	t.reconcileAnon()
 	now := nanotime()
 
 	var current []Leak

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +36,13 @@ type dispatcher struct {
 	gen atomic.Uint64
 	// clients maps each instrumented client to its open tracker.
 	clients map[redis.UniversalClient]*Tracker
+	// probing is non-zero while a tracker's synchronous probe runs (see
+	// Tracker.probePoolName): only then does RecordPendingRequests look at
+	// the context.
+	probing atomic.Int32
+	// anonLive counts connections that existed before their tracker and have
+	// not been identified yet: only then do "-1" count events need a look.
+	anonLive atomic.Int64
 }
 
 type chainBox struct {
@@ -144,7 +152,11 @@ func (d *dispatcher) forgetPrefixes(t *Tracker) {
 // record finds the tracker's record of cn, or nil when cn belongs to no open
 // tracker. Wrapped connections are found by their address type; others
 // through their pool's name, for late attachment.
-func (d *dispatcher) record(cn redis.ConnInfo) *connRecord {
+func (d *dispatcher) record(cn redis.ConnInfo) *connRecord { return d.recordFrom(cn, stNew) }
+
+// recordFrom is record for an event that tells the state the connection was
+// in before it (see recordSlow).
+func (d *dispatcher) recordFrom(cn redis.ConnInfo, from uint32) *connRecord {
 	if cn == nil {
 		return nil
 	}
@@ -152,10 +164,14 @@ func (d *dispatcher) record(cn redis.ConnInfo) *connRecord {
 	if ok && !a.rec.tr.closed.Load() {
 		return a.rec
 	}
-	return d.recordSlow(cn, a, ok)
+	return d.recordSlow(cn, a, ok, from)
 }
 
-func (d *dispatcher) recordSlow(cn redis.ConnInfo, a *trackedAddr, ok bool) *connRecord {
+// recordSlow finds the record of a connection without an open tracker's
+// wrapper. from is the state the connection was in before the event at
+// hand (stNew when unknown): a connection that existed before its tracker
+// takes over one of the tracker's anonymous records in that state.
+func (d *dispatcher) recordSlow(cn redis.ConnInfo, a *trackedAddr, ok bool, from uint32) *connRecord {
 	if ok {
 		// A client instrumented again after a tracker closed has the closed
 		// tracker's (inert) wrapper outside the new one's: look inside.
@@ -175,7 +191,7 @@ func (d *dispatcher) recordSlow(cn redis.ConnInfo, a *trackedAddr, ok bool) *con
 	if t == nil || t.closed.Load() {
 		return nil
 	}
-	return t.legacyRecord(cn)
+	return t.legacyRecord(cn, from)
 }
 
 // RecordConnectionCount is the state-change signal. Of the events of one
@@ -186,8 +202,23 @@ func (d *dispatcher) recordSlow(cn redis.ConnInfo, a *trackedAddr, ok bool) *con
 // isPubSub) have no other signal.
 func (d *dispatcher) RecordConnectionCount(ctx context.Context, delta int, cn redis.ConnInfo, state string, isPubSub bool) {
 	if isPubSub || (delta > 0 && state == "idle") {
-		if r := d.record(cn); r != nil {
+		from := stNew
+		if isPubSub && delta < 0 {
+			from = stUsed
+		}
+		if r := d.recordFrom(cn, from); r != nil {
 			r.onCount(delta, cn, isPubSub)
+		}
+	} else if delta < 0 && d.anonLive.Load() > 0 && cn != nil {
+		// A connection that existed before its tracker leaves the state it
+		// had: identify it now, inside the pool's lock, so that it is
+		// never counted both as anonymous and as identified.
+		if _, wrapped := cn.RemoteAddr().(*trackedAddr); !wrapped {
+			from := stIdle
+			if state == "used" {
+				from = stUsed
+			}
+			d.recordSlow(cn, nil, false, from)
 		}
 	}
 	if box := d.chain.Load(); box != nil && box.counter != nil {
@@ -195,8 +226,15 @@ func (d *dispatcher) RecordConnectionCount(ctx context.Context, delta int, cn re
 	}
 }
 
-// RecordPendingRequests is forwarded only.
+// RecordPendingRequests runs on the caller's goroutine when a request for a
+// connection starts (cn nil, delta +1) and ends. The tracker's own probe
+// learns a client's pool name from it.
 func (d *dispatcher) RecordPendingRequests(ctx context.Context, delta int, cn redis.ConnInfo, poolName string) {
+	if cn == nil && delta > 0 && d.probing.Load() != 0 {
+		if m := markFrom(ctx); m != nil && m.probe != nil && m.probe.pool == "" {
+			m.probe.pool = poolName // on the probing goroutine (attach.go)
+		}
+	}
 	if box := d.chain.Load(); box != nil && box.counter != nil {
 		box.counter.RecordPendingRequests(ctx, delta, cn, poolName)
 	}
@@ -212,10 +250,6 @@ func (d *dispatcher) RecordConnectionWaitTime(ctx context.Context, dur time.Dura
 	}
 	if r := d.record(cn); r != nil {
 		r.onCheckout(ctx, cn)
-	} else if cn != nil {
-		if m := markFrom(ctx); m != nil && m.probe != nil && !m.probe.closed.Load() {
-			d.learnPrefix(cn.PoolName(), m.probe)
-		}
 	}
 	if box := d.chain.Load(); box != nil {
 		box.rec.RecordConnectionWaitTime(ctx, dur, cn)
@@ -226,7 +260,7 @@ func (d *dispatcher) RecordConnectionWaitTime(ctx context.Context, dur time.Dura
 // a connection still held then outlived the command (Conn, Watch).
 func (d *dispatcher) RecordOperationDuration(ctx context.Context, dur time.Duration, cmd redis.Cmder, attempts int, err error, cn redis.ConnInfo, db int) {
 	if r := d.record(cn); r != nil && r.state.Load() == stUsed {
-		r.afterOperation(ctx, cmd.Name())
+		r.afterOperation(cmd.Name())
 	}
 	if box := d.chain.Load(); box != nil {
 		box.rec.RecordOperationDuration(ctx, dur, cmd, attempts, err, cn, db)
@@ -235,10 +269,9 @@ func (d *dispatcher) RecordOperationDuration(ctx context.Context, dur time.Durat
 
 // RecordPipelineOperationDuration is the pipeline form of RecordOperationDuration.
 func (d *dispatcher) RecordPipelineOperationDuration(ctx context.Context, dur time.Duration, op string, n, attempts int, err error, cn redis.ConnInfo, db int) {
-	// Pipelines do not mark sticky holds: go-redis runs its connection
-	// handshake (HELLO, CLIENT SETINFO) as a pipeline on the caller's
-	// context, which would look like a Conn. A Conn is recognised at its
-	// first single command instead.
+	if r := d.record(cn); r != nil && r.state.Load() == stUsed {
+		r.afterOperation("pipeline")
+	}
 	if box := d.chain.Load(); box != nil {
 		box.rec.RecordPipelineOperationDuration(ctx, dur, op, n, attempts, err, cn, db)
 	}
@@ -344,6 +377,8 @@ func (r *connRecord) onCount(delta int, cn redis.ConnInfo, isPubSub bool) {
 		if delta > 0 {
 			r.pubsub.Store(true)
 			r.beginHold(nil, 0)
+		} else if r.conn == nil {
+			r.tr.dropRecord(r, cn) // no wrapper to end it when it closes
 		} else {
 			r.endHold()
 		}
@@ -364,15 +399,13 @@ func (r *connRecord) learnPool(cn redis.ConnInfo) {
 	}
 }
 
-// beginHold starts a hold acquired with mark m by a context of identity cw.
-func (r *connRecord) beginHold(m *mark, cw uintptr) {
+// beginHold starts a hold acquired with mark m by goroutine g (0: none,
+// e.g. a PubSub connection).
+func (r *connRecord) beginHold(m *mark, g uintptr) {
 	r.mark.Store(m)
-	r.ctxWord.Store(cw)
+	r.holderG.Store(g)
 	if r.sticky.Load() != stickyNone {
 		r.sticky.Store(stickyNone)
-	}
-	if r.captures.Load() != 0 {
-		r.captures.Store(0)
 	}
 	r.holdSeq.Add(1)
 	r.acquiredAt.Store(nanotime())
@@ -406,43 +439,53 @@ func (r *connRecord) onCheckout(ctx context.Context, cn redis.ConnInfo) {
 		r.endHold() // a missed return: never double-count
 	}
 
-	r.beginHold(markFrom(ctx), ctxIdentity(ctx))
+	r.beginHold(markFrom(ctx), curG())
 }
 
 // afterOperation runs on the caller's goroutine when a command or pipeline
-// ends. A connection still held by the same context then is a sticky hold
-// (Client.Conn, Watch): its acquisition site is captured now, once per hold.
-func (r *connRecord) afterOperation(ctx context.Context, cmdName string) {
-	if r.pubsub.Load() || r.captures.Load() >= 2 {
+// has ended. If the goroutine that acquired the connection still holds it,
+// the hold outlived its command (Client.Conn, Watch): it is a sticky hold,
+// and its site — the first use — is captured now, once per hold.
+//
+// The holder is recognised by its goroutine, not by its context: go-redis
+// reports a plain command after returning its connection to the pool, and a
+// goroutine sharing the context (context.Background()) may hold it by then.
+// Commands of go-redis's connection handshake (HELLO, CLIENT SETINFO, the
+// options pipeline, OnConnect) run on the holder's goroutine during the
+// checkout of a fresh connection: they are recognised by the frame of
+// go-redis's initConn on the stack and skipped.
+func (r *connRecord) afterOperation(cmdName string) {
+	if r.sticky.Load() != stickyNone || r.pubsub.Load() || r.holderG.Load() != curG() {
 		return
-	}
-	switch cmdName {
-	case "hello", "auth", "select", "readonly", "client":
-		return // handshake commands (HELLO, AUTH, CLIENT SETINFO...) run on the
-		// caller's context; a Conn whose first command is one of these is
-		// recognised at its next command
-	}
-	if r.ctxWord.Load() != ctxIdentity(ctx) {
-		return
-	}
-	// The first two operations of a sticky hold capture its site; the later
-	// wins. Two, because the first may come from another goroutine: one
-	// whose command returned this connection to the pool just before the
-	// sticky holder took it, when both share one context. The holder's own
-	// operation always comes after (a Watch's WATCH, a Conn's first command).
-	if r.captures.Add(1) > 2 {
-		return
-	}
-	if cmdName == "watch" {
-		r.sticky.Store(stickyTx)
-	} else if r.sticky.Load() != stickyTx {
-		r.sticky.Store(stickyConn)
 	}
 	var pcs [maxStackDepth]uintptr
-	n := runtime.Callers(2, pcs[:r.tr.opts.StackDepth])
+	n := runtime.Callers(3, pcs[:r.tr.opts.StackDepth])
+	if inHandshake(pcs[:n]) {
+		return
+	}
 	seq := r.holdSeq.Load()
 	r.mu.Lock()
 	r.sitePCs = append(r.sitePCs[:0], pcs[:n]...)
 	r.siteSeq = seq
 	r.mu.Unlock()
+	if cmdName == "watch" {
+		r.sticky.Store(stickyTx)
+	} else {
+		r.sticky.Store(stickyConn)
+	}
+}
+
+// inHandshake reports whether the stack pcs runs inside go-redis's
+// connection handshake.
+func inHandshake(pcs []uintptr) bool {
+	frames := runtime.CallersFrames(pcs)
+	for {
+		f, more := frames.Next()
+		if strings.HasPrefix(f.Function, "github.com/redis/go-redis/") && strings.HasSuffix(f.Function, ".initConn") {
+			return true
+		}
+		if !more {
+			return false
+		}
+	}
 }

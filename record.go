@@ -1,11 +1,9 @@
 package redisleak
 
 import (
-	"context"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"unsafe"
 )
 
 // Connection states as the tracker sees them.
@@ -64,15 +62,19 @@ type connRecord struct {
 	// set at dial, read-only after
 	dialMark *mark
 	dialPCs  []uintptr
+	// preSeq is the holdSeq of a hold that was running when the tracker was
+	// attached (0: none); anon is set while the record stands for a
+	// connection not yet identified (attach.go; guarded by tr.mu).
+	preSeq uint64
+	anon   bool
 
 	state      atomic.Uint32
 	pubsub     atomic.Bool
 	acquiredAt atomic.Int64 // nanotime of the current hold's start
 	holdSeq    atomic.Uint64
 	mark       atomic.Pointer[mark] // mark on the acquiring call's context
-	ctxWord    atomic.Uintptr       // identity of the acquiring context (data word)
-	sticky     atomic.Uint32
-	captures   atomic.Uint32 // sticky site captures in this hold
+	holderG    atomic.Uintptr       // the goroutine that acquired the hold (curG)
+	sticky     atomic.Uint32        // set once the hold outlived a command of its holder
 
 	// blockDeadline: 0 no blocking command in flight; blockForever (-1):
 	// one with timeout 0; else the nanotime until which it is exempt.
@@ -117,15 +119,6 @@ func (r *connRecord) noteWrite(b []byte) {
 	if r.blockDeadline.Load() != 0 {
 		r.blockDeadline.Store(0)
 	}
-}
-
-// ctxIdentity returns the data word of a context interface: equal for the
-// same context value, without comparing (possibly incomparable) dynamic values.
-func ctxIdentity(ctx context.Context) uintptr {
-	if ctx == nil {
-		return 0
-	}
-	return (*[2]uintptr)(unsafe.Pointer(&ctx))[1]
 }
 
 // kindIndex is the current hold's kind as an index in allKinds (for the hot

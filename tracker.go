@@ -194,7 +194,13 @@ type Tracker struct {
 	mu      sync.Mutex
 	records map[*connRecord]struct{}
 	legacy  map[redis.ConnInfo]*connRecord
-	nodes   map[*redis.Client]struct{}
+	anon    map[string]*anonPool // connections not yet identified, by pool (attach.go)
+	// legacyN counts connections without a wrapper (legacy and anon; see
+	// syncLegacyN); legacyBlock maps a goroutine running a
+	// blocking command to its exemption deadline while legacyN > 0.
+	legacyN     atomic.Int64
+	legacyBlock sync.Map
+	nodes       map[*redis.Client]struct{}
 	// poolNames interns pool names (one string per pool, not per connection)
 	poolNames sync.Map
 	nextID    atomic.Uint64
@@ -282,17 +288,17 @@ func Instrument(rdb redis.UniversalClient, opts Options) (*Tracker, error) {
 
 	switch c := rdb.(type) {
 	case *redis.Client:
-		t.attachNode(ctx, c, true)
+		t.attachNode(c, true)
 	case *redis.ClusterClient:
 		c.AddHook(&hook{t: t, top: true})
-		c.OnNewNode(func(n *redis.Client) { t.attachNode(ctx, n, false) })
+		c.OnNewNode(func(n *redis.Client) { t.attachNode(n, false) })
 		// Nodes that exist already, synchronously when the cluster state is
 		// loaded: with a cancelled context ForEachShard's reload fails at
 		// once and it falls back to the current state (no I/O).
 		done, cancelDone := context.WithCancel(ctx)
 		cancelDone()
 		_ = c.ForEachShard(done, func(_ context.Context, n *redis.Client) error {
-			t.attachNode(ctx, n, false)
+			t.attachNode(n, false)
 			return nil
 		})
 		t.wg.Add(1)
@@ -304,15 +310,15 @@ func Instrument(rdb redis.UniversalClient, opts Options) (*Tracker, error) {
 			sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
 			defer scancel()
 			_ = c.ForEachShard(sctx, func(_ context.Context, n *redis.Client) error {
-				t.attachNode(ctx, n, false)
+				t.attachNode(n, false)
 				return nil
 			})
 		}()
 	case *redis.Ring:
 		c.AddHook(&hook{t: t, top: true})
-		c.OnNewNode(func(n *redis.Client) { t.attachNode(ctx, n, false) })
+		c.OnNewNode(func(n *redis.Client) { t.attachNode(n, false) })
 		for _, n := range c.GetShardClients() {
-			t.attachNode(ctx, n, false)
+			t.attachNode(n, false)
 		}
 	}
 
@@ -324,7 +330,7 @@ func Instrument(rdb redis.UniversalClient, opts Options) (*Tracker, error) {
 
 // attachNode adds the dial hook (and, for a plain client, the process hooks)
 // to a node client once.
-func (t *Tracker) attachNode(ctx context.Context, c *redis.Client, top bool) {
+func (t *Tracker) attachNode(c *redis.Client, top bool) {
 	if t.closed.Load() || c == nil {
 		return
 	}
@@ -335,19 +341,10 @@ func (t *Tracker) attachNode(ctx context.Context, c *redis.Client, top bool) {
 	}
 	t.nodes[c] = struct{}{}
 	t.mu.Unlock()
+	// Connections that exist already are counted before the dial hook is
+	// added: every connection dialed later is wrapped, none is counted twice.
+	t.adoptExisting(c)
 	c.AddHook(&hook{t: t, top: top, dial: true})
-	// Connections opened before the tracker: a probe checkout names the
-	// pool, so they are tracked from their next state change.
-	if c.PoolStats().TotalConns > 0 {
-		t.wg.Add(1)
-		go func() {
-			defer t.wg.Done()
-			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			defer cancel()
-			pctx = context.WithValue(pctx, markKey{}, &mark{probe: t, longLived: true, owner: "redisleak:probe"})
-			_ = c.Ping(pctx).Err()
-		}()
-	}
 }
 
 // internPool returns one shared *string per pool name (or address).
@@ -378,22 +375,34 @@ func (t *Tracker) newRecord(ctx context.Context, addr string) *connRecord {
 }
 
 // legacyRecord returns the record of a connection opened before the
-// tracker, creating it on its first event.
-func (t *Tracker) legacyRecord(cn redis.ConnInfo) *connRecord {
+// tracker, creating it on its first event. from is the state the connection
+// was in before that event (stNew: unknown): an anonymous record of its pool
+// in that state, counted when the tracker was attached, becomes its record.
+func (t *Tracker) legacyRecord(cn redis.ConnInfo, from uint32) *connRecord {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed.Load() {
 		return nil
 	}
 	r := t.legacy[cn]
+	if r != nil {
+		return r
+	}
+	if from != stNew {
+		r = t.claimAnon(cn.PoolName(), from)
+	}
 	if r == nil {
 		r = &connRecord{tr: t, id: t.nextID.Add(1)}
+		r.setPool(cn.PoolName())
+		t.records[r] = struct{}{}
+	}
+	if r.addr == "" {
 		if a := cn.RemoteAddr(); a != nil {
 			r.addr = a.String()
 		}
-		t.legacy[cn] = r
-		t.records[r] = struct{}{}
 	}
+	t.legacy[cn] = r
+	t.syncLegacyN()
 	return r
 }
 
@@ -407,7 +416,9 @@ func (t *Tracker) dropRecord(r *connRecord, cn redis.ConnInfo) {
 	delete(t.records, r)
 	if cn != nil {
 		delete(t.legacy, cn)
+		t.syncLegacyN()
 	}
+	t.forgetAnon(r)
 	t.mu.Unlock()
 }
 

@@ -52,7 +52,8 @@ func secs(f float64) time.Duration {
 	return time.Duration(f * 1e9)
 }
 
-// park starts n goroutines blocked on a channel until the test ends.
+// park starts n goroutines blocked on a channel until the test ends, each
+// parkDepth calls deep, as in a service (a handler under its middleware).
 func park(t testing.TB, n int) {
 	release := make(chan struct{})
 	var wg sync.WaitGroup
@@ -60,13 +61,24 @@ func park(t testing.TB, n int) {
 	for range n {
 		go func() {
 			defer wg.Done()
-			<-release
+			parkedAt(parkDepth, release)
 		}()
 	}
 	t.Cleanup(func() {
 		close(release)
 		wg.Wait()
 	})
+}
+
+const parkDepth = 10
+
+//go:noinline
+func parkedAt(depth int, release <-chan struct{}) int {
+	if depth > 0 {
+		return parkedAt(depth-1, release) + 1
+	}
+	<-release
+	return 0
 }
 
 // stalledClient returns a client whose replies can be stalled, instrumented
@@ -147,11 +159,27 @@ func TestStuckSiteWithManyGoroutines(t *testing.T) {
 	if len(l.Stack) == 0 || !strings.Contains(strings.Join(l.Stack, "\n"), "redisleak_test.stuckGetOne") {
 		t.Errorf("FullStacks: stack does not reach the caller: %q", l.Stack)
 	}
-	lo, hi, ok := longestPause(before, after)
-	t.Logf("30,000 goroutines: longest stop-the-world pause during the scans: [%v, %v) (any: %v)", lo, hi, ok)
-	// The histogram's buckets are about a quarter of a power of two wide:
-	// the one that starts at 41.9 ms ends at 50.3 ms.
-	if ok && lo >= 50*time.Millisecond {
+	// The histogram's buckets are a quarter of a power of two wide: the one
+	// that starts at 41.9 ms ends at 50.3 ms. On a loaded machine a pause
+	// also lasts while the OS has descheduled a thread the runtime waits
+	// for: a pause over the limit is measured again (finding the site again,
+	// with Holds), and the test fails only if it recurs every time, as a
+	// pause that grows with the goroutines does (runtime.Stack(all) took
+	// over a second here, every time).
+	const limit = 50 * time.Millisecond
+	lo, hi, _ := longestPause(before, after)
+	t.Logf("30,000 goroutines: longest stop-the-world pause during the scans: [%v, %v)", lo, hi)
+	for attempt := 2; lo >= limit && attempt <= 3; attempt++ {
+		before := stwPauses()
+		hs := tr.Holds()
+		after := stwPauses()
+		if len(hs) != 1 || hs[0].Site != want {
+			t.Errorf("Holds: %v, want one hold at %q", hs, want)
+		}
+		lo, hi, _ = longestPause(before, after)
+		t.Logf("attempt %d: longest pause [%v, %v)", attempt, lo, hi)
+	}
+	if lo >= limit {
 		t.Errorf("the tracker stopped the world for at least %v (limit 50 ms)", lo)
 	}
 	proxy.Stall(false)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"testing"
 	"time"
@@ -125,7 +126,9 @@ func TestStuckSitesSharedSlot(t *testing.T) {
 	}
 }
 
+// goroutineInRead reports whether a goroutine is in an I/O trampoline.
 func goroutineInRead() bool {
-	buf := make([]byte, 1<<16)
-	return strings.Contains(string(buf[:runtime.Stack(buf, true)]), "redisleak.ioC")
+	var b strings.Builder
+	_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
+	return strings.Contains(b.String(), "redisleak.ioC")
 }

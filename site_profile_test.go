@@ -237,16 +237,18 @@ func BenchmarkStuckSitePause(b *testing.B) {
 			redistest.WaitFor(b, 5*time.Second, "the GET to be held", func() bool { return tr.Stats().InUse == 1 })
 			runtime.GC()
 			found := 0
-			before := stwPauses()
+			// (ResetTimer and StopTimer read MemStats, which stops the
+			// world: outside the measured span)
 			b.ResetTimer()
+			before := stwPauses()
 			for range b.N {
 				hs := tr.Holds()
 				if len(hs) == 1 && hs[0].Site == want {
 					found++
 				}
 			}
-			b.StopTimer()
 			after := stwPauses()
+			b.StopTimer()
 			lo, hi, _ := longestPause(before, after)
 			b.ReportMetric(float64(lo)/1e6, "pause-lo-ms")
 			b.ReportMetric(float64(hi)/1e6, "pause-hi-ms")

@@ -2,17 +2,21 @@ package redisleak
 
 import (
 	"net"
-	"runtime"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	_ "unsafe" // go:linkname
 )
 
+//go:generate go run gen_trampolines.go -o trampolines.go
+
 // trackedConn wraps a net.Conn dialed through a tracked client. It exists for
 // three reasons: its RemoteAddr identifies the connection to the observer
-// without a map lookup, its Read/Write frames name the connection in a
-// goroutine dump (so a stuck command's holder can be found), and Write notices
-// blocking commands as they are sent.
+// without a map lookup, its Read and Write call the inner connection through
+// trampolines that name the connection's slot in the goroutine profile (so
+// a stuck command's holder can be found without stopping the world, see
+// stuckSites), and Write notices blocking commands as they are sent.
 //
 // It changes nothing go-redis relies on: deadlines, errors and Close pass
 // through, RemoteAddr().String() is the inner connection's, NetConn() unwraps,
@@ -20,8 +24,9 @@ import (
 // trackedSyscallConn), which keeps go-redis's idle health check on.
 type trackedConn struct {
 	net.Conn
-	rec  *connRecord
-	addr trackedAddr
+	addr     trackedAddr // addr.rec is the connection's record
+	slot     uint16      // from slots, for the connection's life
+	released atomic.Bool // Close gave the slot back
 }
 
 // trackedAddr is the RemoteAddr of a trackedConn: the inner address, plus the
@@ -53,7 +58,8 @@ func wrapConn(inner net.Conn, rec *connRecord) net.Conn {
 }
 
 func (c *trackedConn) init(inner net.Conn, rec *connRecord) {
-	c.Conn, c.rec = inner, rec
+	c.Conn = inner
+	c.slot = slots.take()
 	c.addr = trackedAddr{Addr: inner.RemoteAddr(), rec: rec}
 	rec.conn = c
 }
@@ -77,37 +83,102 @@ func (a *trackedAddr) Network() string { return a.Addr.Network() }
 // NetConn returns the wrapped connection (client-side caching unwraps it).
 func (c *trackedConn) NetConn() net.Conn { return c.Conn }
 
-// Read reads from the inner connection. It is not inlined so that a
-// goroutine blocked here shows the receiver in a stack dump.
-//
-//go:noinline
+// Read reads from the inner connection, through the trampolines of the
+// connection's slot.
 func (c *trackedConn) Read(b []byte) (int, error) {
-	n, err := c.Conn.Read(b)
-	if n > 0 && c.rec.blockDeadline.Load() != 0 {
+	n, err := ioA[c.slot>>8&15](c, b, false)
+	if n > 0 && c.addr.rec.blockDeadline.Load() != 0 {
 		// the reply of a blocking command arrived
-		c.rec.blockDeadline.Store(0)
+		c.addr.rec.blockDeadline.Store(0)
 	}
 	return n, err
 }
 
-// Write writes to the inner connection, noting a blocking command.
-//
-//go:noinline
+// Write writes to the inner connection, through the trampolines of the
+// connection's slot, noting a blocking command.
 func (c *trackedConn) Write(b []byte) (int, error) {
-	c.rec.noteWrite(b)
-	n, err := c.Conn.Write(b)
-	// keep c live across the call so that the receiver printed in a
-	// goroutine dump taken while Write blocks is accurate
-	runtime.KeepAlive(c)
-	return n, err
+	c.addr.rec.noteWrite(b)
+	return ioA[c.slot>>8&15](c, b, true)
 }
 
+// ioFunc is the type of the I/O trampolines (trampolines.go).
+type ioFunc func(c *trackedConn, p []byte, write bool) (int, error)
+
 // Close closes the inner connection and ends its record: a hold running on
-// it ends now.
+// it ends now. The slot is given back on the first Close.
 func (c *trackedConn) Close() error {
 	err := c.Conn.Close()
-	c.rec.tr.dropRecord(c.rec, nil)
+	if c.released.CompareAndSwap(false, true) {
+		slots.give(c.slot)
+	}
+	c.addr.rec.tr.dropRecord(c.addr.rec, nil)
 	return err
+}
+
+// Slots. Every live wrapped connection has a slot number of slotBits bits,
+// which the I/O trampolines spell out in the stack of a goroutine blocked in
+// its Read or Write. Free slots are handed out first; with more live
+// connections than slots, slots are shared (round robin), and a shared slot
+// names no connection: stuckSites gives no site rather than a wrong one.
+const (
+	slotBits = 12 // three levels of 16 trampolines
+	numSlots = 1 << slotBits
+)
+
+var slots slotTable
+
+type slotTable struct {
+	mu    sync.Mutex
+	ready bool
+	free  []uint16         // unused slots, longest unused first
+	users [numSlots]int32  // live connections per slot
+	gen   [numSlots]uint64 // times each slot was handed out
+	next  int              // round robin over shared slots
+}
+
+// take hands out a slot: a free one if there is one.
+func (t *slotTable) take() uint16 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.ready {
+		t.ready = true
+		t.free = make([]uint16, numSlots)
+		for i := range t.free {
+			t.free[i] = uint16(i)
+		}
+	}
+	var s uint16
+	if len(t.free) > 0 {
+		// the longest unused: a goroutine still returning from the I/O
+		// of the slot's last connection is long gone
+		s = t.free[0]
+		t.free = t.free[1:]
+	} else {
+		s = uint16(t.next)
+		t.next = (t.next + 1) % numSlots
+	}
+	t.users[s]++
+	t.gen[s]++
+	return s
+}
+
+// give takes a slot back.
+func (t *slotTable) give(s uint16) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.users[s]--
+	if t.users[s] == 0 {
+		t.free = append(t.free, s)
+	}
+}
+
+// owner reports whether slot s has exactly one user, and how many times it
+// was handed out: a slot with one user and an unchanged count belonged to
+// the same connection all along.
+func (t *slotTable) owner(s uint16) (gen uint64, alone bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.gen[s], t.users[s] == 1
 }
 
 // SetDeadline passes through.

@@ -179,7 +179,7 @@ func (t *Tracker) leakOf(v holdView, now int64) Leak {
 // resolveSites fills Site (and Stack) of holds from captured program
 // counters or, for commands in flight, from a goroutine dump.
 func (t *Tracker) resolveSites(views []holdView, leaks []Leak) {
-	want := make(map[uintptr]*connRecord)
+	var want []*connRecord
 	idx := make(map[*connRecord]int)
 	for i, v := range views {
 		r := v.rec
@@ -197,14 +197,14 @@ func (t *Tracker) resolveSites(views []holdView, leaks []Leak) {
 			leaks[i].Site, leaks[i].Stack = sitesFromPCs(pcs, t.opts.FullStacks)
 		}
 		if leaks[i].Site == "" && r.conn != nil {
-			want[connKey(r.conn)] = r
+			want = append(want, r)
 			idx[r] = i
 		}
 	}
 	if len(want) == 0 {
 		return
 	}
-	for r, si := range goroutineStacks(want, t.opts.FullStacks) {
+	for r, si := range stuckSites(want, t.opts.FullStacks) {
 		i := idx[r]
 		leaks[i].Site = si.site
 		if t.opts.FullStacks {

@@ -1,11 +1,12 @@
 package redisleak
 
 import (
+	"bytes"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
-	"unsafe"
 )
 
 // Acquisition sites are never unwound on the hot path. They come from:
@@ -13,8 +14,9 @@ import (
 //     it (Client.Conn, Watch) — once per such hold;
 //   - program counters captured at dial time, for PubSub connections;
 //   - for a command still running when the scan finds it too long, the
-//     goroutine blocked in that connection's Read or Write, found in a
-//     goroutine dump by the wrapper's address (only when reporting).
+//     goroutine blocked in that connection's Read or Write, found in the
+//     goroutine profile by the connection's slot (only when reporting; see
+//     stuckSites).
 //
 // A site is the first frame outside go-redis and this package.
 
@@ -76,91 +78,150 @@ func sitesFromPCs(pcs []uintptr, full bool) (site string, stack []string) {
 	return site, stack
 }
 
-// goroutineStacks finds, in a dump of all goroutines, the goroutine blocked
-// in Read or Write of each wanted connection, and returns its site and stack.
-func goroutineStacks(want map[uintptr]*connRecord, full bool) map[*connRecord]siteInfo {
+// stuckSites finds the goroutine blocked in Read or Write of each record's
+// connection, and returns its site and, with full, its stack.
+//
+// It reads the goroutine profile, which the runtime collects concurrently
+// with only brief pauses however many goroutines there are (unlike a dump of
+// all goroutines' stacks with runtime.Stack, which stops the world for the
+// whole dump). The profile has program counters, not argument values: the
+// connection is recognised by its slot, which the I/O trampolines it calls
+// spell out (trampolines.go). A connection whose slot is shared, changed
+// hands meanwhile, or is in more than one goroutine's I/O gets no site
+// rather than a wrong one.
+func stuckSites(recs []*connRecord, full bool) map[*connRecord]siteInfo {
 	out := make(map[*connRecord]siteInfo)
+	type wanted struct {
+		rec   *connRecord
+		gen   uint64
+		n     int // goroutines found in the slot's I/O
+		stack []uintptr
+	}
+	want := make(map[uint16]*wanted)
+	for _, r := range recs {
+		c := r.conn
+		if c == nil || c.released.Load() {
+			continue
+		}
+		if gen, alone := slots.owner(c.slot); alone {
+			want[c.slot] = &wanted{rec: r, gen: gen}
+		}
+	}
 	if len(want) == 0 {
 		return out
 	}
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		if len(buf) >= 64<<20 {
-			break
-		}
-		buf = make([]byte, 2*len(buf))
+	var buf bytes.Buffer
+	if err := pprof.Lookup("goroutine").WriteTo(&buf, 1); err != nil {
+		return out
 	}
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		i := strings.Index(g, "redisleak.(*trackedConn).")
-		if i < 0 {
+	var pt pcTrampolines
+	var pcs []uintptr
+	for prof := buf.Bytes(); len(prof) > 0; {
+		line := prof
+		if i := bytes.IndexByte(prof, '\n'); i >= 0 {
+			line, prof = prof[:i], prof[i+1:]
+		} else {
+			prof = nil
+		}
+		// a stack: "count @ pc pc ...", innermost first; its frames
+		// follow on lines that begin with '#'
+		count, stack, ok := parseProfileStack(line, pcs[:0])
+		if !ok {
 			continue
 		}
-		rest := g[i+len("redisleak.(*trackedConn)."):]
-		p := strings.IndexByte(rest, '(')
-		if p < 0 {
+		pcs = stack
+		for i := 0; i+2 < len(stack); i++ {
+			slot, ok := pt.slotAt(stack[i:])
+			if !ok {
+				continue
+			}
+			if w := want[slot]; w != nil {
+				w.n += count
+				if w.stack == nil {
+					w.stack = append([]uintptr(nil), stack...)
+				}
+			}
+		}
+	}
+	for slot, w := range want {
+		if w.n != 1 {
 			continue
 		}
-		hex := rest[p+1:]
-		if e := strings.IndexAny(hex, ",)?"); e > 0 {
-			hex = hex[:e]
-		}
-		addr, err := strconv.ParseUint(strings.TrimPrefix(hex, "0x"), 16, 64)
-		if err != nil {
+		if gen, alone := slots.owner(slot); !alone || gen != w.gen || w.rec.conn.released.Load() {
 			continue
 		}
-		rec := want[uintptr(addr)]
-		if rec == nil {
-			continue
-		}
-		out[rec] = parseGoroutine(g, full)
+		var si siteInfo
+		si.site, si.stack = sitesFromPCs(w.stack, full)
+		out[w.rec] = si
 	}
 	return out
+}
+
+// parseProfileStack reads "count @ 0xpc 0xpc ..." into pcs.
+func parseProfileStack(line []byte, pcs []uintptr) (count int, _ []uintptr, ok bool) {
+	at := bytes.Index(line, []byte(" @ "))
+	if at <= 0 || line[0] < '0' || line[0] > '9' {
+		return 0, pcs, false
+	}
+	count, err := strconv.Atoi(string(line[:at]))
+	if err != nil {
+		return 0, pcs, false
+	}
+	for _, f := range bytes.Fields(line[at+3:]) {
+		pc, err := strconv.ParseUint(strings.TrimPrefix(string(f), "0x"), 16, 64)
+		if err != nil {
+			return 0, pcs, false
+		}
+		pcs = append(pcs, uintptr(pc))
+	}
+	return count, pcs, true
+}
+
+// pcTrampolines tells which program counters are in I/O trampolines.
+type pcTrampolines map[uintptr]int8
+
+// trampoline returns the level (0 for ioA, 1 for ioB, 2 for ioC) and digit
+// of the trampoline that return address pc is in, or level -1.
+func (pt *pcTrampolines) trampoline(pc uintptr) (level, digit int) {
+	if *pt == nil {
+		*pt = make(pcTrampolines)
+	}
+	code, ok := (*pt)[pc]
+	if !ok {
+		code = -1
+		if f := runtime.FuncForPC(pc - 1); f != nil {
+			name := f.Name()
+			if len(name) == len(rootPkgPrefix)+4 && strings.HasPrefix(name, rootPkgPrefix+"io") {
+				l := strings.IndexByte("ABC", name[len(name)-2])
+				d := strings.IndexByte("0123456789abcdef", name[len(name)-1])
+				if l >= 0 && d >= 0 {
+					code = int8(l<<4 | d)
+				}
+			}
+		}
+		(*pt)[pc] = code
+	}
+	if code < 0 {
+		return -1, 0
+	}
+	return int(code >> 4), int(code & 15)
+}
+
+// slotAt reads a slot from a stack that begins with the three trampolines
+// of one Read or Write call: ioC, then its caller ioB, then ioA.
+func (pt *pcTrampolines) slotAt(stack []uintptr) (uint16, bool) {
+	slot := 0
+	for i := 0; i < 3; i++ {
+		l, d := pt.trampoline(stack[i])
+		if l != 2-i {
+			return 0, false
+		}
+		slot |= d << (4 * i)
+	}
+	return uint16(slot), true
 }
 
 type siteInfo struct {
 	site  string
 	stack []string
 }
-
-// parseGoroutine reads one goroutine of a runtime.Stack dump: a header line,
-// then pairs of "func(args)" and "\tfile:line +0x..." lines.
-func parseGoroutine(g string, full bool) siteInfo {
-	lines := strings.Split(g, "\n")
-	var si siteInfo
-	for i := 1; i+1 < len(lines); i += 2 {
-		fl := lines[i]
-		if strings.HasPrefix(fl, "created by ") {
-			break
-		}
-		fn := fl
-		if p := strings.LastIndexByte(fn, '('); p > 0 {
-			fn = fn[:p]
-		}
-		loc := strings.TrimSpace(lines[i+1])
-		if sp := strings.IndexByte(loc, ' '); sp > 0 {
-			loc = loc[:sp]
-		}
-		file, line := loc, 0
-		if c := strings.LastIndexByte(loc, ':'); c > 0 {
-			file = loc[:c]
-			line, _ = strconv.Atoi(loc[c+1:])
-		}
-		if si.site == "" && !skipFrame(fn) {
-			si.site = siteString(file, line, fn)
-		}
-		if full {
-			si.stack = append(si.stack, fn+" "+loc)
-		}
-		if si.site != "" && !full {
-			break
-		}
-	}
-	return si
-}
-
-func connKey(c *trackedConn) uintptr { return uintptr(unsafe.Pointer(c)) }

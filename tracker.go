@@ -474,6 +474,8 @@ func (t *Tracker) flushLoop() {
 			return
 		case <-tick.C:
 			t.holds.flush(t.metrics)
+		case <-t.holds.wake:
+			t.holds.flush(t.metrics)
 		}
 	}
 }

@@ -40,8 +40,10 @@ type Stats struct {
 	// HoldsDropped counts ended holds left out of HoldTime's percentiles
 	// and of the hold-time metric because they ended faster than the
 	// tracker could record them (the sum of HoldTime[*].Dropped; the
-	// maxima still include them). It stays 0 unless holds end at several
-	// hundred thousand per second.
+	// maxima still include them). The recorder buffers 8,192 holds and
+	// is drained whenever half of that has filled, so holds are dropped
+	// only when they end faster than one goroutine can record them, or
+	// while it is starved of CPU.
 	HoldsDropped uint64 `json:"holdsDropped"`
 }
 

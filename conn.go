@@ -84,8 +84,8 @@ func (c *trackedConn) NetConn() net.Conn { return c.Conn }
 func (c *trackedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if n > 0 && c.rec.blockDeadline.Load() != 0 {
-		// the reply of a blocking command arrived
-		c.rec.blockDeadline.Store(0)
+		// a reply arrived: maybe the blocking command's
+		c.rec.noteRead(b[:n])
 	}
 	return n, err
 }

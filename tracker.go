@@ -48,7 +48,7 @@ type Options struct {
 	// long-lived. 0 means DefaultMaxHold (30s).
 	MaxHold time.Duration
 	// ScanInterval is the period of the background leak scan. 0 means
-	// DefaultScanInterval (10s).
+	// DefaultScanInterval (10s); below MinScanInterval (10ms) is an error.
 	ScanInterval time.Duration
 	// Logger receives leak warnings and follow-ups. nil means slog.Default().
 	Logger *slog.Logger
@@ -104,6 +104,10 @@ type Options struct {
 	DisablePoolTimeoutDetail bool
 }
 
+// MinScanInterval is the shortest Options.ScanInterval: a scan walks every
+// tracked connection, and shorter periods would spend a core on it.
+const MinScanInterval = 10 * time.Millisecond
+
 func (o Options) normalize() (Options, error) {
 	var errs []error
 	if o.MaxHold < 0 {
@@ -111,6 +115,8 @@ func (o Options) normalize() (Options, error) {
 	}
 	if o.ScanInterval < 0 {
 		errs = append(errs, fmt.Errorf("ScanInterval %v is negative", o.ScanInterval))
+	} else if o.ScanInterval > 0 && o.ScanInterval < MinScanInterval {
+		errs = append(errs, fmt.Errorf("ScanInterval %v: must be 0 (default) or at least %v", o.ScanInterval, MinScanInterval))
 	}
 	if o.BlockingGrace < 0 || (o.BlockingGrace > 0 && o.BlockingGrace < DefaultBlockingGrace) {
 		errs = append(errs, fmt.Errorf("BlockingGrace %v: must be 0 (default) or at least %v, what go-redis waits beyond a blocking timeout", o.BlockingGrace, DefaultBlockingGrace))

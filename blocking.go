@@ -195,6 +195,29 @@ func millisArg(a []byte) (time.Duration, bool) {
 // noteWrite is called by the wrapper with every buffer go-redis writes.
 func (r *connRecord) noteWrite(b []byte) {
 	s := r.req
+	if (s == nil || s.st == wsCmd && !s.cont) && r.blockDeadline.Load() == 0 {
+		// the common case: one plain command, nothing pending
+		if k := scanQuick(b); k == len(b) && k != 0 {
+			if s != nil {
+				s.oneCommand()
+			}
+			return
+		}
+	}
+	r.noteWrites(b)
+}
+
+// oneCommand notes a new batch of one plain command.
+func (s *reqScanner) oneCommand() {
+	if s.batch != 0 || s.blockAt != 0 || s.rseen {
+		s.newBatch()
+	}
+	s.batch = 1
+}
+
+// noteWrites is noteWrite's general case.
+func (r *connRecord) noteWrites(b []byte) {
+	s := r.req
 	if s != nil && s.st != wsCmd {
 		if s.st == wsBad {
 			s.st = wsCmd // resynchronise on the next write
@@ -225,15 +248,20 @@ func (r *connRecord) noteWrite(b []byte) {
 	i := 0
 	n := int32(0)
 	for i < len(b) {
-		j, cls := scanWhole(b, i)
-		if j < 0 || cls != clsOther {
-			break
+		k := scanQuick(b[i:])
+		if k == 0 || k > len(b)-i {
+			var cls uint8
+			if k, cls = scanWhole(b[i:]); k < 0 || cls != clsOther {
+				break
+			}
 		}
-		i = j
+		i += k
 		n++
 	}
 	if s != nil {
-		s.newBatch()
+		if s.batch != 0 || s.blockAt != 0 || s.rseen {
+			s.newBatch()
+		}
 		s.batch = n
 	}
 	if i == len(b) && !fullBuffer(len(b)) {
@@ -339,33 +367,86 @@ func readNum(b []byte, i int) (int, int) {
 	return 0, -1
 }
 
-// scanWhole looks at the command at b[i:]. If it is complete it returns
-// the index after it and its class; if it is incomplete or malformed, -1.
+// scanQuick returns the length of the command at the start of p when it
+// is plain and simple: 1 to 9 arguments, a name of at most 9 bytes that
+// cannot be one recognition cares about, other arguments of at most 99
+// bytes. Otherwise it returns 0 (scanWhole decides). It calls nothing and
+// checks only what memory safety needs: a result other than len(p) means
+// "not one plain command", and go-redis never writes malformed requests.
+func scanQuick(p []byte) int {
+	if len(p) < 10 || p[0] != '*' || p[2] != '\r' || p[4] != '$' || p[6] != '\r' {
+		return 0
+	}
+	n := uint(p[1] - '1') // arguments after the name
+	l := uint(p[5] - '0') // the name's length
+	if n >= 9 || l >= 10 {
+		return 0
+	}
+	if l >= 4 {
+		switch p[8] | 0x20 {
+		case 'b', 'x', 'w', 'm', 'e', 'd':
+			return 0
+		}
+	}
+	i := 8 + l + 2
+	for ; n > 0; n-- {
+		if i+5 > uint(len(p)) {
+			return 0
+		}
+		l, h := uint(p[i+1]-'0'), uint(4)
+		if p[i+2] != '\r' {
+			l, h = l*10+uint(p[i+2]-'0'), 5
+		}
+		i += h + l + 2
+	}
+	return int(i)
+}
+
+// scanWhole looks at the command at the start of p. If it is complete it
+// returns its length and its class; if it is incomplete or malformed, -1.
 // A command whose class is not clsOther is not read past its name.
-func scanWhole(b []byte, i int) (int, uint8) {
-	if i >= len(b) || b[i] != '*' {
+// One-digit counts and lengths (most commands) take a short cut.
+func scanWhole(p []byte) (int, uint8) {
+	if len(p) < 4 || p[0] != '*' {
 		return -1, 0
 	}
-	n, i := readNum(b, i+1)
-	if i < 0 || n == 0 {
-		return -1, 0
+	n := int(p[1] - '0')
+	q := p[4:]
+	if n >= 10 || p[2] != '\r' {
+		var k int
+		if n, k = readNum(p, 1); k < 0 {
+			return -1, 0
+		}
+		q = p[k:]
 	}
 	for a := 0; a < n; a++ {
-		if i >= len(b) || b[i] != '$' {
+		if len(q) < 4 || q[0] != '$' {
 			return -1, 0
 		}
-		l, j := readNum(b, i+1)
-		if j < 0 || l > len(b)-j-2 {
-			return -1, 0
-		}
-		if a == 0 {
-			if cls := classify(b[j : j+l]); cls != clsOther {
-				return j + l + 2, cls
+		l := int(q[1] - '0')
+		h := 4
+		if l >= 10 || q[2] != '\r' {
+			if l, h = readNum(q, 1); h < 0 {
+				return -1, 0
 			}
 		}
-		i = j + l + 2
+		if l > len(q)-h-2 {
+			return -1, 0
+		}
+		if a == 0 && l >= 4 {
+			switch q[h] | 0x20 {
+			case 'b', 'x', 'w', 'm', 'e', 'd':
+				if cls := classify(q[h : h+l]); cls != clsOther {
+					return len(p) - len(q) + h + l + 2, cls
+				}
+			}
+		}
+		q = q[h+l+2:]
 	}
-	return i, clsOther
+	if n == 0 {
+		return -1, 0
+	}
+	return len(p) - len(q), clsOther
 }
 
 // Request parser states.

@@ -102,6 +102,13 @@ type Options struct {
 	// DisablePoolTimeoutDetail keeps go-redis's bare redis.ErrPoolTimeout
 	// instead of a *PoolTimeoutError that names the holders.
 	DisablePoolTimeoutDetail bool
+	// Name names the client in the tracker's metrics: the attribute
+	// redisleak.client on every data point, so that several instrumented
+	// clients on one MeterProvider stay apart. Empty means a name derived
+	// from the client: its address ("127.0.0.1:6379"), "cluster:<first
+	// address>", "ring:<lowest address>" or "failover", with "#2", "#3", ...
+	// appended while another live tracker already uses it. See Tracker.Name.
+	Name string
 }
 
 // MinScanInterval is the shortest Options.ScanInterval: a scan walks every

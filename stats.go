@@ -168,9 +168,10 @@ type holdRecorder struct {
 	dropped [len6]atomic.Uint64 // holds overwritten before the flusher read them
 	wake    chan struct{}       // cap 1: a writer saw the ring half full
 
-	mu   sync.Mutex
-	tail uint64 // next ring position to read; guarded by mu
-	hist [len6]histogram
+	mu     sync.Mutex
+	tail   uint64 // next ring position to read; guarded by mu
+	sweeps int    // flushes that still sweep for late entries; guarded by mu
+	hist   [len6]histogram
 }
 
 const (
@@ -269,6 +270,7 @@ func (h *holdRecorder) flush(m *trackerMetrics) {
 			// p's entry was overwritten by a later lap (counted by that
 			// writer), or will be when its late writer stores
 			h.tail++
+			h.sweeps = lateSweeps
 			continue
 		case v != 0:
 			// a late entry of an earlier lap, whose position was passed
@@ -283,11 +285,19 @@ func (h *holdRecorder) flush(m *trackerMetrics) {
 		// p+ringSize is claimed too: p's entry will be overwritten (and
 		// counted) or arrive late (and be recorded by the sweep)
 		h.tail++
+		h.sweeps = lateSweeps
 	}
-	if h.tail == head {
+	if h.tail == head && h.sweeps > 0 {
+		h.sweeps--
 		h.sweep(head, m)
 	}
 }
+
+// lateSweeps is how many flushes sweep for late entries after the flusher
+// passed a position whose entry was not there: a writer late by more than
+// that (a second or so) has its entry recorded when the flusher reaches its
+// slot again, or counted as dropped when a writer overwrites it.
+const lateSweeps = 5
 
 // sweep records late entries: entries whose writer stored them after the
 // flusher had passed their position. For each slot it takes the last

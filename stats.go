@@ -210,12 +210,16 @@ func (h *holdRecorder) push(k int, d int64) {
 		h.overwrote(i, v, old)
 	}
 	if i&(ringSize/2-1) == 0 {
-		// the ring is half full since the last wake-up: flush now rather
-		// than at the next tick
-		select {
-		case h.wake <- struct{}{}:
-		default:
-		}
+		h.wakeFlusher()
+	}
+}
+
+// wakeFlusher asks for a flush now rather than at the next tick: half the
+// ring has filled since the last request.
+func (h *holdRecorder) wakeFlusher() {
+	select {
+	case h.wake <- struct{}{}:
+	default:
 	}
 }
 

@@ -63,27 +63,6 @@ func FuzzBlockingTimeout(f *testing.F) {
 	})
 }
 
-func TestMayBlock(t *testing.T) {
-	for _, c := range []struct {
-		b    []byte
-		want bool
-	}{
-		{resp("get", "k"), false},
-		{resp("blpop", "k", "0"), true},
-		{resp("XREAD", "block", "1", "streams", "s", "$"), true},
-		{resp("wait", "1", "0"), true},
-		{resp("set", "k", "v"), false},
-		{resp("a", "b", "c", "d", "e", "f", "g", "h", "i", "j"), false},
-		{resp("brpoplpush", "a", "b", "1"), true},                                // 10-byte name
-		{resp("blpop", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"), true}, // 11 args
-		{[]byte("*1\r\n"), false},
-	} {
-		if got := mayBlock(c.b); got != c.want {
-			t.Errorf("mayBlock(%q) = %v", c.b, got)
-		}
-	}
-}
-
 func TestArgsToRESP(t *testing.T) {
 	b := argsToRESP([]any{"blpop", "k", int64(2)})
 	if d, ok := blockingTimeout(b); !ok || d != 2*time.Second {

@@ -88,8 +88,8 @@ func (c *trackedConn) NetConn() net.Conn { return c.Conn }
 func (c *trackedConn) Read(b []byte) (int, error) {
 	n, err := ioA[c.slot>>8&15](c, b, false)
 	if n > 0 && c.addr.rec.blockDeadline.Load() != 0 {
-		// the reply of a blocking command arrived
-		c.addr.rec.blockDeadline.Store(0)
+		// a reply arrived: maybe the blocking command's
+		c.addr.rec.noteRead(b[:n])
 	}
 	return n, err
 }

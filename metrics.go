@@ -2,7 +2,11 @@ package redisleak
 
 import (
 	"context"
+	"sort"
+	"strconv"
+	"sync"
 
+	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -10,6 +14,17 @@ import (
 
 // Metric names. The hold-time histogram is named apart from redisotel's
 // db.client.connections.use_time, which times commands, not holds.
+//
+// Every data point carries the attributes redisleak.client (the tracker's
+// Name: Options.Name, or one derived from the client) and
+// redis.client.kind. The four client gauges (MetricInUse, ...) have one
+// point per tracker: the client's totals over all its pools. The four pool
+// gauges (MetricPoolInUse, ...) break the same counts down by go-redis
+// pool, one point per pool with the attributes
+// db.client.connection.pool.name (go-redis's pool name, as in go-redis's
+// own OTel metrics) and server.address; they are not reported in
+// ModeHooks, where the tracker sees no pools. Summing a pool gauge over
+// its pools gives the client gauge; never sum the two families together.
 const (
 	MetricInUse     = "redisleak.connections.in_use"
 	MetricIdle      = "redisleak.connections.idle"
@@ -17,11 +32,25 @@ const (
 	MetricLeaked    = "redisleak.connections.leaked"
 	MetricHoldTime  = "redisleak.connection.hold.duration"
 	MetricLeaks     = "redisleak.leaks"
+
+	MetricPoolInUse     = "redisleak.pool.connections.in_use"
+	MetricPoolIdle      = "redisleak.pool.connections.idle"
+	MetricPoolLongLived = "redisleak.pool.connections.long_lived"
+	MetricPoolLeaked    = "redisleak.pool.connections.leaked"
+)
+
+// Attribute keys of the tracker's metrics.
+const (
+	// AttrClient names the tracker (Tracker.Name) on every data point.
+	AttrClient = "redisleak.client"
+	// AttrPoolName names the go-redis pool on the pool gauges' points.
+	AttrPoolName = "db.client.connection.pool.name"
 )
 
 const meterName = "github.com/redisleak/redisleak"
 
 type trackerMetrics struct {
+	name      string // the tracker's name (redisleak.client)
 	reg       metric.Registration
 	holdHist  metric.Float64Histogram
 	leaks     metric.Int64Counter
@@ -36,23 +65,33 @@ func newTrackerMetrics(t *Tracker, mp metric.MeterProvider) (*trackerMetrics, er
 	}
 	meter := mp.Meter(meterName)
 	m := &trackerMetrics{base: attribute.String("redis.client.kind", t.clientKind)}
+	m.name = names.acquire(t.opts.Name, t.client)
+	ok := false
+	defer func() {
+		if !ok {
+			names.release(m.name)
+		}
+	}()
+	client := attribute.String(AttrClient, m.name)
 	var err error
-	inUse, err := meter.Int64ObservableGauge(MetricInUse, metric.WithDescription("Connections held out of the pool, long-lived ones included."), metric.WithUnit("{connection}"))
-	if err != nil {
-		return nil, err
+	var gauges [8]metric.Int64ObservableGauge
+	for i, g := range []struct{ name, desc string }{
+		{MetricInUse, "Connections held out of the pool, long-lived ones included; the client's total over its pools."},
+		{MetricIdle, "Idle connections in the pool; the client's total over its pools."},
+		{MetricLongLived, "Held connections that are long-lived by mark or by nature; the client's total over its pools."},
+		{MetricLeaked, "Held connections over their threshold and not long-lived; the client's total over its pools."},
+		{MetricPoolInUse, "Connections held out of the pool, long-lived ones included; one point per go-redis pool (" + AttrPoolName + "), which sum to " + MetricInUse + "."},
+		{MetricPoolIdle, "Idle connections in the pool; one point per go-redis pool (" + AttrPoolName + "), which sum to " + MetricIdle + "."},
+		{MetricPoolLongLived, "Held connections that are long-lived by mark or by nature; one point per go-redis pool (" + AttrPoolName + "), which sum to " + MetricLongLived + "."},
+		{MetricPoolLeaked, "Held connections over their threshold and not long-lived; one point per go-redis pool (" + AttrPoolName + "), which sum to " + MetricLeaked + "."},
+	} {
+		gauges[i], err = meter.Int64ObservableGauge(g.name, metric.WithDescription(g.desc), metric.WithUnit("{connection}"))
+		if err != nil {
+			return nil, err
+		}
 	}
-	idle, err := meter.Int64ObservableGauge(MetricIdle, metric.WithDescription("Idle connections in the pool."), metric.WithUnit("{connection}"))
-	if err != nil {
-		return nil, err
-	}
-	longLived, err := meter.Int64ObservableGauge(MetricLongLived, metric.WithDescription("Held connections that are long-lived by mark or by nature."), metric.WithUnit("{connection}"))
-	if err != nil {
-		return nil, err
-	}
-	leaked, err := meter.Int64ObservableGauge(MetricLeaked, metric.WithDescription("Held connections over their threshold and not long-lived."), metric.WithUnit("{connection}"))
-	if err != nil {
-		return nil, err
-	}
+	inUse, idle, longLived, leaked := gauges[0], gauges[1], gauges[2], gauges[3]
+	pInUse, pIdle, pLongLived, pLeaked := gauges[4], gauges[5], gauges[6], gauges[7]
 	m.holdHist, err = meter.Float64Histogram(MetricHoldTime, metric.WithDescription("How long a connection was held out of the pool, per hold."), metric.WithUnit("s"),
 		metric.WithExplicitBucketBoundaries(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300))
 	if err != nil {
@@ -63,22 +102,111 @@ func newTrackerMetrics(t *Tracker, mp metric.MeterProvider) (*trackerMetrics, er
 		return nil, err
 	}
 	for i, k := range allKinds {
-		m.kindAttrs[i] = metric.WithAttributes(m.base, attribute.String("kind", k))
+		m.kindAttrs[i] = metric.WithAttributes(client, m.base, attribute.String("kind", k))
 		m.kindRec[i] = []metric.RecordOption{m.kindAttrs[i]}
 	}
-	attrs := metric.WithAttributes(m.base)
+	attrs := metric.WithAttributes(client, m.base)
+	var poolMu sync.Mutex
+	poolAttrs := map[string]metric.ObserveOption{} // by pool name, built once
 	m.reg, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		s := t.Stats()
+		poolMu.Lock()
+		defer poolMu.Unlock()
 		o.ObserveInt64(inUse, int64(s.InUse), attrs)
 		o.ObserveInt64(idle, int64(s.Idle), attrs)
 		o.ObserveInt64(longLived, int64(s.LongLived), attrs)
 		o.ObserveInt64(leaked, int64(s.Leaked), attrs)
+		for _, p := range s.Pools {
+			pa, ok := poolAttrs[p.Name]
+			if !ok {
+				pa = metric.WithAttributes(client, m.base, attribute.String(AttrPoolName, p.Name), attribute.String("server.address", p.Addr))
+				poolAttrs[p.Name] = pa
+			}
+			o.ObserveInt64(pInUse, int64(p.InUse), pa)
+			o.ObserveInt64(pIdle, int64(p.Idle), pa)
+			o.ObserveInt64(pLongLived, int64(p.LongLived), pa)
+			o.ObserveInt64(pLeaked, int64(p.Leaked), pa)
+		}
 		return nil
-	}, inUse, idle, longLived, leaked)
+	}, inUse, idle, longLived, leaked, pInUse, pIdle, pLongLived, pLeaked)
 	if err != nil {
 		return nil, err
 	}
+	ok = true
 	return m, nil
+}
+
+// Name returns the tracker's name: Options.Name, or the name derived from
+// the client when that is empty (see Options.Name). It is the value of the
+// redisleak.client attribute on the tracker's metrics.
+func (t *Tracker) Name() string {
+	if t.metrics == nil {
+		return t.opts.Name
+	}
+	return t.metrics.name
+}
+
+// names hands out tracker names. A derived name already used by a live
+// tracker gets a suffix "#2", "#3", ... so that two clients of the same
+// server stay apart in metrics; a name set in Options is used as given.
+var names = nameRegistry{used: map[string]int{}}
+
+type nameRegistry struct {
+	mu   sync.Mutex
+	used map[string]int // live trackers per name
+}
+
+func (n *nameRegistry) acquire(explicit string, c redis.UniversalClient) string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	name := explicit
+	if name == "" {
+		base := derivedName(c)
+		name = base
+		for i := 2; n.used[name] > 0; i++ {
+			name = base + "#" + strconv.Itoa(i)
+		}
+	}
+	n.used[name]++
+	return name
+}
+
+func (n *nameRegistry) release(name string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.used[name]--; n.used[name] <= 0 {
+		delete(n.used, name)
+	}
+}
+
+// derivedName names a client after what it connects to: a plain client's
+// address, "cluster:<first address>", "ring:<lowest address>", or
+// "failover" (a failover client's options do not tell its master's name).
+func derivedName(c redis.UniversalClient) string {
+	switch c := c.(type) {
+	case *redis.Client:
+		o := c.Options()
+		if o.Addr == "FailoverClient" {
+			return "failover"
+		}
+		return o.Addr
+	case *redis.ClusterClient:
+		if a := c.Options().Addrs; len(a) > 0 {
+			return "cluster:" + a[0]
+		}
+		return "cluster"
+	case *redis.Ring:
+		var addrs []string
+		for _, a := range c.Options().Addrs {
+			addrs = append(addrs, a)
+		}
+		sort.Strings(addrs)
+		if len(addrs) > 0 {
+			return "ring:" + addrs[0]
+		}
+		return "ring"
+	}
+	return "client"
 }
 
 func (m *trackerMetrics) recordHold(kind int, d int64) {
@@ -98,7 +226,11 @@ func (m *trackerMetrics) addLeaks(ls []Leak) {
 }
 
 func (m *trackerMetrics) close() {
-	if m != nil && m.reg != nil {
+	if m == nil {
+		return
+	}
+	if m.reg != nil {
 		_ = m.reg.Unregister()
 	}
+	names.release(m.name)
 }

@@ -79,6 +79,7 @@ type connRecord struct {
 	// blockDeadline: 0 no blocking command in flight; blockForever (-1):
 	// one with timeout 0; else the nanotime until which it is exempt.
 	blockDeadline atomic.Int64
+	req           *reqScanner // request stream state for recognition (blocking.go), nil until needed
 
 	poolName atomic.Pointer[string]
 
@@ -101,23 +102,6 @@ func (r *connRecord) pool() string {
 func (r *connRecord) setPool(name string) {
 	if r.poolName.Load() == nil && name != "" {
 		r.poolName.CompareAndSwap(nil, r.tr.internPool(name))
-	}
-}
-
-// noteWrite is called by the wrapper with every buffer go-redis writes.
-func (r *connRecord) noteWrite(b []byte) {
-	if mayBlock(b) {
-		if d, ok := blockingTimeout(b); ok {
-			if d == blockForever {
-				r.blockDeadline.Store(int64(blockForever))
-			} else {
-				r.blockDeadline.Store(nanotime() + int64(d) + int64(r.tr.opts.BlockingGrace))
-			}
-			return
-		}
-	}
-	if r.blockDeadline.Load() != 0 {
-		r.blockDeadline.Store(0)
 	}
 }
 

@@ -37,6 +37,14 @@ type Stats struct {
 	Pools []PoolStats `json:"pools"`
 	// HoldTime summarises the durations of holds that ended, by kind.
 	HoldTime map[string]HoldStats `json:"holdTime"`
+	// HoldsDropped counts ended holds left out of HoldTime's percentiles
+	// and of the hold-time metric because they ended faster than the
+	// tracker could record them (the sum of HoldTime[*].Dropped; the
+	// maxima still include them). The recorder buffers 8,192 holds and
+	// is drained whenever half of that has filled, so holds are dropped
+	// only when they end faster than one goroutine can record them, or
+	// while it is starved of CPU.
+	HoldsDropped uint64 `json:"holdsDropped"`
 }
 
 // PoolStats is the part of Stats about one go-redis pool.
@@ -53,9 +61,16 @@ type PoolStats struct {
 // HoldStats summarises ended holds of one kind. Percentiles come from a
 // log-linear histogram (4 buckets per power of two: within 19%).
 type HoldStats struct {
-	Count uint64  `json:"count"`
-	P50Ms float64 `json:"p50Ms"`
-	P99Ms float64 `json:"p99Ms"`
+	// Count is the number of holds in the histogram.
+	Count uint64 `json:"count"`
+	// Dropped is the number of holds left out of the histogram (and of
+	// the hold-time metric) because more ended than the tracker could
+	// record; Count + Dropped holds of this kind ended.
+	Dropped uint64  `json:"dropped"`
+	P50Ms   float64 `json:"p50Ms"`
+	P99Ms   float64 `json:"p99Ms"`
+	// MaxMs is the longest hold of this kind, exact, dropped holds
+	// included.
 	MaxMs float64 `json:"maxMs"`
 }
 
@@ -70,6 +85,9 @@ func (t *Tracker) Stats() Stats {
 		LeaksClosed:   t.closedLeaks.Load(),
 		PoolTimeouts:  t.poolTimeouts.Load(),
 		HoldTime:      t.holds.summary(),
+	}
+	for _, hs := range s.HoldTime {
+		s.HoldsDropped += hs.Dropped
 	}
 	if t.closed.Load() {
 		return s
@@ -131,59 +149,193 @@ func (t *Tracker) Stats() Stats {
 }
 
 // holdRecorder collects ended holds. The observer's hot path only appends
-// to a lock-free ring (one atomic add, one atomic store); a background
-// flush every 200 ms moves them into histograms and OpenTelemetry. If more
-// than ringSize holds end between two flushes, the oldest are dropped and
-// counted (Dropped).
+// to a lock-free ring (one atomic add, one atomic swap, one atomic load for
+// the per-kind maximum); the flusher (every 200 ms, or as soon as a writer
+// sees the ring half full) moves the entries into histograms and
+// OpenTelemetry.
+//
+// Nothing is lost silently. Each ring entry carries the lap of its position
+// (8 bits), so the flusher knows whether a slot holds the entry it expects,
+// an entry its writer has not stored yet (it stops there and resumes next
+// time), a newer one (the expected entry was overwritten: skip it) or a
+// late one from an earlier lap (record it). A writer whose swap replaces an
+// entry the flusher has not read counts that entry in dropped, by kind. The
+// per-kind maximum is kept exactly by the writers, dropped holds included.
 type holdRecorder struct {
-	head atomic.Uint64
-	ring [ringSize]atomic.Uint64
-	tail uint64 // flusher only
+	head    atomic.Uint64
+	ring    [ringSize]atomic.Uint64
+	max     [len6]atomic.Int64  // exact maximum per kind, dropped holds included
+	dropped [len6]atomic.Uint64 // holds overwritten before the flusher read them
+	wake    chan struct{}       // cap 1: a writer saw the ring half full
 
-	mu      sync.Mutex
-	hist    [len6]histogram
-	dropped uint64
+	mu     sync.Mutex
+	tail   uint64 // next ring position to read; guarded by mu
+	sweeps int    // flushes that still sweep for late entries; guarded by mu
+	hist   [len6]histogram
 }
 
 const (
-	ringSize = 1 << 13
+	ringBits = 13
+	ringSize = 1 << ringBits
 	len6     = 6 // len(allKinds)
+
+	// An entry is (d+1)<<holdShift | lap<<3 | kind; 0 means empty.
+	holdShift = 11
+	holdCap   = 1<<(64-holdShift) - 1 // d+1 is capped here (104 days) in the histogram; max stays exact
 )
 
-func newHoldRecorder() *holdRecorder { return &holdRecorder{} }
+func newHoldRecorder() *holdRecorder { return &holdRecorder{wake: make(chan struct{}, 1)} }
 
-// push records a hold of kind k that lasted d nanoseconds. Encoded as
-// (d+1)<<3 | k so that 0 means empty.
+// lapOf is the 8-bit lap tag of ring position i.
+func lapOf(i uint64) uint8 { return uint8(i >> ringBits) }
+
+// entryLap is the lap tag of a ring entry.
+func entryLap(v uint64) uint8 { return uint8(v >> 3) }
+
+// push records a hold of kind k that lasted d nanoseconds.
 func (h *holdRecorder) push(k int, d int64) {
 	if d < 0 {
 		d = 0
 	}
+	if d > h.max[k].Load() {
+		h.raiseMax(k, d)
+	}
 	i := h.head.Add(1) - 1
-	h.ring[i&(ringSize-1)].Store(uint64(d+1)<<3 | uint64(k))
+	e := uint64(d) + 1
+	if e > holdCap {
+		e = holdCap
+	}
+	v := e<<holdShift | uint64(lapOf(i))<<3 | uint64(k)
+	if old := h.ring[i&(ringSize-1)].Swap(v); old != 0 {
+		h.overwrote(i, v, old)
+	}
+	if i&(ringSize/2-1) == 0 {
+		h.wakeFlusher()
+	}
+}
+
+// wakeFlusher asks for a flush now rather than at the next tick: half the
+// ring has filled since the last request.
+func (h *holdRecorder) wakeFlusher() {
+	select {
+	case h.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (h *holdRecorder) raiseMax(k int, d int64) {
+	for {
+		m := h.max[k].Load()
+		if d <= m || h.max[k].CompareAndSwap(m, d) {
+			return
+		}
+	}
+}
+
+// overwrote handles a writer's swap at position i (entry v) that replaced
+// an entry old the flusher had not read: one of the two is dropped.
+func (h *holdRecorder) overwrote(i, v, old uint64) {
+	if int8(entryLap(old)-lapOf(i)) > 0 {
+		// This writer is late: old belongs to a later lap. Put it back
+		// and drop this entry instead, unless v was taken meanwhile (by
+		// the flusher or another writer, who accounted for it).
+		if h.ring[i&(ringSize-1)].CompareAndSwap(v, old) {
+			h.dropped[v&7].Add(1)
+			return
+		}
+	}
+	h.dropped[old&7].Add(1)
 }
 
 // flush drains the ring into the histograms and the metrics.
 func (h *holdRecorder) flush(m *trackerMetrics) {
-	head := h.head.Load()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if head-h.tail > ringSize {
-		h.dropped += head - h.tail - ringSize
+	head := h.head.Load()
+	if head-h.tail > 64*ringSize {
+		// far behind (the lap tags would become ambiguous): every slot
+		// was reused many times since, and each overwrite was counted
 		h.tail = head - ringSize
 	}
-	for ; h.tail < head; h.tail++ {
-		v := h.ring[h.tail&(ringSize-1)].Swap(0)
-		if v == 0 {
-			continue // not yet written by its writer, or overwritten
-		}
-		k := int(v & 7)
-		d := int64(v>>3) - 1
-		if k >= len6 {
+	for h.tail < head {
+		p := h.tail
+		slot := &h.ring[p&(ringSize-1)]
+		v := slot.Load()
+		diff := int8(entryLap(v) - lapOf(p))
+		switch {
+		case v != 0 && diff == 0:
+			if !slot.CompareAndSwap(v, 0) {
+				continue // a writer replaced it meanwhile: look again
+			}
+			h.record(v, m)
+			h.tail++
 			continue
+		case v != 0 && diff > 0:
+			// p's entry was overwritten by a later lap (counted by that
+			// writer), or will be when its late writer stores
+			h.tail++
+			h.sweeps = lateSweeps
+			continue
+		case v != 0:
+			// a late entry of an earlier lap, whose position was passed
+			if slot.CompareAndSwap(v, 0) {
+				h.record(v, m)
+			}
 		}
-		h.hist[k].add(d)
-		m.recordHold(k, d)
+		// p's writer has not stored yet
+		if head-p < ringSize {
+			break // resume here next time
+		}
+		// p+ringSize is claimed too: p's entry will be overwritten (and
+		// counted) or arrive late (and be recorded by the sweep)
+		h.tail++
+		h.sweeps = lateSweeps
 	}
+	if h.tail == head && h.sweeps > 0 {
+		h.sweeps--
+		h.sweep(head, m)
+	}
+}
+
+// lateSweeps is how many flushes sweep for late entries after the flusher
+// passed a position whose entry was not there: a writer late by more than
+// that (a second or so) has its entry recorded when the flusher reaches its
+// slot again, or counted as dropped when a writer overwrites it.
+const lateSweeps = 5
+
+// sweep records late entries: entries whose writer stored them after the
+// flusher had passed their position. For each slot it takes the last
+// position before head that maps to it; an entry of an earlier lap than
+// that position's is late.
+func (h *holdRecorder) sweep(head uint64, m *trackerMetrics) {
+	if head == 0 {
+		return
+	}
+	base := (head - 1) &^ (ringSize - 1)
+	for s := uint64(0); s < ringSize; s++ {
+		p := base + s
+		if p >= head {
+			if p < ringSize {
+				continue // never claimed
+			}
+			p -= ringSize
+		}
+		slot := &h.ring[s]
+		v := slot.Load()
+		if v != 0 && int8(entryLap(v)-lapOf(p)) < 0 && slot.CompareAndSwap(v, 0) {
+			h.record(v, m)
+		}
+	}
+}
+
+func (h *holdRecorder) record(v uint64, m *trackerMetrics) {
+	k := int(v & 7)
+	if k >= len6 {
+		return
+	}
+	d := int64(v>>holdShift) - 1
+	h.hist[k].add(d)
+	m.recordHold(k, d)
 }
 
 func (h *holdRecorder) summary() map[string]HoldStats {
@@ -192,14 +344,17 @@ func (h *holdRecorder) summary() map[string]HoldStats {
 	out := map[string]HoldStats{}
 	for k := range h.hist {
 		hs := &h.hist[k]
-		if hs.count == 0 {
+		dropped := h.dropped[k].Load()
+		if hs.count == 0 && dropped == 0 {
 			continue
 		}
+		mx := max(h.max[k].Load(), hs.max)
 		out[allKinds[k]] = HoldStats{
-			Count: hs.count,
-			P50Ms: ms(time.Duration(hs.quantile(0.50))),
-			P99Ms: ms(time.Duration(hs.quantile(0.99))),
-			MaxMs: ms(time.Duration(hs.max)),
+			Count:   hs.count,
+			Dropped: dropped,
+			P50Ms:   ms(time.Duration(hs.quantile(0.50))),
+			P99Ms:   ms(time.Duration(hs.quantile(0.99))),
+			MaxMs:   ms(time.Duration(mx)),
 		}
 	}
 	return out

@@ -48,7 +48,7 @@ type Options struct {
 	// long-lived. 0 means DefaultMaxHold (30s).
 	MaxHold time.Duration
 	// ScanInterval is the period of the background leak scan. 0 means
-	// DefaultScanInterval (10s).
+	// DefaultScanInterval (10s); below MinScanInterval (10ms) is an error.
 	ScanInterval time.Duration
 	// Logger receives leak warnings and follow-ups. nil means slog.Default().
 	Logger *slog.Logger
@@ -102,7 +102,18 @@ type Options struct {
 	// DisablePoolTimeoutDetail keeps go-redis's bare redis.ErrPoolTimeout
 	// instead of a *PoolTimeoutError that names the holders.
 	DisablePoolTimeoutDetail bool
+	// Name names the client in the tracker's metrics: the attribute
+	// redisleak.client on every data point, so that several instrumented
+	// clients on one MeterProvider stay apart. Empty means a name derived
+	// from the client: its address ("127.0.0.1:6379"), "cluster:<first
+	// address>", "ring:<lowest address>" or "failover", with "#2", "#3", ...
+	// appended while another live tracker already uses it. See Tracker.Name.
+	Name string
 }
+
+// MinScanInterval is the shortest Options.ScanInterval: a scan walks every
+// tracked connection, and shorter periods would spend a core on it.
+const MinScanInterval = 10 * time.Millisecond
 
 func (o Options) normalize() (Options, error) {
 	var errs []error
@@ -111,6 +122,8 @@ func (o Options) normalize() (Options, error) {
 	}
 	if o.ScanInterval < 0 {
 		errs = append(errs, fmt.Errorf("ScanInterval %v is negative", o.ScanInterval))
+	} else if o.ScanInterval > 0 && o.ScanInterval < MinScanInterval {
+		errs = append(errs, fmt.Errorf("ScanInterval %v: must be 0 (default) or at least %v", o.ScanInterval, MinScanInterval))
 	}
 	if o.BlockingGrace < 0 || (o.BlockingGrace > 0 && o.BlockingGrace < DefaultBlockingGrace) {
 		errs = append(errs, fmt.Errorf("BlockingGrace %v: must be 0 (default) or at least %v, what go-redis waits beyond a blocking timeout", o.BlockingGrace, DefaultBlockingGrace))
@@ -484,6 +497,8 @@ func (t *Tracker) flushLoop() {
 			t.holds.flush(t.metrics)
 			return
 		case <-tick.C:
+			t.holds.flush(t.metrics)
+		case <-t.holds.wake:
 			t.holds.flush(t.metrics)
 		}
 	}

@@ -1,0 +1,253 @@
+package redisleak
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+)
+
+// testRecord is a connRecord of a tracker that is only options.
+func testRecord() *connRecord {
+	return &connRecord{tr: &Tracker{opts: Options{BlockingGrace: DefaultBlockingGrace}}}
+}
+
+func cat(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
+
+// Every batch, written whole or split at any point (go-redis's buffered
+// writer cuts wherever its buffer fills), is recognised the same way.
+func TestStreamRecognitionAnySplit(t *testing.T) {
+	bigKey := strings.Repeat("k", 40<<10)
+	ping, get := resp("ping"), resp("get", "k")
+	cases := []struct {
+		name    string
+		batch   []byte
+		timeout time.Duration // 0: not blocking
+		blockAt int32
+	}{
+		{"get", get, 0, 0},
+		{"blpop", resp("blpop", "a", "5"), 5 * time.Second, 1},
+		{"blpop 40 KB key", resp("blpop", bigKey, "5"), 5 * time.Second, 1},
+		{"set 40 KB value", resp("set", "k", bigKey), 0, 0},
+		{"ping blpop", cat(ping, resp("blpop", "a", "5")), 5 * time.Second, 2},
+		{"get x3 brpop forever", cat(get, get, get, resp("brpop", "a", "0")), blockForever, 4},
+		{"blpop ping", cat(resp("blpop", "a", "2"), ping), 2 * time.Second, 1},
+		{"two blocking: summed", cat(resp("blpop", "a", "2"), ping, resp("bzpopmin", "z", "1.5")), 3500 * time.Millisecond, 3},
+		{"multi blpop exec", cat(resp("multi"), resp("blpop", "a", "5"), resp("exec")), 0, 0},
+		{"multi exec blpop", cat(resp("multi"), get, resp("exec"), resp("blpop", "a", "5")), 5 * time.Second, 4},
+		{"discard then blpop", cat(resp("multi"), resp("discard"), resp("blpop", "a", "1")), time.Second, 3},
+		{"xread block", cat(ping, resp("xread", "count", "1", "block", "250", "streams", "s", "$")), 250 * time.Millisecond, 2},
+		{"xread streams named block", resp("xread", "streams", "block", "0"), 0, 0},
+		{"xreadgroup 40 KB stream", resp("XREADGROUP", "group", "g", "c", "BLOCK", "1000", "streams", bigKey, ">"), time.Second, 1},
+		{"blmpop", resp("blmpop", "4", "2", "a", bigKey, "left"), 4 * time.Second, 1},
+		{"wait", cat(get, resp("wait", "1", "100")), 100 * time.Millisecond, 2},
+		{"blpop bad timeout", resp("blpop", "a", "x"), 0, 0},
+		{"bitcount", resp("bitcount", bigKey), 0, 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			// split points: all of them for small batches; around every
+			// header and the middle of bodies for large ones
+			var splits []int
+			if len(c.batch) < 400 {
+				for i := 0; i <= len(c.batch); i++ {
+					splits = append(splits, i)
+				}
+			} else {
+				for i := 0; i <= len(c.batch); i++ {
+					if i < 64 || len(c.batch)-i < 64 || i%4093 == 0 {
+						splits = append(splits, i)
+					}
+				}
+			}
+			boundary := map[int]bool{}
+			for i := 0; i < len(c.batch); {
+				boundary[i] = true
+				n, j := readNum(c.batch, i+1)
+				for range n {
+					l, k := readNum(c.batch, j+1)
+					j = k + l + 2
+				}
+				i = j
+			}
+			for _, sp := range splits {
+				if boundary[sp] && sp > 0 {
+					// go-redis ends a piece at a command boundary only
+					// when its buffer is full: see TestStreamRecognitionBufferPieces
+					continue
+				}
+				for _, three := range []bool{false, true} {
+					mid := sp + (len(c.batch)-sp)/2
+					if three && boundary[mid] {
+						mid++
+					}
+					r := testRecord()
+					r.noteWrite(resp("get", "previous")) // an answered batch before
+					before := nanotime()
+					if three && sp > 0 && sp < len(c.batch) {
+						r.noteWrite(c.batch[:sp])
+						r.noteWrite(c.batch[sp:mid])
+						r.noteWrite(c.batch[mid:])
+					} else {
+						r.noteWrite(c.batch[:sp])
+						r.noteWrite(c.batch[sp:])
+					}
+					after := nanotime()
+					bd := r.blockDeadline.Load()
+					switch {
+					case c.timeout == 0:
+						if bd != 0 {
+							t.Fatalf("split at %d: deadline %d, want not blocking", sp, bd)
+						}
+					case c.timeout == blockForever:
+						if bd != int64(blockForever) {
+							t.Fatalf("split at %d: deadline %d, want forever", sp, bd)
+						}
+					default:
+						g := int64(DefaultBlockingGrace)
+						if bd < before+int64(c.timeout)+g || bd > after+int64(c.timeout)+g {
+							t.Fatalf("split at %d: deadline now+%v, want now+%v", sp, time.Duration(bd-before), c.timeout+DefaultBlockingGrace)
+						}
+					}
+					if c.timeout != 0 && r.req.blockAt != c.blockAt {
+						t.Fatalf("split at %d: blocking command at %d, want %d", sp, r.req.blockAt, c.blockAt)
+					}
+				}
+			}
+		})
+	}
+}
+
+// A pipeline written in buffer-sized pieces, one of which ends exactly at a
+// command boundary: still one batch.
+func TestStreamRecognitionBufferPieces(t *testing.T) {
+	for _, size := range []int{4096, 32 << 10} {
+		// GETs whose total is exactly one buffer, then a BLPOP
+		var p []byte
+		n := int32(0)
+		for size-len(p) >= 100 {
+			p = append(p, resp("get", "k")...)
+			n++
+		}
+		for l := 1; ; l++ {
+			if c := resp("get", strings.Repeat("k", l)); len(c) == size-len(p) {
+				p = append(p, c...)
+				n++
+				break
+			}
+		}
+		if len(p) != size {
+			t.Fatalf("built %d bytes", len(p))
+		}
+		p = append(p, resp("blpop", "q", "5")...)
+		r := testRecord()
+		r.noteWrite(p[:size])
+		r.noteWrite(p[size:])
+		if r.blockDeadline.Load() == 0 || r.req.blockAt != n+1 {
+			t.Fatalf("buffer %d: blocking at %d, want %d", size, r.req.blockAt, n+1)
+		}
+		// the next batch, after the replies, starts afresh
+		r.noteRead([]byte(strings.Repeat("$-1\r\n", int(n)) + "*-1\r\n"))
+		r.noteWrite(resp("blpop", "q", "5"))
+		if r.req.blockAt != 1 {
+			t.Fatalf("next batch: blocking at %d", r.req.blockAt)
+		}
+	}
+}
+
+// The exemption lasts until the reply of the last blocking command of the
+// batch has been read: not the first reply (PING's), and not longer.
+func TestStreamRecognitionReplies(t *testing.T) {
+	cases := []struct {
+		name    string
+		batch   []byte
+		replies []string // in order; the hold stops blocking with the last
+		after   string   // replies that follow the blocking one
+	}{
+		{"blpop", resp("blpop", "a", "5"), []string{"*2\r\n$1\r\na\r\n$1\r\nx\r\n"}, ""},
+		{"blpop nil", resp("blpop", "a", "5"), []string{"*-1\r\n"}, ""},
+		{"ping blpop", cat(resp("ping"), resp("blpop", "a", "5")), []string{"+PONG\r\n", "_\r\n"}, ""},
+		{"get get blpop resp3", cat(resp("get", "k"), resp("get", "k2"), resp("blpop", "a", "5")),
+			[]string{"$5\r\nhello\r\n", "$-1\r\n", ">3\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n$0\r\n\r\n", "|1\r\n+key\r\n%1\r\n:1\r\n:2\r\n*2\r\n$1\r\na\r\n$1\r\nx\r\n"}, ""},
+		{"xread map reply", cat(resp("ping"), resp("xread", "block", "100", "streams", "s", "$")),
+			[]string{"-ERR x\r\n", "%1\r\n$1\r\ns\r\n*1\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n"}, ""},
+		{"blpop ping", cat(resp("blpop", "a", "5"), resp("ping")), []string{"*-1\r\n"}, "+PONG\r\n"},
+		{"two blocking", cat(resp("blpop", "a", "1"), resp("blpop", "b", "1")), []string{"*-1\r\n", "*-1\r\n"}, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			all := strings.Join(c.replies, "") + c.after
+			last := len(strings.Join(c.replies, "")) // the blocking reply ends here
+			// every split of the reply stream into two reads
+			for sp := 0; sp <= len(all); sp++ {
+				r := testRecord()
+				r.noteWrite(c.batch)
+				if r.blockDeadline.Load() == 0 {
+					t.Fatal("not recognised")
+				}
+				for _, part := range []string{all[:sp], all[sp:]} {
+					if part != "" && r.blockDeadline.Load() != 0 {
+						r.noteRead([]byte(part))
+					}
+				}
+				if r.blockDeadline.Load() != 0 {
+					t.Fatalf("split at %d: still blocking after every reply", sp)
+				}
+				// and before the blocking reply is complete, still blocking
+				r = testRecord()
+				r.noteWrite(c.batch)
+				r.noteRead([]byte(all[:sp]))
+				if done := r.blockDeadline.Load() == 0; done != (sp >= last) {
+					t.Fatalf("%d of %d reply bytes read: blocking=%v", sp, last, !done)
+				}
+			}
+		})
+	}
+	// A new batch after the answered one starts afresh.
+	r := testRecord()
+	r.noteWrite(cat(resp("ping"), resp("blpop", "a", "5")))
+	r.noteRead([]byte("+PONG\r\n*-1\r\n"))
+	r.noteWrite(resp("blpop", "a", "1"))
+	if r.blockDeadline.Load() == 0 || r.req.blockAt != 1 {
+		t.Fatalf("second batch: deadline %d, at %d", r.blockDeadline.Load(), r.req.blockAt)
+	}
+	r.noteRead([]byte("*-1\r\n"))
+	r.noteWrite(resp("get", "k"))
+	if r.blockDeadline.Load() != 0 {
+		t.Fatal("plain command after an answered blocking one")
+	}
+	// Garbage in replies ends the exemption (never longer than the data says).
+	r.noteWrite(cat(resp("ping"), resp("blpop", "a", "5")))
+	r.noteRead([]byte("?bogus"))
+	if r.blockDeadline.Load() != 0 {
+		t.Fatal("unparsable reply kept the exemption")
+	}
+}
+
+// Malformed and truncated requests never panic, whatever the split.
+func FuzzStreamRecognition(f *testing.F) {
+	f.Add(cat(resp("ping"), resp("blpop", "a", "1")), 3, []byte("+PONG\r\n*-1\r\n"))
+	f.Add(resp("xread", "block", "5", "streams", "s", "0"), 9, []byte("*-1\r\n"))
+	f.Add([]byte("*2\r\n$5\r\nblpop\r\n$-1\r\n"), 5, []byte("$-2\r\n"))
+	f.Fuzz(func(t *testing.T, b []byte, sp int, reply []byte) {
+		r := testRecord()
+		if sp < 0 || sp > len(b) {
+			sp = len(b) / 2
+		}
+		r.noteWrite(b[:sp])
+		r.noteWrite(b[sp:])
+		if r.blockDeadline.Load() != 0 {
+			r.noteRead(reply)
+		}
+		r.noteWrite(b)
+	})
+}
+
+func BenchmarkNoteWriteGET(b *testing.B) {
+	r := testRecord()
+	cmd := resp("get", "some:key")
+	b.ReportAllocs()
+	for b.Loop() {
+		r.noteWrite(cmd)
+	}
+}

@@ -81,6 +81,15 @@ func TestParseConfig(t *testing.T) {
 				t.Errorf("options %+v", c.redisOpts)
 			}
 		}},
+		{name: "unix socket URL", args: []string{"-redis", "unix:///run/redis.sock?db=3"}, check: func(t *testing.T, c config) {
+			o := c.redisOpts
+			if o == nil || o.Network != "unix" || o.Addr != "/run/redis.sock" || o.DB != 3 {
+				t.Fatalf("options %+v", o)
+			}
+			if got := redisLabel(o); got != "unix:/run/redis.sock?db=3" {
+				t.Errorf("label %q", got)
+			}
+		}},
 		{name: "bad database in URL", args: []string{"-redis", "redis://u:secret@host:6379/x"}, wantErr: `-redis "redis://u:xxxxx@host:6379/x": redis: invalid database number: "x"`},
 		{name: "bad scheme", args: []string{"-redis", "http://host:6379"}, wantErr: `-redis "http://host:6379": redis: invalid URL scheme: http`},
 		{name: "unparsable URL", args: []string{"-redis", "redis://u:secret@host:6379/%zz"}, wantErr: `-redis: not a valid URL: invalid URL escape "%zz"`},

@@ -158,6 +158,9 @@ func parseRedis(s string) (*redis.Options, error) {
 // or a database.
 func redisLabel(opts *redis.Options) string {
 	if opts.Network == "unix" {
+		if opts.DB != 0 {
+			return "unix:" + opts.Addr + "?db=" + strconv.Itoa(opts.DB)
+		}
 		return "unix:" + opts.Addr
 	}
 	if opts.TLSConfig == nil && opts.Username == "" && opts.DB == 0 {

@@ -78,7 +78,7 @@ func parseConfig(args []string, getenv func(string) string, errOut io.Writer) (c
 	fs.DurationVar(&c.ScanInterval, "scan", 500*time.Millisecond, "tracker scan interval")
 	fs.BoolVar(&c.Leak, "leak", true, "call the buggy endpoint that leaks one connection")
 	fs.DurationVar(&c.LeakAfter, "leak-after", 1500*time.Millisecond, "when the load generator calls the buggy endpoint")
-	fs.BoolVar(&c.MarkLongLived, "mark-long-lived", true, "keep the long-lived holders tagged and recognised; false reproduces a naive detector")
+	fs.BoolVar(&c.MarkLongLived, "mark-long-lived", true, "show the tracker's verdict; false: a naive detector's (every hold longer than -max-hold is a leak, long-lived or not)")
 	fs.IntVar(&c.Concurrency, "concurrency", 4, "jobs a worker runs at once")
 	fs.Float64Var(&c.Rate, "rate", 20, "signups per second sent by the load generator (0: none)")
 	fs.DurationVar(&c.StatusEvery, "status", 2*time.Second, "interval of the console status line (0: none)")

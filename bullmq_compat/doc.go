@@ -10,8 +10,10 @@
 // completed and failed sorted sets, the meta hash, the events stream, the
 // marker sorted set that wakes blocked workers, and one hash per job. This
 // package writes exactly what BullMQ 6.7 writes there (fields, scores,
-// marker members and stream events), with its own Lua scripts; see
-// shared/docs/bullmq-protocol.md in the project for the facts it follows.
+// marker members and stream events), with its own Lua scripts. Those facts
+// were taken from BullMQ 6.7.0 itself (the Lua scripts and classes of the
+// npm package bullmq@6.7.0, and a Node producer, worker and QueueEvents run
+// against Redis); BullMQ's public documentation is at https://docs.bullmq.io.
 // For Redis Cluster, put a hash tag in the prefix ("{bull}") or in the
 // queue name, identically on the Node side, so that all keys of a queue
 // share one slot.

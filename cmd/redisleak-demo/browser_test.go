@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -363,4 +365,214 @@ func (tb *tab) eval(t *testing.T, expr string, into *string) {
 	}
 	s, _ := r.Result.Value.(string)
 	*into = s
+}
+
+// fakeStream is an /events endpoint the test drives: it sends the stats
+// events it is given, one stream at a time, and ends the current stream
+// when told to.
+type fakeStream struct {
+	connected chan struct{} // one value per stream opened
+	events    chan sample
+	end       chan struct{}
+}
+
+func (f *fakeStream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	// A short reconnection delay for the test that ends a stream.
+	_, _ = io.WriteString(w, "retry: 200\n\n")
+	w.(http.Flusher).Flush()
+	select {
+	case f.connected <- struct{}{}:
+	case <-r.Context().Done():
+		return
+	}
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-f.end:
+			return
+		case s := <-f.events:
+			b, _ := json.Marshal(s)
+			_, _ = fmt.Fprintf(w, "event: stats\ndata: %s\n\n", b)
+			w.(http.Flusher).Flush()
+		}
+	}
+}
+
+// pageView is what TestDashboardPage reads from the page.
+type pageView struct {
+	State, Stream                                string
+	Points                                       int
+	Leaked                                       string
+	Leaks, Holders                               [][]string
+	Clients, Signups, Completed, Failed, Expired string
+}
+
+// checkFacts checks the service's facts, each a number and its noun.
+func checkFacts(t *testing.T, v pageView, clients, signups, completed, failed, expired string) {
+	t.Helper()
+	for _, c := range []struct{ got, want string }{
+		{v.Clients, clients}, {v.Signups, signups}, {v.Completed, completed}, {v.Failed, failed}, {v.Expired, expired},
+	} {
+		if !strings.HasPrefix(c.got, c.want) {
+			t.Errorf("shows %q, want %q", c.got, c.want)
+		}
+	}
+}
+
+// TestDashboardPage drives the page with stats events of the test's own
+// making, so that what it shows is checked exactly: the badge says
+// "connecting…" (and no table says "none") until the first event, even
+// with the stream open; nouns agree with their numbers ("1 SSE client",
+// "2 SSE clients", "1 connection"); durations past 90 s read "2m 5s",
+// "1h 3m"; after a dropped stream the badge says "reconnecting…" until
+// the next event.
+func TestDashboardPage(t *testing.T) {
+	bin := redistest.Chromium(t)
+	cfg := testConfig(t)
+	svc := &service{serviceConfig: serviceConfig{cfg: cfg, miniredis: true}, history: newIDRing(4),
+		keyspaceNote: "on: counts expired sessions"}
+	stream := &fakeStream{connected: make(chan struct{}), events: make(chan sample), end: make(chan struct{})}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", svc.serveDashboard)
+	mux.Handle("GET /static/", staticHandler())
+	mux.Handle("GET /events", stream)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	// Ends the page's stream before srv.Close waits for it.
+	defer srv.CloseClientConnections()
+
+	b := startBrowser(t, bin)
+	defer b.close()
+	tab := b.newTab(t, "about:blank")
+	tab.call(t, "Page.navigate", map[string]any{"url": srv.URL + "/"})
+
+	const probe = `(() => {
+	  const txt = (id) => (document.getElementById(id) || {}).innerText || '';
+	  const rows = (id) => Array.from(document.querySelectorAll('#' + id + ' tbody tr')).map(r => Array.from(r.cells).map(c => c.innerText));
+	  return JSON.stringify({state: txt('conn-state'), stream: document.body ? document.body.dataset.stream || '' : '',
+	    points: document.body ? +document.body.dataset.points : 0,
+	    leaked: txt('v-leaked'), leaks: rows('leaks'), holders: rows('holders'),
+	    clients: txt('f-clients'), signups: txt('f-signups'), completed: txt('f-completed'), failed: txt('f-failed'),
+	    expired: txt('f-expired')});
+	})()`
+	look := func() pageView {
+		var v pageView
+		var s string
+		tab.eval(t, probe, &s)
+		if s != "" {
+			if err := json.Unmarshal([]byte(s), &v); err != nil {
+				t.Fatalf("probe: %v: %s", err, s)
+			}
+		}
+		return v
+	}
+	waitFor := func(what string, ok func(v pageView) bool) pageView {
+		t.Helper()
+		var v pageView
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			v = look()
+			if ok(v) {
+				return v
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 30s; page: %+v", what, v)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	send := func(s sample) {
+		t.Helper()
+		select {
+		case stream.events <- s:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the page's stream took no event within 30s")
+		}
+	}
+	waitConnected := func() {
+		t.Helper()
+		select {
+		case <-stream.connected:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the page opened no stream within 30s")
+		}
+	}
+
+	// Stream open, no event yet: connecting, and no "none"/"live" claims.
+	waitConnected()
+	v := waitFor("stream open", func(v pageView) bool { return v.Stream == "open" })
+	if v.State != "connecting…" || v.Leaked != "–" || v.Points != 0 {
+		t.Errorf("before the first event: %+v", v)
+	}
+	for _, r := range append(v.Leaks, v.Holders...) {
+		if len(r) != 1 || r[0] != "waiting for the first stats event…" {
+			t.Errorf("before the first event, a table shows %q", r)
+		}
+	}
+
+	one := sample{
+		T: time.Now().UnixMilli(), Total: 4, InUse: 3, LongLived: 2, Leaked: 1, LeaksReported: 1,
+		Leaks: []leakView{{ConnID: 7, Kind: "conn", Owner: "billing", Site: "report.go:42 billing.(*Job).Run", HeldForMs: 125_000, MaxHoldMs: 2000}},
+		Holders: []holderGroup{
+			{Kind: "conn", Owner: "billing", Count: 1, Leaked: 1, MaxHeldMs: 125_000},
+			{Kind: "pubsub", Owner: "sse", Count: 2, LongLived: true, MaxHeldMs: 3_780_000},
+			{Kind: "command", Count: 3, MaxHeldMs: 1500},
+		},
+		Jobs:       jobTotals{Signups: 1, Completed: 1, Failed: 1, AttemptsFailed: 1, Expired: 1},
+		SSEClients: 1, Keyspace: "on: counts expired sessions",
+	}
+	send(one)
+	v = waitFor("first event", func(v pageView) bool { return v.Points == 1 })
+	if v.State != "live" || v.Leaked != "1" {
+		t.Errorf("after the first event: state %q, leaked %q", v.State, v.Leaked)
+	}
+	wantLeaks := [][]string{{"#7", "conn", "billing", "2m 5s / 2.0s", "report.go:42 billing.(*Job).Run"}}
+	wantHolders := [][]string{
+		{"leaked", "conn", "billing", "1 connection", "2m 5s"},
+		{"long-lived", "pubsub", "sse", "2 connections", "1h 3m"},
+		{"in use", "command", "—", "3 connections", "1.5s"},
+	}
+	if fmt.Sprint(v.Leaks) != fmt.Sprint(wantLeaks) {
+		t.Errorf("leaks table %q, want %q", v.Leaks, wantLeaks)
+	}
+	if fmt.Sprint(v.Holders) != fmt.Sprint(wantHolders) {
+		t.Errorf("holders table %q, want %q", v.Holders, wantHolders)
+	}
+	checkFacts(t, v, "1 SSE client", "1 signup", "1 e-mail sent", "1 job failed (1 attempt retried)", "1 session expired")
+
+	two := one
+	two.T += 500
+	two.Leaks = []leakView{}
+	two.Leaked = 0
+	two.Holders = []holderGroup{{Kind: "conn", Owner: "sse", Count: 1, LongLived: true, MaxHeldMs: 90_000}, {Kind: "conn", Count: 1, MaxHeldMs: 45_000}}
+	two.Jobs = jobTotals{Signups: 2, Completed: 0, Failed: 2, AttemptsFailed: 3, Expired: 0}
+	two.SSEClients = 2
+	send(two)
+	v = waitFor("second event", func(v pageView) bool { return v.Points == 2 })
+	wantHolders = [][]string{{"long-lived", "conn", "sse", "1 connection", "90s"}, {"in use", "conn", "—", "1 connection", "45s"}}
+	if fmt.Sprint(v.Holders) != fmt.Sprint(wantHolders) || fmt.Sprint(v.Leaks) != fmt.Sprint([][]string{{"none"}}) {
+		t.Errorf("tables %q and %q, want %q and no leak", v.Holders, v.Leaks, wantHolders)
+	}
+	checkFacts(t, v, "2 SSE clients", "2 signups", "0 e-mails sent", "2 jobs failed (3 attempts retried)", "0 sessions expired")
+
+	// The stream drops: "reconnecting…" until the next event, even once
+	// the new stream is open.
+	stream.end <- struct{}{}
+	waitFor("reconnecting", func(v pageView) bool { return v.State == "reconnecting…" })
+	waitConnected()
+	v = waitFor("stream reopened", func(v pageView) bool { return v.Stream == "open" })
+	if v.State != "reconnecting…" {
+		t.Errorf("reopened stream before any event: state %q", v.State)
+	}
+	three := two
+	three.T += 500
+	send(three)
+	v = waitFor("third event", func(v pageView) bool { return v.Points == 3 })
+	if v.State != "live" {
+		t.Errorf("after an event on the new stream: state %q", v.State)
+	}
 }

@@ -66,9 +66,7 @@ type queueView struct {
 // sample takes a snapshot of the pool and the service.
 func (s *service) sample(ctx context.Context) sample {
 	now := time.Now()
-	st := s.tr.Stats()
-	holds := s.tr.Holds()
-	s.sites.note(holds...)
+	st, holds := s.view()
 	out := sample{
 		T: now.UnixMilli(), UptimeMs: now.Sub(s.started).Milliseconds(),
 		Total: st.Total, Idle: st.Idle, InUse: st.InUse, LongLived: st.LongLived, Leaked: st.Leaked,
@@ -82,7 +80,7 @@ func (s *service) sample(ctx context.Context) sample {
 	for _, h := range holds {
 		if h.Leaked {
 			out.Leaks = append(out.Leaks, leakView{
-				ConnID: h.ConnID, Kind: h.Kind, Owner: h.Owner, Site: realSite(h),
+				ConnID: h.ConnID, Kind: string(h.Kind), Owner: h.Owner, Site: h.Site,
 				HeldForMs: float64(h.HeldFor) / float64(time.Millisecond), MaxHoldMs: float64(h.MaxHold) / float64(time.Millisecond),
 			})
 		}
@@ -169,14 +167,14 @@ type pageData struct {
 }
 
 func (s *service) serveDashboard(w http.ResponseWriter, r *http.Request) {
-	redisLabel := s.cfg.RedisAddr
-	if s.miniredis {
-		redisLabel = "embedded miniredis"
+	label := "embedded miniredis"
+	if s.cfg.redisOpts != nil {
+		label = redisLabel(s.cfg.redisOpts)
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	_ = dashboardPage.Execute(w, pageData{
-		Redis: redisLabel, Naive: !s.cfg.MarkLongLived,
+		Redis: label, Naive: !s.cfg.MarkLongLived,
 		MaxHold: s.cfg.MaxHold.String(), ScanInterval: s.cfg.ScanInterval.String(),
 		Since: s.history.oldest(), Keyspace: s.keyspaceNote,
 		Leak: s.cfg.Leak, LeakAfter: s.cfg.LeakAfter.String(), HistoryPoints: len(s.history.ids),

@@ -21,15 +21,19 @@ import (
 )
 
 // result is what a run saw: printed at the end, checked by the tests.
+//
+// In the naive mode (-mark-long-lived=false) Stats, Leaks, Holds and
+// Reported carry the naive detector's verdict (see naiveDetector).
 type result struct {
-	URL      string
-	Redis    string // "miniredis (embedded)" or the server's address
-	Stats    redisleak.Stats
-	Leaks    []redisleak.Leak // current leaks at the end
-	Holds    []redisleak.Leak // every current hold at the end
-	Reported []redisleak.Leak // every leak reported during the run (OnLeak)
-	Keyspace string           // "on" or why it is off
-	Jobs     jobTotals
+	URL       string
+	Redis     string // "miniredis (embedded)" or the server, without password
+	KeyPrefix string // every key and channel the run wrote starts with it
+	Stats     redisleak.Stats
+	Leaks     []redisleak.Leak // current leaks at the end
+	Holds     []redisleak.Leak // every current hold at the end
+	Reported  []redisleak.Leak // every leak reported during the run (OnLeak)
+	Keyspace  string           // "on" or why it is off
+	Jobs      jobTotals
 }
 
 // syncWriter serialises writes of the logger and the status lines.
@@ -55,43 +59,39 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*result, error) {
 		defer cancel()
 	}
 
-	// Redis: a real server, or an embedded miniredis.
-	res := &result{Redis: cfg.RedisAddr}
-	addr := cfg.RedisAddr
+	// Redis: a real server (-redis), or an embedded miniredis.
+	res := &result{}
+	var opts redis.Options
 	var mr *miniredis.Miniredis
-	if addr == "" {
+	if cfg.redisOpts != nil {
+		opts = *cfg.redisOpts // a copy: NewClient fills in defaults
+		res.Redis = redisLabel(cfg.redisOpts)
+	} else {
 		mr = miniredis.NewMiniRedis()
 		if err := mr.Start(); err != nil {
 			return nil, fmt.Errorf("embedded Redis: %w", err)
 		}
 		defer mr.Close()
-		addr = mr.Addr()
+		opts.Addr = mr.Addr()
 		res.Redis = "miniredis (embedded)"
 	}
-	opts := &redis.Options{
-		Addr: addr,
-		// Maintenance notifications are a Redis Enterprise/Cloud handshake
-		// that older servers reject; the demo does not need them.
-		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
-	}
+	// Maintenance notifications are a Redis Enterprise/Cloud handshake
+	// that older servers reject; the demo does not need them.
+	opts.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	// Check the server with a client of its own, so that a failure leaves
 	// the demo's client (and its tracker) untouched.
-	probe := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 3 * time.Second,
-		MaintNotificationsConfig: opts.MaintNotificationsConfig})
+	popts := opts
+	popts.MaxRetries, popts.DialTimeout = -1, 3*time.Second
+	probe := redis.NewClient(&popts)
 	pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
 	err := probe.Ping(pctx).Err()
 	pcancel()
 	_ = probe.Close()
 	if err != nil {
-		return nil, fmt.Errorf("cannot reach Redis at %s: %w", addr, err)
+		return nil, fmt.Errorf("cannot reach Redis at %s: %w", res.Redis, err)
 	}
-	rdb := redis.NewClient(opts)
+	rdb := redis.NewClient(&opts)
 	defer rdb.Close()
-	if !cfg.MarkLongLived {
-		// Before Instrument, so that this hook runs in front of the
-		// tracker's: see untagHook.
-		rdb.AddHook(untagHook{})
-	}
 
 	metrics, err := newMetrics()
 	if err != nil {
@@ -99,27 +99,26 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*result, error) {
 	}
 	defer metrics.shutdown()
 
-	book := newSiteBook()
-	var logHandler slog.Handler = slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelInfo})
+	logger := slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	trLogger := logger
+	var naive *naiveDetector
 	if !cfg.MarkLongLived {
-		logHandler = siteFixer{Handler: logHandler, book: book}
+		// The console shows the naive detector's reports, not the
+		// tracker's (which still runs underneath).
+		naive = newNaiveDetector(cfg.MaxHold, logger)
+		trLogger = slog.New(slog.DiscardHandler)
 	}
-	logger := slog.New(logHandler)
 	var (
 		reportedMu sync.Mutex
 		reported   []redisleak.Leak
 	)
 	tr, err := redisleak.Instrument(rdb, redisleak.Options{
-		MaxHold:            cfg.MaxHold,
-		ScanInterval:       cfg.ScanInterval,
-		Logger:             logger,
-		DisableRecognition: !cfg.MarkLongLived,
-		HandlerShowSites:   true, // a demo: show where leaks come from
-		FullStacks:         !cfg.MarkLongLived,
-		StackDepth:         64,
-		MeterProvider:      metrics.provider,
+		MaxHold:          cfg.MaxHold,
+		ScanInterval:     cfg.ScanInterval,
+		Logger:           trLogger,
+		HandlerShowSites: true, // a demo: show where leaks come from
+		MeterProvider:    metrics.provider,
 		OnLeak: func(l redisleak.Leak) {
-			book.note(l)
 			reportedMu.Lock()
 			reported = append(reported, l)
 			reportedMu.Unlock()
@@ -138,7 +137,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*result, error) {
 
 	svc, err := startService(ctx, serviceConfig{
 		cfg: cfg, rdb: rdb, tr: tr, out: out, miniredis: mr != nil,
-		baseURL: res.URL, metrics: metrics, started: start, sites: book,
+		baseURL: res.URL, metrics: metrics, started: start, naive: naive,
 	})
 	if err != nil {
 		_ = ln.Close()
@@ -146,12 +145,9 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*result, error) {
 	}
 	defer svc.release()
 	res.Keyspace = svc.keyspaceNote
+	res.KeyPrefix = svc.prefix()
 
-	health := tr.Handler()
-	if !cfg.MarkLongLived {
-		health = fixHealthSites(health)
-	}
-	srv := &http.Server{Handler: svc.routes(health, metrics.handler), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: svc.routes(tr.Handler(), metrics.handler), ReadHeaderTimeout: 10 * time.Second}
 	srv.RegisterOnShutdown(func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -160,13 +156,14 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*result, error) {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 
-	mode := "long-lived holders marked, recognition on"
-	if !cfg.MarkLongLived {
-		mode = "NAIVE: long-lived marks stripped, recognition off (-mark-long-lived=false)"
+	mode := "long-lived holders marked and recognised"
+	if naive != nil {
+		mode = "NAIVE: every hold longer than max hold is a leak (-mark-long-lived=false)"
 	}
 	fmt.Fprintf(out, "redisleak demo: dashboard at %s\n", res.URL)
 	fmt.Fprintf(out, "  redis: %s; tracker: max hold %v, scan every %v; %s\n", res.Redis, cfg.MaxHold, cfg.ScanInterval, mode)
 	fmt.Fprintf(out, "  keyspace manager: %s\n", svc.keyspaceNote)
+	fmt.Fprintf(out, "  keys and channels: %s*\n", res.KeyPrefix)
 	if cfg.Leak {
 		fmt.Fprintf(out, "  the load generator calls the buggy /api/report after %v: it leaks one connection\n", cfg.LeakAfter)
 	}
@@ -198,6 +195,13 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*result, error) {
 	reportedMu.Lock()
 	res.Reported = append([]redisleak.Leak(nil), reported...)
 	reportedMu.Unlock()
+	if naive != nil {
+		naive.scan(res.Holds)
+		res.Stats = naive.stats(res.Stats, res.Holds)
+		res.Leaks = naive.leaks(res.Holds)
+		res.Holds = naive.judge(res.Holds)
+		res.Reported = naive.reports()
+	}
 	printFinal(out, res, time.Since(start))
 
 	// Shutdown: load and publishers first, then the HTTP server (which
@@ -236,14 +240,14 @@ func urlOf(a net.Addr) string {
 func printFinal(w io.Writer, r *result, elapsed time.Duration) {
 	s := r.Stats
 	fmt.Fprintf(w, "\nfinal stats after %s: total=%d idle=%d in-use=%d long-lived=%d leaked=%d; leaks reported=%d\n",
-		seconds(elapsed), s.Total, s.Idle, s.InUse, s.LongLived, s.Leaked, s.LeaksReported)
+		duration(elapsed), s.Total, s.Idle, s.InUse, s.LongLived, s.Leaked, s.LeaksReported)
 	fmt.Fprintf(w, "jobs: signups=%d completed=%d failed=%d; keyspace: %s\n", r.Jobs.Signups, r.Jobs.Completed, r.Jobs.Failed, r.Keyspace)
 	if len(r.Leaks) == 0 {
 		fmt.Fprintln(w, "current leaks: none")
 	} else {
 		fmt.Fprintf(w, "current leaks (%d):\n", len(r.Leaks))
 		for _, l := range r.Leaks {
-			fmt.Fprintf(w, "  %s\n", leakString(l))
+			fmt.Fprintf(w, "  %s\n", l)
 		}
 	}
 	groups := groupHolders(r.Holds)
@@ -257,7 +261,7 @@ func printFinal(w io.Writer, r *result, elapsed time.Duration) {
 			case g.LongLived:
 				state = "long-lived"
 			}
-			fmt.Fprintf(w, "  %-10s %-9s owner %-28q x%d, longest %s\n", state, g.Kind, g.Owner, g.Count, seconds(time.Duration(g.MaxHeldMs)*time.Millisecond))
+			fmt.Fprintf(w, "  %-10s %-9s owner %-28q x%d, longest %s\n", state, g.Kind, g.Owner, g.Count, duration(time.Duration(g.MaxHeldMs*float64(time.Millisecond))))
 		}
 	}
 	fmt.Fprintln(w)
@@ -282,7 +286,7 @@ func groupHolders(holds []redisleak.Leak) []holderGroup {
 		if !ok {
 			i = len(out)
 			idx[k] = i
-			out = append(out, holderGroup{Kind: h.Kind, Owner: h.Owner, LongLived: h.LongLived})
+			out = append(out, holderGroup{Kind: string(h.Kind), Owner: h.Owner, LongLived: h.LongLived})
 		}
 		g := &out[i]
 		g.Count++

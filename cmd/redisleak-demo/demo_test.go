@@ -9,10 +9,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/redisleak/redisleak"
 	"github.com/redisleak/redisleak/internal/redistest"
@@ -28,21 +31,70 @@ func TestParseConfig(t *testing.T) {
 		wantErr string
 	}{
 		{name: "defaults", check: func(t *testing.T, c config) {
-			if c.RedisAddr != "" || c.Listen != "127.0.0.1:8080" || c.Duration != 0 || c.MaxHold != 2*time.Second ||
+			if c.Redis != "" || c.redisOpts != nil || c.Listen != "127.0.0.1:8080" || c.Duration != 0 || c.MaxHold != 2*time.Second ||
 				c.ScanInterval != 500*time.Millisecond || !c.Leak || c.LeakAfter != 1500*time.Millisecond || !c.MarkLongLived {
 				t.Errorf("defaults: %+v", c)
 			}
 		}},
-		{name: "REDIS_ADDR", env: map[string]string{"REDIS_ADDR": "10.0.0.1:6379"}, check: func(t *testing.T, c config) {
-			if c.RedisAddr != "10.0.0.1:6379" {
-				t.Errorf("RedisAddr = %q", c.RedisAddr)
+		// The README tells users to set REDIS_ADDR for the tests: the demo
+		// must not follow it.
+		{name: "REDIS_ADDR ignored", env: map[string]string{"REDIS_ADDR": "10.0.0.1:6379"}, check: func(t *testing.T, c config) {
+			if c.Redis != "" || c.redisOpts != nil {
+				t.Errorf("Redis = %q, options %+v: want the embedded server", c.Redis, c.redisOpts)
 			}
 		}},
-		{name: "flag wins over REDIS_ADDR", args: []string{"-redis", "h:1"}, env: map[string]string{"REDIS_ADDR": "x:2"}, check: func(t *testing.T, c config) {
-			if c.RedisAddr != "h:1" {
-				t.Errorf("RedisAddr = %q", c.RedisAddr)
+		{name: redisEnv, env: map[string]string{redisEnv: "10.0.0.1:6379", "REDIS_ADDR": "x:2"}, check: func(t *testing.T, c config) {
+			if c.redisOpts == nil || c.redisOpts.Addr != "10.0.0.1:6379" {
+				t.Errorf("options %+v", c.redisOpts)
 			}
 		}},
+		{name: "flag wins over " + redisEnv, args: []string{"-redis", "h:1"}, env: map[string]string{redisEnv: "x:2"}, check: func(t *testing.T, c config) {
+			if c.redisOpts == nil || c.redisOpts.Addr != "h:1" || redisLabel(c.redisOpts) != "h:1" {
+				t.Errorf("options %+v", c.redisOpts)
+			}
+		}},
+		{name: "host:port without host", args: []string{"-redis", ":6379"}, check: func(t *testing.T, c config) {
+			if c.redisOpts == nil || c.redisOpts.Addr != "localhost:6379" {
+				t.Errorf("options %+v", c.redisOpts)
+			}
+		}},
+		{name: "URL", args: []string{"-redis", "redis://user:pass@host:6379/3"}, check: func(t *testing.T, c config) {
+			o := c.redisOpts
+			if o == nil || o.Addr != "host:6379" || o.Username != "user" || o.Password != "pass" || o.DB != 3 || o.TLSConfig != nil {
+				t.Fatalf("options %+v", o)
+			}
+			if got := redisLabel(o); got != "redis://user@host:6379/3" {
+				t.Errorf("label %q", got)
+			}
+		}},
+		{name: "TLS URL", args: []string{"-redis", "rediss://:secret@cache.example:6380"}, check: func(t *testing.T, c config) {
+			o := c.redisOpts
+			if o == nil || o.Addr != "cache.example:6380" || o.Password != "secret" || o.TLSConfig == nil || o.TLSConfig.ServerName != "cache.example" {
+				t.Fatalf("options %+v", o)
+			}
+			if got := redisLabel(o); got != "rediss://cache.example:6380" {
+				t.Errorf("label %q", got)
+			}
+		}},
+		{name: "URL from " + redisEnv, env: map[string]string{redisEnv: "redis://10.0.0.2:6390/1"}, check: func(t *testing.T, c config) {
+			if c.redisOpts == nil || c.redisOpts.Addr != "10.0.0.2:6390" || c.redisOpts.DB != 1 {
+				t.Errorf("options %+v", c.redisOpts)
+			}
+		}},
+		{name: "unix socket URL", args: []string{"-redis", "unix:///run/redis.sock?db=3"}, check: func(t *testing.T, c config) {
+			o := c.redisOpts
+			if o == nil || o.Network != "unix" || o.Addr != "/run/redis.sock" || o.DB != 3 {
+				t.Fatalf("options %+v", o)
+			}
+			if got := redisLabel(o); got != "unix:/run/redis.sock?db=3" {
+				t.Errorf("label %q", got)
+			}
+		}},
+		{name: "bad database in URL", args: []string{"-redis", "redis://u:secret@host:6379/x"}, wantErr: `-redis "redis://u:xxxxx@host:6379/x": redis: invalid database number: "x"`},
+		{name: "bad scheme", args: []string{"-redis", "http://host:6379"}, wantErr: `-redis "http://host:6379": redis: invalid URL scheme: http`},
+		{name: "unparsable URL", args: []string{"-redis", "redis://u:secret@host:6379/%zz"}, wantErr: `-redis: not a valid URL: invalid URL escape "%zz"`},
+		{name: "no port", args: []string{"-redis", "localhost"}, wantErr: `-redis "localhost": want host:port or a URL`},
+		{name: "bad port", args: []string{"-redis", "localhost:99999"}, wantErr: `bad port "99999"`},
 		{name: "all flags", args: []string{"-listen", ":0", "-duration", "5s", "-max-hold", "1s", "-scan", "100ms", "-leak=false",
 			"-leak-after", "3s", "-mark-long-lived=false", "-concurrency", "2", "-rate", "5", "-status", "0"}, check: func(t *testing.T, c config) {
 			want := config{Listen: ":0", Duration: 5 * time.Second, MaxHold: time.Second, ScanInterval: 100 * time.Millisecond,
@@ -64,6 +116,9 @@ func TestParseConfig(t *testing.T) {
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err = %v, want one mentioning %q", err, tt.wantErr)
+				}
+				if strings.Contains(err.Error(), "secret") {
+					t.Errorf("the error shows the password: %v", err)
 				}
 				return
 			}
@@ -161,14 +216,14 @@ func checkMarked(t *testing.T, res *result, out string, wantLongLived int) {
 	}
 }
 
-// checkNaive checks a -mark-long-lived=false run: the companions' holders
-// are reported too, with their own sites, not the demo's hook.
+// checkNaive checks a -mark-long-lived=false run: the naive detector
+// reports the companions' holders too, each with its own site.
 func checkNaive(t *testing.T, res *result, wantOwners ...string) {
 	t.Helper()
 	seeded := 0
 	owners := map[string]int{}
 	for _, l := range res.Reported {
-		if strings.Contains(realSite(l), "leakyReport") {
+		if strings.Contains(l.Site, "leakyReport") {
 			seeded++
 			continue
 		}
@@ -180,11 +235,12 @@ func checkNaive(t *testing.T, res *result, wantOwners ...string) {
 		if i := strings.LastIndexByte(o, ':'); strings.HasPrefix(o, "bullmq:") && i > 0 {
 			o = o[:i]
 		}
-		owners[o+"/"+l.Kind]++
+		owners[o+"/"+string(l.Kind)]++
 		// The tracker does not always know the site of a command still
-		// running (the site is then ""); it must never be the demo's hook.
-		if s := realSite(l); strings.Contains(s, "untagHook") {
-			t.Errorf("leak %v: real site %q", l, s)
+		// running (the site is then ""); when it does, it is in the
+		// companion's own code.
+		if pkg := companionPkg(l.Owner); l.Site != "" && !strings.Contains(l.Site, pkg) {
+			t.Errorf("leak %v: site %q is not in %s", l, l.Site, pkg)
 		}
 	}
 	if seeded != 1 {
@@ -202,6 +258,14 @@ func checkNaive(t *testing.T, res *result, wantOwners ...string) {
 	if res.Stats.LongLived != 0 {
 		t.Errorf("long-lived = %d in the naive mode, want 0", res.Stats.LongLived)
 	}
+}
+
+// companionPkg is the package (as a site names it) of an owner's code.
+func companionPkg(owner string) string {
+	if strings.HasPrefix(owner, "bullmq:") {
+		return "bullmq_compat."
+	}
+	return owner + "."
 }
 
 // naiveOwners are the holders a naive detector flags on miniredis.
@@ -233,27 +297,70 @@ func TestRunNoLeak(t *testing.T) {
 }
 
 // TestRunMiniredisNaive: with -mark-long-lived=false the same holders are
-// flagged, each under its owner and own acquisition site.
+// flagged by the naive detector, each under its owner and own acquisition
+// site, as the tracker names it.
 func TestRunMiniredisNaive(t *testing.T) {
 	t.Parallel()
 	res, out := runDemo(t, testConfig(t, "-duration", "5s", "-leak-after", "1s", "-mark-long-lived=false"))
 	checkNaive(t, res, naiveOwners...)
-	if strings.Contains(out, "untagHook") {
-		t.Errorf("output names the demo's hook as a site:\n%s", out)
+	for _, want := range []string{"naive detector: redis connection held longer than max hold", `owner=sse site="manager.go:`, "sse.NewManager", "leakyReport"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q", want)
+		}
 	}
-	if !strings.Contains(out, "sse.NewManager") {
-		t.Errorf("output does not name the SSE manager's sites")
+	if strings.Contains(out, "redisleak: redis connection leak detected") {
+		t.Errorf("the naive mode shows the tracker's own reports")
 	}
 }
 
 // TestRunRealRedis runs both modes on a private redis-server, where the
 // keyspace manager is on (it merges notify-keyspace-events: private
-// server only).
+// server only). The marked run names the server by a URL with a database
+// and checks that the run writes only keys and channels under its own
+// prefix, and leaves none behind.
 func TestRunRealRedis(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Private(t)
 	t.Run("marked", func(t *testing.T) {
-		res, out := runDemo(t, testConfig(t, "-duration", "5s", "-leak-after", "1s", "-redis", srv.Addr))
+		const db = 2
+		ctx := context.Background()
+		rdb := srv.Client(func(o *redis.Options) { o.DB = db })
+		defer rdb.Close()
+		// Every key written (keyspace notifications, all classes) and
+		// every channel published to, through one PSUBSCRIBE *.
+		if err := rdb.ConfigSet(ctx, "notify-keyspace-events", "KEA").Err(); err != nil {
+			t.Fatal(err)
+		}
+		ps := rdb.PSubscribe(ctx, "*")
+		if _, err := ps.Receive(ctx); err != nil {
+			t.Fatal(err)
+		}
+		var (
+			mu       sync.Mutex
+			keys     = map[string]bool{}
+			channels = map[string]bool{}
+		)
+		watched := make(chan struct{})
+		go func() {
+			defer close(watched)
+			for m := range ps.Channel() {
+				mu.Lock()
+				if k, ok := strings.CutPrefix(m.Channel, "__keyspace@"); ok {
+					keys[k] = true // "<db>__:<key>"
+				} else if !strings.HasPrefix(m.Channel, "__keyevent@") {
+					channels[m.Channel] = true
+				}
+				mu.Unlock()
+			}
+		}()
+
+		url := fmt.Sprintf("redis://%s/%d", srv.Addr, db)
+		res, out := runDemo(t, testConfig(t, "-duration", "5s", "-leak-after", "1s", "-redis", url))
+		_ = ps.Close()
+		<-watched
+		if res.Redis != url {
+			t.Errorf("redis label %q, want %q", res.Redis, url)
+		}
 		if !strings.HasPrefix(res.Keyspace, "on") {
 			t.Fatalf("keyspace: %s", res.Keyspace)
 		}
@@ -262,11 +369,61 @@ func TestRunRealRedis(t *testing.T) {
 		if res.Jobs.Expired == 0 {
 			t.Errorf("keyspace handler saw no expired session: %+v", res.Jobs)
 		}
+
+		mu.Lock()
+		defer mu.Unlock()
+		if !strings.HasPrefix(res.KeyPrefix, "{redisleak-demo-") {
+			t.Fatalf("key prefix %q", res.KeyPrefix)
+		}
+		kinds := map[string]bool{}
+		for k := range keys {
+			key, ok := strings.CutPrefix(k, fmt.Sprintf("%d__:", db))
+			if !ok || !strings.HasPrefix(key, res.KeyPrefix) {
+				t.Errorf("the run wrote key __keyspace@%s, outside %s* in db %d", k, res.KeyPrefix, db)
+				continue
+			}
+			rest := strings.TrimPrefix(key, res.KeyPrefix)
+			kinds[rest[:strings.IndexAny(rest+":", ":")]] = true
+		}
+		for c := range channels {
+			if !strings.HasPrefix(c, res.KeyPrefix) {
+				t.Errorf("the run published on %q, outside %s*", c, res.KeyPrefix)
+			}
+		}
+		// The service's sessions and counter, the queue, the SSE history
+		// and channel: all seen, so the check above looked at them.
+		for _, want := range []string{"session", "emails", "welcome", "history"} {
+			if !kinds[want] {
+				t.Errorf("no %s%s... key seen; keys seen under the prefix: %v", res.KeyPrefix, want, kinds)
+			}
+		}
+		if !channels[res.KeyPrefix+"live"] {
+			t.Errorf("the SSE channel was not seen: %v", channels)
+		}
+		if n, err := rdb.DBSize(ctx).Result(); err != nil || n != 0 {
+			t.Errorf("after the run, db %d holds %d keys (%v): the run's keys were not deleted", db, n, err)
+		}
 	})
 	t.Run("naive", func(t *testing.T) {
 		res, _ := runDemo(t, testConfig(t, "-duration", "5s", "-leak-after", "1s", "-redis", srv.Addr, "-mark-long-lived=false"))
 		checkNaive(t, res, append(naiveOwners, "keyspace/pubsub", "keyspace/conn")...)
 	})
+}
+
+// TestIgnoresREDIS_ADDR: REDIS_ADDR, set for the tests, does not move the
+// demo off its embedded server; its own variable does.
+func TestIgnoresREDIS_ADDR(t *testing.T) {
+	t.Setenv("REDIS_ADDR", "127.0.0.1:1")
+	t.Setenv(redisEnv, "")
+	c, err := parseConfig(nil, os.Getenv, io.Discard)
+	if err != nil || c.redisOpts != nil {
+		t.Fatalf("with REDIS_ADDR set: options %+v, err %v; want the embedded server", c.redisOpts, err)
+	}
+	t.Setenv(redisEnv, "redis://127.0.0.1:1/4")
+	c, err = parseConfig(nil, os.Getenv, io.Discard)
+	if err != nil || c.redisOpts == nil || c.redisOpts.Addr != "127.0.0.1:1" || c.redisOpts.DB != 4 {
+		t.Fatalf("with %s set: options %+v, err %v", redisEnv, c.redisOpts, err)
+	}
 }
 
 // TestEndpoints: the health JSON names the leak's site, /metrics is

@@ -33,7 +33,7 @@ type serviceConfig struct {
 	baseURL   string
 	metrics   *metrics
 	started   time.Time
-	sites     *siteBook
+	naive     *naiveDetector // the naive mode's detector, or nil
 }
 
 // service is the demo's small application: everything runs on one client.
@@ -74,9 +74,10 @@ type jobTotals struct {
 	Expired        int64 `json:"sessionsExpired"`
 }
 
-// Names of the topic the dashboard reads and of the job.
+// Names of the topic the dashboard reads, of the queue and of the job.
 const (
 	statsTopic = "pool"
+	queueName  = "welcome"
 	jobName    = "welcome-email"
 )
 
@@ -93,11 +94,15 @@ func startService(ctx context.Context, sc serviceConfig) (*service, error) {
 		}
 	}()
 	var err error
-	queueName := "redisleak-demo-" + s.runID
-	if s.queue, err = bullmq.NewQueue(s.rdb, queueName, bullmq.QueueOptions{MaxQueueDepth: 10000}); err != nil {
+	// Every key and channel of the run starts with s.prefix(): the queue's
+	// keys ("<tag>:welcome:..."), the SSE manager's history stream and
+	// channel ("<tag>:history", "<tag>:live") and the service's own keys.
+	tag := s.hashTag()
+	if s.queue, err = bullmq.NewQueue(s.rdb, queueName, bullmq.QueueOptions{Prefix: tag, MaxQueueDepth: 10000}); err != nil {
 		return nil, fmt.Errorf("queue: %w", err)
 	}
 	s.worker, err = bullmq.NewWorker(s.rdb, queueName, s.sendWelcomeEmail, bullmq.WorkerOptions{
+		Prefix:           tag,
 		Concurrency:      s.cfg.Concurrency,
 		Name:             "redisleak-demo",
 		DrainDelay:       time.Second,
@@ -108,11 +113,11 @@ func startService(ctx context.Context, sc serviceConfig) (*service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("worker: %w", err)
 	}
-	if s.events, err = bullmq.NewQueueEvents(ctx, s.rdb, queueName, bullmq.QueueEventsOptions{BlockTimeout: 5 * time.Second}); err != nil {
+	if s.events, err = bullmq.NewQueueEvents(ctx, s.rdb, queueName, bullmq.QueueEventsOptions{Prefix: tag, BlockTimeout: 5 * time.Second}); err != nil {
 		return nil, fmt.Errorf("queue events: %w", err)
 	}
 	s.sse, err = sse.NewManager(s.rdb, sse.Options{
-		Namespace:   "redisleak-demo-" + s.runID,
+		Namespace:   tag[1 : len(tag)-1], // the manager adds the braces
 		Heartbeat:   5 * time.Second,
 		Retry:       time.Second,
 		HistorySize: 2000,
@@ -143,11 +148,12 @@ func startService(ctx context.Context, sc serviceConfig) (*service, error) {
 // when it does not.
 func (s *service) startKeyspace(ctx context.Context) {
 	if s.miniredis {
-		s.keyspaceNote = "off: the embedded miniredis has no keyspace notifications and no CONFIG (run with -redis host:port)"
+		s.keyspaceNote = "off: the embedded miniredis has no keyspace notifications and no CONFIG (run with -redis host:port or a redis:// URL)"
 		return
 	}
 	ks, err := keyspace.NewManager(s.rdb, keyspace.Options{
 		Flags:          "Egx", // keyevent channels, generic and expired events
+		DB:             s.rdb.Options().DB,
 		RestoreOnClose: true,
 		OnError:        func(err error) { fmt.Fprintf(s.out, "keyspace: %v\n", err) },
 	})
@@ -172,8 +178,15 @@ func (s *service) startKeyspace(ctx context.Context) {
 	s.keyspaceNote = "on: counts expired sessions (notify-keyspace-events merged with \"Egx\", restored on exit)"
 }
 
+// hashTag is "{redisleak-demo-<run>}": the first part of every key and
+// channel of this run (and, on a cluster, one slot for all of them).
+func (s *service) hashTag() string { return "{redisleak-demo-" + s.runID + "}" }
+
+// prefix is what every key and channel of this run starts with.
+func (s *service) prefix() string { return s.hashTag() + ":" }
+
 // key names a key of this run.
-func (s *service) key(suffix string) string { return "redisleak-demo:" + s.runID + ":" + suffix }
+func (s *service) key(suffix string) string { return s.prefix() + suffix }
 
 func newRunID() string {
 	var b [4]byte
@@ -357,14 +370,28 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// startLoops starts the load generator, the stats publisher and the status
-// line; they run until ctx ends or stopLoops.
+// startLoops starts the load generator, the stats publisher, the status
+// line and the naive detector (in the naive mode); they run until ctx ends or stopLoops.
 func (s *service) startLoops(ctx context.Context) {
 	ctx, s.stopLoop = context.WithCancel(ctx)
 	s.loopsWG.Add(3)
 	go func() { defer s.loopsWG.Done(); s.generateLoad(ctx) }()
 	go func() { defer s.loopsWG.Done(); s.publishStats(ctx) }()
 	go func() { defer s.loopsWG.Done(); s.printStatus(ctx) }()
+	if s.naive != nil {
+		s.loopsWG.Add(1)
+		go func() { defer s.loopsWG.Done(); s.naive.run(ctx, s.tr, s.cfg.ScanInterval) }()
+	}
+}
+
+// view is the pool as the demo shows it: the tracker's stats and holds, or
+// in the naive mode the naive detector's verdict on them.
+func (s *service) view() (redisleak.Stats, []redisleak.Leak) {
+	st, holds := s.tr.Stats(), s.tr.Holds()
+	if s.naive != nil {
+		return s.naive.stats(st, holds), s.naive.judge(holds)
+	}
+	return st, holds
 }
 
 // stopLoops stops what startLoops started and waits for it.
@@ -431,7 +458,7 @@ func (s *service) generateLoad(ctx context.Context) {
 					return
 				}
 				fmt.Fprintf(s.out, "%7s  load: called GET /api/report (%s): leakyReport kept its connection; expect a leak report after %v\n",
-					seconds(time.Since(s.started)), resp.Status, s.cfg.MaxHold)
+					duration(time.Since(s.started)), resp.Status, s.cfg.MaxHold)
 			}()
 		}
 	}
@@ -449,10 +476,10 @@ func (s *service) printStatus(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-tk.C:
-			st := s.tr.Stats()
+			st, _ := s.view()
 			j := s.totals()
 			fmt.Fprintf(s.out, "%7s  pool total=%d in-use=%d long-lived=%d leaked=%d | jobs done=%d failed=%d | sse clients=%d\n",
-				seconds(time.Since(s.started)), st.Total, st.InUse, st.LongLived, st.Leaked, j.Completed, j.Failed, s.sse.Stats().Clients)
+				duration(time.Since(s.started)), st.Total, st.InUse, st.LongLived, st.Leaked, j.Completed, j.Failed, s.sse.Stats().Clients)
 		}
 	}
 }
@@ -507,17 +534,15 @@ func (s *service) shutdown(ctx context.Context) {
 
 // deleteKeys removes what this run wrote to a real Redis.
 func (s *service) deleteKeys(ctx context.Context) {
-	patterns := []string{"redisleak-demo:" + s.runID + ":*", "bull:redisleak-demo-" + s.runID + ":*", "{redisleak-demo-" + s.runID + "}:*"}
-	for _, p := range patterns {
-		iter := s.rdb.Scan(ctx, 0, p, 500).Iterator()
-		var keys []string
-		for iter.Next(ctx) {
-			keys = append(keys, iter.Val())
-		}
-		for len(keys) > 0 {
-			n := min(len(keys), 500)
-			_ = s.rdb.Unlink(ctx, keys[:n]...).Err()
-			keys = keys[n:]
-		}
+	// No glob metacharacter in the prefix: braces are literal in SCAN.
+	iter := s.rdb.Scan(ctx, 0, s.prefix()+"*", 500).Iterator()
+	var keys []string
+	for iter.Next(ctx) {
+		keys = append(keys, iter.Val())
+	}
+	for len(keys) > 0 {
+		n := min(len(keys), 500)
+		_ = s.rdb.Unlink(ctx, keys[:n]...).Err()
+		keys = keys[n:]
 	}
 }

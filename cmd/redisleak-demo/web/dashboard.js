@@ -19,7 +19,29 @@
 
   function $(id) { return document.getElementById(id); }
   function text(id, v) { const el = $(id); if (el) el.textContent = v; }
-  function fmtMs(ms) { return ms >= 10000 ? (ms / 1000).toFixed(0) + ' s' : (ms / 1000).toFixed(1) + ' s'; }
+  // Durations: "1.5s" and "45s" up to 90 s, then "2m 5s", and "1h 3m"
+  // from an hour on.
+  function fmtMs(ms) {
+    if (ms <= 90000) return ms >= 10000 ? (ms / 1000).toFixed(0) + 's' : (ms / 1000).toFixed(1) + 's';
+    const s = Math.floor(ms / 1000);
+    if (s < 3600) return Math.floor(s / 60) + 'm ' + (s % 60) + 's';
+    return Math.floor(s / 3600) + 'h ' + Math.floor((s % 3600) / 60) + 'm';
+  }
+  // "1 connection", "2 connections".
+  function plural(n, one, many) { return n + ' ' + (n === 1 ? one : many); }
+  // count sets a number and the noun after it (data-one / data-many).
+  function count(id, n) {
+    text(id, n);
+    const noun = $(id + '-noun');
+    if (noun) noun.textContent = n === 1 ? noun.dataset.one : noun.dataset.many;
+  }
+  // The badge says "connecting…" until the first stats event, "live" from
+  // then on, "reconnecting…" after an error until the next event.
+  function setState(label, cls) {
+    stateBadge.textContent = label;
+    stateBadge.className = 'badge' + (cls ? ' ' + cls : '');
+    body.dataset.state = label;
+  }
   function cell(tr, v, cls) {
     const td = document.createElement('td');
     if (v instanceof Node) td.appendChild(v); else td.textContent = v;
@@ -44,6 +66,7 @@
 
   function onStats(s) {
     received++;
+    if (stateBadge.textContent !== 'live') setState('live', 'good');
     last = s;
     points.push({t: s.t, total: s.total, inUse: s.inUse, longLived: s.longLived, leaked: s.leaked});
     const cut = s.t - WINDOW_MS;
@@ -89,20 +112,21 @@
       else cell(tr, pill('in use', 'short'));
       cell(tr, h.kind);
       cell(tr, h.owner || '—');
-      cell(tr, h.count);
+      cell(tr, plural(h.count, 'connection', 'connections'), 'nowrap');
       cell(tr, fmtMs(h.maxHeldMs));
       ht.appendChild(tr);
     }
 
-    text('j-signups', s.jobs.signups);
-    text('j-completed', s.jobs.completed);
-    text('j-failed', s.jobs.failed);
-    text('j-attempts', s.jobs.attemptsFailed);
+    count('j-signups', s.jobs.signups);
+    count('j-completed', s.jobs.completed);
+    count('j-failed', s.jobs.failed);
+    count('j-attempts', s.jobs.attemptsFailed);
     text('q-waiting', s.queue.waiting);
     text('q-active', s.queue.active);
     text('q-delayed', s.queue.delayed);
-    text('s-clients', s.sseClients);
-    text('k-expired', s.keyspace.indexOf('on') === 0 ? s.jobs.sessionsExpired : 'off');
+    count('s-clients', s.sseClients);
+    if (s.keyspace.indexOf('on') === 0) count('k-expired', s.jobs.sessionsExpired);
+    else text('k-expired', 'off');
 
     drawChart();
     body.dataset.points = String(received);
@@ -155,7 +179,7 @@
     g.textBaseline = 'top';
     const tick = [5, 10, 20, 30].find((st) => span / 1000 / st <= 6.5) || 30;
     for (let s = Math.floor(span / 1000 / tick) * tick; s >= 0; s -= tick) {
-      g.fillText(s === 0 ? 'now' : '-' + s + ' s', x(now - s * 1000), T + H + 6);
+      g.fillText(s === 0 ? 'now' : '-' + s + 's', x(now - s * 1000), T + H + 6);
     }
     if (points.length === 0) {
       g.textAlign = 'center';
@@ -215,8 +239,10 @@
   });
   // The history no longer reaches back to the cursor: start the chart over.
   es.addEventListener('reset', () => { points = []; drawChart(); });
-  es.onopen = () => { stateBadge.textContent = 'live'; stateBadge.className = 'badge good'; };
-  es.onerror = () => { stateBadge.textContent = 'reconnecting…'; stateBadge.className = 'badge bad'; };
+  // An open stream is not yet data: the badge turns "live" with the first
+  // event (onStats). data-stream tells tests that the stream is open.
+  es.onopen = () => { body.dataset.stream = 'open'; };
+  es.onerror = () => { body.dataset.stream = 'error'; setState('reconnecting…', 'bad'); };
 
   $('leak-btn').addEventListener('click', () => { fetch('/api/report').catch(() => {}); });
   window.addEventListener('resize', () => { if (last) drawChart(); });

@@ -45,6 +45,24 @@
 // Bad cursors are never answered with an error status, which would stop an
 // EventSource for good.
 //
+// # When Redis loses the history
+//
+// A Redis restarted without persistence loses the history stream. Every
+// history starts with an origin marker whose id is kept in "{ns}:origin";
+// Publish starts a new history (a new origin) when the stream is missing.
+// A cursor older than the origin comes from a lost history: the stream gets
+// one "reset" whose data starts with "history lost" and whose id is the
+// origin, followed by every event of the new history (the client has seen
+// none of it), then live events. Streams that stayed open through the
+// restart get the same: when the subscriber comes back to a different
+// origin it queues that reset to every stream and then fills the gap from
+// the new history (Stats.HistoryLosses). Either way every event whose
+// Publish returned nil reaches every stream once, in order; only the events
+// the lost history held and a client had not received yet are gone, which
+// is what the reset says. If the new history is itself trimmed past its
+// origin before a client returns, the reset says so and carries the newest
+// id instead.
+//
 // # Reconnection of the subscriber
 //
 // When the subscriber's connection is lost, go-redis reconnects and

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/redisleak/redisleak"
 )
 
@@ -305,30 +307,57 @@ func (m *Manager) resume(ctx context.Context, w http.ResponseWriter, c *client, 
 	}
 	id, ok := parseID(cursor)
 	if !ok {
-		last, err = m.reset(ctx, w, c, "malformed cursor")
+		last, err = m.resetNewest(ctx, w, c, whyMalformed)
 		return last, last, err
 	}
 	entries, err := m.rdb.XRangeN(ctx, m.stream, id.String(), "+", replayBatch).Result()
 	if err != nil {
 		return streamID{}, streamID{}, err
 	}
-	if len(entries) == 0 || entries[0].ID != id.String() {
-		why := "unknown cursor"
-		oldest, err := m.rdb.XRangeN(ctx, m.stream, "-", "+", 1).Result()
-		if err == nil && len(oldest) == 1 {
-			if o, ok := parseID(oldest[0].ID); ok && id.less(o) {
-				why = "cursor older than the retained history"
-			}
-		}
-		last, err = m.reset(ctx, w, c, why)
-		return last, last, err
+	if len(entries) > 0 && entries[0].ID == id.String() {
+		m.stats.replays.Add(1)
+		return m.replay(ctx, w, c, id, entries)
 	}
-	m.stats.replays.Add(1)
+	origin, newest, err := m.history(ctx, m.rdb)
+	if err != nil {
+		return streamID{}, streamID{}, err
+	}
+	if id.less(origin) {
+		// The cursor is from a history Redis lost: the client has seen
+		// none of the new one. Reset to the new history's origin and
+		// replay all of it, unless it is trimmed past its start.
+		entries, err = m.rdb.XRangeN(ctx, m.stream, origin.String(), "+", replayBatch).Result()
+		if err != nil {
+			return streamID{}, streamID{}, err
+		}
+		if len(entries) == 0 || entries[0].ID != origin.String() {
+			err = m.reset(w, c, newest, whyLostTrimmed)
+			return newest, newest, err
+		}
+		if err := m.reset(w, c, origin, whyLost); err != nil {
+			return origin, origin, err
+		}
+		return m.replay(ctx, w, c, origin, entries)
+	}
+	why := whyUnknown
+	oldest, err := m.rdb.XRangeN(ctx, m.stream, "-", "+", 1).Result()
+	if err == nil && len(oldest) == 1 {
+		if o, ok := parseID(oldest[0].ID); ok && id.less(o) {
+			why = whyTrimmed
+		}
+	}
+	err = m.reset(w, c, newest, why)
+	return newest, newest, err
+}
+
+// replay writes the events of c's topics after from; entries is the first
+// batch of the history from from on (inclusive). It returns the id up to
+// which the history was scanned and the browser's cursor.
+func (m *Manager) replay(ctx context.Context, w http.ResponseWriter, c *client, from streamID, entries []redis.XMessage) (scanned, told streamID, err error) {
 	wt := m.opts.WriteTimeout
-	scanned := id
-	told = id
+	scanned, told = from, from
 	full := len(entries) == replayBatch
-	entries = entries[1:] // the cursor itself
+	entries = entries[1:] // from itself
 	for {
 		for _, x := range entries {
 			f, ok := entryFrame(x)
@@ -362,22 +391,23 @@ func (m *Manager) resume(ctx context.Context, w http.ResponseWriter, c *client, 
 	return scanned, told, c.flush(wt)
 }
 
-// reset sends the "reset" event carrying the newest history id.
-func (m *Manager) reset(ctx context.Context, w http.ResponseWriter, c *client, why string) (streamID, error) {
-	newest, err := newestScript.Run(ctx, m.rdb, []string{m.stream}).Text()
+// resetNewest sends a reset carrying the newest history id.
+func (m *Manager) resetNewest(ctx context.Context, w http.ResponseWriter, c *client, why string) (streamID, error) {
+	_, newest, err := m.history(ctx, m.rdb)
 	if err != nil {
 		return streamID{}, err
 	}
-	id, ok := parseID(newest)
-	if !ok {
-		return streamID{}, fmt.Errorf("sse: unexpected stream id %q", newest)
-	}
+	return newest, m.reset(w, c, newest, why)
+}
+
+// reset sends a "reset" event with the given id.
+func (m *Manager) reset(w http.ResponseWriter, c *client, id streamID, why string) error {
 	m.stats.resets.Add(1)
 	wt := m.opts.WriteTimeout
-	if err := c.write(w, encodeEvent(nil, newest, ResetEvent, why), wt); err != nil {
-		return id, err
+	if err := c.write(w, encodeEvent(nil, id.String(), ResetEvent, why), wt); err != nil {
+		return err
 	}
-	return id, c.flush(wt)
+	return c.flush(wt)
 }
 
 // register adds c to the manager, or says why it cannot.
@@ -410,6 +440,12 @@ func (m *Manager) detach(c *client) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.detachLocked(c)
+}
+
+// attachedLocked reports whether the fan-out reaches c (m.mu held).
+func (m *Manager) attachedLocked(c *client) bool {
+	_, ok := m.topics[c.topics[0]][c]
+	return ok
 }
 
 func (m *Manager) detachLocked(c *client) bool {

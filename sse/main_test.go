@@ -74,7 +74,7 @@ func startManager(t *testing.T, rdb redis.UniversalClient, o Options) (*Manager,
 			t.Errorf("Close: %v", err)
 		}
 		srv.Close()
-		_ = rdb.Del(context.Background(), m.stream).Err()
+		_ = rdb.Del(context.Background(), m.stream, m.originKey).Err()
 	})
 	return m, srv
 }

@@ -13,7 +13,9 @@ import (
 // assigns the id (the entry id of the namespace's history stream) and
 // returns it. Event is the SSE event type ("" means the browser's default,
 // "message"); it must not contain CR, LF or NUL, and must not be "reset",
-// the type of the manager's own reset events. Data may span several lines
+// the type of the manager's own reset events, nor "error" or "open", which a
+// browser's EventSource would hand to onerror and onopen as if the
+// connection had failed or opened. Data may span several lines
 // (LF, CR LF or CR all end a line, as in the SSE grammar); it must not
 // contain NUL.
 type Event struct {
@@ -110,8 +112,11 @@ func checkEvent(e Event) error {
 	if why := badChars(e.Event); why != "" {
 		return fmt.Errorf("%w: event type %s", ErrInvalidEvent, why)
 	}
-	if e.Event == ResetEvent {
+	switch e.Event {
+	case ResetEvent:
 		return fmt.Errorf("%w: event type %q is reserved", ErrInvalidEvent, ResetEvent)
+	case "error", "open":
+		return fmt.Errorf("%w: event type %q would fire the EventSource's on%s handler, which apps read as connection state; use another name", ErrInvalidEvent, e.Event, e.Event)
 	}
 	if strings.IndexByte(e.Data, 0) >= 0 {
 		return fmt.Errorf("%w: data contains NUL", ErrInvalidEvent)

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -119,7 +121,8 @@ func (c *client) flush(d time.Duration) error {
 // retained history gets one event of type "reset" whose data says why and
 // whose id is the newest id of the history; the stream then goes on live.
 //
-// Answers: 400 for missing, invalid or too many topics; 405 for methods
+// Answers: 400 for missing, invalid or too many topics, and for more than
+// 10,000 query parameters; 405 for methods
 // other than GET (and OPTIONS with CORS); Authorize's status when it
 // refuses; otherwise 200 and a stream. A connection over a limit, or
 // arriving after Close, gets 200 with a "retry:" hint and a closing comment.
@@ -132,7 +135,12 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "sse: method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	topics, err := requestTopics(r, m.opts.MaxTopics)
+	query, err := requestQuery(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	topics, err := requestTopics(query, m.opts.MaxTopics)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
@@ -163,7 +171,7 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	cursor := r.Header.Get("Last-Event-ID")
 	if cursor == "" {
-		cursor = r.URL.Query().Get("lastEventId")
+		cursor = query.Get("lastEventId")
 	}
 
 	c := &client{
@@ -492,9 +500,29 @@ func (m *Manager) clientAddr(r *http.Request) string {
 	return host
 }
 
-// requestTopics returns the request's topics, deduplicated, in order.
-func requestTopics(r *http.Request, max int) ([]string, error) {
-	raw := r.URL.Query()["topic"]
+// maxQueryParams bounds the parameters of a request's query; it is also the
+// default limit of Go's query parser, which stops (and returns nothing)
+// beyond it.
+const maxQueryParams = 10_000
+
+// requestQuery parses the request's query. Too many parameters, or a query
+// in which nothing could be decoded, is an error, so that such a request is
+// not told it has no topic.
+func requestQuery(r *http.Request) (url.Values, error) {
+	raw := r.URL.RawQuery
+	if n := strings.Count(raw, "&") + 1; n > maxQueryParams {
+		return nil, fmt.Errorf("sse: too many parameters (%d, at most %d)", n, maxQueryParams)
+	}
+	q, err := url.ParseQuery(raw)
+	if err != nil && len(q) == 0 {
+		return nil, fmt.Errorf("sse: bad query: %w", err)
+	}
+	return q, nil
+}
+
+// requestTopics returns the topics of query q, deduplicated, in order.
+func requestTopics(q url.Values, max int) ([]string, error) {
+	raw := q["topic"]
 	if len(raw) == 0 {
 		return nil, fmt.Errorf("%w: no topic (use ?topic=name)", ErrInvalidTopic)
 	}

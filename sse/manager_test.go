@@ -1,11 +1,13 @@
 package sse
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -372,5 +374,30 @@ func TestConcurrentPublishersOneOrder(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestTooManyParameters: Go's query parser gives up after 10,000
+// parameters; such a request is told so (400), not that it has no topic.
+// 10,000 parameters are still served.
+func TestTooManyParameters(t *testing.T) {
+	_, srv := startManager(t, redisClient(t), Options{})
+	get := func(params int) (int, string) {
+		t.Helper()
+		q := "?topic=a" + strings.Repeat("&x=1", params-1)
+		resp, err := http.Get(srv.URL + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		line, _ := bufio.NewReader(resp.Body).ReadString('\n')
+		return resp.StatusCode, line
+	}
+	defer http.DefaultClient.CloseIdleConnections()
+	if status, body := get(10_001); status != 400 || !strings.Contains(body, "too many parameters") {
+		t.Errorf("10,001 parameters: %d %q, want 400 too many parameters", status, body)
+	}
+	if status, body := get(10_000); status != 200 || !strings.HasPrefix(body, "retry:") {
+		t.Errorf("10,000 parameters: %d %q, want a stream", status, body)
 	}
 }

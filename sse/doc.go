@@ -25,9 +25,12 @@
 // subscribed to several topics exactly: resuming from id X replays every
 // event of the connection's topics whose id is greater than X, whatever the
 // topic, and nothing else. The id Publish returns is the id the subscribers
-// see. Heartbeats move the browser's cursor forward (an "id:" line with no
-// data) past events of other topics, so the cursor of a quiet topic does
-// not fall out of the history while busy topics churn it.
+// see. Heartbeats move the client's cursor forward past events of other
+// topics, so the cursor of a quiet topic does not fall out of the history
+// while busy topics churn it: such a heartbeat is an event of type
+// "heartbeat" (HeartbeatEvent) with an id and empty data, which browsers and
+// Node's eventsource package both take the id of, and which never reaches
+// onmessage.
 //
 // # Replay and resets
 //

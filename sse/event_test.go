@@ -99,6 +99,7 @@ func TestCheckEvent(t *testing.T) {
 		{"type with NUL", "t", Event{Event: "a\x00"}, ErrInvalidEvent},
 		{"data with NUL", "t", Event{Data: "a\x00"}, ErrInvalidEvent},
 		{"reserved type", "t", Event{Event: "reset"}, ErrInvalidEvent},
+		{"reserved type heartbeat", "t", Event{Event: "heartbeat"}, ErrInvalidEvent},
 		// Browsers fire onerror/onopen for these on an open connection.
 		{"type error", "t", Event{Event: "error"}, ErrInvalidEvent},
 		{"type open", "t", Event{Event: "open"}, ErrInvalidEvent},

@@ -293,7 +293,11 @@ func (m *Manager) live(ctx context.Context, w http.ResponseWriter, c *client, la
 					last = adv
 				}
 				if told.less(last) {
-					b = append(b, "id: "+last.String()+"\n"...)
+					// An event of its own type: browsers take the id of
+					// a block without data too, but eventsource-parser
+					// (Node's eventsource) only that of a dispatched
+					// event; onmessage never sees a typed event.
+					b = append(b, "id: "+last.String()+"\nevent: "+HeartbeatEvent+"\ndata:\n"...)
 					told = last
 				}
 			}

@@ -31,7 +31,9 @@ type msg struct {
 	Comments        []string
 }
 
-func (m msg) isEvent() bool { return m.HasData }
+// isEvent reports whether the block is an event an app sees (heartbeats
+// carrying the cursor are events of their own type, not for the app).
+func (m msg) isEvent() bool { return m.HasData && m.Event != HeartbeatEvent }
 
 // stream is an open SSE response read by a goroutine.
 type stream struct {

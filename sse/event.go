@@ -97,7 +97,9 @@ func checkTopic(topic string) error {
 // ResetEvent is the SSE event type of the event a stream gets instead of a
 // replay when its cursor cannot be resumed (malformed, unknown, or older than
 // the history). Its data says why; its id is the newest id of the history.
-// A client should reload its state when it sees one.
+// When Redis lost the history, the data starts with "history lost", the id
+// is the origin of the new history, and every event of the new history
+// follows. A client should reload its state when it sees one.
 const ResetEvent = "reset"
 
 // HeartbeatEvent is the SSE event type of a heartbeat that moves the

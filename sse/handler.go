@@ -119,7 +119,10 @@ func (c *client) flush(d time.Duration) error {
 // published strictly after the cursor, then goes on live without losing or
 // repeating an event. A cursor that is malformed, unknown, or older than the
 // retained history gets one event of type "reset" whose data says why and
-// whose id is the newest id of the history; the stream then goes on live.
+// whose id is the newest id of the history; the stream then goes on live. A
+// cursor from a history Redis lost (older than the current history's
+// origin) gets a reset whose data starts with "history lost" and whose id
+// is the origin, then every event of the new history, then live events.
 //
 // Answers: 400 for missing, invalid or too many topics, and for more than
 // 10,000 query parameters; 405 for methods
@@ -346,6 +349,7 @@ func (m *Manager) resume(ctx context.Context, w http.ResponseWriter, c *client, 
 			err = m.reset(w, c, newest, whyLostTrimmed)
 			return newest, newest, err
 		}
+		m.stats.replays.Add(1)
 		if err := m.reset(w, c, origin, whyLost); err != nil {
 			return origin, origin, err
 		}

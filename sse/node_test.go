@@ -221,17 +221,21 @@ func TestNodeEventSource(t *testing.T) {
 	close(release)
 	expect()
 
-	// An event of another topic; wait on a new stream for a heartbeat that
-	// carries its id, then drop that stream.
-	otherID := publish(t, m, "other", "", "not for this client")
+	// An event of another topic, published while the client is away (so
+	// that no heartbeat of the old stream carries it); wait on the new
+	// stream for a heartbeat that carries its id, then drop that stream.
+	release = make(chan struct{})
 	g.mu.Lock()
-	g.sniffFor = []byte("id: " + otherID + "\n")
+	g.hold = release
 	g.mu.Unlock()
 	second.cancel()
 	third := g.next(t)
 	if third.lastEventID != e4 {
 		t.Fatalf("second reconnection sent %q, want %q", third.lastEventID, e4)
 	}
+	otherID := publish(t, m, "other", "", "not for this client")
+	third.sniff.want = []byte("id: " + otherID + "\n")
+	close(release)
 	select {
 	case <-third.sniff.seen:
 	case <-time.After(10 * time.Second):
@@ -240,7 +244,7 @@ func TestNodeEventSource(t *testing.T) {
 	// Let the client parse the heartbeat before the stream ends (when it
 	// is an event of its own; else give it a moment and let the cursor
 	// check below tell).
-	timeout := time.After(5 * time.Second)
+	timeout := time.After(20 * time.Second)
 wait:
 	for {
 		select {

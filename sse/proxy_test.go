@@ -376,6 +376,10 @@ func TestBehindNginx(t *testing.T) {
 	}{{"browser", browserSeen, browserErrors}, {"node", nodeSeen, nodeErrors}} {
 		// Publishing started before the clients connected: from the
 		// first event a client received on, it must have every one.
+		if len(c.seen) == 0 {
+			t.Errorf("%s: received nothing", c.name)
+			continue
+		}
 		from := slices.Index(wanted, c.seen[0])
 		if from < 0 {
 			t.Errorf("%s: first event %q was not published", c.name, c.seen[0])

@@ -235,7 +235,7 @@ func TestRedisRestartLosingData(t *testing.T) {
 	clients = append(clients, startResumer(t, httpB.URL+"?topic=r&topic=s", retry))
 	away := startResumer(t, httpA.URL+"?topic=r&topic=s", retry)
 	clients = append(clients, away)
-	eventually(t, "every client connected", func() bool {
+	redistest.WaitFor(t, 30*time.Second, "every client connected", func() bool {
 		return mA.Stats().Clients == 3 && mB.Stats().Clients == 3
 	})
 

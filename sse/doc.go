@@ -115,6 +115,16 @@
 //
 // Browsers then reconnect, to another instance if this one is gone.
 //
+// # Behind a proxy
+//
+// An EventSource gives up for good on any status but 200, and a proxy can
+// answer one by itself: nginx, with its defaults, answers 502 once every
+// instance has been marked down, which a rolling deploy does. The proxy
+// must never mark instances down for streams, must time out reads later
+// than Options.Heartbeat, must not buffer, and should answer 200 with a
+// "retry:" hint when no instance is up. The package's README has an nginx
+// configuration that does so, tested with instances killed behind it.
+//
 // # Redis Cluster
 //
 // The history stream "{ns}:history" and channel "{ns}:live" share one hash

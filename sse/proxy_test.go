@@ -3,7 +3,6 @@ package sse
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -153,24 +152,6 @@ func readmeNginx(t *testing.T) string {
 	return m[1]
 }
 
-// proxyPage subscribes through nginx and reports what it has received
-// (every 100 ms while something changed) and every error.
-const proxyPage = `<!doctype html>
-<html><body><script>
-function report(o) {
-  fetch('/report', {method: 'POST', body: JSON.stringify(o), keepalive: true});
-}
-const seen = [];
-let reported = 0;
-const es = new EventSource('/events?topic=p');
-es.onerror = () => report({kind: 'error', state: es.readyState});
-es.onmessage = (e) => { seen.push(e.lastEventId + ' ' + e.data); };
-es.addEventListener('reset', (e) => { seen.push('reset ' + e.lastEventId + ' ' + e.data); });
-setInterval(() => {
-  if (seen.length !== reported) { reported = seen.length; report({kind: 'message', seen: seen}); }
-}, 100);
-</script></body></html>`
-
 // TestBehindNginx: two instances behind a real nginx configured as
 // README.md says (the block is read from there), a browser and a Node
 // client subscribed through it, events published all along; each instance
@@ -178,7 +159,7 @@ setInterval(() => {
 // clients receive every event once, in order, with no reset, and neither
 // EventSource ever gives up.
 func TestBehindNginx(t *testing.T) {
-	chromium := redistest.Chromium(t)
+	redistest.Chromium(t)
 	redisAddr := redistest.Addr(t)
 	rdb := redis.NewClient(&redis.Options{Addr: redisAddr, MaintNotificationsConfig: redistest.NoMaintNotifications()})
 	t.Cleanup(func() { _ = rdb.Close() })
@@ -189,18 +170,8 @@ func TestBehindNginx(t *testing.T) {
 	a.start()
 	b.start()
 
-	reports := make(chan browserReport, 10000)
 	page := http.NewServeMux()
-	page.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/html")
-		_, _ = w.Write([]byte(proxyPage))
-	})
-	page.HandleFunc("POST /report", func(w http.ResponseWriter, r *http.Request) {
-		var rep browserReport
-		if err := json.NewDecoder(r.Body).Decode(&rep); err == nil {
-			reports <- rep
-		}
-	})
+	browser := servePage(page)
 	pageSrv := httptest.NewServer(page)
 	t.Cleanup(pageSrv.Close)
 	pageAddr := strings.TrimPrefix(pageSrv.URL, "http://")
@@ -215,6 +186,12 @@ func TestBehindNginx(t *testing.T) {
 			"    location = / { proxy_pass http://%[1]s; }\n    location = /report { proxy_pass http://%[1]s; }\n\n    location /events {", pageAddr), 1)
 	})
 	base := "http://" + ngx.Addr
+	defer func() {
+		if t.Failed() {
+			t.Logf("nginx error log:\n%s", ngx.Log())
+			t.Logf("instance a:\n%s\ninstance b:\n%s", a.output(), b.output())
+		}
+	}()
 
 	// Publish 20 events/s until told to stop.
 	var pubMu sync.Mutex
@@ -252,76 +229,12 @@ func TestBehindNginx(t *testing.T) {
 	}
 	defer stop()
 
-	nc := startNodeClient(t, base+"/events?topic=p")
-	var stderr bytes.Buffer
-	cmd := exec.Command(chromium, append(redistest.ChromiumFlags, "--user-data-dir="+t.TempDir(), base+"/")...)
-	cmd.Stderr = &stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		redistest.Unavailable(t, "cannot start chromium: "+err.Error())
-	}
-	defer func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("chromium stderr:\n%s", stderr.String())
-			t.Logf("nginx error log:\n%s", ngx.Log())
-			access, _ := os.ReadFile(ngx.Dir + "/access.log")
-			t.Logf("nginx access log:\n%s", access)
-			t.Logf("instance a:\n%s\ninstance b:\n%s", a.output(), b.output())
-		}
-	}()
-
-	// Collect both clients' receptions.
-	var mu sync.Mutex
-	var browserSeen, nodeSeen []string
-	var browserErrors, nodeErrors []int
-	collectDone := make(chan struct{})
-	collectStop := make(chan struct{})
-	go func() {
-		defer close(collectDone)
-		for {
-			select {
-			case <-collectStop:
-				return
-			case r := <-reports:
-				mu.Lock()
-				switch r.Kind {
-				case "message":
-					if len(r.Seen) > len(browserSeen) {
-						browserSeen = r.Seen
-					}
-				case "error":
-					browserErrors = append(browserErrors, r.State)
-				}
-				mu.Unlock()
-			case r, ok := <-nc.Reports:
-				if !ok {
-					nc.Reports = nil
-					continue
-				}
-				mu.Lock()
-				switch r.Kind {
-				case "message":
-					nodeSeen = append(nodeSeen, r.ID+" "+r.Data)
-				case "reset":
-					nodeSeen = append(nodeSeen, "reset "+r.ID+" "+r.Data)
-				case "error":
-					nodeErrors = append(nodeErrors, r.State)
-				}
-				mu.Unlock()
-			}
-		}
-	}()
-	defer func() { close(collectStop); <-collectDone }()
-	counts := func() (int, int) {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(browserSeen), len(nodeSeen)
-	}
-	redistest.WaitFor(t, 20*time.Second, "both clients to receive events", func() bool {
-		nb, nn := counts()
-		return nb > 0 && nn > 0
+	node := watchNode(t, base+"/events?topic=p")
+	startChromium(t, base+"/?topic=p")
+	redistest.WaitFor(t, 60*time.Second, "both clients to receive events", func() bool {
+		nb, _, _ := browser.snapshot()
+		nn, _, _ := node.snapshot()
+		return len(nb) > 0 && len(nn) > 0
 	})
 
 	// A rolling deploy by SIGKILL: one instance, then the other, then both.
@@ -347,39 +260,28 @@ func TestBehindNginx(t *testing.T) {
 	wanted := append([]string(nil), want...)
 	pubMu.Unlock()
 	last := wanted[len(wanted)-1]
-	has := func(seen []string) bool {
-		for _, s := range seen {
-			if s == last {
-				return true
-			}
-		}
-		return false
-	}
 	// Wait for the last event (then compare); a client that gave up
 	// never gets it.
 	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		mu.Lock()
-		done := has(browserSeen) && has(nodeSeen)
-		mu.Unlock()
-		if done {
+		if browser.has(last) && node.has(last) {
 			break
 		}
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	t.Logf("%d events published (from before the clients connected); browser: %d received, errors (readyState) %v; node: %d received, errors %v",
-		len(wanted), len(browserSeen), browserErrors, len(nodeSeen), nodeErrors)
+	bSeen, bErrors, bOpens := browser.snapshot()
+	nSeen, nErrors, nOpens := node.snapshot()
+	t.Logf("%d events published (from before the clients connected); browser: %d received, %d opens, errors (readyState) %v; node: %d received, %d opens, errors %v",
+		len(wanted), len(bSeen), bOpens, bErrors, len(nSeen), nOpens, nErrors)
 	for _, c := range []struct {
 		name   string
 		seen   []string
 		errors []int
-	}{{"browser", browserSeen, browserErrors}, {"node", nodeSeen, nodeErrors}} {
-		// Publishing started before the clients connected: from the
-		// first event a client received on, it must have every one.
+	}{{"browser", bSeen, bErrors}, {"node", nSeen, nErrors}} {
 		if len(c.seen) == 0 {
 			t.Errorf("%s: received nothing", c.name)
 			continue
 		}
+		// Publishing started before the clients connected: from the
+		// first event a client received on, it must have every one.
 		from := slices.Index(wanted, c.seen[0])
 		if from < 0 {
 			t.Errorf("%s: first event %q was not published", c.name, c.seen[0])

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -213,7 +214,8 @@ func checkExactlyOnce(got []msg, want []published) string {
 // returned nil reaches every client exactly once, in order: clients that
 // stayed connected, and a client that was away during the outage and comes
 // back with a cursor from before it (it cannot get the events it missed
-// before the restart: they were lost with the history). Each client gets at most one reset,
+// before the restart: they were lost with the history), headless
+// Chromium's EventSource and Node's eventsource package. Each client gets at most one reset,
 // which says the history was lost.
 func TestRedisRestartLosingData(t *testing.T) {
 	srv := redistest.Private(t)
@@ -235,8 +237,18 @@ func TestRedisRestartLosingData(t *testing.T) {
 	clients = append(clients, startResumer(t, httpB.URL+"?topic=r&topic=s", retry))
 	away := startResumer(t, httpA.URL+"?topic=r&topic=s", retry)
 	clients = append(clients, away)
-	redistest.WaitFor(t, 30*time.Second, "every client connected", func() bool {
-		return mA.Stats().Clients == 3 && mB.Stats().Clients == 3
+	// Real clients: headless Chromium on A, Node's eventsource on B.
+	page := http.NewServeMux()
+	browser := servePage(page)
+	page.Handle("GET /events", mA)
+	pageSrv := httptest.NewServer(page)
+	t.Cleanup(pageSrv.Close) // after the browser has gone
+	startChromium(t, pageSrv.URL+"/?topic=r")
+	node := watchNode(t, httpB.URL+"?topic=r")
+	redistest.WaitFor(t, 60*time.Second, "every client connected", func() bool {
+		_, _, bOpens := browser.snapshot()
+		_, _, nOpens := node.snapshot()
+		return mA.Stats().Clients == 4 && mB.Stats().Clients == 4 && bOpens > 0 && nOpens > 0
 	})
 
 	const total = 1000
@@ -308,6 +320,10 @@ func TestRedisRestartLosingData(t *testing.T) {
 			return false
 		})
 	}
+	lastREntry := wantR[len(wantR)-1].id + " " + wantR[len(wantR)-1].data
+	for _, c := range []*clientLog{browser, node} {
+		redistest.WaitFor(t, 30*time.Second, "the real clients to receive "+lastR, func() bool { return c.has(lastREntry) })
+	}
 	// Let anything late or repeated arrive before judging.
 	time.Sleep(500 * time.Millisecond)
 	bad := false
@@ -337,6 +353,34 @@ func TestRedisRestartLosingData(t *testing.T) {
 		c.mu.Lock()
 		t.Logf("client %d: %d events, %d resets, %d connections, statuses %v", i, len(events), len(resets), c.conns, c.statuses)
 		c.mu.Unlock()
+	}
+	for _, c := range []struct {
+		name string
+		log  *clientLog
+	}{{"chromium", browser}, {"node", node}} {
+		events, resets := c.log.msgs()
+		_, errs, opens := c.log.snapshot()
+		if p := checkExactlyOnce(events, wantR); p != "" {
+			t.Errorf("%s: %s", c.name, p)
+			bad = true
+		}
+		if len(resets) > 1 {
+			t.Errorf("%s: %d resets, want at most 1: %+v", c.name, len(resets), resets)
+			bad = true
+		}
+		for _, r := range resets {
+			if !strings.Contains(r.Data, "history lost") {
+				t.Errorf("%s: reset %q does not say the history was lost", c.name, r.Data)
+				bad = true
+			}
+		}
+		for _, s := range errs {
+			if s == 2 {
+				t.Errorf("%s: EventSource closed for good", c.name)
+				bad = true
+			}
+		}
+		t.Logf("%s: %d events, %d resets, %d opens", c.name, len(events), len(resets), opens)
 	}
 	if bad {
 		t.Logf("stats A %+v", mA.Stats())

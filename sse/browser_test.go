@@ -200,19 +200,22 @@ func TestBrowser(t *testing.T) {
 	want = append(want, ids[4]+" e5")
 	expect()
 
-	// An event of another topic: a heartbeat carries its id to the browser,
-	// whose next reconnection starts from there.
-	otherID := publish(t, m, "other", "", "not for the page")
-	// Reconnect once more with a sniffer on the new stream, and wait for a
-	// heartbeat that carries the other topic's id.
+	// An event of another topic, published while the browser is away (so
+	// that no heartbeat of the old stream carries it): a heartbeat of the
+	// new stream carries its id to the browser, whose next reconnection
+	// starts from there.
+	release = make(chan struct{})
 	mu.Lock()
-	sniffFor = []byte("id: " + otherID + "\n")
+	hold = release
 	mu.Unlock()
 	second.cancel()
 	third := nextConn()
 	if third.lastEventID != ids[4] {
 		t.Fatalf("second reconnection sent %q, want %q", third.lastEventID, ids[4])
 	}
+	otherID := publish(t, m, "other", "", "not for the page")
+	third.sniff.want = []byte("id: " + otherID + "\n")
+	close(release)
 	select {
 	case <-third.sniff.seen:
 	case <-time.After(10 * time.Second):

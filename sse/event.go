@@ -12,8 +12,10 @@ import (
 // ID must be empty when the event is handed to Manager.Publish: Publish
 // assigns the id (the entry id of the namespace's history stream) and
 // returns it. Event is the SSE event type ("" means the browser's default,
-// "message"); it must not contain CR, LF or NUL, and must not be "reset",
-// the type of the manager's own reset events. Data may span several lines
+// "message"); it must not contain CR, LF or NUL, and must not be "reset" or
+// "heartbeat", the types of the manager's own events, nor "error" or "open", which a
+// browser's EventSource would hand to onerror and onopen as if the
+// connection had failed or opened. Data may span several lines
 // (LF, CR LF or CR all end a line, as in the SSE grammar); it must not
 // contain NUL.
 type Event struct {
@@ -95,8 +97,19 @@ func checkTopic(topic string) error {
 // ResetEvent is the SSE event type of the event a stream gets instead of a
 // replay when its cursor cannot be resumed (malformed, unknown, or older than
 // the history). Its data says why; its id is the newest id of the history.
-// A client should reload its state when it sees one.
+// When Redis lost the history, the data starts with "history lost", the id
+// is the origin of the new history, and every event of the new history
+// follows. A client should reload its state when it sees one.
 const ResetEvent = "reset"
+
+// HeartbeatEvent is the SSE event type of a heartbeat that moves the
+// client's cursor: "id: <id>", "event: heartbeat" and an empty "data:" line.
+// It is an event (not only an id line) because Node's eventsource package,
+// unlike browsers, ignores the id of a block without data; being typed, it
+// never reaches an EventSource's onmessage, only listeners added with
+// addEventListener("heartbeat", ...). Heartbeats that do not move the cursor
+// are comments.
+const HeartbeatEvent = "heartbeat"
 
 // maxTopicLen bounds a topic name.
 const maxTopicLen = 256
@@ -110,8 +123,11 @@ func checkEvent(e Event) error {
 	if why := badChars(e.Event); why != "" {
 		return fmt.Errorf("%w: event type %s", ErrInvalidEvent, why)
 	}
-	if e.Event == ResetEvent {
-		return fmt.Errorf("%w: event type %q is reserved", ErrInvalidEvent, ResetEvent)
+	switch e.Event {
+	case ResetEvent, HeartbeatEvent:
+		return fmt.Errorf("%w: event type %q is reserved", ErrInvalidEvent, e.Event)
+	case "error", "open":
+		return fmt.Errorf("%w: event type %q would fire the EventSource's on%s handler, which apps read as connection state; use another name", ErrInvalidEvent, e.Event, e.Event)
 	}
 	if strings.IndexByte(e.Data, 0) >= 0 {
 		return fmt.Errorf("%w: data contains NUL", ErrInvalidEvent)

@@ -1,6 +1,7 @@
 package sse
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -98,6 +99,12 @@ func TestCheckEvent(t *testing.T) {
 		{"type with NUL", "t", Event{Event: "a\x00"}, ErrInvalidEvent},
 		{"data with NUL", "t", Event{Data: "a\x00"}, ErrInvalidEvent},
 		{"reserved type", "t", Event{Event: "reset"}, ErrInvalidEvent},
+		{"reserved type heartbeat", "t", Event{Event: "heartbeat"}, ErrInvalidEvent},
+		// Browsers fire onerror/onopen for these on an open connection.
+		{"type error", "t", Event{Event: "error"}, ErrInvalidEvent},
+		{"type open", "t", Event{Event: "open"}, ErrInvalidEvent},
+		{"type message", "t", Event{Event: "message"}, nil},
+		{"type Error", "t", Event{Event: "Error"}, nil},
 		{"empty topic", "", Event{}, ErrInvalidTopic},
 		{"topic with LF", "a\nb", Event{}, ErrInvalidTopic},
 		{"long topic", strings.Repeat("x", 257), Event{}, ErrInvalidTopic},
@@ -123,6 +130,19 @@ func TestParseMessage(t *testing.T) {
 	for _, bad := range []string{"", "5-1", "5-1\nnews", "5-1\nnews\ntyp", "x\nnews\ntyp\ndata"} {
 		if _, ok := parseMessage(bad); ok {
 			t.Errorf("parseMessage(%q) accepted", bad)
+		}
+	}
+}
+
+// TestPublishRefusesConnectionEventTypes: "error" and "open" would reach a
+// browser's onerror/onopen on an open connection; Publish refuses them and
+// says why.
+func TestPublishRefusesConnectionEventTypes(t *testing.T) {
+	m, _ := startManager(t, redisClient(t), Options{})
+	for _, typ := range []string{"error", "open"} {
+		_, err := m.Publish(context.Background(), "t", Event{Event: typ, Data: "x"})
+		if !errors.Is(err, ErrInvalidEvent) || !strings.Contains(err.Error(), "EventSource") {
+			t.Errorf("Publish with event type %q: %v, want ErrInvalidEvent explaining EventSource", typ, err)
 		}
 	}
 }

@@ -177,3 +177,74 @@ func TestGapBeyondHistory(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+// TestGapAfterHistoryLost: while a manager's subscriber is away, the history
+// is lost (here deleted, as a Redis restart without persistence would) and
+// a new one starts. After the resubscription the open stream gets one
+// "history lost" reset whose id is the new origin, then every event of the
+// new history in order, then live events; it is not ended.
+func TestGapAfterHistoryLost(t *testing.T) {
+	g := newGapSetup(t)
+	defer g.gate.release()
+	ctx := context.Background()
+	if err := g.rdbB.Del(ctx, g.mB.stream, g.mB.originKey).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var gap []string
+	for i := 0; i < 5; i++ {
+		gap = append(gap, publish(t, g.mB, "g", "", fmt.Sprintf("new %d", i)))
+	}
+	origin, err := g.rdbB.Get(ctx, g.mB.originKey).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.gate.release()
+	if e := g.s.next(t); e.Event != ResetEvent || e.ID != origin || e.Data != whyLost {
+		t.Fatalf("after the resubscription got %+v, want a reset to %s saying %q", e, origin, whyLost)
+	}
+	for i, id := range gap {
+		if e := g.s.next(t); e.ID != id || e.Data != fmt.Sprintf("new %d", i) {
+			t.Fatalf("event %d of the new history = %+v, want %s", i, e, id)
+		}
+	}
+	live := publish(t, g.mB, "g", "", "live")
+	if e := g.s.next(t); e.ID != live {
+		t.Fatalf("after the new history got %+v, want %s", e, live)
+	}
+	if st := g.mA.Stats(); st.HistoryLosses != 1 || st.Resyncs != 0 || st.GapEvents != 5 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestGapAfterHistoryLostAndTrimmed: as TestGapAfterHistoryLost, but the new
+// history is trimmed past its origin before the subscriber returns: the
+// stream ends, and resuming from the old cursor gets one reset that says
+// the history was lost and trimmed, with the newest id.
+func TestGapAfterHistoryLostAndTrimmed(t *testing.T) {
+	g := newGapSetup(t)
+	defer g.gate.release()
+	ctx := context.Background()
+	if err := g.rdbB.Del(ctx, g.mB.stream, g.mB.originKey).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var newest string
+	for i := 0; i < 20; i++ {
+		newest = publish(t, g.mB, "g", "", fmt.Sprintf("new %d", i))
+	}
+	if err := g.rdbB.XTrimMaxLen(ctx, g.mB.stream, 5).Err(); err != nil {
+		t.Fatal(err)
+	}
+	g.gate.release()
+	blocks := g.s.waitEnd(t)
+	if len(blocks) == 0 || len(blocks[len(blocks)-1].Comments) != 1 || blocks[len(blocks)-1].Comments[0] != "closing: resume from your cursor" {
+		t.Fatalf("stream ended with %+v", blocks)
+	}
+	s2 := open(t, g.httpA.URL+"?topic=g&lastEventId="+g.first, nil)
+	s2.ready(t)
+	if e := s2.next(t); e.Event != ResetEvent || e.ID != newest || e.Data != whyLostTrimmed {
+		t.Fatalf("resume got %+v, want a reset to %s saying %q", e, newest, whyLostTrimmed)
+	}
+	if st := g.mA.Stats(); st.HistoryLosses != 1 || st.Resyncs != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}

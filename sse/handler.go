@@ -6,10 +6,14 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/redisleak/redisleak"
 )
@@ -115,9 +119,13 @@ func (c *client) flush(d time.Duration) error {
 // published strictly after the cursor, then goes on live without losing or
 // repeating an event. A cursor that is malformed, unknown, or older than the
 // retained history gets one event of type "reset" whose data says why and
-// whose id is the newest id of the history; the stream then goes on live.
+// whose id is the newest id of the history; the stream then goes on live. A
+// cursor from a history Redis lost (older than the current history's
+// origin) gets a reset whose data starts with "history lost" and whose id
+// is the origin, then every event of the new history, then live events.
 //
-// Answers: 400 for missing, invalid or too many topics; 405 for methods
+// Answers: 400 for missing, invalid or too many topics, and for more than
+// 10,000 query parameters; 405 for methods
 // other than GET (and OPTIONS with CORS); Authorize's status when it
 // refuses; otherwise 200 and a stream. A connection over a limit, or
 // arriving after Close, gets 200 with a "retry:" hint and a closing comment.
@@ -130,7 +138,12 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "sse: method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	topics, err := requestTopics(r, m.opts.MaxTopics)
+	query, err := requestQuery(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	topics, err := requestTopics(query, m.opts.MaxTopics)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
@@ -161,7 +174,7 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	cursor := r.Header.Get("Last-Event-ID")
 	if cursor == "" {
-		cursor = r.URL.Query().Get("lastEventId")
+		cursor = query.Get("lastEventId")
 	}
 
 	c := &client{
@@ -283,7 +296,11 @@ func (m *Manager) live(ctx context.Context, w http.ResponseWriter, c *client, la
 					last = adv
 				}
 				if told.less(last) {
-					b = append(b, "id: "+last.String()+"\n"...)
+					// An event of its own type: browsers take the id of
+					// a block without data too, but eventsource-parser
+					// (Node's eventsource) only that of a dispatched
+					// event; onmessage never sees a typed event.
+					b = append(b, "id: "+last.String()+"\nevent: "+HeartbeatEvent+"\ndata:\n"...)
 					told = last
 				}
 			}
@@ -305,30 +322,58 @@ func (m *Manager) resume(ctx context.Context, w http.ResponseWriter, c *client, 
 	}
 	id, ok := parseID(cursor)
 	if !ok {
-		last, err = m.reset(ctx, w, c, "malformed cursor")
+		last, err = m.resetNewest(ctx, w, c, whyMalformed)
 		return last, last, err
 	}
 	entries, err := m.rdb.XRangeN(ctx, m.stream, id.String(), "+", replayBatch).Result()
 	if err != nil {
 		return streamID{}, streamID{}, err
 	}
-	if len(entries) == 0 || entries[0].ID != id.String() {
-		why := "unknown cursor"
-		oldest, err := m.rdb.XRangeN(ctx, m.stream, "-", "+", 1).Result()
-		if err == nil && len(oldest) == 1 {
-			if o, ok := parseID(oldest[0].ID); ok && id.less(o) {
-				why = "cursor older than the retained history"
-			}
-		}
-		last, err = m.reset(ctx, w, c, why)
-		return last, last, err
+	if len(entries) > 0 && entries[0].ID == id.String() {
+		m.stats.replays.Add(1)
+		return m.replay(ctx, w, c, id, entries)
 	}
-	m.stats.replays.Add(1)
+	origin, newest, err := m.history(ctx, m.rdb)
+	if err != nil {
+		return streamID{}, streamID{}, err
+	}
+	if id.less(origin) {
+		// The cursor is from a history Redis lost: the client has seen
+		// none of the new one. Reset to the new history's origin and
+		// replay all of it, unless it is trimmed past its start.
+		entries, err = m.rdb.XRangeN(ctx, m.stream, origin.String(), "+", replayBatch).Result()
+		if err != nil {
+			return streamID{}, streamID{}, err
+		}
+		if len(entries) == 0 || entries[0].ID != origin.String() {
+			err = m.reset(w, c, newest, whyLostTrimmed)
+			return newest, newest, err
+		}
+		m.stats.replays.Add(1)
+		if err := m.reset(w, c, origin, whyLost); err != nil {
+			return origin, origin, err
+		}
+		return m.replay(ctx, w, c, origin, entries)
+	}
+	why := whyUnknown
+	oldest, err := m.rdb.XRangeN(ctx, m.stream, "-", "+", 1).Result()
+	if err == nil && len(oldest) == 1 {
+		if o, ok := parseID(oldest[0].ID); ok && id.less(o) {
+			why = whyTrimmed
+		}
+	}
+	err = m.reset(w, c, newest, why)
+	return newest, newest, err
+}
+
+// replay writes the events of c's topics after from; entries is the first
+// batch of the history from from on (inclusive). It returns the id up to
+// which the history was scanned and the browser's cursor.
+func (m *Manager) replay(ctx context.Context, w http.ResponseWriter, c *client, from streamID, entries []redis.XMessage) (scanned, told streamID, err error) {
 	wt := m.opts.WriteTimeout
-	scanned := id
-	told = id
+	scanned, told = from, from
 	full := len(entries) == replayBatch
-	entries = entries[1:] // the cursor itself
+	entries = entries[1:] // from itself
 	for {
 		for _, x := range entries {
 			f, ok := entryFrame(x)
@@ -362,22 +407,23 @@ func (m *Manager) resume(ctx context.Context, w http.ResponseWriter, c *client, 
 	return scanned, told, c.flush(wt)
 }
 
-// reset sends the "reset" event carrying the newest history id.
-func (m *Manager) reset(ctx context.Context, w http.ResponseWriter, c *client, why string) (streamID, error) {
-	newest, err := newestScript.Run(ctx, m.rdb, []string{m.stream}).Text()
+// resetNewest sends a reset carrying the newest history id.
+func (m *Manager) resetNewest(ctx context.Context, w http.ResponseWriter, c *client, why string) (streamID, error) {
+	_, newest, err := m.history(ctx, m.rdb)
 	if err != nil {
 		return streamID{}, err
 	}
-	id, ok := parseID(newest)
-	if !ok {
-		return streamID{}, fmt.Errorf("sse: unexpected stream id %q", newest)
-	}
+	return newest, m.reset(w, c, newest, why)
+}
+
+// reset sends a "reset" event with the given id.
+func (m *Manager) reset(w http.ResponseWriter, c *client, id streamID, why string) error {
 	m.stats.resets.Add(1)
 	wt := m.opts.WriteTimeout
-	if err := c.write(w, encodeEvent(nil, newest, ResetEvent, why), wt); err != nil {
-		return id, err
+	if err := c.write(w, encodeEvent(nil, id.String(), ResetEvent, why), wt); err != nil {
+		return err
 	}
-	return id, c.flush(wt)
+	return c.flush(wt)
 }
 
 // register adds c to the manager, or says why it cannot.
@@ -410,6 +456,12 @@ func (m *Manager) detach(c *client) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.detachLocked(c)
+}
+
+// attachedLocked reports whether the fan-out reaches c (m.mu held).
+func (m *Manager) attachedLocked(c *client) bool {
+	_, ok := m.topics[c.topics[0]][c]
+	return ok
 }
 
 func (m *Manager) detachLocked(c *client) bool {
@@ -456,9 +508,29 @@ func (m *Manager) clientAddr(r *http.Request) string {
 	return host
 }
 
-// requestTopics returns the request's topics, deduplicated, in order.
-func requestTopics(r *http.Request, max int) ([]string, error) {
-	raw := r.URL.Query()["topic"]
+// maxQueryParams bounds the parameters of a request's query; it is also the
+// default limit of Go's query parser, which stops (and returns nothing)
+// beyond it.
+const maxQueryParams = 10_000
+
+// requestQuery parses the request's query. Too many parameters, or a query
+// in which nothing could be decoded, is an error, so that such a request is
+// not told it has no topic.
+func requestQuery(r *http.Request) (url.Values, error) {
+	raw := r.URL.RawQuery
+	if n := strings.Count(raw, "&") + 1; n > maxQueryParams {
+		return nil, fmt.Errorf("sse: too many parameters (%d, at most %d)", n, maxQueryParams)
+	}
+	q, err := url.ParseQuery(raw)
+	if err != nil && len(q) == 0 {
+		return nil, fmt.Errorf("sse: bad query: %w", err)
+	}
+	return q, nil
+}
+
+// requestTopics returns the topics of query q, deduplicated, in order.
+func requestTopics(q url.Values, max int) ([]string, error) {
+	raw := q["topic"]
 	if len(raw) == 0 {
 		return nil, fmt.Errorf("%w: no topic (use ?topic=name)", ErrInvalidTopic)
 	}

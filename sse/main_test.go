@@ -31,7 +31,9 @@ type msg struct {
 	Comments        []string
 }
 
-func (m msg) isEvent() bool { return m.HasData }
+// isEvent reports whether the block is an event an app sees (heartbeats
+// carrying the cursor are events of their own type, not for the app).
+func (m msg) isEvent() bool { return m.HasData && m.Event != HeartbeatEvent }
 
 // stream is an open SSE response read by a goroutine.
 type stream struct {
@@ -74,7 +76,7 @@ func startManager(t *testing.T, rdb redis.UniversalClient, o Options) (*Manager,
 			t.Errorf("Close: %v", err)
 		}
 		srv.Close()
-		_ = rdb.Del(context.Background(), m.stream).Err()
+		_ = rdb.Del(context.Background(), m.stream, m.originKey).Err()
 	})
 	return m, srv
 }

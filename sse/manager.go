@@ -19,23 +19,68 @@ const owner = "sse"
 
 // publishScript appends the event to the history stream and publishes it in
 // one atomic step, so that the order of the live messages is the order of
-// the stream ids: every subscriber can deduplicate by id alone.
-// KEYS[1] history stream, KEYS[2] live channel (same slot).
+// the stream ids: every subscriber can deduplicate by id alone. When the
+// stream does not exist (a new namespace, or Redis lost its data), it first
+// starts a new history: an origin marker entry whose id is stored in the
+// origin key.
+// KEYS[1] history stream, KEYS[2] live channel, KEYS[3] origin (same slot).
 // ARGV: maxlen, topic, event type, data, "PUBLISH" or "SPUBLISH".
 var publishScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[3], redis.call('XADD', KEYS[1], '*', 'm', 'origin'))
+end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 't', ARGV[2], 'e', ARGV[3], 'd', ARGV[4])
 redis.call(ARGV[5], KEYS[2], id .. '\n' .. ARGV[2] .. '\n' .. ARGV[3] .. '\n' .. ARGV[4])
 return id
 `)
 
-// newestScript returns the newest entry id of the history stream, first
-// adding a marker entry (no topic) when the stream is empty, so that a reset
-// always has a real id to hand out.
-var newestScript = redis.NewScript(`
+// historyScript returns the origin of the history (the id of the marker
+// that started it) and its newest entry id. Without a stream it starts a
+// new history as publishScript does; an empty stream gets a marker, so
+// that a reset always has a real id to hand out. A stream without an
+// origin key (written by an older version) gets the origin "0-0": unknown.
+// KEYS[1] history stream, KEYS[2] origin.
+var historyScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local o = redis.call('XADD', KEYS[1], '*', 'm', 'origin')
+  redis.call('SET', KEYS[2], o)
+  return {o, o}
+end
+local o = redis.call('GET', KEYS[2])
+if not o then
+  o = '0-0'
+  redis.call('SET', KEYS[2], o)
+end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if #last > 0 then return last[1][1] end
-return redis.call('XADD', KEYS[1], '*', 'm', '1')
+if #last > 0 then return {o, last[1][1]} end
+return {o, redis.call('XADD', KEYS[1], '*', 'm', '1')}
 `)
+
+// history runs historyScript on c.
+func (m *Manager) history(ctx context.Context, c redis.Scripter) (origin, newest streamID, err error) {
+	res, err := historyScript.Run(ctx, c, []string{m.stream, m.originKey}).StringSlice()
+	if err != nil {
+		return streamID{}, streamID{}, err
+	}
+	var ok1, ok2 bool
+	if len(res) == 2 {
+		origin, ok1 = parseID(res[0])
+		newest, ok2 = parseID(res[1])
+	}
+	if !ok1 || !ok2 {
+		return streamID{}, streamID{}, fmt.Errorf("sse: unexpected history ids %q", res)
+	}
+	return origin, newest, nil
+}
+
+// Reset reasons (the data of a reset event).
+const (
+	whyMalformed   = "malformed cursor"
+	whyUnknown     = "unknown cursor"
+	whyTrimmed     = "cursor older than the retained history"
+	whyLost        = "history lost: Redis lost its data; the events that follow are the new history from its start"
+	whyLostTrimmed = "history lost: Redis lost its data, and the new history is trimmed past its start"
+)
 
 // Manager serves Server-Sent Event streams (ServeHTTP) and publishes events
 // (Publish) through Redis, so that an event published on any instance
@@ -47,11 +92,12 @@ return redis.call('XADD', KEYS[1], '*', 'm', '1')
 // its lifetime; both are acquired with redisleak.WithLongLived and owner
 // "sse". All methods are safe for concurrent use.
 type Manager struct {
-	rdb     redis.UniversalClient
-	opts    Options
-	stream  string
-	channel string
-	pubCmd  string
+	rdb       redis.UniversalClient
+	opts      Options
+	stream    string
+	channel   string
+	originKey string
+	pubCmd    string
 
 	ctx    context.Context // long-lived, owner "sse"; canceled by Close
 	cancel context.CancelFunc
@@ -59,8 +105,10 @@ type Manager struct {
 	cmd    *cmdConn
 
 	// lastDelivered is the id of the last event fanned out (run goroutine
-	// only); lastFanned publishes it to heartbeats.
+	// only); lastFanned publishes it to heartbeats. origin is the origin of
+	// the history the manager is following (run goroutine only).
 	lastDelivered streamID
+	origin        streamID
 	lastFanned    atomic.Pointer[streamID]
 
 	mu      sync.RWMutex
@@ -91,16 +139,17 @@ func NewManager(rdb redis.UniversalClient, opts Options) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{
-		rdb:     rdb,
-		opts:    o,
-		stream:  "{" + o.Namespace + "}:history",
-		channel: "{" + o.Namespace + "}:live",
-		pubCmd:  "PUBLISH",
-		topics:  map[string]map[*client]struct{}{},
-		clients: map[*client]struct{}{},
-		perAddr: map[string]int{},
-		drained: make(chan struct{}),
-		runDone: make(chan struct{}),
+		rdb:       rdb,
+		opts:      o,
+		stream:    "{" + o.Namespace + "}:history",
+		channel:   "{" + o.Namespace + "}:live",
+		originKey: "{" + o.Namespace + "}:origin",
+		pubCmd:    "PUBLISH",
+		topics:    map[string]map[*client]struct{}{},
+		clients:   map[*client]struct{}{},
+		perAddr:   map[string]int{},
+		drained:   make(chan struct{}),
+		runDone:   make(chan struct{}),
 	}
 	if o.Sharded {
 		m.pubCmd = "SPUBLISH"
@@ -113,10 +162,8 @@ func NewManager(rdb redis.UniversalClient, opts Options) (*Manager, error) {
 	// Where the live feed starts: events up to here are history.
 	var start streamID
 	err = m.cmd.do(startCtx, func(ctx context.Context, c redis.Cmdable) error {
-		last, err := c.XRevRangeN(ctx, m.stream, "+", "-", 1).Result()
-		if err == nil && len(last) == 1 {
-			start, _ = parseID(last[0].ID)
-		}
+		var err error
+		m.origin, start, err = m.history(ctx, c)
 		return err
 	})
 	if err != nil {
@@ -170,7 +217,7 @@ func (m *Manager) Publish(ctx context.Context, topic string, e Event) (string, e
 	if closed {
 		return "", ErrClosed
 	}
-	id, err := publishScript.Run(ctx, m.rdb, []string{m.stream, m.channel},
+	id, err := publishScript.Run(ctx, m.rdb, []string{m.stream, m.channel, m.originKey},
 		m.opts.HistorySize, topic, e.Event, e.Data, m.pubCmd).Text()
 	if err != nil {
 		return "", fmt.Errorf("sse: publish to %q: %w", topic, err)
@@ -284,25 +331,46 @@ func (m *Manager) deliver(f *frame) {
 		return
 	}
 	m.lastDelivered = f.id
+	m.fanOut(f, false)
+}
+
+// fanOut queues f for the clients of its topic, or for every attached
+// client with all (a reset), and applies OnFull to those whose queue is
+// full. Run goroutine only.
+func (m *Manager) fanOut(f *frame, all bool) {
 	var full []*client
-	m.mu.RLock()
-	for c := range m.topics[f.topic] {
+	queue := func(c *client) {
 		select {
 		case c.queue <- f:
-			m.stats.deliveries.Add(1)
+			if all {
+				m.stats.resets.Add(1)
+			} else {
+				m.stats.deliveries.Add(1)
+			}
 		default:
 			full = append(full, c)
+		}
+	}
+	m.mu.RLock()
+	if all {
+		for c := range m.clients {
+			if m.attachedLocked(c) {
+				queue(c)
+			}
+		}
+	} else {
+		for c := range m.topics[f.topic] {
+			queue(c)
 		}
 	}
 	m.mu.RUnlock()
 	id := f.id
 	m.lastFanned.Store(&id)
 	for _, c := range full {
-		if m.opts.OnFull == DropEvents {
-			m.stats.drops.Add(1)
+		m.stats.drops.Add(1)
+		if m.opts.OnFull == DropEvents && !all {
 			continue
 		}
-		m.stats.drops.Add(1)
 		if m.detach(c) {
 			m.stats.slowDisconnects.Add(1)
 			c.kick(kickSlow)
@@ -338,6 +406,40 @@ func (m *Manager) fillGap() {
 
 func (m *Manager) fillGapOnce() (int, error) {
 	n := 0
+	// Did Redis lose the history (a restart without persistence)? Then
+	// the gap is the whole new history: the streams get one reset saying
+	// so, and every event of the new history.
+	var origin streamID
+	err := m.cmd.do(m.ctx, func(ctx context.Context, c redis.Cmdable) error {
+		var err error
+		origin, _, err = m.history(ctx, c)
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	if origin != m.origin {
+		m.stats.historyLosses.Add(1)
+		m.origin = origin
+		var first []redis.XMessage
+		err := m.cmd.do(m.ctx, func(ctx context.Context, c redis.Cmdable) error {
+			var err error
+			first, err = c.XRangeN(ctx, m.stream, origin.String(), origin.String(), 1).Result()
+			return err
+		})
+		if err != nil {
+			return 0, err
+		}
+		if len(first) == 0 {
+			// The new history is already trimmed past its start: the
+			// browsers resume from their cursors and get a reset.
+			m.resyncAll()
+			return 0, nil
+		}
+		m.report(fmt.Errorf("sse: the history of %s was lost (Redis lost its data); sending reset to every stream and the new history", m.stream))
+		m.fanOut(&frame{id: origin, buf: encodeEvent(nil, origin.String(), ResetEvent, whyLost)}, true)
+		m.lastDelivered = origin
+	}
 	for first := true; ; first = false {
 		var entries []redis.XMessage
 		// The first read includes the last delivered entry: if it is gone,

@@ -1,11 +1,13 @@
 package sse
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -182,7 +184,9 @@ func TestBadCursor(t *testing.T) {
 		{"injection", "1-0\r\nevent: x", "malformed cursor"},
 		{"unknown (future)", "99999999999999-0", "unknown cursor"},
 		{"trimmed", trimmed, "cursor older than the retained history"},
-		{"zero", "0-0", "cursor older than the retained history"},
+		// Older than the history's origin: from a history Redis lost
+		// (here the new one is trimmed past its origin as well).
+		{"zero", "0-0", whyLostTrimmed},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			// By query: a header cannot carry CR/LF.
@@ -232,20 +236,27 @@ func TestHeartbeat(t *testing.T) {
 	m, srv := startManager(t, redisClient(t), Options{Heartbeat: 30 * time.Millisecond})
 	s := open(t, srv.URL+"?topic=quiet", nil)
 	s.ready(t)
+	// The first heartbeat may move the cursor (of a client without one) to
+	// the newest id of the history; then only comments.
+	if b := s.nextBlock(t); b.HasID && (b.Event != HeartbeatEvent || b.isEvent()) {
+		t.Fatalf("first block on an idle stream = %+v, want a heartbeat", b)
+	}
 	for i := 0; i < 2; i++ {
-		if b := s.nextBlock(t); len(b.Comments) == 0 || b.HasData {
+		if b := s.nextBlock(t); len(b.Comments) == 0 || b.HasData || b.HasID {
 			t.Fatalf("block %d on an idle stream = %+v, want a comment", i, b)
 		}
 	}
 	other := publish(t, m, "busy", "", "x")
 	for {
 		b := s.nextBlock(t)
-		if b.HasData {
+		if b.isEvent() {
 			t.Fatalf("quiet stream got an event %+v", b)
 		}
 		if b.HasID {
-			if b.ID != other {
-				t.Fatalf("heartbeat id %q, want %q", b.ID, other)
+			// A dispatched event of its own type, so that clients
+			// that ignore the id of a block without data take it too.
+			if b.ID != other || b.Event != HeartbeatEvent || !b.HasData || b.Data != "" {
+				t.Fatalf("heartbeat %+v, want id %q, event %q, empty data", b, other, HeartbeatEvent)
 			}
 			break
 		}
@@ -370,5 +381,30 @@ func TestConcurrentPublishersOneOrder(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestTooManyParameters: Go's query parser gives up after 10,000
+// parameters; such a request is told so (400), not that it has no topic.
+// 10,000 parameters are still served.
+func TestTooManyParameters(t *testing.T) {
+	_, srv := startManager(t, redisClient(t), Options{})
+	get := func(params int) (int, string) {
+		t.Helper()
+		q := "?topic=a" + strings.Repeat("&x=1", params-1)
+		resp, err := http.Get(srv.URL + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		line, _ := bufio.NewReader(resp.Body).ReadString('\n')
+		return resp.StatusCode, line
+	}
+	defer http.DefaultClient.CloseIdleConnections()
+	if status, body := get(10_001); status != 400 || !strings.Contains(body, "too many parameters") {
+		t.Errorf("10,001 parameters: %d %q, want 400 too many parameters", status, body)
+	}
+	if status, body := get(10_000); status != 200 || !strings.HasPrefix(body, "retry:") {
+		t.Errorf("10,000 parameters: %d %q, want a stream", status, body)
 	}
 }

@@ -20,8 +20,9 @@ type Options struct {
 
 	// Heartbeat is the interval of the comment written to every stream so
 	// that proxies do not cut idle connections. A heartbeat also advances the
-	// browser's cursor (an "id:" line without data) past events of other
-	// topics, so a quiet topic's cursor never falls out of the history.
+	// client's cursor past events of other topics (then it is an event of
+	// type HeartbeatEvent, invisible to onmessage), so a quiet topic's cursor
+	// never falls out of the history. A proxy's read timeout must be longer.
 	// Default 15s.
 	Heartbeat time.Duration
 

@@ -29,7 +29,8 @@ type Stats struct {
 	// Replays counts streams that resumed from a cursor;
 	// ReplayedEvents the events they replayed.
 	Replays, ReplayedEvents int64
-	// Resets counts "reset" events sent for unusable cursors.
+	// Resets counts "reset" events sent: for unusable cursors, and to the
+	// open streams when the history was lost.
 	Resets int64
 	// Resubscribes counts resubscriptions of the live channel after its
 	// connection was lost; GapFills those that found missed events, and
@@ -39,12 +40,16 @@ type Stats struct {
 	// past the last delivered event): every stream was then ended so that
 	// browsers resume from their own cursors.
 	Resyncs int64
+	// HistoryLosses counts the times the subscriber came back to a history
+	// that was not the one it left (Redis lost its data): the open streams
+	// then got a reset and the whole new history.
+	HistoryLosses int64
 }
 
 type counters struct {
 	connections, rejected, published, received, deliveries, drops atomic.Int64
 	slowDisconnects, writeErrors, replays, replayedEvents, resets atomic.Int64
-	resubscribes, gapFills, gapEvents, resyncs                    atomic.Int64
+	resubscribes, gapFills, gapEvents, resyncs, historyLosses     atomic.Int64
 }
 
 // Stats returns a snapshot of the manager's counters. Safe to call at any
@@ -71,5 +76,6 @@ func (m *Manager) Stats() Stats {
 		GapFills:        s.gapFills.Load(),
 		GapEvents:       s.gapEvents.Load(),
 		Resyncs:         s.resyncs.Load(),
+		HistoryLosses:   s.historyLosses.Load(),
 	}
 }

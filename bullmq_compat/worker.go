@@ -362,10 +362,23 @@ func (w *Worker) track(j *Job) {
 	w.mu.Unlock()
 }
 
+// untrack stops the lock renewal of j. It is called before the script that
+// finishes, retries or requeues j runs, so that a renewal racing with that
+// script does not mistake the released lock for a lost one. A job id
+// fetched again under another token is left alone.
 func (w *Worker) untrack(j *Job) {
 	w.mu.Lock()
-	delete(w.running, j.ID)
+	if w.running[j.ID] == j.token {
+		delete(w.running, j.ID)
+	}
 	w.mu.Unlock()
+}
+
+// stillRunning reports whether j's id is still tracked under token.
+func (w *Worker) stillRunning(id, token string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.running[id] == token
 }
 
 // process runs one job to its end in Redis and returns the next job, if
@@ -377,11 +390,13 @@ func (w *Worker) process(j *Job) step {
 		w.scheduleNext(j)
 	}
 	if j.deferred != "" {
+		w.untrack(j)
 		return w.fail(j, Unrecoverable(errors.New(j.deferred)), j.deferred, j.deferred)
 	}
 	jctx, cancel := context.WithCancel(w.jobsCtx)
 	result, err, stack := w.call(jctx, j)
 	cancel()
+	w.untrack(j)
 	if err != nil {
 		if w.jobsCtx.Err() != nil {
 			// Interrupted by shutdown: give the job back untouched.
@@ -501,8 +516,10 @@ func (w *Worker) renewLocks(ctx context.Context) {
 		w.mu.Lock()
 		args := make([]any, 0, 2+2*len(w.running))
 		args = append(args, w.k.base, w.opts.LockDuration.Milliseconds())
+		tokens := make(map[string]string, len(w.running))
 		for id, tok := range w.running {
 			args = append(args, id, tok)
+			tokens[id] = tok
 		}
 		w.mu.Unlock()
 		if len(args) == 2 {
@@ -514,6 +531,11 @@ func (w *Worker) renewLocks(ctx context.Context) {
 			continue
 		}
 		for _, id := range failed {
+			// A job that finished after the snapshot above released its
+			// lock itself: only a job still running lost it.
+			if !w.stillRunning(id, tokens[id]) {
+				continue
+			}
 			w.report(fmt.Errorf("%w: worker %s could not renew the lock of job %s", ErrLockMismatch, w.k.name, id))
 		}
 	}

@@ -528,13 +528,16 @@ return failed
 `)
 
 // stalledScript: ARGV[2..] = maxStalledCount, now, stalledIntervalMs.
-// Returns the ids moved back to wait.
+// Returns {wait, id...}: the ms until the next check may run (the
+// stalled-check key's PTTL when another check ran within the interval,
+// else the interval) and the ids moved back to wait.
 var stalledScript = redis.NewScript(luaPrelude + `
 local maxStalled, now, interval = tonumber(ARGV[2]), ARGV[3], ARGV[4]
-if rcall("EXISTS", K.stalledCheck) == 1 then return {} end
+local ttl = rcall("PTTL", K.stalledCheck)
+if ttl >= 0 then return {ttl} end
 rcall("SET", K.stalledCheck, now, "PX", interval)
 rcall("XTRIM", K.events, "MAXLEN", "~", maxEvents())
-local out = {}
+local out = {tonumber(interval)}
 local ids = rcall("SMEMBERS", K.stalled)
 if #ids > 0 then
   rcall("DEL", K.stalled)

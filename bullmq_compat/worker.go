@@ -541,27 +541,57 @@ func (w *Worker) renewLocks(ctx context.Context) {
 	}
 }
 
-// stalledLoop runs the stalled-job check at start and every StalledInterval.
+// stalledLoop runs the stalled-job check at start and then once per
+// StalledInterval. The next check is timed from the stalled-check key the
+// last one left: StalledInterval after a check that ran (measured from its
+// reply, so the key has expired by then), the key's remaining time after a
+// check that found it (another worker, Go or Node, checked recently, or
+// this worker's timer beat the key's expiry by a millisecond). A fixed
+// ticker would land just before its own key expired and skip every other
+// check.
 func (w *Worker) stalledLoop(ctx context.Context) {
-	t := time.NewTicker(w.opts.StalledInterval)
+	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
-		if _, err := w.checkStalled(); err != nil {
-			w.report(fmt.Errorf("bullmq: worker %s: stalled check: %w", w.k.name, err))
-		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		_, next, err := w.stalledCheck()
+		if err != nil {
+			w.report(fmt.Errorf("bullmq: worker %s: stalled check: %w", w.k.name, err))
+			next = w.opts.StalledInterval
+		}
+		t.Reset(min(next, w.opts.StalledInterval) + time.Millisecond)
 	}
 }
 
 // checkStalled moves jobs whose lock expired back to wait (or fails those
 // that stalled too often); it returns the ids it moved.
 func (w *Worker) checkStalled() ([]string, error) {
-	return stalledScript.Run(w.cmdCtx(), w.rdb, w.k.all, w.k.base, w.opts.MaxStalledCount,
-		time.Now().UnixMilli(), w.opts.StalledInterval.Milliseconds()).StringSlice()
+	ids, _, err := w.stalledCheck()
+	return ids, err
+}
+
+// stalledCheck runs the stalled check; next is how long until the next
+// check may run.
+func (w *Worker) stalledCheck() (ids []string, next time.Duration, err error) {
+	res, err := stalledScript.Run(w.cmdCtx(), w.rdb, w.k.all, w.k.base, w.opts.MaxStalledCount,
+		time.Now().UnixMilli(), w.opts.StalledInterval.Milliseconds()).Slice()
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(res) == 0 {
+		return nil, 0, fmt.Errorf("unexpected stalled check reply %v", res)
+	}
+	ms, _ := res[0].(int64)
+	for _, v := range res[1:] {
+		if s, ok := v.(string); ok {
+			ids = append(ids, s)
+		}
+	}
+	return ids, time.Duration(ms) * time.Millisecond, nil
 }
 
 // Close stops fetching, waits for the running jobs until ctx ends, then

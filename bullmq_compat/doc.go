@@ -32,7 +32,7 @@
 // NewWorker returns a Worker whose Run fetches jobs atomically into the
 // active list under a lock token, renews the locks while handlers run,
 // completes or fails jobs with the events Node expects, retries with fixed
-// or exponential backoff, promotes due delayed jobs, honours pause, the
+// or exponential backoff or a custom WorkerOptions.BackoffStrategy, promotes due delayed jobs, honours pause, the
 // queue-wide rate limit and global concurrency set by Node, runs the
 // stalled-job check (a job whose worker died is run again), applies
 // RemoveOnComplete / RemoveOnFail, and keeps Node job schedulers going (the
@@ -62,8 +62,6 @@
 //
 // Moving a job to waiting-children from inside a Go handler; the extend,
 // replace and keepLastIfActive deduplication modes; metrics; sandboxed
-// processors; manual job moves (Job.moveToDelayed and friends); custom
-// backoff strategies (a Node job with an unknown backoff type fails when
-// its retry is due); legacy (BullMQ 5) repeatable jobs; the queue's
+// processors; manual job moves (Job.moveToDelayed and friends); legacy (BullMQ 5) repeatable jobs; the queue's
 // meta.version field.
 package bullmq

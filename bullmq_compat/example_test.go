@@ -133,3 +133,46 @@ func ExampleNewQueueEvents() {
 	// added 1
 	// delayed 1
 }
+
+// A custom backoff type, computed by the worker's BackoffStrategy like
+// Node's settings.backoffStrategy (Node workers on the same queue need a
+// strategy for the same type).
+func ExampleWorkerOptions_backoffStrategy() {
+	m := miniredis.NewMiniRedis()
+	if err := m.Start(); err != nil {
+		panic(err)
+	}
+	defer m.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	defer rdb.Close()
+	ctx := context.Background()
+
+	q, _ := bullmq.NewQueue(rdb, "reports", bullmq.QueueOptions{})
+	if _, err := q.Add(ctx, "build", nil, bullmq.JobOptions{Attempts: 3, Backoff: bullmq.Backoff{Type: "linear", Delay: 10 * time.Millisecond}}); err != nil {
+		panic(err)
+	}
+	done := make(chan struct{})
+	w, _ := bullmq.NewWorker(rdb, "reports", func(ctx context.Context, j *bullmq.Job) (any, error) {
+		if j.AttemptsMade < 2 {
+			return nil, fmt.Errorf("attempt %d failed", j.AttemptsMade+1)
+		}
+		close(done)
+		return "ok", nil
+	}, bullmq.WorkerOptions{
+		BackoffStrategy: func(attemptsMade int, typ string, err error, job *bullmq.Job) time.Duration {
+			fmt.Printf("%s backoff after %d attempt(s): %v\n", typ, attemptsMade, err)
+			if typ != "linear" {
+				return -1 // fail for good
+			}
+			return time.Duration(attemptsMade) * 10 * time.Millisecond
+		},
+	})
+	go w.Run(ctx)
+	<-done
+	closeCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_ = w.Close(closeCtx)
+	// Output:
+	// linear backoff after 1 attempt(s): attempt 1 failed
+	// linear backoff after 2 attempt(s): attempt 2 failed
+}

@@ -16,8 +16,10 @@ const MaxPriority = 1<<21 - 1
 
 // Backoff is the delay policy between the attempts of a failing job.
 type Backoff struct {
-	// Type is "fixed" or "exponential". Empty with a Delay means "fixed",
-	// as in Node, where a numeric backoff becomes {type: "fixed"}.
+	// Type is "fixed", "exponential" (the built-in strategies) or the name
+	// of a custom strategy, which the worker's BackoffStrategy (Go) or
+	// settings.backoffStrategy (Node) computes. Empty with a Delay means
+	// "fixed", as in Node, where a numeric backoff becomes {type: "fixed"}.
 	Type string
 	// Delay is the fixed delay, or the base of the exponential one:
 	// attempt n waits round(2^(n-1) * Delay). Millisecond resolution.
@@ -153,11 +155,6 @@ func (o *JobOptions) validate() error {
 	if o.Attempts < 0 {
 		return invalidf("negative Attempts %d", o.Attempts)
 	}
-	switch o.Backoff.Type {
-	case "", "fixed", "exponential":
-	default:
-		return invalidf("Backoff.Type %q (want \"fixed\" or \"exponential\")", o.Backoff.Type)
-	}
 	if o.Backoff.Delay < 0 {
 		return invalidf("negative Backoff.Delay %v", o.Backoff.Delay)
 	}
@@ -254,13 +251,13 @@ func (o *JobOptions) encode(ts int64) ([]byte, error) {
 	return json.Marshal(s)
 }
 
-// backoffDelay computes the delay before attempt n (1-based count of
+// delayFor computes the delay before attempt n (1-based count of
 // attempts made so far), as Node's built-in strategies do. ok is false for
-// an unknown strategy.
+// a type that is not built in.
 func (b storedBackoff) delayFor(n int) (d time.Duration, ok bool) {
 	var ms float64
 	switch b.Type {
-	case "fixed", "":
+	case "fixed":
 		ms = float64(b.Delay)
 	case "exponential":
 		ms = math.Round(math.Pow(2, float64(n-1)) * float64(b.Delay))
@@ -372,6 +369,16 @@ type WorkerOptions struct {
 	RemoveOnFail     *KeepJobs
 	// SkipStalledCheck turns the stalled-job check off for this worker.
 	SkipStalledCheck bool
+	// BackoffStrategy computes the retry delay of jobs whose backoff type
+	// is not built in ("fixed" and "exponential" always use the built-in
+	// strategies), like Node's settings.backoffStrategy: attemptsMade
+	// counts the attempts made including the one that just failed, typ is
+	// the job's backoff type, err the attempt's error. A result <= 0
+	// retries at once; a negative one (Node's -1) fails the job for good.
+	// Delays have millisecond resolution. A panic fails the job for good.
+	// Without it, such a job fails for good with Node's "Unknown backoff
+	// strategy" reason when a retry is due.
+	BackoffStrategy func(attemptsMade int, typ string, err error, job *Job) time.Duration
 	// OnError, when set, receives errors the worker cannot return from a
 	// call: a failed lock renewal, a lost connection, a finish that failed.
 	// It is called from the worker's goroutines and must not block.

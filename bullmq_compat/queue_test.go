@@ -75,7 +75,6 @@ func TestAddRejectsBadInputWritingNothing(t *testing.T) {
 			{"priority too high", 1, JobOptions{Priority: MaxPriority + 1}, ErrInvalidOption},
 			{"negative priority", 1, JobOptions{Priority: -1}, ErrInvalidOption},
 			{"negative attempts", 1, JobOptions{Attempts: -1}, ErrInvalidOption},
-			{"unknown backoff", 1, JobOptions{Backoff: Backoff{Type: "linear"}}, ErrInvalidOption},
 			{"id 0", 1, JobOptions{JobID: "0"}, ErrInvalidJobID},
 			{"id 0:x", 1, JobOptions{JobID: "0:x"}, ErrInvalidJobID},
 			{"integer id", 1, JobOptions{JobID: "42"}, ErrInvalidJobID},

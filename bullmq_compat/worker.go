@@ -445,12 +445,8 @@ func (w *Worker) fail(j *Job, err error, reason, stack string) step {
 	}
 	st, _ := json.Marshal(traces)
 	if !IsUnrecoverable(err) && j.AttemptsMade+1 < j.opts.Attempts {
-		var delay time.Duration
-		ok := true
-		if j.opts.Backoff != nil {
-			delay, ok = j.opts.Backoff.delayFor(j.AttemptsMade + 1)
-		}
-		if ok {
+		delay, retry, why := w.backoff(j, err)
+		if retry {
 			code, rerr := retryScript.Run(w.cmdCtx(), w.rdb, w.k.all, w.k.base, j.ID, j.token,
 				time.Now().UnixMilli(), delay.Milliseconds(), reason, string(st)).Int64()
 			if rerr == nil && code < 0 {
@@ -461,9 +457,44 @@ func (w *Worker) fail(j *Job, err error, reason, stack string) step {
 			}
 			return step{}
 		}
-		reason = fmt.Sprintf("Unknown backoff strategy %s. If a custom backoff strategy is used, specify it when the queue is created.", j.opts.Backoff.Type)
+		if why != "" {
+			reason = why
+		}
 	}
 	return w.finish(j, "failed", reason, string(st))
+}
+
+// backoff returns the delay before j's next attempt, or retry false when
+// the job must fail for good (a custom strategy said so, with why empty,
+// or there is no strategy for its type, with why the reason Node gives).
+func (w *Worker) backoff(j *Job, jobErr error) (delay time.Duration, retry bool, why string) {
+	b := j.opts.Backoff
+	if b == nil {
+		return 0, true, ""
+	}
+	if d, ok := b.delayFor(j.AttemptsMade + 1); ok {
+		// Node retries unless a strategy returns -1; a built-in one with a
+		// negative delay can.
+		return max(d, 0), d != -time.Millisecond, ""
+	}
+	if w.opts.BackoffStrategy == nil {
+		typ := b.Type
+		if typ == "" {
+			typ = "undefined" // a Node backoff object without a type
+		}
+		return 0, false, "Unknown backoff strategy " + typ +
+			".\n      If a custom backoff strategy is used, specify it when the queue is created."
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			delay, retry, why = 0, false, fmt.Sprintf("backoff strategy %s panicked: %v", b.Type, r)
+		}
+	}()
+	d := w.opts.BackoffStrategy(j.AttemptsMade+1, b.Type, jobErr, j)
+	if d < 0 {
+		return 0, false, ""
+	}
+	return d, true, ""
 }
 
 // finish moves the job to completed or failed and, unless the worker is

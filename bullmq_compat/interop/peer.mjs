@@ -45,6 +45,17 @@ async function add() {
 async function work() {
   const c = conn();
   const seen = [];
+  const strategyCalls = [];
+  // customBackoff {type: ms}: settings.backoffStrategy returns the type's ms
+  // (-1 fails for good) and records its arguments.
+  const settings = p.customBackoff
+    ? {
+        backoffStrategy: (attemptsMade, type, err, job) => {
+          strategyCalls.push({ attemptsMade, type, err: err && err.message, id: job.id });
+          return p.customBackoff[type] ?? 0;
+        },
+      }
+    : undefined;
   let finished = 0;
   let done;
   const all = new Promise((r) => (done = r));
@@ -64,7 +75,7 @@ async function work() {
       }
       return { echo: job.data, by: 'node' };
     },
-    { connection: c, prefix, concurrency: p.concurrency || 1, ...(p.workerOpts || {}) },
+    { connection: c, prefix, concurrency: p.concurrency || 1, settings, ...(p.workerOpts || {}) },
   );
   const finish = () => {
     finished++;
@@ -80,7 +91,7 @@ async function work() {
   await all;
   await w.close();
   c.disconnect();
-  out({ seen });
+  out({ seen, strategyCalls });
 }
 
 // flow adds p.flow ({name, queueName, data, opts, children: [...]}) with a FlowProducer.

@@ -60,10 +60,11 @@ local function priorityScore(priority)
   return num(priority * 4294967296 + (c % 4294967296))
 end
 
--- enqueue puts a ready job into wait (priority 0) or prioritized.
+-- enqueue puts a ready job into wait (priority 0) or prioritized (any other
+-- priority: Node accepts negative ones, which sort first).
 -- front: the processing end of wait (RPUSH).
 local function enqueue(id, priority, front)
-  if priority > 0 then
+  if priority ~= 0 then
     rcall("ZADD", K.prioritized, priorityScore(priority), id)
   elseif front then
     rcall("RPUSH", K.wait, id)

@@ -65,7 +65,7 @@ func KeepFor(d time.Duration) *KeepJobs { return &KeepJobs{Count: -1, Age: d} }
 // MarshalJSON encodes the policy the way Node stores it in a job's opts:
 // true, false, a number, or {age, count, limit}.
 func (k KeepJobs) MarshalJSON() ([]byte, error) {
-	if k.Age <= 0 {
+	if k.Age == 0 {
 		switch {
 		case k.Count == 0:
 			return []byte("true"), nil
@@ -79,35 +79,25 @@ func (k KeepJobs) MarshalJSON() ([]byte, error) {
 	if k.Count >= 0 {
 		m["count"] = k.Count
 	}
-	if k.Limit > 0 {
+	if k.Limit != 0 {
 		m["limit"] = k.Limit
 	}
 	return json.Marshal(m)
-}
-
-func (k *KeepJobs) validate(field string) error {
-	if k == nil {
-		return nil
-	}
-	if k.Age < 0 {
-		return invalidf("%s: negative Age %v", field, k.Age)
-	}
-	if k.Limit < 0 {
-		return invalidf("%s: negative Limit %d", field, k.Limit)
-	}
-	return nil
 }
 
 // JobOptions are the options of one job. The zero value adds a plain job
 // that is attempted once and kept after it finishes.
 type JobOptions struct {
 	// Delay postpones the job: it waits in the delayed set until then.
-	// Millisecond resolution; negative is an error.
+	// Millisecond resolution; zero or negative (stored as given, as Node
+	// does) adds a ready job.
 	Delay time.Duration
 	// Priority 1..MaxPriority puts the job in the prioritized set (1 runs
-	// first); 0 means none.
+	// first); 0 means none. Node also accepts negative priorities, which
+	// run before priority 1; above MaxPriority is an error.
 	Priority int
-	// Attempts is how many times the job is tried in all (0 and 1: once).
+	// Attempts is how many times the job is tried in all (0, 1 and
+	// negative values: once).
 	Attempts int
 	// Backoff is the delay between attempts.
 	Backoff Backoff
@@ -121,7 +111,8 @@ type JobOptions struct {
 	RemoveOnComplete *KeepJobs
 	RemoveOnFail     *KeepJobs
 	// StackTraceLimit keeps only the last n stack traces of failed attempts
-	// (0: unlimited, as in Node when unset).
+	// (0: unlimited, as in Node when unset; a negative -n drops the oldest
+	// n, as Node's slice(-limit) does).
 	StackTraceLimit int
 	// Timestamp is the job's creation time (zero: now).
 	Timestamp time.Time
@@ -145,33 +136,37 @@ type Deduplication struct {
 	TTL time.Duration // 0: until the job finishes; millisecond resolution
 }
 
+// validate accepts and rejects what Node 6.7's queue.add does (checked
+// case by case against Node in TestAddValidationMatchesNode): a priority
+// above MaxPriority, a jitter outside [0, 1], a deduplication without an
+// id, more than one of the parent-on-failure options and the job ids
+// ValidateJobID refuses are errors; negative delays, priorities,
+// attempts, backoff delays, stack trace limits and retention values are
+// accepted and stored as given, as Node stores them.
 func (o *JobOptions) validate() error {
-	if o.Delay < 0 {
-		return invalidf("negative Delay %v", o.Delay)
+	if o.Priority > MaxPriority {
+		return invalidf("Priority %d above %d", o.Priority, MaxPriority)
 	}
-	if o.Priority < 0 || o.Priority > MaxPriority {
-		return invalidf("Priority %d outside 0..%d", o.Priority, MaxPriority)
-	}
-	if o.Attempts < 0 {
-		return invalidf("negative Attempts %d", o.Attempts)
-	}
-	if o.Backoff.Delay < 0 {
-		return invalidf("negative Backoff.Delay %v", o.Backoff.Delay)
-	}
-	if o.Backoff.Jitter < 0 || o.Backoff.Jitter > 1 || math.IsNaN(o.Backoff.Jitter) {
+	if o.Backoff.Jitter < 0 || o.Backoff.Jitter > 1 {
 		return invalidf("Backoff.Jitter %v outside [0, 1]", o.Backoff.Jitter)
 	}
-	if o.StackTraceLimit < 0 {
-		return invalidf("negative StackTraceLimit %d", o.StackTraceLimit)
+	if d := o.Deduplication; d != nil && d.ID == "" {
+		return invalidf("Deduplication needs an ID")
 	}
-	if err := o.RemoveOnComplete.validate("RemoveOnComplete"); err != nil {
-		return err
+	var exclusive []string
+	for _, f := range []struct {
+		set  bool
+		name string
+	}{
+		{o.FailParentOnFailure, "FailParentOnFailure"},
+		{o.IgnoreDependencyOnFailure, "IgnoreDependencyOnFailure"},
+	} {
+		if f.set {
+			exclusive = append(exclusive, f.name)
+		}
 	}
-	if err := o.RemoveOnFail.validate("RemoveOnFail"); err != nil {
-		return err
-	}
-	if d := o.Deduplication; d != nil && (d.ID == "" || d.TTL < 0) {
-		return invalidf("Deduplication needs an ID and a TTL >= 0, got %+v", *d)
+	if len(exclusive) > 1 {
+		return invalidf("%s cannot be used together", strings.Join(exclusive, ", "))
 	}
 	if o.JobID != "" {
 		if err := ValidateJobID(o.JobID); err != nil {
@@ -225,6 +220,9 @@ func (o *JobOptions) encode(ts int64) ([]byte, error) {
 			t = "fixed"
 		}
 		s.Backoff = &storedBackoff{Type: t, Delay: o.Backoff.Delay.Milliseconds(), Jitter: o.Backoff.Jitter}
+		if math.IsNaN(s.Backoff.Jitter) {
+			s.Backoff.Jitter = 0 // Node stores null: no jitter
+		}
 	}
 	if !o.Timestamp.IsZero() {
 		s.Timestamp = ts
@@ -233,7 +231,7 @@ func (o *JobOptions) encode(ts int64) ([]byte, error) {
 		s.Dedup = &storedDedup{ID: d.ID, TTL: d.TTL.Milliseconds()}
 	}
 	s.FPOF, s.IDOF = o.FailParentOnFailure, o.IgnoreDependencyOnFailure
-	if o.StackTraceLimit > 0 {
+	if o.StackTraceLimit != 0 {
 		n := o.StackTraceLimit
 		s.StackTraceLimit = &n
 	}
@@ -427,12 +425,6 @@ func (o *WorkerOptions) withDefaults() (WorkerOptions, error) {
 	}
 	if (w.Limiter.Max > 0) != (w.Limiter.Duration > 0) {
 		return w, invalidf("Limiter needs both Max and Duration, got %+v", w.Limiter)
-	}
-	if err := w.RemoveOnComplete.validate("RemoveOnComplete"); err != nil {
-		return w, err
-	}
-	if err := w.RemoveOnFail.validate("RemoveOnFail"); err != nil {
-		return w, err
 	}
 	if strings.ContainsAny(w.Name, " \n\r") {
 		return w, invalidf("Name %q contains spaces or newlines (not allowed in a client name)", w.Name)

@@ -437,11 +437,7 @@ func (w *Worker) call(ctx context.Context, j *Job) (result any, err error, stack
 func (w *Worker) fail(j *Job, err error, reason, stack string) step {
 	traces := append(append([]string(nil), j.Stacktrace...), stack)
 	if l := j.opts.StackTraceLimit; l != nil {
-		if *l <= 0 {
-			traces = []string{}
-		} else if len(traces) > *l {
-			traces = traces[len(traces)-*l:]
-		}
+		traces = limitTraces(traces, *l)
 	}
 	st, _ := json.Marshal(traces)
 	if !IsUnrecoverable(err) && j.AttemptsMade+1 < j.opts.Attempts {
@@ -462,6 +458,24 @@ func (w *Worker) fail(j *Job, err error, reason, stack string) step {
 		}
 	}
 	return w.finish(j, "failed", reason, string(st))
+}
+
+// limitTraces keeps what Node's stackTraceLimit keeps: none for 0, else
+// traces.slice(-limit) (the last limit traces; a negative limit drops the
+// first -limit).
+func limitTraces(traces []string, limit int) []string {
+	switch {
+	case limit == 0:
+		return []string{}
+	case limit > 0 && len(traces) > limit:
+		return traces[len(traces)-limit:]
+	case limit < 0:
+		if -limit >= len(traces) {
+			return []string{}
+		}
+		return traces[-limit:]
+	}
+	return traces
 }
 
 // backoff returns the delay before j's next attempt, or retry false when

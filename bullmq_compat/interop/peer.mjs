@@ -39,6 +39,25 @@ async function add() {
   out({ ids });
 }
 
+// tryAdd adds each of p.jobs with queue.add and reports, per job, whether
+// Node accepted it ({ok, id}) or threw ({ok: false, error}).
+async function tryAdd() {
+  const c = conn();
+  const q = new Queue(p.queue, { connection: c, prefix });
+  const results = [];
+  for (const j of p.jobs) {
+    try {
+      const job = await q.add(j.name, j.data, j.opts || {});
+      results.push({ ok: true, id: job.id });
+    } catch (e) {
+      results.push({ ok: false, error: String((e && e.message) || e) });
+    }
+  }
+  await q.close();
+  c.disconnect();
+  out({ results });
+}
+
 // work processes until `count` jobs finished (completed or failed for good).
 // A job whose data has {failTimes: n} throws on its first n attempts;
 // {sleepMs: n} waits first; the result is {echo: data, by: "node"}.
@@ -211,7 +230,7 @@ async function benchAdd() {
   out({ ns, count: p.count });
 }
 
-const modes = { add, work, flow, counts, events, meta, schedule, benchWork, benchAdd };
+const modes = { add, tryAdd, work, flow, counts, events, meta, schedule, benchWork, benchAdd };
 if (!modes[mode]) {
   process.stderr.write(`unknown mode ${mode}\n`);
   process.exit(2);

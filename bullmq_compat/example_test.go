@@ -3,6 +3,7 @@ package bullmq_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -175,4 +176,37 @@ func ExampleWorkerOptions_backoffStrategy() {
 	// Output:
 	// linear backoff after 1 attempt(s): attempt 1 failed
 	// linear backoff after 2 attempt(s): attempt 2 failed
+}
+
+// The stored stack trace of a failed job has Node's shape; WithStack puts
+// the frames where the error was made into it.
+func ExampleWithStack() {
+	m := miniredis.NewMiniRedis()
+	if err := m.Start(); err != nil {
+		panic(err)
+	}
+	defer m.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	defer rdb.Close()
+	ctx := context.Background()
+
+	q, _ := bullmq.NewQueue(rdb, "imports", bullmq.QueueOptions{})
+	job, _ := q.Add(ctx, "csv", nil, bullmq.JobOptions{})
+	done := make(chan struct{})
+	w, _ := bullmq.NewWorker(rdb, "imports", func(ctx context.Context, j *bullmq.Job) (any, error) {
+		defer close(done)
+		return nil, bullmq.WithStack(fmt.Errorf("row %d: bad date", 7))
+	}, bullmq.WorkerOptions{})
+	go w.Run(ctx)
+	<-done
+	closeCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_ = w.Close(closeCtx)
+	failed, _ := q.GetJob(ctx, job.ID)
+	lines := strings.Split(failed.Stacktrace[0], "\n")
+	fmt.Println(lines[0])
+	fmt.Println(strings.HasPrefix(lines[1], "    at github.com/redisleak/redisleak/bullmq_compat_test.ExampleWithStack.func1 ("))
+	// Output:
+	// Error: row 7: bad date
+	// true
 }

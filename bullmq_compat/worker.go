@@ -6,7 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"runtime/debug"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -391,7 +391,8 @@ func (w *Worker) process(j *Job) step {
 	}
 	if j.deferred != "" {
 		w.untrack(j)
-		return w.fail(j, Unrecoverable(errors.New(j.deferred)), j.deferred, j.deferred)
+		err := Unrecoverable(errors.New(j.deferred))
+		return w.fail(j, err, j.deferred, nodeTrace(err, j.deferred, callerFrames(0)))
 	}
 	jctx, cancel := context.WithCancel(w.jobsCtx)
 	result, err, stack := w.call(jctx, j)
@@ -412,7 +413,7 @@ func (w *Worker) process(j *Job) step {
 	rv, eerr := encodeJSON(result)
 	if eerr != nil {
 		err := Unrecoverable(fmt.Errorf("bullmq: cannot encode the return value of job %s: %w", j.ID, eerr))
-		return w.fail(j, err, err.Error(), err.Error())
+		return w.fail(j, err, err.Error(), nodeTrace(err, err.Error(), callerFrames(0)))
 	}
 	return w.finish(j, "completed", string(rv), "")
 }
@@ -423,14 +424,28 @@ func (w *Worker) call(ctx context.Context, j *Job) (result any, err error, stack
 		if r := recover(); r != nil {
 			msg := fmt.Sprint(r)
 			err = errors.New(msg)
-			stack = "panic: " + msg + "\n\n" + string(debug.Stack())
+			stack = nodeTrace(err, msg, panicFrames())
 		}
 	}()
 	result, err = w.h(ctx, j)
 	if err != nil {
-		stack = err.Error()
+		stack = w.trace(err)
 	}
 	return result, err, stack
+}
+
+// trace is the Node-shaped stack trace stored for a failed attempt: the
+// error's own frames when it carries some (WithStack, pkg/errors), else
+// the handler that returned it and the worker frames that called it.
+func (w *Worker) trace(err error) string {
+	if pcs := errorCallers(err); len(pcs) > 0 {
+		return nodeTrace(err, err.Error(), framesOf(pcs))
+	}
+	frames := callerFrames(1)
+	if f, ok := funcFrame(w.h); ok {
+		frames = append([]runtime.Frame{f}, frames...)
+	}
+	return nodeTrace(err, err.Error(), frames)
 }
 
 // fail retries the job when its attempts and backoff allow, else fails it.

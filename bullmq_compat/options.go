@@ -116,11 +116,18 @@ type JobOptions struct {
 	StackTraceLimit int
 	// Timestamp is the job's creation time (zero: now).
 	Timestamp time.Time
-	// FailParentOnFailure (flows) fails the job's parent when the job
-	// fails for good; IgnoreDependencyOnFailure lets the parent go on
-	// instead, recording the failure in the parent's :failed hash.
+	// What a flow child's final failure does to its parent (at most one
+	// may be set, as in Node): FailParentOnFailure fails the parent;
+	// IgnoreDependencyOnFailure lets the parent go on once its other
+	// children completed, recording the failure in the parent's :failed
+	// hash (Node's getIgnoredChildrenFailures); ContinueParentOnFailure
+	// releases the parent at once, recording the failure likewise (Node's
+	// getFailedChildrenValues); RemoveDependencyOnFailure drops the
+	// dependency without a trace. With none set the parent keeps waiting.
 	FailParentOnFailure       bool
 	IgnoreDependencyOnFailure bool
+	ContinueParentOnFailure   bool
+	RemoveDependencyOnFailure bool
 	// Deduplication, when set, adds the job only if no job holds its
 	// deduplication id (Node's simple and TTL modes; extend, replace and
 	// keepLastIfActive are not implemented).
@@ -158,7 +165,9 @@ func (o *JobOptions) validate() error {
 		set  bool
 		name string
 	}{
+		{o.RemoveDependencyOnFailure, "RemoveDependencyOnFailure"},
 		{o.FailParentOnFailure, "FailParentOnFailure"},
+		{o.ContinueParentOnFailure, "ContinueParentOnFailure"},
 		{o.IgnoreDependencyOnFailure, "IgnoreDependencyOnFailure"},
 	} {
 		if f.set {
@@ -191,8 +200,18 @@ type storedOpts struct {
 	Dedup            *storedDedup    `json:"de,omitempty"`
 	FPOF             bool            `json:"fpof,omitempty"`
 	IDOF             bool            `json:"idof,omitempty"`
+	CPOF             bool            `json:"cpof,omitempty"`
+	RDOF             bool            `json:"rdof,omitempty"`
+	// Parent is set on the children of flows: {id, queue}, queue being
+	// "<prefix>:<queue name>".
+	Parent *storedParent `json:"parent,omitempty"`
 	// Repeat is only read (jobs of Node job schedulers).
 	Repeat json.RawMessage `json:"repeat,omitempty"`
+}
+
+type storedParent struct {
+	ID    string `json:"id"`
+	Queue string `json:"queue"`
 }
 
 type storedDedup struct {
@@ -206,7 +225,7 @@ type storedBackoff struct {
 	Jitter float64 `json:"jitter,omitempty"`
 }
 
-func (o *JobOptions) encode(ts int64) ([]byte, error) {
+func (o *JobOptions) encode(ts int64, parent *storedParent) ([]byte, error) {
 	s := storedOpts{
 		Attempts: o.Attempts,
 		Delay:    o.Delay.Milliseconds(),
@@ -231,6 +250,8 @@ func (o *JobOptions) encode(ts int64) ([]byte, error) {
 		s.Dedup = &storedDedup{ID: d.ID, TTL: d.TTL.Milliseconds()}
 	}
 	s.FPOF, s.IDOF = o.FailParentOnFailure, o.IgnoreDependencyOnFailure
+	s.CPOF, s.RDOF = o.ContinueParentOnFailure, o.RemoveDependencyOnFailure
+	s.Parent = parent
 	if o.StackTraceLimit != 0 {
 		n := o.StackTraceLimit
 		s.StackTraceLimit = &n

@@ -119,7 +119,11 @@ const addArgsPerJob = 13
 // children of its own.
 type flowLink struct {
 	parentKey, parentData string
+	parent                *storedParent // opts.parent of a child
 	waitChildren          bool
+	// id is a generated id (Node's FlowProducer gives jobs without a
+	// jobId a UUID, which it does not store as opts.jobId).
+	id string
 }
 
 // appendAddArgs validates and encodes one job for addScript.
@@ -141,7 +145,7 @@ func (q *Queue) appendAddArgs(args []any, bj *BulkJob, now time.Time, link flowL
 		ts = bj.Opts.Timestamp
 	}
 	tsMs := ts.UnixMilli()
-	opts, err := bj.Opts.encode(tsMs)
+	opts, err := bj.Opts.encode(tsMs, link.parent)
 	if err != nil {
 		return args, nil, fmt.Errorf("bullmq: options: %w", err)
 	}
@@ -157,7 +161,11 @@ func (q *Queue) appendAddArgs(args []any, bj *BulkJob, now time.Time, link flowL
 	if link.waitChildren {
 		waitChildren = "1"
 	}
-	args = append(args, bj.Opts.JobID, bj.Name, string(data), string(opts),
+	id := bj.Opts.JobID
+	if id == "" {
+		id = link.id
+	}
+	args = append(args, id, bj.Name, string(data), string(opts),
 		strconv.FormatInt(tsMs, 10), strconv.FormatInt(bj.Opts.Delay.Milliseconds(), 10),
 		strconv.Itoa(bj.Opts.Priority), lifo, deid, dettl,
 		link.parentKey, link.parentData, waitChildren)

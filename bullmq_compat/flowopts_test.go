@@ -127,4 +127,3 @@ func TestGoFlowContinueAndRemoveOnFailure(t *testing.T) {
 		})
 	}
 }
-

@@ -133,17 +133,7 @@ func (f *FlowProducer) plan(fj FlowJob, link flowLink, now time.Time, steps *[]f
 	node := &FlowNode{Queue: fj.Queue, Job: job}
 	queueKey := q.k.prefix + ":" + q.k.name
 	for _, c := range fj.Children {
-		parent := map[string]any{"id": id, "queueKey": queueKey}
-		for flag, set := range map[string]bool{
-			"fpof": c.Opts.FailParentOnFailure, "idof": c.Opts.IgnoreDependencyOnFailure,
-			"cpof": c.Opts.ContinueParentOnFailure, "rdof": c.Opts.RemoveDependencyOnFailure,
-		} {
-			if set {
-				parent[flag] = true
-			}
-		}
-		pd, _ := json.Marshal(parent)
-		child, err := f.plan(c, flowLink{parentKey: q.k.job(id), parentData: string(pd),
+		child, err := f.plan(c, flowLink{parentKey: q.k.job(id), parentData: parentData(id, queueKey, &c.Opts),
 			parent: &storedParent{ID: id, Queue: queueKey}}, now, steps)
 		if err != nil {
 			return nil, err

@@ -128,10 +128,25 @@ type JobOptions struct {
 	IgnoreDependencyOnFailure bool
 	ContinueParentOnFailure   bool
 	RemoveDependencyOnFailure bool
+	// Parent makes the job a child of an existing job (Node's opts.parent):
+	// the parent's :dependencies set gets the job, and the parent-on-failure
+	// options above apply. A handler adds children to its own job this way,
+	// then calls Job.MoveToWaitingChildren. Add fails with ErrJobNotFound
+	// when the parent does not exist. Not with Deduplication, and not in a
+	// FlowProducer (which links children itself).
+	Parent *ParentRef
 	// Deduplication, when set, adds the job only if no job holds its
 	// deduplication id (Node's simple and TTL modes; extend, replace and
 	// keepLastIfActive are not implemented).
 	Deduplication *Deduplication
+}
+
+// ParentRef names a parent job: its id and its queue's qualified name,
+// "<prefix>:<queue name>" (Node's opts.parent {id, queue}; Queue.Qualified
+// returns it).
+type ParentRef struct {
+	ID    string
+	Queue string
 }
 
 // Deduplication is Node's deduplication option: while the job that took ID
@@ -159,6 +174,14 @@ func (o *JobOptions) validate() error {
 	}
 	if d := o.Deduplication; d != nil && d.ID == "" {
 		return invalidf("Deduplication needs an ID")
+	}
+	if p := o.Parent; p != nil {
+		if p.ID == "" || p.Queue == "" {
+			return invalidf("Parent needs an ID and a Queue, got %+v", *p)
+		}
+		if o.Deduplication != nil {
+			return invalidf("Deduplication and Parent cannot be used together")
+		}
 	}
 	var exclusive []string
 	for _, f := range []struct {

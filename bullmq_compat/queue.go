@@ -131,6 +131,14 @@ func (q *Queue) appendAddArgs(args []any, bj *BulkJob, now time.Time, link flowL
 	if err := bj.Opts.validate(); err != nil {
 		return args, nil, err
 	}
+	if p := bj.Opts.Parent; p != nil {
+		if link.parentKey != "" {
+			return args, nil, invalidf("Parent is set by the FlowProducer")
+		}
+		link.parentKey = p.Queue + ":" + p.ID
+		link.parentData = parentData(p.ID, p.Queue, &bj.Opts)
+		link.parent = &storedParent{ID: p.ID, Queue: p.Queue}
+	}
 	var data []byte
 	if bj.Data == nil {
 		data = []byte("{}")
@@ -177,6 +185,26 @@ func (q *Queue) appendAddArgs(args []any, bj *BulkJob, now time.Time, link flowL
 	j.q, j.rdb, j.owner = q.k, q.rdb, q.owner
 	return args, j, nil
 }
+
+// parentData is the JSON of a child's `parent` field: the parent's id and
+// queue key, and the child's parent-on-failure flag.
+func parentData(id, queueKey string, o *JobOptions) string {
+	parent := map[string]any{"id": id, "queueKey": queueKey}
+	for flag, set := range map[string]bool{
+		"fpof": o.FailParentOnFailure, "idof": o.IgnoreDependencyOnFailure,
+		"cpof": o.ContinueParentOnFailure, "rdof": o.RemoveDependencyOnFailure,
+	} {
+		if set {
+			parent[flag] = true
+		}
+	}
+	b, _ := json.Marshal(parent)
+	return string(b)
+}
+
+// Qualified returns the queue's qualified name, "<prefix>:<name>", the
+// Queue of a ParentRef.
+func (q *Queue) Qualified() string { return q.k.prefix + ":" + q.k.name }
 
 // addResult fills in the ids addScript returned.
 func (q *Queue) addResult(res []any, out []*Job) error {

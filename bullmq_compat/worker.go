@@ -43,8 +43,9 @@ type Worker struct {
 
 	keepCompleted, keepFailed string // worker retention policies as JSON
 
-	tokens  atomic.Uint64
-	closing atomic.Bool
+	tokens     atomic.Uint64
+	closing    atomic.Bool
+	limitUntil atomic.Int64 // unix ms: no fetch before (ErrRateLimited)
 
 	mu       sync.Mutex
 	state    int // 0 new, 1 running, 2 closed
@@ -220,6 +221,7 @@ func (w *Worker) loop(ctx context.Context, bc *blockConn) {
 			<-slots
 			return
 		}
+		w.waitLimit(ctx)
 		job, limitDelay, delayUntil, err := w.fetch()
 		if err != nil {
 			<-slots
@@ -319,7 +321,7 @@ func (w *Worker) parseFetch(res []any, token string) (*Job, int64, int64, error)
 		return nil, limit, until, nil
 	}
 	j := jobFromFlat(id, flat)
-	j.token, j.q, j.rdb, j.owner = token, w.k, w.rdb, w.owner
+	j.token, j.q, j.rdb, j.owner, j.w = token, w.k, w.rdb, w.owner, w
 	return j, limit, until, nil
 }
 
@@ -398,6 +400,16 @@ func (w *Worker) process(j *Job) step {
 	result, err, stack := w.call(jctx, j)
 	cancel()
 	w.untrack(j)
+	if err != nil && movedErr(err) {
+		switch {
+		case errors.Is(err, ErrRateLimited):
+			w.rateLimited(j)
+			return step{}
+		case j.moved:
+			return step{} // the handler moved it (MoveToDelayed, MoveToWaitingChildren)
+		}
+		err = fmt.Errorf("%w, but the handler did not move job %s", err, j.ID)
+	}
 	if err != nil {
 		if w.jobsCtx.Err() != nil {
 			// Interrupted by shutdown: give the job back untouched.
@@ -534,7 +546,7 @@ func (w *Worker) finish(j *Job, target, value, stacktrace string) step {
 		keep = w.keepFailed
 	}
 	fetchNext := ""
-	if !w.closing.Load() {
+	if !w.closing.Load() && time.Now().UnixMilli() >= w.limitUntil.Load() {
 		fetchNext = "1"
 	}
 	token := w.newToken()

@@ -143,9 +143,11 @@ async function counts() {
       logs: (await q.getJobLogs(id)).logs } : null;
   }
   const paused = await q.isPaused();
+  const rateLimitTtl = await q.getRateLimitTtl();
+  const metrics = p.metrics ? { completed: await q.getMetrics('completed'), failed: await q.getMetrics('failed') } : undefined;
   await q.close();
   c.disconnect();
-  out({ counts, completed, failed, workers, jobs, paused });
+  out({ counts, completed, failed, workers, jobs, paused, rateLimitTtl, metrics });
 }
 
 // events collects events until it has seen `count` of the names in p.names.

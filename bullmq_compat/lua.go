@@ -371,9 +371,31 @@ return fetch(tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(AR
 // finishScript: ARGV[2..] = id, token, now, target ("completed"/"failed"),
 // value (returnvalue JSON or failedReason), stacktrace JSON ("" to leave),
 // worker keep policy JSON ("" for none), fetchNext ("1"/""), then the fetch
-// arguments: nextToken, lockMs, limiterMax, limiterDurationMs, workerName.
+// arguments: nextToken, lockMs, limiterMax, limiterDurationMs, workerName,
+// then the metrics' max data points (0: no metrics).
 // Returns a negative code, 0, or the fetch result.
 var finishScript = redis.NewScript(luaPrelude + `
+-- recordMetrics counts a finished job in the hash mk (count, prevTS,
+-- prevCount) and, once per minute boundary crossed since prevTS, pushes
+-- the jobs finished in that minute (then 0 for each further empty minute)
+-- to the head of mk:data, keeping maxPoints entries: the layout Node's
+-- Queue.getMetrics reads.
+local function recordMetrics(mk, maxPoints, now)
+  local before = rcall("HINCRBY", mk, "count", 1) - 1
+  local prevTS = rcall("HGET", mk, "prevTS")
+  if not prevTS then
+    rcall("HSET", mk, "prevTS", num(now), "prevCount", 0)
+    return
+  end
+  local minutes = math.min(math.floor(now / 60000) - math.floor(tonumber(prevTS) / 60000), maxPoints)
+  if minutes <= 0 then return end
+  local dk = mk .. ":data"
+  rcall("LPUSH", dk, before - tonumber(rcall("HGET", mk, "prevCount") or 0))
+  for _ = 2, minutes do rcall("LPUSH", dk, 0) end
+  rcall("LTRIM", dk, 0, maxPoints - 1)
+  rcall("HSET", mk, "prevCount", before, "prevTS", num(now))
+end
+
 local id, token, now, target, value, st, keepDefault = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local jk = P .. id
 if rcall("EXISTS", jk) == 0 then return -1 end
@@ -453,6 +475,8 @@ if failed then
 else
   rcall("XADD", K.events, "*", "event", "completed", "jobId", id, "returnvalue", value, "prev", "active")
 end
+local maxPoints = tonumber(ARGV[15])
+if maxPoints and maxPoints > 0 then recordMetrics(P .. "metrics:" .. target, maxPoints, tonumber(now)) end
 if ARGV[9] == "1" then
   local r = fetch(tonumber(now), ARGV[10], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13]), ARGV[14])
   if r[2] ~= 0 or r[3] ~= 0 or r[4] ~= 0 then return r end

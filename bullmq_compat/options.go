@@ -382,6 +382,13 @@ type RateLimiter struct {
 	Duration time.Duration
 }
 
+// MetricsOptions configure a worker's metrics (Node's metrics option).
+type MetricsOptions struct {
+	// MaxDataPoints is how many per-minute counts are kept (Node's
+	// maxDataPoints; a week is 7*24*60). 0 records no metrics.
+	MaxDataPoints int
+}
+
 // WorkerOptions configure a Worker. The zero value works (Node's defaults).
 type WorkerOptions struct {
 	// Prefix of every key (default "bull").
@@ -411,6 +418,10 @@ type WorkerOptions struct {
 	RemoveOnFail     *KeepJobs
 	// SkipStalledCheck turns the stalled-job check off for this worker.
 	SkipStalledCheck bool
+	// Metrics, with MaxDataPoints > 0, records how many jobs complete and
+	// fail per minute, as Node's metrics worker option does; Node's
+	// Queue.getMetrics and Queue.Metrics read them.
+	Metrics MetricsOptions
 	// BackoffStrategy computes the retry delay of jobs whose backoff type
 	// is not built in ("fixed" and "exponential" always use the built-in
 	// strategies), like Node's settings.backoffStrategy: attemptsMade
@@ -457,6 +468,9 @@ func (o *WorkerOptions) withDefaults() (WorkerOptions, error) {
 	}
 	if w.LockDuration < 4*time.Millisecond {
 		return w, invalidf("LockDuration %v below 4ms", w.LockDuration)
+	}
+	if w.Metrics.MaxDataPoints < 0 {
+		return w, invalidf("negative Metrics.MaxDataPoints %d", w.Metrics.MaxDataPoints)
 	}
 	if w.MaxStalledCount < 0 {
 		return w, invalidf("negative MaxStalledCount %d", w.MaxStalledCount)

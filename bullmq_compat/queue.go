@@ -279,6 +279,58 @@ func (q *Queue) Counts(ctx context.Context) (JobCounts, error) {
 	return c, nil
 }
 
+// Metrics are the per-minute counts of finished jobs that workers with
+// metrics record (Node's Queue.getMetrics result).
+type Metrics struct {
+	// Count is the total number of jobs counted; PrevTS (ms) and
+	// PrevCount are the time and the count of the last data point.
+	Count, PrevTS, PrevCount int64
+	// Data holds the jobs per minute, newest first, from the requested
+	// range.
+	Data []int64
+	// Points is how many data points are stored in all.
+	Points int64
+}
+
+// Metrics reads the metrics of "completed" or "failed" jobs; start and
+// end select data points as in LRANGE (0, -1: all), as Node's getMetrics.
+func (q *Queue) Metrics(ctx context.Context, typ string, start, end int64) (Metrics, error) {
+	var m Metrics
+	if typ != "completed" && typ != "failed" {
+		return m, invalidf("metrics type %q (want \"completed\" or \"failed\")", typ)
+	}
+	if q.closed.Load() {
+		return m, ErrClosed
+	}
+	ctx = ownerCtx(ctx, q.owner)
+	mk := q.k.base + "metrics:" + typ
+	var meta *redis.SliceCmd
+	var data *redis.StringSliceCmd
+	var n *redis.IntCmd
+	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		meta = p.HMGet(ctx, mk, "count", "prevTS", "prevCount")
+		data = p.LRange(ctx, mk+":data", start, end)
+		n = p.LLen(ctx, mk+":data")
+		return nil
+	})
+	if err != nil {
+		return m, fmt.Errorf("bullmq: metrics of %s: %w", q.k.name, err)
+	}
+	v := meta.Val()
+	field := func(i int) int64 {
+		s, _ := v[i].(string)
+		x, _ := strconv.ParseInt(s, 10, 64)
+		return x
+	}
+	m.Count, m.PrevTS, m.PrevCount = field(0), field(1), field(2)
+	for _, s := range data.Val() {
+		x, _ := strconv.ParseInt(s, 10, 64)
+		m.Data = append(m.Data, x)
+	}
+	m.Points = n.Val()
+	return m, nil
+}
+
 // GetJob reads a job; it returns an error wrapping ErrJobNotFound when the
 // job does not exist.
 func (q *Queue) GetJob(ctx context.Context, id string) (*Job, error) {

@@ -553,7 +553,7 @@ func (w *Worker) finish(j *Job, target, value, stacktrace string) step {
 	res, err := finishScript.Run(w.cmdCtx(), w.rdb, w.k.all, w.k.base, j.ID, j.token,
 		time.Now().UnixMilli(), target, value, stacktrace, keep, fetchNext,
 		token, w.opts.LockDuration.Milliseconds(), w.opts.Limiter.Max,
-		w.opts.Limiter.Duration.Milliseconds(), w.opts.Name).Result()
+		w.opts.Limiter.Duration.Milliseconds(), w.opts.Name, w.opts.Metrics.MaxDataPoints).Result()
 	if w.onFinish != nil {
 		w.onFinish()
 	}

@@ -72,4 +72,3 @@ func TestMetricsMatchNode(t *testing.T) {
 		t.Fatalf("Queue.Metrics = %+v, %v; Node read %s", m, err, gc)
 	}
 }
-

@@ -104,13 +104,17 @@ async function work() {
   w.on('failed', (job) => {
     if (job && job.finishedOn) finish();
   });
-  w.on('error', (e) => process.stderr.write(`worker error: ${e}\n`));
+  const errors = [];
+  w.on('error', (e) => {
+    errors.push(String((e && e.message) || e));
+    process.stderr.write(`worker error: ${e}\n`);
+  });
   await w.waitUntilReady();
   out({ ready: true });
   await all;
   await w.close();
   c.disconnect();
-  out({ seen, strategyCalls });
+  out({ seen, strategyCalls, errors });
 }
 
 // flow adds p.flow ({name, queueName, data, opts, children: [...]}) with a FlowProducer.

@@ -136,8 +136,8 @@ type JobOptions struct {
 	// FlowProducer (which links children itself).
 	Parent *ParentRef
 	// Deduplication, when set, adds the job only if no job holds its
-	// deduplication id (Node's simple and TTL modes; extend, replace and
-	// keepLastIfActive are not implemented).
+	// deduplication id (Node's modes: simple, TTL, extend, replace,
+	// keepLastIfActive).
 	Deduplication *Deduplication
 }
 
@@ -156,6 +156,17 @@ type ParentRef struct {
 type Deduplication struct {
 	ID  string
 	TTL time.Duration // 0: until the job finishes; millisecond resolution
+	// Extend (with a TTL): an add deduplicated by the holder restarts the
+	// TTL.
+	Extend bool
+	// Replace: an add while the holder is still delayed removes the
+	// holder and adds the new job in its place (the TTL is kept unless
+	// Extend).
+	Replace bool
+	// KeepLastIfActive: an add while the holder is active is kept, the
+	// last one replacing any earlier, and added when the holder finishes;
+	// the deduplication id then lasts until the holder finishes.
+	KeepLastIfActive bool
 }
 
 // validate accepts and rejects what Node 6.7's queue.add does (checked
@@ -238,8 +249,11 @@ type storedParent struct {
 }
 
 type storedDedup struct {
-	ID  string `json:"id"`
-	TTL int64  `json:"ttl,omitempty"`
+	ID               string `json:"id"`
+	TTL              int64  `json:"ttl,omitempty"`
+	Extend           bool   `json:"extend,omitempty"`
+	Replace          bool   `json:"replace,omitempty"`
+	KeepLastIfActive bool   `json:"keepLastIfActive,omitempty"`
 }
 
 type storedBackoff struct {
@@ -270,7 +284,8 @@ func (o *JobOptions) encode(ts int64, parent *storedParent) ([]byte, error) {
 		s.Timestamp = ts
 	}
 	if d := o.Deduplication; d != nil {
-		s.Dedup = &storedDedup{ID: d.ID, TTL: d.TTL.Milliseconds()}
+		s.Dedup = &storedDedup{ID: d.ID, TTL: d.TTL.Milliseconds(), Extend: d.Extend, Replace: d.Replace,
+			KeepLastIfActive: d.KeepLastIfActive}
 	}
 	s.FPOF, s.IDOF = o.FailParentOnFailure, o.IgnoreDependencyOnFailure
 	s.CPOF, s.RDOF = o.ContinueParentOnFailure, o.RemoveDependencyOnFailure

@@ -113,7 +113,7 @@ func (q *Queue) AddBulk(ctx context.Context, jobs []BulkJob) ([]*Job, error) {
 }
 
 // addArgsPerJob is how many script arguments each job of an add takes.
-const addArgsPerJob = 13
+const addArgsPerJob = 14
 
 // flowLink places a job in a flow: its parent, and whether it waits for
 // children of its own.
@@ -161,9 +161,17 @@ func (q *Queue) appendAddArgs(args []any, bj *BulkJob, now time.Time, link flowL
 	if bj.Opts.LIFO {
 		lifo = "1"
 	}
-	deid, dettl := "", int64(0)
+	deid, dettl, demodes := "", int64(0), ""
 	if d := bj.Opts.Deduplication; d != nil {
 		deid, dettl = d.ID, d.TTL.Milliseconds()
+		for _, m := range []struct {
+			on     bool
+			letter string
+		}{{d.Extend, "e"}, {d.Replace, "r"}, {d.KeepLastIfActive, "k"}} {
+			if m.on {
+				demodes += m.letter
+			}
+		}
 	}
 	waitChildren := ""
 	if link.waitChildren {
@@ -176,7 +184,7 @@ func (q *Queue) appendAddArgs(args []any, bj *BulkJob, now time.Time, link flowL
 	args = append(args, id, bj.Name, string(data), string(opts),
 		strconv.FormatInt(tsMs, 10), strconv.FormatInt(bj.Opts.Delay.Milliseconds(), 10),
 		strconv.Itoa(bj.Opts.Priority), lifo, deid, dettl,
-		link.parentKey, link.parentData, waitChildren)
+		link.parentKey, link.parentData, waitChildren, demodes)
 	j := &Job{
 		Name: bj.Name, Data: json.RawMessage(data), Opts: json.RawMessage(opts),
 		Attempts: bj.Opts.Attempts, Priority: bj.Opts.Priority, Delay: bj.Opts.Delay.Truncate(time.Millisecond),

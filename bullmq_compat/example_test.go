@@ -210,3 +210,54 @@ func ExampleWithStack() {
 	// Error: row 7: bad date
 	// true
 }
+
+// A handler that fans out: it adds children to its own job, waits for
+// them in waiting-children, and runs again once they completed (Node's
+// moveToWaitingChildren pattern).
+func ExampleJob_MoveToWaitingChildren() {
+	m := miniredis.NewMiniRedis()
+	if err := m.Start(); err != nil {
+		panic(err)
+	}
+	defer m.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	defer rdb.Close()
+	ctx := context.Background()
+
+	reports, _ := bullmq.NewQueue(rdb, "reports", bullmq.QueueOptions{})
+	parts, _ := bullmq.NewQueue(rdb, "parts", bullmq.QueueOptions{})
+	if _, err := reports.Add(ctx, "monthly", nil, bullmq.JobOptions{}); err != nil {
+		panic(err)
+	}
+	done := make(chan struct{})
+	parent, _ := bullmq.NewWorker(rdb, "reports", func(ctx context.Context, j *bullmq.Job) (any, error) {
+		if j.AttemptsStarted == 1 {
+			for _, p := range []string{"sales", "costs"} {
+				if _, err := parts.Add(ctx, p, nil, bullmq.JobOptions{Parent: &bullmq.ParentRef{ID: j.ID, Queue: reports.Qualified()}}); err != nil {
+					return nil, err
+				}
+			}
+			if moved, err := j.MoveToWaitingChildren(ctx); err != nil || moved {
+				fmt.Println("waiting for children:", moved)
+				return nil, bullmq.ErrWaitingChildren
+			}
+		}
+		vals, err := j.ChildrenValues(ctx)
+		fmt.Println("children done:", len(vals))
+		close(done)
+		return len(vals), err
+	}, bullmq.WorkerOptions{})
+	child, _ := bullmq.NewWorker(rdb, "parts", func(ctx context.Context, j *bullmq.Job) (any, error) {
+		return j.Name + " ok", nil
+	}, bullmq.WorkerOptions{})
+	go parent.Run(ctx)
+	go child.Run(ctx)
+	<-done
+	closeCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_ = parent.Close(closeCtx)
+	_ = child.Close(closeCtx)
+	// Output:
+	// waiting for children: true
+	// children done: 2
+}

@@ -173,7 +173,7 @@ func TestJobStalledTooOftenFails(t *testing.T) {
 func TestStalledCheckRunsEveryInterval(t *testing.T) {
 	rdb, name := realClient(t)
 	ctx := ctxT(t, 60*time.Second)
-	const interval = 300 * time.Millisecond
+	const interval = 500 * time.Millisecond
 	w, _ := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) { return nil, nil },
 		WorkerOptions{StalledInterval: interval})
 	key := w.k.key(kStalledCheck)

@@ -259,3 +259,36 @@ func TestKeepLastIfActiveWithNode(t *testing.T) {
 		}
 	})
 }
+
+// TestDedupTTLOutlivesItsJob: a deduplication id with a TTL is not
+// released when its job finishes (Node deletes only keys without expiry),
+// so adds within the TTL are still deduplicated, by Go's Add and Node's.
+func TestDedupTTLOutlivesItsJob(t *testing.T) {
+	needNode(t)
+	rdb, name := realClient(t)
+	ctx := ctxT(t, 30*time.Second)
+	q, _ := NewQueue(rdb, name, QueueOptions{})
+	dd := JobOptions{Deduplication: &Deduplication{ID: "ttl", TTL: time.Minute}}
+	first, err := q.Add(ctx, "a", nil, dd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startWorker(t, mustWorker(t, rdb, name, func(context.Context, *Job) (any, error) { return nil, nil }, WorkerOptions{}))
+	waitEvents(t, rdb, q, 1, "completed")
+	if ttl := rdb.PTTL(ctx, q.Key("de:ttl")).Val(); ttl <= 0 {
+		t.Fatalf("deduplication key released when its job finished (pttl %v)", ttl)
+	}
+	again, err := q.Add(ctx, "b", nil, dd)
+	if err != nil || !again.Duplicate || again.ID != first.ID {
+		t.Fatalf("Go add within the TTL: %+v %v", again, err)
+	}
+	var out struct {
+		IDs []string `json:"ids"`
+	}
+	runNode(t, 30*time.Second, "add", nodeParams(t, rdb, name, map[string]any{"jobs": []map[string]any{
+		{"name": "c", "opts": map[string]any{"deduplication": map[string]any{"id": "ttl", "ttl": 60000}}},
+	}}), &out)
+	if fmt.Sprint(out.IDs) != "["+first.ID+"]" {
+		t.Fatalf("Node add within the TTL returned %v, want [%s]", out.IDs, first.ID)
+	}
+}

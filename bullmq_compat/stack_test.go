@@ -3,7 +3,9 @@ package bullmq
 import (
 	"context"
 	"errors"
+	"fmt"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -103,5 +105,41 @@ func TestNodeShapedStackTraces(t *testing.T) {
 	}
 	if n := len(got["6"]); n != 2 {
 		t.Errorf("job 6 (3 attempts, stackTraceLimit 2) keeps %d traces", n)
+	}
+}
+
+// pkgStack mimics github.com/pkg/errors: StackTrace() returns a slice of a
+// uintptr-based Frame type.
+type pkgFrame uintptr
+type pkgStack struct {
+	msg string
+	st  []pkgFrame
+}
+
+func (e *pkgStack) Error() string          { return e.msg }
+func (e *pkgStack) StackTrace() []pkgFrame { return e.st }
+func newPkgStack(msg string) error {
+	pcs := make([]uintptr, 10)
+	n := runtime.Callers(1, pcs)
+	st := make([]pkgFrame, n)
+	for i := range st {
+		st[i] = pkgFrame(pcs[i])
+	}
+	return &pkgStack{msg: msg, st: st}
+}
+
+// TestTraceOfErrorsCarryingStacks: the frames of errors that carry their
+// own (WithStack, a pkg/errors-style StackTrace, wrapped) are the trace's.
+func TestTraceOfErrorsCarryingStacks(t *testing.T) {
+	w := &Worker{h: func(context.Context, *Job) (any, error) { return nil, nil }}
+	for name, err := range map[string]error{
+		"WithStack":          WithStack(errors.New("a")),
+		"pkg/errors wrapped": fmt.Errorf("ctx: %w", newPkgStack("b")),
+	} {
+		tr := w.trace(err)
+		lines := strings.Split(tr, "\n")
+		if !nodeTraceShape.MatchString(tr) || !strings.Contains(lines[1], "TestTraceOfErrorsCarryingStacks") && !strings.Contains(lines[1], "newPkgStack") {
+			t.Errorf("%s: trace\n%s", name, tr)
+		}
 	}
 }

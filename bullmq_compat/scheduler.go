@@ -186,6 +186,7 @@ type LegacyRepeatableError struct {
 	Key string // the legacy repeat key, name:id:endDate:tz:pattern-or-every
 }
 
+// Error returns Node 6.7's message for the key.
 func (e *LegacyRepeatableError) Error() string {
 	return "Failed to add repeatable job for next iteration: Legacy repeatable job metadata is not supported in BullMQ v6 " +
 		`(key: "` + e.Key + `"). Migrate legacy repeatable jobs to Job Schedulers before upgrading. ` +

@@ -25,7 +25,8 @@
 // custom ids following Node's rules (a duplicate id writes nothing). Data is
 // encoded with encoding/json; a json.RawMessage is stored as is.
 // JobOptions.Deduplication skips adds while a job holds the same
-// deduplication id. QueueOptions.MaxQueueDepth turns Add into a
+// deduplication id (Node's simple, TTL, extend, replace and
+// keepLastIfActive modes). QueueOptions.MaxQueueDepth turns Add into a
 // backpressure point that fails with ErrQueueFull. Queue.Pause and
 // Queue.Resume affect Node workers too.
 //
@@ -33,19 +34,26 @@
 //
 // NewWorker returns a Worker whose Run fetches jobs atomically into the
 // active list under a lock token, renews the locks while handlers run,
-// completes or fails jobs with the events Node expects, retries with fixed
-// or exponential backoff, promotes due delayed jobs, honours pause, the
-// queue-wide rate limit and global concurrency set by Node, runs the
-// stalled-job check (a job whose worker died is run again), applies
-// RemoveOnComplete / RemoveOnFail, and keeps Node job schedulers going (the
-// next iteration is added when a scheduler's job is fetched). Handler
-// panics fail the job with the panic message and stack. Close drains.
+// completes or fails jobs with the events Node expects (stack traces in
+// Node's shape), retries with fixed or exponential backoff or a custom
+// WorkerOptions.BackoffStrategy, promotes due delayed jobs, honours pause,
+// the queue-wide rate limit and global concurrency set by Node, runs the
+// stalled-job check once per interval (a job whose worker died is run
+// again), applies RemoveOnComplete / RemoveOnFail, records metrics, and
+// keeps Node job schedulers going (the next iteration is added when a
+// scheduler's job is fetched). Handler panics fail the job with the panic
+// message and stack. Close drains.
+//
+// A handler may move its own job, as in Node: Job.MoveToDelayed then
+// ErrDelayed, Job.MoveToWaitingChildren then ErrWaitingChildren (children
+// added with JobOptions.Parent), Worker.RateLimit then ErrRateLimited.
 //
 // Flows: FlowProducer adds a parent that waits in waiting-children until
 // its children completed, as Node's FlowProducer does, and a Go worker may
 // process the children of flows added by Node: finishing a child does the
 // parent's bookkeeping (its processed values, its release from
-// waiting-children, the failParentOnFailure family of options).
+// waiting-children, the failParentOnFailure family of options: fail,
+// ignore, continue, remove).
 //
 // # Connections
 //
@@ -62,10 +70,6 @@
 //
 // # Not implemented
 //
-// Moving a job to waiting-children from inside a Go handler; the extend,
-// replace and keepLastIfActive deduplication modes; metrics; sandboxed
-// processors; manual job moves (Job.moveToDelayed and friends); custom
-// backoff strategies (a Node job with an unknown backoff type fails when
-// its retry is due); legacy (BullMQ 5) repeatable jobs; the queue's
-// meta.version field.
+// Sandboxed processors; manual job moves outside a handler (promote,
+// changeDelay and friends); the queue's meta.version field.
 package bullmq

@@ -3,6 +3,7 @@ package bullmq_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -132,4 +133,131 @@ func ExampleNewQueueEvents() {
 	// Output:
 	// added 1
 	// delayed 1
+}
+
+// A custom backoff type, computed by the worker's BackoffStrategy like
+// Node's settings.backoffStrategy (Node workers on the same queue need a
+// strategy for the same type).
+func ExampleWorkerOptions_backoffStrategy() {
+	m := miniredis.NewMiniRedis()
+	if err := m.Start(); err != nil {
+		panic(err)
+	}
+	defer m.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	defer rdb.Close()
+	ctx := context.Background()
+
+	q, _ := bullmq.NewQueue(rdb, "reports", bullmq.QueueOptions{})
+	if _, err := q.Add(ctx, "build", nil, bullmq.JobOptions{Attempts: 3, Backoff: bullmq.Backoff{Type: "linear", Delay: 10 * time.Millisecond}}); err != nil {
+		panic(err)
+	}
+	done := make(chan struct{})
+	w, _ := bullmq.NewWorker(rdb, "reports", func(ctx context.Context, j *bullmq.Job) (any, error) {
+		if j.AttemptsMade < 2 {
+			return nil, fmt.Errorf("attempt %d failed", j.AttemptsMade+1)
+		}
+		close(done)
+		return "ok", nil
+	}, bullmq.WorkerOptions{
+		BackoffStrategy: func(attemptsMade int, typ string, err error, job *bullmq.Job) time.Duration {
+			fmt.Printf("%s backoff after %d attempt(s): %v\n", typ, attemptsMade, err)
+			if typ != "linear" {
+				return -1 // fail for good
+			}
+			return time.Duration(attemptsMade) * 10 * time.Millisecond
+		},
+	})
+	go w.Run(ctx)
+	<-done
+	closeCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_ = w.Close(closeCtx)
+	// Output:
+	// linear backoff after 1 attempt(s): attempt 1 failed
+	// linear backoff after 2 attempt(s): attempt 2 failed
+}
+
+// The stored stack trace of a failed job has Node's shape; WithStack puts
+// the frames where the error was made into it.
+func ExampleWithStack() {
+	m := miniredis.NewMiniRedis()
+	if err := m.Start(); err != nil {
+		panic(err)
+	}
+	defer m.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	defer rdb.Close()
+	ctx := context.Background()
+
+	q, _ := bullmq.NewQueue(rdb, "imports", bullmq.QueueOptions{})
+	job, _ := q.Add(ctx, "csv", nil, bullmq.JobOptions{})
+	done := make(chan struct{})
+	w, _ := bullmq.NewWorker(rdb, "imports", func(ctx context.Context, j *bullmq.Job) (any, error) {
+		defer close(done)
+		return nil, bullmq.WithStack(fmt.Errorf("row %d: bad date", 7))
+	}, bullmq.WorkerOptions{})
+	go w.Run(ctx)
+	<-done
+	closeCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_ = w.Close(closeCtx)
+	failed, _ := q.GetJob(ctx, job.ID)
+	lines := strings.Split(failed.Stacktrace[0], "\n")
+	fmt.Println(lines[0])
+	fmt.Println(strings.HasPrefix(lines[1], "    at github.com/redisleak/redisleak/bullmq_compat_test.ExampleWithStack.func1 ("))
+	// Output:
+	// Error: row 7: bad date
+	// true
+}
+
+// A handler that fans out: it adds children to its own job, waits for
+// them in waiting-children, and runs again once they completed (Node's
+// moveToWaitingChildren pattern).
+func ExampleJob_MoveToWaitingChildren() {
+	m := miniredis.NewMiniRedis()
+	if err := m.Start(); err != nil {
+		panic(err)
+	}
+	defer m.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	defer rdb.Close()
+	ctx := context.Background()
+
+	reports, _ := bullmq.NewQueue(rdb, "reports", bullmq.QueueOptions{})
+	parts, _ := bullmq.NewQueue(rdb, "parts", bullmq.QueueOptions{})
+	if _, err := reports.Add(ctx, "monthly", nil, bullmq.JobOptions{}); err != nil {
+		panic(err)
+	}
+	done := make(chan struct{})
+	parent, _ := bullmq.NewWorker(rdb, "reports", func(ctx context.Context, j *bullmq.Job) (any, error) {
+		if j.AttemptsStarted == 1 {
+			for _, p := range []string{"sales", "costs"} {
+				if _, err := parts.Add(ctx, p, nil, bullmq.JobOptions{Parent: &bullmq.ParentRef{ID: j.ID, Queue: reports.Qualified()}}); err != nil {
+					return nil, err
+				}
+			}
+			if moved, err := j.MoveToWaitingChildren(ctx); err != nil || moved {
+				fmt.Println("waiting for children:", moved)
+				return nil, bullmq.ErrWaitingChildren
+			}
+		}
+		vals, err := j.ChildrenValues(ctx)
+		fmt.Println("children done:", len(vals))
+		close(done)
+		return len(vals), err
+	}, bullmq.WorkerOptions{})
+	child, _ := bullmq.NewWorker(rdb, "parts", func(ctx context.Context, j *bullmq.Job) (any, error) {
+		return j.Name + " ok", nil
+	}, bullmq.WorkerOptions{})
+	go parent.Run(ctx)
+	go child.Run(ctx)
+	<-done
+	closeCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_ = parent.Close(closeCtx)
+	_ = child.Close(closeCtx)
+	// Output:
+	// waiting for children: true
+	// children done: 2
 }

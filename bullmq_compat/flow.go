@@ -116,30 +116,25 @@ func (f *FlowProducer) plan(fj FlowJob, link flowLink, now time.Time, steps *[]f
 	if fj.Opts.Deduplication != nil {
 		return nil, fmt.Errorf("bullmq: flow job %q: %w", fj.Name, invalidf("Deduplication is not supported in flows"))
 	}
-	opts := fj.Opts
-	if opts.JobID == "" {
-		opts.JobID = newUUID()
+	id := fj.Opts.JobID
+	if id == "" {
+		id = newUUID()
+		link.id = id
 	}
 	link.waitChildren = len(fj.Children) > 0
-	bj := BulkJob{Name: fj.Name, Data: fj.Data, Opts: opts}
+	bj := BulkJob{Name: fj.Name, Data: fj.Data, Opts: fj.Opts}
 	args := []any{q.k.base, 0, 1}
 	args, job, err := q.appendAddArgs(args, &bj, now, link)
 	if err != nil {
 		return nil, fmt.Errorf("bullmq: flow job %q: %w", fj.Name, err)
 	}
-	job.ID = opts.JobID
+	job.ID = id
 	*steps = append(*steps, flowStep{q: q, args: args, job: job})
 	node := &FlowNode{Queue: fj.Queue, Job: job}
+	queueKey := q.k.prefix + ":" + q.k.name
 	for _, c := range fj.Children {
-		parent := map[string]any{"id": opts.JobID, "queueKey": q.k.prefix + ":" + q.k.name}
-		if c.Opts.FailParentOnFailure {
-			parent["fpof"] = true
-		}
-		if c.Opts.IgnoreDependencyOnFailure {
-			parent["idof"] = true
-		}
-		pd, _ := json.Marshal(parent)
-		child, err := f.plan(c, flowLink{parentKey: q.k.job(opts.JobID), parentData: string(pd)}, now, steps)
+		child, err := f.plan(c, flowLink{parentKey: q.k.job(id), parentData: parentData(id, queueKey, &c.Opts),
+			parent: &storedParent{ID: id, Queue: queueKey}}, now, steps)
 		if err != nil {
 			return nil, err
 		}

@@ -144,7 +144,7 @@ func TestFlowRejectsBadInputWritingNothing(t *testing.T) {
 	fp, _ := NewFlowProducer(rdb, FlowProducerOptions{})
 	_, err := fp.Add(context.Background(), FlowJob{Name: "p", Queue: "parents", Children: []FlowJob{
 		{Name: "ok", Queue: "children"},
-		{Name: "bad", Queue: "children", Opts: JobOptions{Priority: -1}},
+		{Name: "bad", Queue: "children", Opts: JobOptions{Priority: MaxPriority + 1}},
 	}})
 	if !errors.Is(err, ErrInvalidOption) {
 		t.Fatalf("err = %v", err)

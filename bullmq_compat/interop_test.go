@@ -30,9 +30,14 @@ type nodeCounts struct {
 		Stacktrace   []string `json:"stacktrace"`
 		AttemptsMade int      `json:"attemptsMade"`
 	} `json:"failed"`
-	Workers []string `json:"workers"`
-	Paused  bool     `json:"paused"`
-	Jobs    map[string]*struct {
+	Workers      []string `json:"workers"`
+	Paused       bool     `json:"paused"`
+	RateLimitTTL int64    `json:"rateLimitTtl"`
+	Metrics      *struct {
+		Completed nodeMetrics `json:"completed"`
+		Failed    nodeMetrics `json:"failed"`
+	} `json:"metrics"`
+	Jobs map[string]*struct {
 		Name         string          `json:"name"`
 		Data         json.RawMessage `json:"data"`
 		Opts         map[string]any  `json:"opts"`
@@ -44,6 +49,17 @@ type nodeCounts struct {
 		Priority     int             `json:"priority"`
 		Logs         []string        `json:"logs"`
 	} `json:"jobs"`
+}
+
+// nodeMetrics is what Node's Queue.getMetrics returns.
+type nodeMetrics struct {
+	Meta struct {
+		Count     int64 `json:"count"`
+		PrevTS    int64 `json:"prevTS"`
+		PrevCount int64 `json:"prevCount"`
+	} `json:"meta"`
+	Data  []int64 `json:"data"`
+	Count int64   `json:"count"`
 }
 
 type nodeEvent struct {

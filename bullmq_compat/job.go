@@ -59,7 +59,9 @@ type Job struct {
 	Duplicate bool
 
 	token    string
-	deferred string // defa: a deferred failure reason
+	w        *Worker // the worker that holds the job, if any
+	moved    bool    // moved out of active by the handler (MoveTo...)
+	deferred string  // defa: a deferred failure reason
 	opts     storedOpts
 	q        *keys
 	rdb      redis.UniversalClient

@@ -60,10 +60,11 @@ local function priorityScore(priority)
   return num(priority * 4294967296 + (c % 4294967296))
 end
 
--- enqueue puts a ready job into wait (priority 0) or prioritized.
+-- enqueue puts a ready job into wait (priority 0) or prioritized (any other
+-- priority: Node accepts negative ones, which sort first).
 -- front: the processing end of wait (RPUSH).
 local function enqueue(id, priority, front)
-  if priority > 0 then
+  if priority ~= 0 then
     rcall("ZADD", K.prioritized, priorityScore(priority), id)
   elseif front then
     rcall("RPUSH", K.wait, id)
@@ -280,28 +281,30 @@ end
 `
 
 // addScript adds one or more jobs atomically. ARGV[2] = maxDepth,
-// ARGV[3] = number of jobs, then 13 arguments per job: customId, name, data,
+// ARGV[3] = number of jobs, then 14 arguments per job: customId, name, data,
 // opts, timestamp, delay, priority, lifo ("1"/""), deduplication id ("" for
 // none), deduplication ttl ms, parent job key ("" for none), parent JSON,
-// waitChildren ("1": a flow parent, to waiting-children). Returns {2} when
-// the jobs do not fit under maxDepth (nothing written), {5} when a parent
-// is missing (nothing written), else {code, id, ...} per job: code 0
-// added, 1 duplicate custom id or deduplicated (nothing written; id is the
-// existing job's).
-var addScript = redis.NewScript(luaPrelude + `
+// waitChildren ("1": a flow parent, to waiting-children), deduplication
+// modes (letters: "e" extend, "r" replace, "k" keepLastIfActive). Returns
+// {2} when the jobs do not fit under maxDepth (nothing written), {5} when
+// a parent is missing (nothing written), else {code, id, ...} per job:
+// code 0 added, 1 duplicate custom id or deduplicated (nothing written but
+// the deduplication bookkeeping; id is the existing job's).
+var addScript = redis.NewScript(luaPrelude + dedupLua + `
 local maxDepth, count = tonumber(ARGV[2]), tonumber(ARGV[3])
+local N = 14
 if maxDepth > 0 then
   local depth = rcall("LLEN", K.wait) + rcall("ZCARD", K.prioritized) + rcall("ZCARD", K.delayed)
   if depth + count > maxDepth then return {2} end
 end
 for j = 0, count - 1 do
-  local pk = ARGV[4 + j * 13 + 10]
+  local pk = ARGV[4 + j * N + 10]
   if pk ~= "" and rcall("EXISTS", pk) == 0 then return {5} end
 end
 local maxEv = maxEvents()
 local out = {}
 for j = 0, count - 1 do
-  local a = 4 + j * 13
+  local a = 4 + j * N
   local parentKey, parentData, waitChildren = ARGV[a + 10], ARGV[a + 11], ARGV[a + 12] == "1"
   local customId, name, data, opts = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local ts, delay, priority = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
@@ -310,27 +313,17 @@ for j = 0, count - 1 do
   local id = customId
   if id == "" then id = num(n) end
   local jk = P .. id
-  local deid, dettl = ARGV[a + 8], tonumber(ARGV[a + 9])
+  local deid = ARGV[a + 8]
   local holder
   if customId ~= "" and rcall("EXISTS", jk) == 1 then
     rcall("XADD", K.events, "MAXLEN", "~", maxEv, "*", "event", "duplicated", "jobId", id)
     holder = id
   elseif deid ~= "" then
-    local dk = P .. "de:" .. deid
-    local took
-    if dettl > 0 then took = rcall("SET", dk, id, "PX", dettl, "NX") else took = rcall("SET", dk, id, "NX") end
-    if not took then
-      local cur = rcall("GET", dk)
-      if cur and rcall("EXISTS", P .. cur) == 1 then
-        rcall("XADD", K.events, "MAXLEN", "~", maxEv, "*", "event", "deduplicated", "jobId", cur,
-          "deduplicationId", deid, "deduplicatedJobId", id)
-        holder = cur
-      elseif dettl > 0 then
-        rcall("SET", dk, id, "PX", dettl) -- the holder is gone: a stale key
-      else
-        rcall("SET", dk, id)
-      end
-    end
+    local modes = ARGV[a + 13]
+    local de = {id = deid, ttl = tonumber(ARGV[a + 9]), extend = string.find(modes, "e", 1, true) ~= nil,
+      replace = string.find(modes, "r", 1, true) ~= nil, keepLast = string.find(modes, "k", 1, true) ~= nil}
+    local nextJob = {name = name, data = data, opts = opts, pk = parentKey, pd = parentData}
+    holder = deduplicate(de, id, nextJob, maxEv)
   end
   if holder then
     out[#out + 1] = 1
@@ -344,15 +337,8 @@ for j = 0, count - 1 do
     if waitChildren then
       rcall("ZADD", K.waitingChildren, ARGV[a + 4], id)
       rcall("XADD", K.events, "MAXLEN", "~", maxEv, "*", "event", "waiting-children", "jobId", id)
-    elseif delay > 0 then
-      local due = ts + delay
-      rcall("ZADD", K.delayed, num(delayedScore(due)), id)
-      rcall("XADD", K.events, "MAXLEN", "~", maxEv, "*", "event", "delayed", "jobId", id, "delay", num(due))
-      markDelayed()
     else
-      enqueue(id, priority, lifo)
-      markReady()
-      rcall("XADD", K.events, "MAXLEN", "~", maxEv, "*", "event", "waiting", "jobId", id)
+      placeNewJob(id, ts, delay, priority, lifo, maxEv)
     end
     if parentKey ~= "" then rcall("SADD", parentKey .. ":dependencies", jk) end
     out[#out + 1] = 0
@@ -362,6 +348,163 @@ end
 return out
 `)
 
+// dedupLua holds the deduplication steps of an add (Node 6.7's modes:
+// simple, ttl, extend, replace, keepLastIfActive) and the requeue of the
+// job kept for later by keepLastIfActive, done when the active job
+// finishes.
+const dedupLua = `
+-- placeNewJob puts a freshly stored job where its delay and priority say.
+local function placeNewJob(id, ts, delay, priority, lifo, maxEv)
+  if delay > 0 then
+    local due = ts + delay
+    rcall("ZADD", K.delayed, num(delayedScore(due)), id)
+    rcall("XADD", K.events, "MAXLEN", "~", maxEv, "*", "event", "delayed", "jobId", id, "delay", num(due))
+    markDelayed()
+  else
+    enqueue(id, priority, lifo)
+    markReady()
+    rcall("XADD", K.events, "MAXLEN", "~", maxEv, "*", "event", "waiting", "jobId", id)
+  end
+end
+
+local function setDedupKey(dk, id, de)
+  if de.ttl and de.ttl > 0 then rcall("SET", dk, id, "PX", num(de.ttl)) else rcall("SET", dk, id) end
+end
+
+-- takeDedupKey gives the deduplication id to id: without expiry in
+-- keepLastIfActive mode (the key then lives until the job finishes).
+local function takeDedupKey(dk, id, de)
+  if de.keepLast then rcall("SET", dk, id) else setDedupKey(dk, id, de) end
+end
+
+local function dedupEvent(holder, deid, discarded, maxEv)
+  rcall("XADD", K.events, "MAXLEN", "~", maxEv, "*", "event", "deduplicated", "jobId", holder,
+    "deduplicationId", deid, "deduplicatedJobId", discarded)
+end
+
+-- recoverStale: a key without expiry whose job is gone (it should have
+-- been deleted when that job finished) is taken over by id.
+local function recoverStale(dk, cur, id, de)
+  if cur and rcall("PTTL", dk) == -1 and rcall("EXISTS", P .. cur) == 0 then
+    rcall("DEL", dk, P .. "dn:" .. de.id)
+    takeDedupKey(dk, id, de)
+    return true
+  end
+  return false
+end
+
+-- keepForLater: in keepLastIfActive mode, while the holder is active, the
+-- new job is kept (replacing any kept before) and added when the holder
+-- finishes.
+local function keepForLater(de, cur, id, nj, maxEv)
+  if not de.keepLast or not cur then return false end
+  local active = rcall("LRANGE", K.active, 0, -1)
+  local found = false
+  for _, x in ipairs(active) do
+    if x == cur then found = true break end
+  end
+  if not found then return false end
+  local nk = P .. "dn:" .. de.id
+  rcall("DEL", nk)
+  rcall("HSET", nk, "name", nj.name, "data", nj.data, "opts", nj.opts, "jid", id)
+  if nj.pk ~= "" then rcall("HSET", nk, "pk", nj.pk, "pd", nj.pd, "pdk", nj.pk .. ":dependencies") end
+  rcall("PERSIST", P .. "de:" .. de.id)
+  dedupEvent(cur, de.id, id, maxEv)
+  return true
+end
+
+-- deduplicate returns the id of the job that keeps the deduplication id
+-- (nothing is added), or nil when id may be added (it then holds it).
+local function deduplicate(de, id, nj, maxEv)
+  local dk = P .. "de:" .. de.id
+  if de.replace then
+    local cur = rcall("GET", dk)
+    if not cur then
+      takeDedupKey(dk, id, de)
+      return nil
+    end
+    if rcall("ZREM", K.delayed, cur) > 0 then
+      -- the holder has not run yet: the new job replaces it
+      removeJobKeys(P .. cur)
+      rcall("XADD", K.events, "*", "event", "removed", "jobId", cur, "prev", "delayed")
+      dedupEvent(id, de.id, cur, maxEv)
+      rcall("DEL", P .. "dn:" .. de.id)
+      if de.keepLast then
+        rcall("SET", dk, id)
+      elseif not de.extend and de.ttl and de.ttl > 0 then
+        rcall("SET", dk, id, "KEEPTTL")
+      else
+        setDedupKey(dk, id, de)
+      end
+      return nil
+    end
+    if recoverStale(dk, cur, id, de) then return nil end
+    keepForLater(de, cur, id, nj, maxEv)
+    return cur
+  end
+  local taken
+  if de.ttl and de.ttl > 0 then
+    if de.extend then
+      local cur = rcall("GET", dk)
+      if not cur then
+        takeDedupKey(dk, id, de)
+        return nil
+      end
+      if recoverStale(dk, cur, id, de) then return nil end
+      if keepForLater(de, cur, id, nj, maxEv) then return cur end
+      takeDedupKey(dk, cur, de) -- the holder keeps it, for a new ttl
+      dedupEvent(cur, de.id, id, maxEv)
+      return cur
+    end
+    if de.keepLast then
+      taken = rcall("SET", dk, id, "NX")
+    else
+      taken = rcall("SET", dk, id, "PX", num(de.ttl), "NX")
+    end
+  else
+    taken = rcall("SET", dk, id, "NX")
+  end
+  if taken then return nil end
+  local cur = rcall("GET", dk)
+  if recoverStale(dk, cur, id, de) then return nil end
+  if keepForLater(de, cur, id, nj, maxEv) then return cur end
+  dedupEvent(cur, de.id, id, maxEv)
+  return cur
+end
+
+-- releaseDedup frees the deduplication id of a finishing job (a key
+-- without expiry it holds; a key with a ttl lives on) and adds the job
+-- keepLastIfActive kept for later, if any.
+local function releaseDedup(deid, id, now)
+  local dk = P .. "de:" .. deid
+  local ttl = rcall("PTTL", dk)
+  if ttl == 0 or (ttl == -1 and rcall("GET", dk) == id) then rcall("DEL", dk) end
+  local nk = P .. "dn:" .. deid
+  if rcall("EXISTS", nk) == 0 then return end
+  local f = rcall("HMGET", nk, "name", "data", "opts", "pk", "pd", "pdk", "rjk", "jid")
+  local nid = rcall("INCR", K.id) .. ""
+  if f[8] then nid = f[8] end
+  local opts = decodeOpts(f[3])
+  local de = opts["de"] or {}
+  if de["keepLastIfActive"] then
+    rcall("SET", dk, nid)
+  else
+    setDedupKey(dk, nid, {ttl = tonumber(de["ttl"])})
+  end
+  local jk = P .. nid
+  local delay, priority = tonumber(opts["delay"]) or 0, tonumber(opts["priority"]) or 0
+  rcall("HMSET", jk, "name", f[1] or "", "data", f[2] or "{}", "opts", f[3] or "{}", "timestamp", num(now),
+    "delay", num(delay), "priority", num(priority), "deid", deid)
+  if f[4] then rcall("HSET", jk, "parentKey", f[4], "parent", f[5] or "") end
+  if f[7] then rcall("HSET", jk, "rjk", f[7]) end
+  local maxEv = maxEvents()
+  rcall("XADD", K.events, "*", "event", "added", "jobId", nid, "name", f[1] or "")
+  placeNewJob(nid, now, delay, priority, opts["lifo"] == true, maxEv)
+  if f[6] then rcall("SADD", f[6], jk) end
+  rcall("DEL", nk)
+end
+`
+
 // fetchScript: ARGV[2..] = now, token, lockMs, limiterMax, limiterDurationMs, workerName.
 var fetchScript = redis.NewScript(luaPrelude + `
 return fetch(tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7])
@@ -370,9 +513,31 @@ return fetch(tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(AR
 // finishScript: ARGV[2..] = id, token, now, target ("completed"/"failed"),
 // value (returnvalue JSON or failedReason), stacktrace JSON ("" to leave),
 // worker keep policy JSON ("" for none), fetchNext ("1"/""), then the fetch
-// arguments: nextToken, lockMs, limiterMax, limiterDurationMs, workerName.
+// arguments: nextToken, lockMs, limiterMax, limiterDurationMs, workerName,
+// then the metrics' max data points (0: no metrics).
 // Returns a negative code, 0, or the fetch result.
-var finishScript = redis.NewScript(luaPrelude + `
+var finishScript = redis.NewScript(luaPrelude + dedupLua + `
+-- recordMetrics counts a finished job in the hash mk (count, prevTS,
+-- prevCount) and, once per minute boundary crossed since prevTS, pushes
+-- the jobs finished in that minute (then 0 for each further empty minute)
+-- to the head of mk:data, keeping maxPoints entries: the layout Node's
+-- Queue.getMetrics reads.
+local function recordMetrics(mk, maxPoints, now)
+  local before = rcall("HINCRBY", mk, "count", 1) - 1
+  local prevTS = rcall("HGET", mk, "prevTS")
+  if not prevTS then
+    rcall("HSET", mk, "prevTS", num(now), "prevCount", 0)
+    return
+  end
+  local minutes = math.min(math.floor(now / 60000) - math.floor(tonumber(prevTS) / 60000), maxPoints)
+  if minutes <= 0 then return end
+  local dk = mk .. ":data"
+  rcall("LPUSH", dk, before - tonumber(rcall("HGET", mk, "prevCount") or 0))
+  for _ = 2, minutes do rcall("LPUSH", dk, 0) end
+  rcall("LTRIM", dk, 0, maxPoints - 1)
+  rcall("HSET", mk, "prevCount", before, "prevTS", num(now))
+end
+
 local id, token, now, target, value, st, keepDefault = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local jk = P .. id
 if rcall("EXISTS", jk) == 0 then return -1 end
@@ -394,10 +559,7 @@ if rcall("LREM", K.active, -1, id) == 0 then return -3 end
 local maxEv = maxEvents()
 rcall("XTRIM", K.events, "MAXLEN", "~", maxEv)
 local f = rcall("HMGET", jk, "deid", "parentKey", "parent", "opts")
-if f[1] then
-  local dk = P .. "de:" .. f[1]
-  if rcall("GET", dk) == id then rcall("DEL", dk) end
-end
+if f[1] then releaseDedup(f[1], id, tonumber(now)) end
 childFinished(jk, {f[2], f[3]}, failed, value, tonumber(now))
 local atm = rcall("HINCRBY", jk, "atm", 1)
 local opts = decodeOpts(f[4])
@@ -452,6 +614,8 @@ if failed then
 else
   rcall("XADD", K.events, "*", "event", "completed", "jobId", id, "returnvalue", value, "prev", "active")
 end
+local maxPoints = tonumber(ARGV[15])
+if maxPoints and maxPoints > 0 then recordMetrics(P .. "metrics:" .. target, maxPoints, tonumber(now)) end
 if ARGV[9] == "1" then
   local r = fetch(tonumber(now), ARGV[10], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13]), ARGV[14])
   if r[2] ~= 0 or r[3] ~= 0 or r[4] ~= 0 then return r end
@@ -528,13 +692,16 @@ return failed
 `)
 
 // stalledScript: ARGV[2..] = maxStalledCount, now, stalledIntervalMs.
-// Returns the ids moved back to wait.
+// Returns {wait, id...}: the ms until the next check may run (the
+// stalled-check key's PTTL when another check ran within the interval,
+// else the interval) and the ids moved back to wait.
 var stalledScript = redis.NewScript(luaPrelude + `
 local maxStalled, now, interval = tonumber(ARGV[2]), ARGV[3], ARGV[4]
-if rcall("EXISTS", K.stalledCheck) == 1 then return {} end
+local ttl = rcall("PTTL", K.stalledCheck)
+if ttl >= 0 then return {ttl} end
 rcall("SET", K.stalledCheck, now, "PX", interval)
 rcall("XTRIM", K.events, "MAXLEN", "~", maxEvents())
-local out = {}
+local out = {tonumber(interval)}
 local ids = rcall("SMEMBERS", K.stalled)
 if #ids > 0 then
   rcall("DEL", K.stalled)

@@ -16,8 +16,10 @@ const MaxPriority = 1<<21 - 1
 
 // Backoff is the delay policy between the attempts of a failing job.
 type Backoff struct {
-	// Type is "fixed" or "exponential". Empty with a Delay means "fixed",
-	// as in Node, where a numeric backoff becomes {type: "fixed"}.
+	// Type is "fixed", "exponential" (the built-in strategies) or the name
+	// of a custom strategy, which the worker's BackoffStrategy (Go) or
+	// settings.backoffStrategy (Node) computes. Empty with a Delay means
+	// "fixed", as in Node, where a numeric backoff becomes {type: "fixed"}.
 	Type string
 	// Delay is the fixed delay, or the base of the exponential one:
 	// attempt n waits round(2^(n-1) * Delay). Millisecond resolution.
@@ -63,7 +65,7 @@ func KeepFor(d time.Duration) *KeepJobs { return &KeepJobs{Count: -1, Age: d} }
 // MarshalJSON encodes the policy the way Node stores it in a job's opts:
 // true, false, a number, or {age, count, limit}.
 func (k KeepJobs) MarshalJSON() ([]byte, error) {
-	if k.Age <= 0 {
+	if k.Age == 0 {
 		switch {
 		case k.Count == 0:
 			return []byte("true"), nil
@@ -77,35 +79,25 @@ func (k KeepJobs) MarshalJSON() ([]byte, error) {
 	if k.Count >= 0 {
 		m["count"] = k.Count
 	}
-	if k.Limit > 0 {
+	if k.Limit != 0 {
 		m["limit"] = k.Limit
 	}
 	return json.Marshal(m)
-}
-
-func (k *KeepJobs) validate(field string) error {
-	if k == nil {
-		return nil
-	}
-	if k.Age < 0 {
-		return invalidf("%s: negative Age %v", field, k.Age)
-	}
-	if k.Limit < 0 {
-		return invalidf("%s: negative Limit %d", field, k.Limit)
-	}
-	return nil
 }
 
 // JobOptions are the options of one job. The zero value adds a plain job
 // that is attempted once and kept after it finishes.
 type JobOptions struct {
 	// Delay postpones the job: it waits in the delayed set until then.
-	// Millisecond resolution; negative is an error.
+	// Millisecond resolution; zero or negative (stored as given, as Node
+	// does) adds a ready job.
 	Delay time.Duration
 	// Priority 1..MaxPriority puts the job in the prioritized set (1 runs
-	// first); 0 means none.
+	// first); 0 means none. Node also accepts negative priorities, which
+	// run before priority 1; above MaxPriority is an error.
 	Priority int
-	// Attempts is how many times the job is tried in all (0 and 1: once).
+	// Attempts is how many times the job is tried in all (0, 1 and
+	// negative values: once).
 	Attempts int
 	// Backoff is the delay between attempts.
 	Backoff Backoff
@@ -119,19 +111,42 @@ type JobOptions struct {
 	RemoveOnComplete *KeepJobs
 	RemoveOnFail     *KeepJobs
 	// StackTraceLimit keeps only the last n stack traces of failed attempts
-	// (0: unlimited, as in Node when unset).
+	// (0: unlimited, as in Node when unset; a negative -n drops the oldest
+	// n, as Node's slice(-limit) does).
 	StackTraceLimit int
 	// Timestamp is the job's creation time (zero: now).
 	Timestamp time.Time
-	// FailParentOnFailure (flows) fails the job's parent when the job
-	// fails for good; IgnoreDependencyOnFailure lets the parent go on
-	// instead, recording the failure in the parent's :failed hash.
+	// What a flow child's final failure does to its parent (at most one
+	// may be set, as in Node): FailParentOnFailure fails the parent;
+	// IgnoreDependencyOnFailure lets the parent go on once its other
+	// children completed, recording the failure in the parent's :failed
+	// hash (Node's getIgnoredChildrenFailures); ContinueParentOnFailure
+	// releases the parent at once, recording the failure likewise (Node's
+	// getFailedChildrenValues); RemoveDependencyOnFailure drops the
+	// dependency without a trace. With none set the parent keeps waiting.
 	FailParentOnFailure       bool
 	IgnoreDependencyOnFailure bool
+	ContinueParentOnFailure   bool
+	RemoveDependencyOnFailure bool
+	// Parent makes the job a child of an existing job (Node's opts.parent):
+	// the parent's :dependencies set gets the job, and the parent-on-failure
+	// options above apply. A handler adds children to its own job this way,
+	// then calls Job.MoveToWaitingChildren. Add fails with ErrJobNotFound
+	// when the parent does not exist. Not with Deduplication, and not in a
+	// FlowProducer (which links children itself).
+	Parent *ParentRef
 	// Deduplication, when set, adds the job only if no job holds its
-	// deduplication id (Node's simple and TTL modes; extend, replace and
-	// keepLastIfActive are not implemented).
+	// deduplication id (Node's modes: simple, TTL, extend, replace,
+	// keepLastIfActive).
 	Deduplication *Deduplication
+}
+
+// ParentRef names a parent job: its id and its queue's qualified name,
+// "<prefix>:<queue name>" (Node's opts.parent {id, queue}; Queue.Qualified
+// returns it).
+type ParentRef struct {
+	ID    string
+	Queue string
 }
 
 // Deduplication is Node's deduplication option: while the job that took ID
@@ -141,40 +156,60 @@ type JobOptions struct {
 type Deduplication struct {
 	ID  string
 	TTL time.Duration // 0: until the job finishes; millisecond resolution
+	// Extend (with a TTL): an add deduplicated by the holder restarts the
+	// TTL.
+	Extend bool
+	// Replace: an add while the holder is still delayed removes the
+	// holder and adds the new job in its place (the TTL is kept unless
+	// Extend).
+	Replace bool
+	// KeepLastIfActive: an add while the holder is active is kept, the
+	// last one replacing any earlier, and added when the holder finishes;
+	// the deduplication id then lasts until the holder finishes.
+	KeepLastIfActive bool
 }
 
+// validate accepts and rejects what Node 6.7's queue.add does (checked
+// case by case against Node in TestAddValidationMatchesNode): a priority
+// above MaxPriority, a jitter outside [0, 1], a deduplication without an
+// id, more than one of the parent-on-failure options and the job ids
+// ValidateJobID refuses are errors; negative delays, priorities,
+// attempts, backoff delays, stack trace limits and retention values are
+// accepted and stored as given, as Node stores them.
 func (o *JobOptions) validate() error {
-	if o.Delay < 0 {
-		return invalidf("negative Delay %v", o.Delay)
+	if o.Priority > MaxPriority {
+		return invalidf("Priority %d above %d", o.Priority, MaxPriority)
 	}
-	if o.Priority < 0 || o.Priority > MaxPriority {
-		return invalidf("Priority %d outside 0..%d", o.Priority, MaxPriority)
-	}
-	if o.Attempts < 0 {
-		return invalidf("negative Attempts %d", o.Attempts)
-	}
-	switch o.Backoff.Type {
-	case "", "fixed", "exponential":
-	default:
-		return invalidf("Backoff.Type %q (want \"fixed\" or \"exponential\")", o.Backoff.Type)
-	}
-	if o.Backoff.Delay < 0 {
-		return invalidf("negative Backoff.Delay %v", o.Backoff.Delay)
-	}
-	if o.Backoff.Jitter < 0 || o.Backoff.Jitter > 1 || math.IsNaN(o.Backoff.Jitter) {
+	if o.Backoff.Jitter < 0 || o.Backoff.Jitter > 1 {
 		return invalidf("Backoff.Jitter %v outside [0, 1]", o.Backoff.Jitter)
 	}
-	if o.StackTraceLimit < 0 {
-		return invalidf("negative StackTraceLimit %d", o.StackTraceLimit)
+	if d := o.Deduplication; d != nil && d.ID == "" {
+		return invalidf("Deduplication needs an ID")
 	}
-	if err := o.RemoveOnComplete.validate("RemoveOnComplete"); err != nil {
-		return err
+	if p := o.Parent; p != nil {
+		if p.ID == "" || p.Queue == "" {
+			return invalidf("Parent needs an ID and a Queue, got %+v", *p)
+		}
+		if o.Deduplication != nil {
+			return invalidf("Deduplication and Parent cannot be used together")
+		}
 	}
-	if err := o.RemoveOnFail.validate("RemoveOnFail"); err != nil {
-		return err
+	var exclusive []string
+	for _, f := range []struct {
+		set  bool
+		name string
+	}{
+		{o.RemoveDependencyOnFailure, "RemoveDependencyOnFailure"},
+		{o.FailParentOnFailure, "FailParentOnFailure"},
+		{o.ContinueParentOnFailure, "ContinueParentOnFailure"},
+		{o.IgnoreDependencyOnFailure, "IgnoreDependencyOnFailure"},
+	} {
+		if f.set {
+			exclusive = append(exclusive, f.name)
+		}
 	}
-	if d := o.Deduplication; d != nil && (d.ID == "" || d.TTL < 0) {
-		return invalidf("Deduplication needs an ID and a TTL >= 0, got %+v", *d)
+	if len(exclusive) > 1 {
+		return invalidf("%s cannot be used together", strings.Join(exclusive, ", "))
 	}
 	if o.JobID != "" {
 		if err := ValidateJobID(o.JobID); err != nil {
@@ -199,13 +234,26 @@ type storedOpts struct {
 	Dedup            *storedDedup    `json:"de,omitempty"`
 	FPOF             bool            `json:"fpof,omitempty"`
 	IDOF             bool            `json:"idof,omitempty"`
+	CPOF             bool            `json:"cpof,omitempty"`
+	RDOF             bool            `json:"rdof,omitempty"`
+	// Parent is set on the children of flows: {id, queue}, queue being
+	// "<prefix>:<queue name>".
+	Parent *storedParent `json:"parent,omitempty"`
 	// Repeat is only read (jobs of Node job schedulers).
 	Repeat json.RawMessage `json:"repeat,omitempty"`
 }
 
+type storedParent struct {
+	ID    string `json:"id"`
+	Queue string `json:"queue"`
+}
+
 type storedDedup struct {
-	ID  string `json:"id"`
-	TTL int64  `json:"ttl,omitempty"`
+	ID               string `json:"id"`
+	TTL              int64  `json:"ttl,omitempty"`
+	Extend           bool   `json:"extend,omitempty"`
+	Replace          bool   `json:"replace,omitempty"`
+	KeepLastIfActive bool   `json:"keepLastIfActive,omitempty"`
 }
 
 type storedBackoff struct {
@@ -214,7 +262,7 @@ type storedBackoff struct {
 	Jitter float64 `json:"jitter,omitempty"`
 }
 
-func (o *JobOptions) encode(ts int64) ([]byte, error) {
+func (o *JobOptions) encode(ts int64, parent *storedParent) ([]byte, error) {
 	s := storedOpts{
 		Attempts: o.Attempts,
 		Delay:    o.Delay.Milliseconds(),
@@ -228,15 +276,21 @@ func (o *JobOptions) encode(ts int64) ([]byte, error) {
 			t = "fixed"
 		}
 		s.Backoff = &storedBackoff{Type: t, Delay: o.Backoff.Delay.Milliseconds(), Jitter: o.Backoff.Jitter}
+		if math.IsNaN(s.Backoff.Jitter) {
+			s.Backoff.Jitter = 0 // Node stores null: no jitter
+		}
 	}
 	if !o.Timestamp.IsZero() {
 		s.Timestamp = ts
 	}
 	if d := o.Deduplication; d != nil {
-		s.Dedup = &storedDedup{ID: d.ID, TTL: d.TTL.Milliseconds()}
+		s.Dedup = &storedDedup{ID: d.ID, TTL: d.TTL.Milliseconds(), Extend: d.Extend, Replace: d.Replace,
+			KeepLastIfActive: d.KeepLastIfActive}
 	}
 	s.FPOF, s.IDOF = o.FailParentOnFailure, o.IgnoreDependencyOnFailure
-	if o.StackTraceLimit > 0 {
+	s.CPOF, s.RDOF = o.ContinueParentOnFailure, o.RemoveDependencyOnFailure
+	s.Parent = parent
+	if o.StackTraceLimit != 0 {
 		n := o.StackTraceLimit
 		s.StackTraceLimit = &n
 	}
@@ -254,13 +308,13 @@ func (o *JobOptions) encode(ts int64) ([]byte, error) {
 	return json.Marshal(s)
 }
 
-// backoffDelay computes the delay before attempt n (1-based count of
+// delayFor computes the delay before attempt n (1-based count of
 // attempts made so far), as Node's built-in strategies do. ok is false for
-// an unknown strategy.
+// a type that is not built in.
 func (b storedBackoff) delayFor(n int) (d time.Duration, ok bool) {
 	var ms float64
 	switch b.Type {
-	case "fixed", "":
+	case "fixed":
 		ms = float64(b.Delay)
 	case "exponential":
 		ms = math.Round(math.Pow(2, float64(n-1)) * float64(b.Delay))
@@ -343,6 +397,13 @@ type RateLimiter struct {
 	Duration time.Duration
 }
 
+// MetricsOptions configure a worker's metrics (Node's metrics option).
+type MetricsOptions struct {
+	// MaxDataPoints is how many per-minute counts are kept (Node's
+	// maxDataPoints; a week is 7*24*60). 0 records no metrics.
+	MaxDataPoints int
+}
+
 // WorkerOptions configure a Worker. The zero value works (Node's defaults).
 type WorkerOptions struct {
 	// Prefix of every key (default "bull").
@@ -372,6 +433,20 @@ type WorkerOptions struct {
 	RemoveOnFail     *KeepJobs
 	// SkipStalledCheck turns the stalled-job check off for this worker.
 	SkipStalledCheck bool
+	// Metrics, with MaxDataPoints > 0, records how many jobs complete and
+	// fail per minute, as Node's metrics worker option does; Node's
+	// Queue.getMetrics and Queue.Metrics read them.
+	Metrics MetricsOptions
+	// BackoffStrategy computes the retry delay of jobs whose backoff type
+	// is not built in ("fixed" and "exponential" always use the built-in
+	// strategies), like Node's settings.backoffStrategy: attemptsMade
+	// counts the attempts made including the one that just failed, typ is
+	// the job's backoff type, err the attempt's error. A result <= 0
+	// retries at once; a negative one (Node's -1) fails the job for good.
+	// Delays have millisecond resolution. A panic fails the job for good.
+	// Without it, such a job fails for good with Node's "Unknown backoff
+	// strategy" reason when a retry is due.
+	BackoffStrategy func(attemptsMade int, typ string, err error, job *Job) time.Duration
 	// OnError, when set, receives errors the worker cannot return from a
 	// call: a failed lock renewal, a lost connection, a finish that failed.
 	// It is called from the worker's goroutines and must not block.
@@ -409,6 +484,9 @@ func (o *WorkerOptions) withDefaults() (WorkerOptions, error) {
 	if w.LockDuration < 4*time.Millisecond {
 		return w, invalidf("LockDuration %v below 4ms", w.LockDuration)
 	}
+	if w.Metrics.MaxDataPoints < 0 {
+		return w, invalidf("negative Metrics.MaxDataPoints %d", w.Metrics.MaxDataPoints)
+	}
 	if w.MaxStalledCount < 0 {
 		return w, invalidf("negative MaxStalledCount %d", w.MaxStalledCount)
 	}
@@ -420,12 +498,6 @@ func (o *WorkerOptions) withDefaults() (WorkerOptions, error) {
 	}
 	if (w.Limiter.Max > 0) != (w.Limiter.Duration > 0) {
 		return w, invalidf("Limiter needs both Max and Duration, got %+v", w.Limiter)
-	}
-	if err := w.RemoveOnComplete.validate("RemoveOnComplete"); err != nil {
-		return w, err
-	}
-	if err := w.RemoveOnFail.validate("RemoveOnFail"); err != nil {
-		return w, err
 	}
 	if strings.ContainsAny(w.Name, " \n\r") {
 		return w, invalidf("Name %q contains spaces or newlines (not allowed in a client name)", w.Name)

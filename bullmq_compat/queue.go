@@ -113,19 +113,31 @@ func (q *Queue) AddBulk(ctx context.Context, jobs []BulkJob) ([]*Job, error) {
 }
 
 // addArgsPerJob is how many script arguments each job of an add takes.
-const addArgsPerJob = 13
+const addArgsPerJob = 14
 
 // flowLink places a job in a flow: its parent, and whether it waits for
 // children of its own.
 type flowLink struct {
 	parentKey, parentData string
+	parent                *storedParent // opts.parent of a child
 	waitChildren          bool
+	// id is a generated id (Node's FlowProducer gives jobs without a
+	// jobId a UUID, which it does not store as opts.jobId).
+	id string
 }
 
 // appendAddArgs validates and encodes one job for addScript.
 func (q *Queue) appendAddArgs(args []any, bj *BulkJob, now time.Time, link flowLink) ([]any, *Job, error) {
 	if err := bj.Opts.validate(); err != nil {
 		return args, nil, err
+	}
+	if p := bj.Opts.Parent; p != nil {
+		if link.parentKey != "" {
+			return args, nil, invalidf("Parent is set by the FlowProducer")
+		}
+		link.parentKey = p.Queue + ":" + p.ID
+		link.parentData = parentData(p.ID, p.Queue, &bj.Opts)
+		link.parent = &storedParent{ID: p.ID, Queue: p.Queue}
 	}
 	var data []byte
 	if bj.Data == nil {
@@ -141,7 +153,7 @@ func (q *Queue) appendAddArgs(args []any, bj *BulkJob, now time.Time, link flowL
 		ts = bj.Opts.Timestamp
 	}
 	tsMs := ts.UnixMilli()
-	opts, err := bj.Opts.encode(tsMs)
+	opts, err := bj.Opts.encode(tsMs, link.parent)
 	if err != nil {
 		return args, nil, fmt.Errorf("bullmq: options: %w", err)
 	}
@@ -149,18 +161,30 @@ func (q *Queue) appendAddArgs(args []any, bj *BulkJob, now time.Time, link flowL
 	if bj.Opts.LIFO {
 		lifo = "1"
 	}
-	deid, dettl := "", int64(0)
+	deid, dettl, demodes := "", int64(0), ""
 	if d := bj.Opts.Deduplication; d != nil {
 		deid, dettl = d.ID, d.TTL.Milliseconds()
+		for _, m := range []struct {
+			on     bool
+			letter string
+		}{{d.Extend, "e"}, {d.Replace, "r"}, {d.KeepLastIfActive, "k"}} {
+			if m.on {
+				demodes += m.letter
+			}
+		}
 	}
 	waitChildren := ""
 	if link.waitChildren {
 		waitChildren = "1"
 	}
-	args = append(args, bj.Opts.JobID, bj.Name, string(data), string(opts),
+	id := bj.Opts.JobID
+	if id == "" {
+		id = link.id
+	}
+	args = append(args, id, bj.Name, string(data), string(opts),
 		strconv.FormatInt(tsMs, 10), strconv.FormatInt(bj.Opts.Delay.Milliseconds(), 10),
 		strconv.Itoa(bj.Opts.Priority), lifo, deid, dettl,
-		link.parentKey, link.parentData, waitChildren)
+		link.parentKey, link.parentData, waitChildren, demodes)
 	j := &Job{
 		Name: bj.Name, Data: json.RawMessage(data), Opts: json.RawMessage(opts),
 		Attempts: bj.Opts.Attempts, Priority: bj.Opts.Priority, Delay: bj.Opts.Delay.Truncate(time.Millisecond),
@@ -169,6 +193,26 @@ func (q *Queue) appendAddArgs(args []any, bj *BulkJob, now time.Time, link flowL
 	j.q, j.rdb, j.owner = q.k, q.rdb, q.owner
 	return args, j, nil
 }
+
+// parentData is the JSON of a child's `parent` field: the parent's id and
+// queue key, and the child's parent-on-failure flag.
+func parentData(id, queueKey string, o *JobOptions) string {
+	parent := map[string]any{"id": id, "queueKey": queueKey}
+	for flag, set := range map[string]bool{
+		"fpof": o.FailParentOnFailure, "idof": o.IgnoreDependencyOnFailure,
+		"cpof": o.ContinueParentOnFailure, "rdof": o.RemoveDependencyOnFailure,
+	} {
+		if set {
+			parent[flag] = true
+		}
+	}
+	b, _ := json.Marshal(parent)
+	return string(b)
+}
+
+// Qualified returns the queue's qualified name, "<prefix>:<name>", the
+// Queue of a ParentRef.
+func (q *Queue) Qualified() string { return q.k.prefix + ":" + q.k.name }
 
 // addResult fills in the ids addScript returned.
 func (q *Queue) addResult(res []any, out []*Job) error {
@@ -241,6 +285,58 @@ func (q *Queue) Counts(ctx context.Context) (JobCounts, error) {
 	c = JobCounts{Waiting: int(r[0]), Prioritized: int(r[1]), Delayed: int(r[2]), Active: int(r[3]),
 		Completed: int(r[4]), Failed: int(r[5]), Paused: r[6] == 1}
 	return c, nil
+}
+
+// Metrics are the per-minute counts of finished jobs that workers with
+// metrics record (Node's Queue.getMetrics result).
+type Metrics struct {
+	// Count is the total number of jobs counted; PrevTS (ms) and
+	// PrevCount are the time and the count of the last data point.
+	Count, PrevTS, PrevCount int64
+	// Data holds the jobs per minute, newest first, from the requested
+	// range.
+	Data []int64
+	// Points is how many data points are stored in all.
+	Points int64
+}
+
+// Metrics reads the metrics of "completed" or "failed" jobs; start and
+// end select data points as in LRANGE (0, -1: all), as Node's getMetrics.
+func (q *Queue) Metrics(ctx context.Context, typ string, start, end int64) (Metrics, error) {
+	var m Metrics
+	if typ != "completed" && typ != "failed" {
+		return m, invalidf("metrics type %q (want \"completed\" or \"failed\")", typ)
+	}
+	if q.closed.Load() {
+		return m, ErrClosed
+	}
+	ctx = ownerCtx(ctx, q.owner)
+	mk := q.k.base + "metrics:" + typ
+	var meta *redis.SliceCmd
+	var data *redis.StringSliceCmd
+	var n *redis.IntCmd
+	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		meta = p.HMGet(ctx, mk, "count", "prevTS", "prevCount")
+		data = p.LRange(ctx, mk+":data", start, end)
+		n = p.LLen(ctx, mk+":data")
+		return nil
+	})
+	if err != nil {
+		return m, fmt.Errorf("bullmq: metrics of %s: %w", q.k.name, err)
+	}
+	v := meta.Val()
+	field := func(i int) int64 {
+		s, _ := v[i].(string)
+		x, _ := strconv.ParseInt(s, 10, 64)
+		return x
+	}
+	m.Count, m.PrevTS, m.PrevCount = field(0), field(1), field(2)
+	for _, s := range data.Val() {
+		x, _ := strconv.ParseInt(s, 10, 64)
+		m.Data = append(m.Data, x)
+	}
+	m.Points = n.Val()
+	return m, nil
 }
 
 // GetJob reads a job; it returns an error wrapping ErrJobNotFound when the

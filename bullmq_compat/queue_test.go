@@ -71,11 +71,10 @@ func TestAddRejectsBadInputWritingNothing(t *testing.T) {
 			{"unencodable data", func() {}, JobOptions{}, ErrInvalidOption},
 			{"NaN data", math.NaN(), JobOptions{}, ErrInvalidOption},
 			{"invalid raw JSON", json.RawMessage(`{"a":`), JobOptions{}, ErrInvalidOption},
-			{"negative delay", 1, JobOptions{Delay: -time.Second}, ErrInvalidOption},
 			{"priority too high", 1, JobOptions{Priority: MaxPriority + 1}, ErrInvalidOption},
-			{"negative priority", 1, JobOptions{Priority: -1}, ErrInvalidOption},
-			{"negative attempts", 1, JobOptions{Attempts: -1}, ErrInvalidOption},
-			{"unknown backoff", 1, JobOptions{Backoff: Backoff{Type: "linear"}}, ErrInvalidOption},
+			{"jitter above 1", 1, JobOptions{Backoff: Backoff{Delay: time.Second, Jitter: 1.5}}, ErrInvalidOption},
+			{"two parent-on-failure options", 1, JobOptions{FailParentOnFailure: true, IgnoreDependencyOnFailure: true}, ErrInvalidOption},
+			{"deduplication without id", 1, JobOptions{Deduplication: &Deduplication{TTL: time.Second}}, ErrInvalidOption},
 			{"id 0", 1, JobOptions{JobID: "0"}, ErrInvalidJobID},
 			{"id 0:x", 1, JobOptions{JobID: "0:x"}, ErrInvalidJobID},
 			{"integer id", 1, JobOptions{JobID: "42"}, ErrInvalidJobID},
@@ -93,7 +92,7 @@ func TestAddRejectsBadInputWritingNothing(t *testing.T) {
 			})
 		}
 		// A bad job in a bulk keeps the good ones out too.
-		_, err = q.AddBulk(ctx, []BulkJob{{Name: "ok", Data: 1}, {Name: "bad", Data: 1, Opts: JobOptions{Delay: -1}}})
+		_, err = q.AddBulk(ctx, []BulkJob{{Name: "ok", Data: 1}, {Name: "bad", Data: 1, Opts: JobOptions{Priority: MaxPriority + 1}}})
 		if !errors.Is(err, ErrInvalidOption) {
 			t.Fatalf("AddBulk err = %v", err)
 		}

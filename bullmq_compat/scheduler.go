@@ -1,9 +1,11 @@
 package bullmq
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -99,8 +101,18 @@ type repeatOpts struct {
 // j. Failures are reported to OnError; the job itself still runs.
 func (w *Worker) scheduleNext(j *Job) {
 	if hasLegacyRepeatKeyShape(j.RepeatJobKey) {
-		w.report(fmt.Errorf("bullmq: job %s comes from a legacy repeatable job (%s), which BullMQ 6 no longer schedules", j.ID, j.RepeatJobKey))
-		return
+		// Node tells a legacy key from a scheduler id of the same shape
+		// by the scheduler hash's iteration count, which legacy entries
+		// lack.
+		ic, err := w.rdb.HExists(w.cmdCtx(), w.k.key(kRepeat)+":"+j.RepeatJobKey, "ic").Result()
+		if err != nil {
+			w.report(fmt.Errorf("bullmq: job scheduler %s: %w", j.RepeatJobKey, err))
+			return
+		}
+		if !ic {
+			w.report(&LegacyRepeatableError{Key: j.RepeatJobKey})
+			return
+		}
 	}
 	now := time.Now()
 	next := ""
@@ -165,4 +177,71 @@ func isDigits(s string) bool {
 		}
 	}
 	return true
+}
+
+// LegacyRepeatableError is reported to WorkerOptions.OnError when a worker
+// runs a job of a BullMQ 5 repeatable job: like Node 6.7's worker, it runs
+// the job but adds no next iteration. Its message is Node's.
+type LegacyRepeatableError struct {
+	Key string // the legacy repeat key, name:id:endDate:tz:pattern-or-every
+}
+
+// Error returns Node 6.7's message for the key.
+func (e *LegacyRepeatableError) Error() string {
+	return "Failed to add repeatable job for next iteration: Legacy repeatable job metadata is not supported in BullMQ v6 " +
+		`(key: "` + e.Key + `"). Migrate legacy repeatable jobs to Job Schedulers before upgrading. ` +
+		"See https://docs.bullmq.io/guide/migrations/migrate-from-v5-to-v6"
+}
+
+// LegacyRepeatable is a BullMQ 5 repeatable job found in a queue's repeat
+// set, parsed from its key (name:id:endDate:tz:pattern-or-every).
+type LegacyRepeatable struct {
+	Key     string
+	Name    string
+	ID      string        // the repeat's jobId option ("" if none)
+	EndDate int64         // ms, 0 if none
+	TZ      string        // "" if none
+	Pattern string        // cron pattern, or "" for an every repeat
+	Every   time.Duration // every interval, or 0 for a pattern
+	Next    time.Time     // the next run it was scheduled for
+}
+
+// LegacyRepeatables lists the BullMQ 5 repeatable jobs left in the queue,
+// which neither Node 6.7 nor this package schedules any more (their
+// pending jobs still run): what a migration to job schedulers needs to
+// recreate. Job schedulers whose ids look like legacy keys are not listed.
+func (q *Queue) LegacyRepeatables(ctx context.Context) ([]LegacyRepeatable, error) {
+	if q.closed.Load() {
+		return nil, ErrClosed
+	}
+	ctx = ownerCtx(ctx, q.owner)
+	zs, err := q.rdb.ZRangeWithScores(ctx, q.k.key(kRepeat), 0, -1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("bullmq: legacy repeatables of %s: %w", q.k.name, err)
+	}
+	var out []LegacyRepeatable
+	for _, z := range zs {
+		key, _ := z.Member.(string)
+		if !hasLegacyRepeatKeyShape(key) {
+			continue
+		}
+		ic, err := q.rdb.HExists(ctx, q.k.key(kRepeat)+":"+key, "ic").Result()
+		if err != nil {
+			return nil, fmt.Errorf("bullmq: legacy repeatables of %s: %w", q.k.name, err)
+		}
+		if ic {
+			continue // a job scheduler
+		}
+		p := strings.SplitN(key, ":", 5)
+		l := LegacyRepeatable{Key: key, Name: p[0], ID: p[1], TZ: p[3], Next: time.UnixMilli(int64(z.Score))}
+		l.EndDate, _ = strconv.ParseInt(p[2], 10, 64)
+		if isDigits(p[4]) {
+			ms, _ := strconv.ParseInt(p[4], 10, 64)
+			l.Every = time.Duration(ms) * time.Millisecond
+		} else {
+			l.Pattern = p[4]
+		}
+		out = append(out, l)
+	}
+	return out, nil
 }

@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redisleak/redisleak/internal/redistest"
 )
 
 const helperEnv = "BULLMQ_TEST_HELPER_QUEUE"
@@ -157,5 +160,41 @@ func TestJobStalledTooOftenFails(t *testing.T) {
 	h := rdb.HGetAll(ctx, q.Key("1")).Val()
 	if h["failedReason"] != "job stalled more than allowable limit" || h["defa"] != "" || h["atm"] != "1" {
 		t.Fatalf("job = %v", h)
+	}
+}
+
+// TestStalledCheckRunsEveryInterval: a lone Go worker runs the stalled
+// check once per StalledInterval, as Node does. (It used to tick just
+// before its own stalled-check key expired, skip, and so check only every
+// other interval: stalled jobs came back one interval late.) The check
+// stores its start time in stalled-check; the test reads those times and
+// compares the median gap with the interval (the median, so that a few
+// late ticks on a loaded machine do not matter).
+func TestStalledCheckRunsEveryInterval(t *testing.T) {
+	rdb, name := realClient(t)
+	ctx := ctxT(t, 60*time.Second)
+	const interval = 500 * time.Millisecond
+	w, _ := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) { return nil, nil },
+		WorkerOptions{StalledInterval: interval})
+	key := w.k.key(kStalledCheck)
+	startWorker(t, w)
+	var starts []int64
+	redistest.WaitFor(t, 50*time.Second, "8 stalled checks", func() bool {
+		v, err := rdb.Get(ctx, key).Int64()
+		if err == nil && (len(starts) == 0 || v != starts[len(starts)-1]) {
+			starts = append(starts, v)
+		}
+		return len(starts) >= 8
+	})
+	var gaps []int64
+	for i := 1; i < len(starts); i++ {
+		gaps = append(gaps, starts[i]-starts[i-1])
+	}
+	sorted := append([]int64(nil), gaps...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
+	median := time.Duration(sorted[len(sorted)/2]) * time.Millisecond
+	t.Logf("gaps between checks (ms): %v", gaps)
+	if median > interval*3/2 {
+		t.Fatalf("median gap between stalled checks %v, want about the interval %v (gaps %v ms)", median, interval, gaps)
 	}
 }

@@ -6,7 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"runtime/debug"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -43,8 +43,9 @@ type Worker struct {
 
 	keepCompleted, keepFailed string // worker retention policies as JSON
 
-	tokens  atomic.Uint64
-	closing atomic.Bool
+	tokens     atomic.Uint64
+	closing    atomic.Bool
+	limitUntil atomic.Int64 // unix ms: no fetch before (ErrRateLimited)
 
 	mu       sync.Mutex
 	state    int // 0 new, 1 running, 2 closed
@@ -220,6 +221,7 @@ func (w *Worker) loop(ctx context.Context, bc *blockConn) {
 			<-slots
 			return
 		}
+		w.waitLimit(ctx)
 		job, limitDelay, delayUntil, err := w.fetch()
 		if err != nil {
 			<-slots
@@ -319,7 +321,7 @@ func (w *Worker) parseFetch(res []any, token string) (*Job, int64, int64, error)
 		return nil, limit, until, nil
 	}
 	j := jobFromFlat(id, flat)
-	j.token, j.q, j.rdb, j.owner = token, w.k, w.rdb, w.owner
+	j.token, j.q, j.rdb, j.owner, j.w = token, w.k, w.rdb, w.owner, w
 	return j, limit, until, nil
 }
 
@@ -362,10 +364,23 @@ func (w *Worker) track(j *Job) {
 	w.mu.Unlock()
 }
 
+// untrack stops the lock renewal of j. It is called before the script that
+// finishes, retries or requeues j runs, so that a renewal racing with that
+// script does not mistake the released lock for a lost one. A job id
+// fetched again under another token is left alone.
 func (w *Worker) untrack(j *Job) {
 	w.mu.Lock()
-	delete(w.running, j.ID)
+	if w.running[j.ID] == j.token {
+		delete(w.running, j.ID)
+	}
 	w.mu.Unlock()
+}
+
+// stillRunning reports whether j's id is still tracked under token.
+func (w *Worker) stillRunning(id, token string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.running[id] == token
 }
 
 // process runs one job to its end in Redis and returns the next job, if
@@ -377,11 +392,24 @@ func (w *Worker) process(j *Job) step {
 		w.scheduleNext(j)
 	}
 	if j.deferred != "" {
-		return w.fail(j, Unrecoverable(errors.New(j.deferred)), j.deferred, j.deferred)
+		w.untrack(j)
+		err := Unrecoverable(errors.New(j.deferred))
+		return w.fail(j, err, j.deferred, nodeTrace(err, j.deferred, callerFrames(0)))
 	}
 	jctx, cancel := context.WithCancel(w.jobsCtx)
 	result, err, stack := w.call(jctx, j)
 	cancel()
+	w.untrack(j)
+	if err != nil && movedErr(err) {
+		switch {
+		case errors.Is(err, ErrRateLimited):
+			w.rateLimited(j)
+			return step{}
+		case j.moved:
+			return step{} // the handler moved it (MoveToDelayed, MoveToWaitingChildren)
+		}
+		err = fmt.Errorf("%w, but the handler did not move job %s", err, j.ID)
+	}
 	if err != nil {
 		if w.jobsCtx.Err() != nil {
 			// Interrupted by shutdown: give the job back untouched.
@@ -397,7 +425,7 @@ func (w *Worker) process(j *Job) step {
 	rv, eerr := encodeJSON(result)
 	if eerr != nil {
 		err := Unrecoverable(fmt.Errorf("bullmq: cannot encode the return value of job %s: %w", j.ID, eerr))
-		return w.fail(j, err, err.Error(), err.Error())
+		return w.fail(j, err, err.Error(), nodeTrace(err, err.Error(), callerFrames(0)))
 	}
 	return w.finish(j, "completed", string(rv), "")
 }
@@ -408,34 +436,40 @@ func (w *Worker) call(ctx context.Context, j *Job) (result any, err error, stack
 		if r := recover(); r != nil {
 			msg := fmt.Sprint(r)
 			err = errors.New(msg)
-			stack = "panic: " + msg + "\n\n" + string(debug.Stack())
+			stack = nodeTrace(err, msg, panicFrames())
 		}
 	}()
 	result, err = w.h(ctx, j)
 	if err != nil {
-		stack = err.Error()
+		stack = w.trace(err)
 	}
 	return result, err, stack
+}
+
+// trace is the Node-shaped stack trace stored for a failed attempt: the
+// error's own frames when it carries some (WithStack, pkg/errors), else
+// the handler that returned it and the worker frames that called it.
+func (w *Worker) trace(err error) string {
+	if pcs := errorCallers(err); len(pcs) > 0 {
+		return nodeTrace(err, err.Error(), framesOf(pcs))
+	}
+	frames := callerFrames(1)
+	if f, ok := funcFrame(w.h); ok {
+		frames = append([]runtime.Frame{f}, frames...)
+	}
+	return nodeTrace(err, err.Error(), frames)
 }
 
 // fail retries the job when its attempts and backoff allow, else fails it.
 func (w *Worker) fail(j *Job, err error, reason, stack string) step {
 	traces := append(append([]string(nil), j.Stacktrace...), stack)
 	if l := j.opts.StackTraceLimit; l != nil {
-		if *l <= 0 {
-			traces = []string{}
-		} else if len(traces) > *l {
-			traces = traces[len(traces)-*l:]
-		}
+		traces = limitTraces(traces, *l)
 	}
 	st, _ := json.Marshal(traces)
 	if !IsUnrecoverable(err) && j.AttemptsMade+1 < j.opts.Attempts {
-		var delay time.Duration
-		ok := true
-		if j.opts.Backoff != nil {
-			delay, ok = j.opts.Backoff.delayFor(j.AttemptsMade + 1)
-		}
-		if ok {
+		delay, retry, why := w.backoff(j, err)
+		if retry {
 			code, rerr := retryScript.Run(w.cmdCtx(), w.rdb, w.k.all, w.k.base, j.ID, j.token,
 				time.Now().UnixMilli(), delay.Milliseconds(), reason, string(st)).Int64()
 			if rerr == nil && code < 0 {
@@ -446,9 +480,62 @@ func (w *Worker) fail(j *Job, err error, reason, stack string) step {
 			}
 			return step{}
 		}
-		reason = fmt.Sprintf("Unknown backoff strategy %s. If a custom backoff strategy is used, specify it when the queue is created.", j.opts.Backoff.Type)
+		if why != "" {
+			reason = why
+		}
 	}
 	return w.finish(j, "failed", reason, string(st))
+}
+
+// limitTraces keeps what Node's stackTraceLimit keeps: none for 0, else
+// traces.slice(-limit) (the last limit traces; a negative limit drops the
+// first -limit).
+func limitTraces(traces []string, limit int) []string {
+	switch {
+	case limit == 0:
+		return []string{}
+	case limit > 0 && len(traces) > limit:
+		return traces[len(traces)-limit:]
+	case limit < 0:
+		if -limit >= len(traces) {
+			return []string{}
+		}
+		return traces[-limit:]
+	}
+	return traces
+}
+
+// backoff returns the delay before j's next attempt, or retry false when
+// the job must fail for good (a custom strategy said so, with why empty,
+// or there is no strategy for its type, with why the reason Node gives).
+func (w *Worker) backoff(j *Job, jobErr error) (delay time.Duration, retry bool, why string) {
+	b := j.opts.Backoff
+	if b == nil {
+		return 0, true, ""
+	}
+	if d, ok := b.delayFor(j.AttemptsMade + 1); ok {
+		// Node retries unless a strategy returns -1; a built-in one with a
+		// negative delay can.
+		return max(d, 0), d != -time.Millisecond, ""
+	}
+	if w.opts.BackoffStrategy == nil {
+		typ := b.Type
+		if typ == "" {
+			typ = "undefined" // a Node backoff object without a type
+		}
+		return 0, false, "Unknown backoff strategy " + typ +
+			".\n      If a custom backoff strategy is used, specify it when the queue is created."
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			delay, retry, why = 0, false, fmt.Sprintf("backoff strategy %s panicked: %v", b.Type, r)
+		}
+	}()
+	d := w.opts.BackoffStrategy(j.AttemptsMade+1, b.Type, jobErr, j)
+	if d < 0 {
+		return 0, false, ""
+	}
+	return d, true, ""
 }
 
 // finish moves the job to completed or failed and, unless the worker is
@@ -459,14 +546,14 @@ func (w *Worker) finish(j *Job, target, value, stacktrace string) step {
 		keep = w.keepFailed
 	}
 	fetchNext := ""
-	if !w.closing.Load() {
+	if !w.closing.Load() && time.Now().UnixMilli() >= w.limitUntil.Load() {
 		fetchNext = "1"
 	}
 	token := w.newToken()
 	res, err := finishScript.Run(w.cmdCtx(), w.rdb, w.k.all, w.k.base, j.ID, j.token,
 		time.Now().UnixMilli(), target, value, stacktrace, keep, fetchNext,
 		token, w.opts.LockDuration.Milliseconds(), w.opts.Limiter.Max,
-		w.opts.Limiter.Duration.Milliseconds(), w.opts.Name).Result()
+		w.opts.Limiter.Duration.Milliseconds(), w.opts.Name, w.opts.Metrics.MaxDataPoints).Result()
 	if w.onFinish != nil {
 		w.onFinish()
 	}
@@ -501,8 +588,10 @@ func (w *Worker) renewLocks(ctx context.Context) {
 		w.mu.Lock()
 		args := make([]any, 0, 2+2*len(w.running))
 		args = append(args, w.k.base, w.opts.LockDuration.Milliseconds())
+		tokens := make(map[string]string, len(w.running))
 		for id, tok := range w.running {
 			args = append(args, id, tok)
+			tokens[id] = tok
 		}
 		w.mu.Unlock()
 		if len(args) == 2 {
@@ -514,32 +603,67 @@ func (w *Worker) renewLocks(ctx context.Context) {
 			continue
 		}
 		for _, id := range failed {
+			// A job that finished after the snapshot above released its
+			// lock itself: only a job still running lost it.
+			if !w.stillRunning(id, tokens[id]) {
+				continue
+			}
 			w.report(fmt.Errorf("%w: worker %s could not renew the lock of job %s", ErrLockMismatch, w.k.name, id))
 		}
 	}
 }
 
-// stalledLoop runs the stalled-job check at start and every StalledInterval.
+// stalledLoop runs the stalled-job check at start and then once per
+// StalledInterval. The next check is timed from the stalled-check key the
+// last one left: StalledInterval after a check that ran (measured from its
+// reply, so the key has expired by then), the key's remaining time after a
+// check that found it (another worker, Go or Node, checked recently, or
+// this worker's timer beat the key's expiry by a millisecond). A fixed
+// ticker would land just before its own key expired and skip every other
+// check.
 func (w *Worker) stalledLoop(ctx context.Context) {
-	t := time.NewTicker(w.opts.StalledInterval)
+	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
-		if _, err := w.checkStalled(); err != nil {
-			w.report(fmt.Errorf("bullmq: worker %s: stalled check: %w", w.k.name, err))
-		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		_, next, err := w.stalledCheck()
+		if err != nil {
+			w.report(fmt.Errorf("bullmq: worker %s: stalled check: %w", w.k.name, err))
+			next = w.opts.StalledInterval
+		}
+		t.Reset(min(next, w.opts.StalledInterval) + time.Millisecond)
 	}
 }
 
 // checkStalled moves jobs whose lock expired back to wait (or fails those
 // that stalled too often); it returns the ids it moved.
 func (w *Worker) checkStalled() ([]string, error) {
-	return stalledScript.Run(w.cmdCtx(), w.rdb, w.k.all, w.k.base, w.opts.MaxStalledCount,
-		time.Now().UnixMilli(), w.opts.StalledInterval.Milliseconds()).StringSlice()
+	ids, _, err := w.stalledCheck()
+	return ids, err
+}
+
+// stalledCheck runs the stalled check; next is how long until the next
+// check may run.
+func (w *Worker) stalledCheck() (ids []string, next time.Duration, err error) {
+	res, err := stalledScript.Run(w.cmdCtx(), w.rdb, w.k.all, w.k.base, w.opts.MaxStalledCount,
+		time.Now().UnixMilli(), w.opts.StalledInterval.Milliseconds()).Slice()
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(res) == 0 {
+		return nil, 0, fmt.Errorf("unexpected stalled check reply %v", res)
+	}
+	ms, _ := res[0].(int64)
+	for _, v := range res[1:] {
+		if s, ok := v.(string); ok {
+			ids = append(ids, s)
+		}
+	}
+	return ids, time.Duration(ms) * time.Millisecond, nil
 }
 
 // Close stops fetching, waits for the running jobs until ctx ends, then

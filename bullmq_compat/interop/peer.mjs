@@ -39,12 +39,42 @@ async function add() {
   out({ ids });
 }
 
+// tryAdd adds each of p.jobs with queue.add and reports, per job, whether
+// Node accepted it ({ok, id}) or threw ({ok: false, error}).
+async function tryAdd() {
+  const c = conn();
+  const q = new Queue(p.queue, { connection: c, prefix });
+  const results = [];
+  for (const j of p.jobs) {
+    try {
+      const job = await q.add(j.name, j.data, j.opts || {});
+      results.push({ ok: true, id: job.id });
+    } catch (e) {
+      results.push({ ok: false, error: String((e && e.message) || e) });
+    }
+  }
+  await q.close();
+  c.disconnect();
+  out({ results });
+}
+
 // work processes until `count` jobs finished (completed or failed for good).
 // A job whose data has {failTimes: n} throws on its first n attempts;
 // {sleepMs: n} waits first; the result is {echo: data, by: "node"}.
 async function work() {
   const c = conn();
   const seen = [];
+  const strategyCalls = [];
+  // customBackoff {type: ms}: settings.backoffStrategy returns the type's ms
+  // (-1 fails for good) and records its arguments.
+  const settings = p.customBackoff
+    ? {
+        backoffStrategy: (attemptsMade, type, err, job) => {
+          strategyCalls.push({ attemptsMade, type, err: err && err.message, id: job.id });
+          return p.customBackoff[type] ?? 0;
+        },
+      }
+    : undefined;
   let finished = 0;
   let done;
   const all = new Promise((r) => (done = r));
@@ -64,7 +94,7 @@ async function work() {
       }
       return { echo: job.data, by: 'node' };
     },
-    { connection: c, prefix, concurrency: p.concurrency || 1, ...(p.workerOpts || {}) },
+    { connection: c, prefix, concurrency: p.concurrency || 1, settings, ...(p.workerOpts || {}) },
   );
   const finish = () => {
     finished++;
@@ -74,13 +104,17 @@ async function work() {
   w.on('failed', (job) => {
     if (job && job.finishedOn) finish();
   });
-  w.on('error', (e) => process.stderr.write(`worker error: ${e}\n`));
+  const errors = [];
+  w.on('error', (e) => {
+    errors.push(String((e && e.message) || e));
+    process.stderr.write(`worker error: ${e}\n`);
+  });
   await w.waitUntilReady();
   out({ ready: true });
   await all;
   await w.close();
   c.disconnect();
-  out({ seen });
+  out({ seen, strategyCalls, errors });
 }
 
 // flow adds p.flow ({name, queueName, data, opts, children: [...]}) with a FlowProducer.
@@ -113,9 +147,11 @@ async function counts() {
       logs: (await q.getJobLogs(id)).logs } : null;
   }
   const paused = await q.isPaused();
+  const rateLimitTtl = await q.getRateLimitTtl();
+  const metrics = p.metrics ? { completed: await q.getMetrics('completed'), failed: await q.getMetrics('failed') } : undefined;
   await q.close();
   c.disconnect();
-  out({ counts, completed, failed, workers, jobs, paused });
+  out({ counts, completed, failed, workers, jobs, paused, rateLimitTtl, metrics });
 }
 
 // events collects events until it has seen `count` of the names in p.names.
@@ -200,7 +236,7 @@ async function benchAdd() {
   out({ ns, count: p.count });
 }
 
-const modes = { add, work, flow, counts, events, meta, schedule, benchWork, benchAdd };
+const modes = { add, tryAdd, work, flow, counts, events, meta, schedule, benchWork, benchAdd };
 if (!modes[mode]) {
   process.stderr.write(`unknown mode ${mode}\n`);
   process.exit(2);

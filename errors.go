@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -16,6 +15,8 @@ import (
 type PoolTimeoutError struct {
 	// Err is the error go-redis returned (redis.ErrPoolTimeout).
 	Err error
+	// Pool is the go-redis pool that timed out ("" when unknown).
+	Pool string
 	// Held counts current holds by kind and owner.
 	Held []HolderCount
 	// Longest are the longest current holds, longest first (at most 3).
@@ -38,7 +39,10 @@ func (e *PoolTimeoutError) Error() string {
 	for _, h := range e.Held {
 		total += h.Count
 	}
-	fmt.Fprintf(&b, ": %d connections held:", total)
+	if e.Pool != "" {
+		fmt.Fprintf(&b, " (pool %s)", e.Pool)
+	}
+	fmt.Fprintf(&b, ": %d %s held:", total, plural(total, "connection", "connections"))
 	for i, h := range e.Held {
 		if i > 0 {
 			b.WriteByte(',')
@@ -63,48 +67,46 @@ func (e *PoolTimeoutError) Error() string {
 	return b.String()
 }
 
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
 // Unwrap returns Err.
 func (e *PoolTimeoutError) Unwrap() error { return e.Err }
 
-// summaryCache keeps the holder summary for a second: a pool timeout comes
-// in storms, and finding the sites of commands in flight takes a goroutine
-// dump.
-type summaryCache struct {
-	mu   sync.Mutex
-	at   time.Time
-	held []HolderCount
-	long []Leak
-}
-
-func (t *Tracker) poolTimeoutError(err error) error {
+// poolTimeoutError describes the pool that timed out (pool; "" when it is
+// unknown: every pool of the client but PubSub's), as of now. It never
+// takes a goroutine profile: sites are those known without one.
+func (t *Tracker) poolTimeoutError(err error, pool string) error {
 	t.poolTimeouts.Add(1)
-	c := &t.summary
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if time.Since(c.at) > time.Second {
-		// PubSub connections have their own pool: they do not exhaust it.
-		holds := t.listHolds(func(v holdView) bool { return v.kind != KindPubSub }, 3)
-		counts := map[HolderCount]int{}
-		for _, h := range holds {
-			counts[HolderCount{Kind: h.Kind, Owner: h.Owner, LongLived: h.LongLived}]++
+	holds := t.listHolds(func(v holdView) bool {
+		if pool != "" {
+			return v.rec.pool() == pool
 		}
-		c.held = c.held[:0]
-		for k, n := range counts {
-			k.Count = n
-			c.held = append(c.held, k)
-		}
-		sort.Slice(c.held, func(i, j int) bool {
-			if c.held[i].Count != c.held[j].Count {
-				return c.held[i].Count > c.held[j].Count
-			}
-			return c.held[i].Kind+c.held[i].Owner < c.held[j].Kind+c.held[j].Owner
-		})
-		c.long = append(c.long[:0], holds[:min(3, len(holds))]...)
-		c.at = time.Now()
+		return v.kind != KindPubSub // PubSub connections have their own pool
+	}, 3, false)
+	counts := map[HolderCount]int{}
+	for _, h := range holds {
+		counts[HolderCount{Kind: h.Kind, Owner: h.Owner, LongLived: h.LongLived}]++
 	}
+	held := make([]HolderCount, 0, len(counts))
+	for k, n := range counts {
+		k.Count = n
+		held = append(held, k)
+	}
+	sort.Slice(held, func(i, j int) bool {
+		if held[i].Count != held[j].Count {
+			return held[i].Count > held[j].Count
+		}
+		return held[i].Kind+held[i].Owner < held[j].Kind+held[j].Owner
+	})
 	return &PoolTimeoutError{
 		Err:     err,
-		Held:    append([]HolderCount(nil), c.held...),
-		Longest: append([]Leak(nil), c.long...),
+		Pool:    pool,
+		Held:    held,
+		Longest: holds[:min(3, len(holds))],
 	}
 }

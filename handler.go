@@ -49,5 +49,5 @@ func (t *Tracker) currentLeaks() []Leak {
 	if t.opts.HandlerShowSites {
 		sites = -1
 	}
-	return t.listHolds(func(v holdView) bool { return v.leaked }, sites)
+	return t.listHolds(func(v holdView) bool { return v.leaked }, sites, true)
 }

@@ -66,7 +66,7 @@ func (h *hook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		}
 		err := next(ctx, cmd)
 		if err != nil && !t.opts.DisablePoolTimeoutDetail && isPoolTimeout(err) {
-			err = t.poolTimeoutError(err)
+			err = t.poolTimeoutError(err, disp.failedPool(curG()))
 			cmd.SetErr(err)
 		}
 		return err
@@ -102,7 +102,7 @@ func (h *hook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Process
 		}
 		err := next(ctx, cmds)
 		if err != nil && !t.opts.DisablePoolTimeoutDetail && isPoolTimeout(err) {
-			err = t.poolTimeoutError(err)
+			err = t.poolTimeoutError(err, disp.failedPool(curG()))
 			for _, c := range cmds {
 				if isPoolTimeout(c.Err()) {
 					c.SetErr(err)

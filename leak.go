@@ -27,7 +27,27 @@ type Leak struct {
 	Leaked     bool          // over its threshold and not long-lived
 	Closed     bool          // closed by ActionClose
 	Stack      []string      // the acquisition stack, with Options.FullStacks
+
+	// IdleFor is how long the connection has run no command: the time since
+	// its last command was sent or its reply awaited (go-redis's own
+	// last-use time, which it keeps to within 50 ms). It is 0 while a
+	// command is known to run (a blocking command awaiting its reply, or a
+	// command found in I/O when the site was resolved).
+	IdleFor time.Duration
+	// LongLivedBy says why a hold is exempt: "" (not exempt), LongLivedMark
+	// (WithLongLived), LongLivedPubSub, LongLivedBlocking (a blocking
+	// command within its own timeout) or LongLivedAuto (it keeps running
+	// commands; Options.AutoLongLived).
+	LongLivedBy string
 }
+
+// Reasons a hold is exempt, as in Leak.LongLivedBy.
+const (
+	LongLivedMark     = "mark"
+	LongLivedPubSub   = "pubsub"
+	LongLivedBlocking = "blocking"
+	LongLivedAuto     = "auto"
+)
 
 // String returns one line that names the hold and its acquisition site.
 func (l Leak) String() string {
@@ -37,14 +57,37 @@ func (l Leak) String() string {
 		fmt.Fprintf(&b, ", owner %q", l.Owner)
 	}
 	fmt.Fprintf(&b, ") to %s held for %v", orUnknown(l.Addr), l.HeldFor.Round(time.Millisecond))
-	if l.MaxHold > 0 {
-		fmt.Fprintf(&b, " (limit %v)", l.MaxHold)
+	switch {
+	case l.LongLived && l.LongLivedBy != "":
+		fmt.Fprintf(&b, " (long-lived: %s)", longLivedWhy(l.LongLivedBy))
+	case l.LongLived:
+		b.WriteString(" (long-lived)")
+	case l.MaxHold > 0:
+		fmt.Fprintf(&b, " (limit %v", l.MaxHold)
+		if l.IdleFor > 0 && l.IdleFor < l.HeldFor {
+			fmt.Fprintf(&b, ", idle %v", l.IdleFor.Round(time.Millisecond))
+		}
+		b.WriteByte(')')
 	}
 	fmt.Fprintf(&b, ", acquired at %s", orUnknown(l.Site))
 	if l.Pool != "" {
 		fmt.Fprintf(&b, " [pool %s]", l.Pool)
 	}
 	return b.String()
+}
+
+func longLivedWhy(by string) string {
+	switch by {
+	case LongLivedMark:
+		return "marked with WithLongLived"
+	case LongLivedPubSub:
+		return "a PubSub connection"
+	case LongLivedBlocking:
+		return "a blocking command within its timeout"
+	case LongLivedAuto:
+		return "keeps running commands"
+	}
+	return by
 }
 
 func orUnknown(s string) string {
@@ -60,23 +103,26 @@ func (l Leak) MarshalJSON() ([]byte, error) {
 		ConnID: l.ConnID, Kind: l.Kind, Owner: l.Owner, Pool: l.Pool, Addr: l.Addr,
 		Site: l.Site, AcquiredAt: l.AcquiredAt, HeldForMs: ms(l.HeldFor), MaxHoldMs: ms(l.MaxHold),
 		LongLived: l.LongLived, Leaked: l.Leaked, Closed: l.Closed, Stack: l.Stack,
+		IdleForMs: ms(l.IdleFor), LongLivedBy: l.LongLivedBy,
 	})
 }
 
 type leakJSON struct {
-	ConnID     uint64    `json:"connId"`
-	Kind       string    `json:"kind"`
-	Owner      string    `json:"owner,omitempty"`
-	Pool       string    `json:"pool,omitempty"`
-	Addr       string    `json:"addr,omitempty"`
-	Site       string    `json:"site,omitempty"`
-	AcquiredAt time.Time `json:"acquiredAt"`
-	HeldForMs  float64   `json:"heldForMs"`
-	MaxHoldMs  float64   `json:"maxHoldMs,omitempty"`
-	LongLived  bool      `json:"longLived,omitempty"`
-	Leaked     bool      `json:"leaked,omitempty"`
-	Closed     bool      `json:"closed,omitempty"`
-	Stack      []string  `json:"stack,omitempty"`
+	ConnID      uint64    `json:"connId"`
+	Kind        string    `json:"kind"`
+	Owner       string    `json:"owner,omitempty"`
+	Pool        string    `json:"pool,omitempty"`
+	Addr        string    `json:"addr,omitempty"`
+	Site        string    `json:"site,omitempty"`
+	AcquiredAt  time.Time `json:"acquiredAt"`
+	HeldForMs   float64   `json:"heldForMs"`
+	MaxHoldMs   float64   `json:"maxHoldMs,omitempty"`
+	LongLived   bool      `json:"longLived,omitempty"`
+	Leaked      bool      `json:"leaked,omitempty"`
+	Closed      bool      `json:"closed,omitempty"`
+	Stack       []string  `json:"stack,omitempty"`
+	IdleForMs   float64   `json:"idleForMs"`
+	LongLivedBy string    `json:"longLivedBy,omitempty"`
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -91,6 +137,8 @@ type holdView struct {
 	owner     string
 	longLived bool
 	leaked    bool
+	by        string        // Leak.LongLivedBy
+	idle      time.Duration // Leak.IdleFor
 }
 
 // evaluate classifies a record's current hold; ok is false when it is not
@@ -117,32 +165,57 @@ func (t *Tracker) evaluate(r *connRecord, now int64) (v holdView, ok bool) {
 	}
 	if m != nil {
 		v.owner = m.owner
-		v.longLived = m.longLived
+		if m.longLived {
+			v.longLived, v.by = true, LongLivedMark
+		}
 	}
 	if v.kind == KindPubSub && r.dialMark != nil {
 		if v.owner == "" {
 			v.owner = r.dialMark.owner
 		}
-		v.longLived = v.longLived || r.dialMark.longLived
+		if r.dialMark.longLived && !v.longLived {
+			v.longLived, v.by = true, LongLivedMark
+		}
 	}
-	recognise := !t.opts.DisableRecognition
-	if recognise {
+	v.threshold = t.threshold(v.kind, m)
+	v.idle = r.idleFor(now, v.held)
+	if !v.longLived && !t.opts.DisableRecognition {
 		switch v.kind {
 		case KindPubSub:
-			v.longLived = true
+			v.longLived, v.by = true, LongLivedPubSub
 		case KindBlocking:
 			bd := r.blockDeadline.Load()
 			if legacyUntil != 0 {
 				bd = legacyUntil
 			}
 			if bd == int64(blockForever) || bd > now {
-				v.longLived = true
+				v.longLived, v.by = true, LongLivedBlocking
+				v.idle = 0 // awaiting its reply
 			}
 		}
 	}
-	v.threshold = t.threshold(v.kind, m)
-	v.leaked = !v.longLived && v.held > v.threshold
+	switch {
+	case v.longLived:
+	case t.opts.AutoLongLived && v.held > v.threshold:
+		// Behaviour: a hold that keeps running commands is long-lived; one
+		// idle (or stuck in one command) for its threshold is a leak.
+		if v.idle > v.threshold {
+			v.leaked = true
+		} else {
+			v.longLived, v.by = true, LongLivedAuto
+		}
+	default:
+		v.leaked = v.held > v.threshold
+	}
 	return v, true
+}
+
+// now returns nanotime and refreshes the wall-clock offset idleFor uses.
+func (t *Tracker) now() int64 {
+	wall := time.Now().UnixNano()
+	n := nanotime()
+	t.wallOff.Store(wall - n)
+	return n
 }
 
 func (t *Tracker) threshold(kind string, m *mark) time.Duration {
@@ -162,23 +235,28 @@ func (t *Tracker) leakOf(v holdView, now int64) Leak {
 		site = siteBeforeInstrument
 	}
 	return Leak{
-		Site:       site,
-		ConnID:     r.id,
-		Kind:       v.kind,
-		Owner:      v.owner,
-		Pool:       r.pool(),
-		Addr:       r.addr,
-		AcquiredAt: unixAt(now - int64(v.held)),
-		HeldFor:    v.held,
-		MaxHold:    v.threshold,
-		LongLived:  v.longLived,
-		Leaked:     v.leaked,
+		Site:        site,
+		ConnID:      r.id,
+		Kind:        v.kind,
+		Owner:       v.owner,
+		Pool:        r.pool(),
+		Addr:        r.addr,
+		AcquiredAt:  unixAt(now - int64(v.held)),
+		HeldFor:     v.held,
+		MaxHold:     v.threshold,
+		LongLived:   v.longLived,
+		Leaked:      v.leaked,
+		LongLivedBy: v.by,
+		IdleFor:     v.idle,
 	}
 }
 
 // resolveSites fills Site (and Stack) of holds from captured program
 // counters or, for commands in flight, from a goroutine dump.
-func (t *Tracker) resolveSites(views []holdView, leaks []Leak) {
+//
+// With profile false, only sites known without a goroutine profile are
+// filled: captured program counters, and the site a hold was reported with.
+func (t *Tracker) resolveSites(views []holdView, leaks []Leak, profile bool) {
 	var want []*connRecord
 	idx := make(map[*connRecord]int)
 	for i, v := range views {
@@ -196,7 +274,14 @@ func (t *Tracker) resolveSites(views []holdView, leaks []Leak) {
 		if len(pcs) > 0 {
 			leaks[i].Site, leaks[i].Stack = sitesFromPCs(pcs, t.opts.FullStacks)
 		}
-		if leaks[i].Site == "" && r.conn != nil {
+		if leaks[i].Site == "" && !profile && r.reportedSeq.Load() == v.seq {
+			r.mu.Lock()
+			if r.lastReported != nil {
+				leaks[i].Site, leaks[i].Stack = r.lastReported.Site, r.lastReported.Stack
+			}
+			r.mu.Unlock()
+		}
+		if leaks[i].Site == "" && r.conn != nil && profile {
 			want = append(want, r)
 			idx[r] = i
 		}
@@ -217,20 +302,25 @@ func (t *Tracker) resolveSites(views []holdView, leaks []Leak) {
 // as by the background scan (log, OnLeak, metrics, action). It returns every
 // current leak, newest reports included, longest hold first. After Close it
 // returns nil.
-func (t *Tracker) Scan() []Leak { return t.scan() }
+func (t *Tracker) Scan() []Leak { return t.scan(false) }
 
-func (t *Tracker) scan() []Leak {
+// scan runs a scan; the background scan (background) hands OnLeak calls to
+// the callback goroutine, Scan makes them itself.
+func (t *Tracker) scan(background bool) []Leak {
 	if t.closed.Load() {
 		return nil
 	}
 	t.scanMu.Lock()
 	t.reconcileAnon()
-	now := nanotime()
+	now := t.now()
 
 	var current []Leak
-	var freshViews []holdView
+	var freshViews, autoViews []holdView
 	for _, r := range t.snapshotRecords() {
 		v, ok := t.evaluate(r, now)
+		if ok && v.by == LongLivedAuto && r.autoSeq.Load() != v.seq {
+			autoViews = append(autoViews, v)
+		}
 		if !ok || !v.leaked {
 			continue
 		}
@@ -241,7 +331,7 @@ func (t *Tracker) scan() []Leak {
 				l = *r.lastReported
 			}
 			r.mu.Unlock()
-			l.HeldFor = v.held
+			l.HeldFor, l.IdleFor = v.held, v.idle
 			current = append(current, l)
 			continue
 		}
@@ -251,7 +341,7 @@ func (t *Tracker) scan() []Leak {
 	for i, v := range freshViews {
 		fresh[i] = t.leakOf(v, now)
 	}
-	t.resolveSites(freshViews, fresh)
+	t.resolveSites(freshViews, fresh, true)
 	for i, v := range freshViews {
 		r := v.rec
 		r.mu.Lock()
@@ -276,20 +366,55 @@ func (t *Tracker) scan() []Leak {
 			slog.Float64("maxHoldTimeMs", ms(current[0].HeldFor)),
 			slog.String("longest", current[0].String()))
 	}
+	t.announceAuto(autoViews, now)
 	t.scanMu.Unlock()
 	// OnLeak runs outside the scan lock: it may call Scan, Stats or Holds.
-	if t.opts.OnLeak != nil {
-		for _, l := range fresh {
-			t.opts.OnLeak(l)
+	if t.opts.OnLeak != nil && len(fresh) > 0 {
+		if background {
+			t.callbacks.push(fresh)
+		} else {
+			for _, l := range fresh {
+				t.callOnLeak(l)
+			}
 		}
 	}
 	return current
 }
 
+// announceAuto logs, once per site, holds first classified long-lived by
+// behaviour. Called with scanMu held.
+func (t *Tracker) announceAuto(views []holdView, now int64) {
+	if len(views) == 0 {
+		return
+	}
+	ls := make([]Leak, len(views))
+	for i, v := range views {
+		ls[i] = t.leakOf(v, now)
+	}
+	t.resolveSites(views, ls, false)
+	for i, v := range views {
+		v.rec.autoSeq.Store(v.seq)
+		key := ls[i].Kind + " " + ls[i].Owner + " " + ls[i].Site
+		if t.autoSites == nil {
+			t.autoSites = map[string]bool{}
+		}
+		if t.autoSites[key] || len(t.autoSites) >= 1024 {
+			continue
+		}
+		t.autoSites[key] = true
+		t.opts.Logger.Warn("redisleak: connection holder classified long-lived by behaviour (it keeps running commands); mark it with WithLongLived at its site to make this explicit",
+			slog.String("kind", ls[i].Kind),
+			slog.String("owner", ls[i].Owner),
+			slog.String("site", ls[i].Site),
+			slog.Float64("heldForMs", ms(ls[i].HeldFor)),
+			slog.Float64("idleForMs", ms(ls[i].IdleFor)))
+	}
+}
+
 func (t *Tracker) logLeaks(fresh, current []Leak) {
 	t.lastReminder = time.Now()
-	var maxHeld time.Duration
-	for _, l := range current {
+	var maxHeld time.Duration // over the leaks this line reports
+	for _, l := range fresh {
 		if l.HeldFor > maxHeld {
 			maxHeld = l.HeldFor
 		}
@@ -309,6 +434,7 @@ func (t *Tracker) logLeaks(fresh, current []Leak) {
 			slog.String("site", l.Site),
 			slog.Time("acquiredAt", l.AcquiredAt),
 			slog.Float64("heldForMs", ms(l.HeldFor)),
+			slog.Float64("idleForMs", ms(l.IdleFor)),
 			slog.Float64("maxHoldMs", ms(l.MaxHold)),
 			slog.Bool("closed", l.Closed),
 		))
@@ -331,6 +457,7 @@ func (t *Tracker) act(views []holdView, fresh []Leak) {
 			continue
 		}
 		_ = r.conn.Conn.Close()
+		r.actionClosed.Store(true)
 		t.closedLeaks.Add(1)
 		fresh[i].Closed = true
 		r.mu.Lock()
@@ -422,17 +549,18 @@ func (t *Tracker) scanInflight(now int64) []Leak {
 
 // Holds returns every current hold (leaked or not), longest first. Sites are
 // resolved as for leaks. Useful in tests and debugging; it does not report.
-func (t *Tracker) Holds() []Leak { return t.listHolds(nil, -1) }
+func (t *Tracker) Holds() []Leak { return t.listHolds(nil, -1, true) }
 
 // listHolds returns the current holds that keep passes (nil: all), longest
 // first, with sites resolved for the first withSites of them (-1: all).
-// Resolving a command's site takes a goroutine dump, so callers that need
-// few sites ask for few.
-func (t *Tracker) listHolds(keep func(holdView) bool, withSites int) []Leak {
+// Resolving the site of a command in flight takes a goroutine profile
+// (profile): callers on a latency-sensitive path pass false and get the
+// sites known without one.
+func (t *Tracker) listHolds(keep func(holdView) bool, withSites int, profile bool) []Leak {
 	if t.closed.Load() {
 		return nil
 	}
-	now := nanotime()
+	now := t.now()
 	var views []holdView
 	for _, r := range t.snapshotRecords() {
 		if v, ok := t.evaluate(r, now); ok && (keep == nil || keep(v)) {
@@ -448,6 +576,6 @@ func (t *Tracker) listHolds(keep func(holdView) bool, withSites int) []Leak {
 	if withSites >= 0 && withSites < n {
 		n = withSites
 	}
-	t.resolveSites(views[:n], out[:n])
+	t.resolveSites(views[:n], out[:n], profile)
 	return out
 }

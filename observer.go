@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
 // go-redis has one process-wide connection-state observer
@@ -40,6 +41,9 @@ type dispatcher struct {
 	// Tracker.probePoolName): only then does RecordPendingRequests look at
 	// the context.
 	probing atomic.Int32
+	// failed remembers, by goroutine, the pool whose connection request
+	// failed last (see failedPool).
+	failed [64]atomic.Pointer[failNote]
 	// anonLive counts connections that existed before their tracker and have
 	// not been identified yet: only then do "-1" count events need a look.
 	anonLive atomic.Int64
@@ -102,12 +106,39 @@ func (d *dispatcher) detach(t *Tracker) {
 		return
 	}
 	d.refs = 0
-	if box := d.chain.Load(); box != nil {
-		redis.SetOTelRecorder(box.rec)
-	} else {
-		redis.SetOTelRecorder(nil)
+	// Put back the chained recorder (or none) only while the dispatcher is
+	// still installed: a recorder installed after Instrument by someone else
+	// (e.g. go-redis's native OTel metrics) is never removed.
+	if d.installed() {
+		if box := d.chain.Load(); box != nil {
+			redis.SetOTelRecorder(box.rec)
+		} else {
+			redis.SetOTelRecorder(nil)
+		}
 	}
 	d.chain.Store(nil)
+}
+
+// probeAddr is the address of the throwaway client of installed: never
+// dialed.
+const probeAddr = "redisleak.invalid:1"
+
+// installed reports whether the process-wide recorder is still the
+// dispatcher. go-redis has no getter: a throwaway client (never dialed)
+// starts a request with an already-cancelled context, which go-redis
+// announces to the installed recorder before it gives up. Called with d.mu
+// held.
+func (d *dispatcher) installed() bool {
+	c := redis.NewClient(&redis.Options{Addr: probeAddr, MaxRetries: -1, DisableIdentity: true,
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}})
+	defer c.Close()
+	res := &probeResult{}
+	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), markKey{}, &mark{probe: res}))
+	cancel()
+	d.probing.Add(1)
+	_ = c.Ping(ctx).Err()
+	d.probing.Add(-1)
+	return res.pool != ""
 }
 
 func (d *dispatcher) learnPrefix(pool string, t *Tracker) {
@@ -230,6 +261,12 @@ func (d *dispatcher) RecordConnectionCount(ctx context.Context, delta int, cn re
 // connection starts (cn nil, delta +1) and ends. The tracker's own probe
 // learns a client's pool name from it.
 func (d *dispatcher) RecordPendingRequests(ctx context.Context, delta int, cn redis.ConnInfo, poolName string) {
+	if cn == nil && delta < 0 {
+		// A request failed (pool timeout, cancelled context): the hook
+		// that enriches a pool timeout asks which pool it was.
+		g := curG()
+		d.failed[failSlot(g)].Store(&failNote{g: g, pool: poolName})
+	}
 	if cn == nil && delta > 0 && d.probing.Load() != 0 {
 		if m := markFrom(ctx); m != nil && m.probe != nil && m.probe.pool == "" {
 			m.probe.pool = poolName // on the probing goroutine (attach.go)
@@ -238,6 +275,22 @@ func (d *dispatcher) RecordPendingRequests(ctx context.Context, delta int, cn re
 	if box := d.chain.Load(); box != nil && box.counter != nil {
 		box.counter.RecordPendingRequests(ctx, delta, cn, poolName)
 	}
+}
+
+type failNote struct {
+	g    uintptr
+	pool string
+}
+
+func failSlot(g uintptr) uintptr { return (g>>6 ^ g>>12) & 63 }
+
+// failedPool returns the pool whose connection request failed last on
+// goroutine g, or "".
+func (d *dispatcher) failedPool(g uintptr) string {
+	if n := d.failed[failSlot(g)].Load(); n != nil && n.g == g {
+		return n.pool
+	}
+	return ""
 }
 
 // RecordConnectionWaitTime runs on the caller's goroutine with the caller's
@@ -292,6 +345,9 @@ func (d *dispatcher) RecordConnectionClosed(ctx context.Context, cn redis.ConnIn
 
 // RegisterPool is forwarded to a chained recorder that registers pools.
 func (d *dispatcher) RegisterPool(name string, p redis.Pooler) {
+	if strings.HasPrefix(name, probeAddr+"_") {
+		return // installed's throwaway client
+	}
 	if box := d.chain.Load(); box != nil && box.registrar != nil {
 		box.registrar.RegisterPool(name, p)
 	}
@@ -306,6 +362,9 @@ func (d *dispatcher) UnregisterPool(p redis.Pooler) {
 
 // RegisterPubSubPool is forwarded to a chained recorder that registers pools.
 func (d *dispatcher) RegisterPubSubPool(name string, p redis.PubSubPooler) {
+	if strings.HasPrefix(name, probeAddr+"_") {
+		return
+	}
 	if box := d.chain.Load(); box != nil && box.registrar != nil {
 		box.registrar.RegisterPubSubPool(name, p)
 	}
@@ -394,6 +453,9 @@ func (r *connRecord) onCount(delta int, cn redis.ConnInfo, isPubSub bool) {
 func (r *connRecord) learnPool(cn redis.ConnInfo) {
 	name := cn.PoolName()
 	r.setPool(name)
+	if r.info.Load() == nil {
+		r.info.Store(cn)
+	}
 	if r.conn != nil {
 		disp.learnPrefix(name, r.tr)
 	}

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Connection states as the tracker sees them.
@@ -67,6 +68,10 @@ type connRecord struct {
 	// connection not yet identified (attach.go; guarded by tr.mu).
 	preSeq uint64
 	anon   bool
+	// info is go-redis's connection (redis.ConnInfo), kept from the first
+	// event that names it: its last-use time tells how long the connection
+	// has been idle (idleFor).
+	info atomic.Value
 
 	state      atomic.Uint32
 	pubsub     atomic.Bool
@@ -88,8 +93,13 @@ type connRecord struct {
 	siteSeq      uint64     // holdSeq the sitePCs belong to
 	lastReported *Leak      // the report of the hold reportedSeq names
 
-	// reportedSeq is the holdSeq reported as a leak (0: none).
+	// reportedSeq is the holdSeq reported as a leak (0: none); autoSeq the
+	// holdSeq announced as long-lived by behaviour.
 	reportedSeq atomic.Uint64
+	autoSeq     atomic.Uint64
+	// actionClosed: ActionClose closed the socket; the record's end (go-redis
+	// discarding the connection) frees the slot (Stats.LeaksFreed).
+	actionClosed atomic.Bool
 }
 
 func (r *connRecord) pool() string {
@@ -144,4 +154,25 @@ func basePoolName(name string) string {
 		return s
 	}
 	return name
+}
+
+// usedAter is the part of go-redis's connection that tells when it last
+// started I/O (nanoseconds of wall time, kept to within 50 ms by go-redis).
+type usedAter interface{ UsedAtNs() int64 }
+
+// idleFor returns how long the connection has started no I/O, at most held.
+func (r *connRecord) idleFor(now int64, held time.Duration) time.Duration {
+	u, ok := r.info.Load().(usedAter)
+	if !ok {
+		return held
+	}
+	used := u.UsedAtNs()
+	if used == 0 {
+		return held
+	}
+	idle := time.Duration(now + r.tr.wallOff.Load() - used)
+	if idle < 0 {
+		return 0
+	}
+	return min(idle, held)
 }

@@ -18,6 +18,9 @@ type Stats struct {
 	InUse     int `json:"inUse"`
 	LongLived int `json:"longLived"`
 	Leaked    int `json:"leaked"`
+	// AutoLongLived counts the holds of LongLived that are long-lived by
+	// behaviour (Options.AutoLongLived).
+	AutoLongLived int `json:"autoLongLived"`
 
 	// ClientKind is ClientKindClient, ClientKindFailover, ClientKindCluster
 	// or ClientKindRing.
@@ -28,8 +31,14 @@ type Stats struct {
 	ObserverMode string `json:"observerMode"`
 	// LeaksReported counts leaks reported since Instrument.
 	LeaksReported uint64 `json:"leaksReported"`
-	// LeaksClosed counts leaked connections closed by ActionClose.
+	// LeaksClosed counts leaked connections whose socket ActionClose
+	// closed. Closing does not give the pool its slot back: go-redis keeps
+	// it until the holder next uses the connection (the call fails and the
+	// connection is discarded) or closes it.
 	LeaksClosed uint64 `json:"leaksClosed"`
+	// LeaksFreed counts connections of LeaksClosed that go-redis has since
+	// discarded: their pool slots are free again.
+	LeaksFreed uint64 `json:"leaksFreed"`
 	// PoolTimeouts counts pool timeouts seen by the tracker's hooks.
 	PoolTimeouts uint64 `json:"poolTimeouts"`
 	// Pools breaks the counts down by go-redis pool (main, pipeline and
@@ -83,6 +92,7 @@ func (t *Tracker) Stats() Stats {
 		ObserverMode:  t.Mode(),
 		LeaksReported: t.leaksTotal.Load(),
 		LeaksClosed:   t.closedLeaks.Load(),
+		LeaksFreed:    t.freedLeaks.Load(),
 		PoolTimeouts:  t.poolTimeouts.Load(),
 		HoldTime:      t.holds.summary(),
 	}
@@ -106,7 +116,7 @@ func (t *Tracker) Stats() Stats {
 		}
 		return s
 	}
-	now := nanotime()
+	now := t.now()
 	pools := map[string]*PoolStats{}
 	for _, r := range t.snapshotRecords() {
 		st := r.state.Load()
@@ -131,6 +141,9 @@ func (t *Tracker) Stats() Stats {
 		p.InUse++
 		if v.longLived {
 			p.LongLived++
+			if v.by == LongLivedAuto {
+				s.AutoLongLived++
+			}
 		} else if v.leaked {
 			p.Leaked++
 		}

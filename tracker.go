@@ -32,10 +32,14 @@ const (
 	// ActionWarn reports leaks (log, OnLeak, metrics) and does nothing else.
 	// The default.
 	ActionWarn LeakAction = iota
-	// ActionClose also closes the leaked connection's socket: the holder's
-	// next call on it fails with a network error and go-redis discards the
-	// connection instead of returning it to the pool, which frees the slot.
-	// With Options.CloseAbove > 0 a leak is closed only while its pool is
+	// ActionClose also closes the leaked connection's socket, which ends
+	// its server-side session (locks, WATCH, CLIENT state) and counts in
+	// Stats.LeaksClosed. It does not by itself free the pool slot: go-redis
+	// offers no way to take a connection back from its holder, so the slot
+	// stays taken until the holder next uses the connection (the call fails
+	// with a network error and go-redis discards the connection) or closes
+	// it; then Stats.LeaksFreed counts it. A Conn that is never touched
+	// again keeps its slot. With Options.CloseAbove > 0 a leak is closed only while its pool is
 	// more than that fraction in use. Connections opened before the tracker
 	// was attached (no wrapper) are never closed.
 	ActionClose
@@ -57,6 +61,18 @@ type Options struct {
 	// the tracker's methods; it should not block for long (the next
 	// background scan waits for it).
 	OnLeak func(Leak)
+
+	// AutoLongLived turns on recognising long-lived holds by behaviour: a
+	// hold past its threshold whose connection keeps running commands is
+	// long-lived (Leak.LongLivedBy "auto", counted in Stats.LongLived and
+	// Stats.AutoLongLived), and a hold is a leak once its connection has
+	// been idle for its threshold (measured from its last command, so a Conn
+	// that worked for an hour and was then forgotten is reported one
+	// threshold after it went quiet). A single command running past its
+	// threshold is still a leak, unless it is a blocking command within its
+	// own timeout. Off by default: then a hold is a leak once it is older
+	// than its threshold, however busy.
+	AutoLongLived bool
 
 	// KindMaxHold overrides MaxHold per hold kind (KindCommand, KindConn,
 	// KindTx, KindPipeline, KindBlocking, KindPubSub). A per-call threshold
@@ -211,7 +227,10 @@ type Tracker struct {
 	// legacyN counts connections without a wrapper (legacy and anon; see
 	// syncLegacyN); legacyBlock maps a goroutine running a
 	// blocking command to its exemption deadline while legacyN > 0.
-	legacyN     atomic.Int64
+	legacyN atomic.Int64
+	// wallOff is wall-clock minus nanotime, refreshed by every scan, Stats
+	// and Holds (idleFor compares go-redis's wall-clock last-use times).
+	wallOff     atomic.Int64
 	legacyBlock sync.Map
 	nodes       map[*redis.Client]struct{}
 	// poolNames interns pool names (one string per pool, not per connection)
@@ -230,10 +249,13 @@ type Tracker struct {
 	poolTimeouts  atomic.Uint64
 	returnedNotes chan returnedNote
 
+	callbacks  callbackQueue
+	autoSites  map[string]bool // sites announced as long-lived by behaviour (scanMu)
+	freedLeaks atomic.Uint64
+
 	holds *holdRecorder
 	inflight
 	metrics *trackerMetrics
-	summary summaryCache
 }
 
 type returnedNote struct {
@@ -335,6 +357,9 @@ func Instrument(rdb redis.UniversalClient, opts Options) (*Tracker, error) {
 		}
 	}
 
+	if o.OnLeak != nil {
+		t.startCallbacks()
+	}
 	t.wg.Add(2)
 	go t.scanLoop()
 	go t.flushLoop()
@@ -401,6 +426,11 @@ func (t *Tracker) legacyRecord(cn redis.ConnInfo, from uint32) *connRecord {
 	if r != nil {
 		return r
 	}
+	defer func() {
+		if r.info.Load() == nil {
+			r.info.Store(cn)
+		}
+	}()
 	if from != stNew {
 		r = t.claimAnon(cn.PoolName(), from)
 	}
@@ -421,6 +451,11 @@ func (t *Tracker) legacyRecord(cn redis.ConnInfo, from uint32) *connRecord {
 
 // dropRecord forgets a closed connection.
 func (t *Tracker) dropRecord(r *connRecord, cn redis.ConnInfo) {
+	if r.actionClosed.CompareAndSwap(true, false) {
+		t.freedLeaks.Add(1)
+		t.opts.Logger.Info("redisleak: a connection closed by ActionClose was discarded by go-redis: its pool slot is free again",
+			slog.Uint64("connId", r.id), slog.String("pool", r.pool()))
+	}
 	if r.state.Load() == stUsed {
 		r.endHold()
 	}
@@ -471,7 +506,7 @@ func (t *Tracker) scanLoop() {
 			return
 		case <-tick.C:
 			t.checkMode()
-			t.scan()
+			t.scan(true)
 		case n := <-t.returnedNotes:
 			t.logReturned(n)
 		}
@@ -513,6 +548,9 @@ func (t *Tracker) Close() error {
 		close(t.stop)
 		t.cancel()
 		t.wg.Wait()
+		if !t.callbacks.close() {
+			t.opts.Logger.Warn("redisleak: Close: Options.OnLeak is still running; not waiting for it (its goroutine ends when it returns)")
+		}
 		disp.detach(t)
 		if t.metrics != nil {
 			t.metrics.close()

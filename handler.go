@@ -19,8 +19,9 @@ func (t *Tracker) Handler() http.Handler {
 		}
 		body := struct {
 			Stats
-			Leaks []Leak `json:"leaks"`
-		}{Stats: t.Stats(), Leaks: t.currentLeaks()}
+			Leaks []Leak       `json:"leaks"`
+			Auto  []autoHolder `json:"autoLongLived"`
+		}{Stats: t.Stats(), Leaks: t.currentLeaks(), Auto: t.autoHolders()}
 		if !t.opts.HandlerShowSites {
 			for i := range body.Leaks {
 				body.Leaks[i].Site = ""
@@ -50,4 +51,34 @@ func (t *Tracker) currentLeaks() []Leak {
 		sites = -1
 	}
 	return t.listHolds(func(v holdView) bool { return v.leaked }, sites, true)
+}
+
+// autoHolder is a hold long-lived by behaviour, as the health JSON lists it.
+type autoHolder struct {
+	Kind      string  `json:"kind"`
+	Owner     string  `json:"owner,omitempty"`
+	Site      string  `json:"site,omitempty"`
+	HeldForMs float64 `json:"heldForMs"`
+	IdleForMs float64 `json:"idleForMs"`
+	Hint      string  `json:"hint"`
+}
+
+// autoHolders lists the holds long-lived by behaviour (Options.AutoLongLived).
+func (t *Tracker) autoHolders() []autoHolder {
+	out := []autoHolder{}
+	if !t.opts.AutoLongLived {
+		return out
+	}
+	sites := 0
+	if t.opts.HandlerShowSites {
+		sites = -1
+	}
+	for _, h := range t.listHolds(func(v holdView) bool { return v.by == LongLivedAuto }, sites, false) {
+		out = append(out, autoHolder{
+			Kind: h.Kind, Owner: h.Owner, Site: h.Site,
+			HeldForMs: ms(h.HeldFor), IdleForMs: ms(h.IdleFor),
+			Hint: "detected by behaviour: mark it with redisleak.WithLongLived at its site to make this explicit",
+		})
+	}
+	return out
 }

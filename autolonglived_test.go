@@ -14,11 +14,14 @@ import (
 	"github.com/redisleak/redisleak/internal/redistest"
 )
 
-// busyConn runs a GET every 50 ms on a Conn until stop is closed.
-func busyConn(ctx context.Context, rdb *redis.Client, stop <-chan struct{}) *redis.Conn {
+// busyConn runs a GET every 50 ms on a Conn until stop is closed; the
+// returned function waits for the loop to end and closes the Conn.
+func busyConn(ctx context.Context, rdb *redis.Client, stop <-chan struct{}) func() {
 	c := rdb.Conn()
 	c.Get(ctx, "k")
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		t := time.NewTicker(50 * time.Millisecond)
 		defer t.Stop()
 		for {
@@ -30,7 +33,7 @@ func busyConn(ctx context.Context, rdb *redis.Client, stop <-chan struct{}) *red
 			}
 		}
 	}()
-	return c
+	return func() { <-done; _ = c.Close() }
 }
 
 const autoMax = 300 * time.Millisecond
@@ -45,15 +48,14 @@ func TestAutoLongLivedBusyConn(t *testing.T) {
 	for _, auto := range []bool{true, false} {
 		rdb, tr, logs := autoSetup(t, auto)
 		stop := make(chan struct{})
-		c := busyConn(bg, rdb, stop)
+		end := busyConn(bg, rdb, stop)
 		var reported int
 		for end := time.Now().Add(3 * autoMax); time.Now().Before(end); time.Sleep(25 * time.Millisecond) {
 			reported = len(tr.Scan())
 		}
 		s := tr.Stats()
 		close(stop)
-		time.Sleep(60 * time.Millisecond)
-		_ = c.Close()
+		end()
 		if auto {
 			if reported != 0 || s.LeaksReported != 0 {
 				t.Fatalf("auto: busy Conn reported: %+v", s)
@@ -99,8 +101,7 @@ func TestAutoLongLivedForgottenConn(t *testing.T) {
 	_ = got
 	// busy for 3x MaxHold, then forgotten
 	stop := make(chan struct{})
-	b := busyConn(bg, rdb, stop)
-	defer b.Close()
+	endB := busyConn(bg, rdb, stop)
 	for end := time.Now().Add(3 * autoMax); time.Now().Before(end); time.Sleep(25 * time.Millisecond) {
 		for _, x := range tr.Scan() {
 			if x.ConnID != l.ConnID {
@@ -126,6 +127,7 @@ func TestAutoLongLivedForgottenConn(t *testing.T) {
 	if bl.IdleFor < autoMax-60*time.Millisecond || bl.HeldFor < 3*autoMax {
 		t.Fatalf("leak %s", bl)
 	}
+	endB()
 }
 
 // A Watch callback blocked after one command is reported; a command stuck
@@ -209,8 +211,7 @@ func TestAutoLongLivedKinds(t *testing.T) {
 	}
 	// The health JSON lists holders detected by behaviour.
 	stop2 := make(chan struct{})
-	bc := busyConn(bg, rdb, stop2)
-	defer bc.Close()
+	endBC := busyConn(bg, rdb, stop2)
 	time.Sleep(autoMax + 100*time.Millisecond)
 	rec := httptest.NewRecorder()
 	tr.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
@@ -224,6 +225,7 @@ func TestAutoLongLivedKinds(t *testing.T) {
 		t.Fatalf("health JSON: %s", rec.Body)
 	}
 	close(stop2)
+	endBC()
 	close(stop)
 	rdb.RPush(bg, "redisleak:test:queue", "x")
 	<-loop

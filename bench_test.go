@@ -69,6 +69,20 @@ var benchClients = []benchClient{
 		}
 		return check, func() { _ = tr.Close() }
 	}},
+	{"instrumented-auto", func(b *testing.B, rdb *redis.Client) (func(), func()) {
+		tr, err := redisleak.Instrument(rdb, redisleak.Options{AutoLongLived: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		check := func() {
+			// the tracker really tracks the pool it is measured on
+			s := tr.Stats()
+			if s.ObserverMode != redisleak.ModeObserver || s.Total == 0 || s.Total != s.Idle+s.InUse {
+				b.Fatalf("tracker does not see the pool: %+v", s)
+			}
+		}
+		return check, func() { _ = tr.Close() }
+	}},
 	{"redisotel", func(b *testing.B, rdb *redis.Client) (func(), func()) {
 		// A real SDK meter provider (measurements are aggregated, never
 		// exported), as a user of redisotel has.

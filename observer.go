@@ -41,6 +41,11 @@ type dispatcher struct {
 	// Tracker.probePoolName): only then does RecordPendingRequests look at
 	// the context.
 	probing atomic.Int32
+	// recent remembers, by goroutine (hashed), the record of the connection
+	// it checked out last: the return and the command's report that follow
+	// on the same goroutine find it without asking the connection for its
+	// address (see recentRecord).
+	recent [64]recentSlot
 	// failed remembers, by goroutine, the pool whose connection request
 	// failed last (see failedPool).
 	failed [64]atomic.Pointer[failNote]
@@ -232,13 +237,18 @@ func (d *dispatcher) recordSlow(cn redis.ConnInfo, a *trackedAddr, ok bool, from
 // ends the record through the wrapper. PubSub connections (+1/-1 used,
 // isPubSub) have no other signal.
 func (d *dispatcher) RecordConnectionCount(ctx context.Context, delta int, cn redis.ConnInfo, state string, isPubSub bool) {
-	if isPubSub || (delta > 0 && state == "idle") {
+	if delta > 0 && state == "idle" && !isPubSub {
+		// a return, mostly on the goroutine that checked the connection out
+		if r := d.recentRecord(cn, curG()); r != nil {
+			r.onCount(delta, cn, false)
+		}
+	} else if isPubSub {
 		from := stNew
-		if isPubSub && delta < 0 {
+		if delta < 0 {
 			from = stUsed
 		}
 		if r := d.recordFrom(cn, from); r != nil {
-			r.onCount(delta, cn, isPubSub)
+			r.onCount(delta, cn, true)
 		}
 	} else if delta < 0 && d.anonLive.Load() > 0 && cn != nil {
 		// A connection that existed before its tracker leaves the state it
@@ -277,12 +287,30 @@ func (d *dispatcher) RecordPendingRequests(ctx context.Context, delta int, cn re
 	}
 }
 
+type recentSlot struct {
+	rec atomic.Pointer[connRecord]
+	_   [56]byte // one cache line each: goroutines on other cores do not share it
+}
+
+func gslot(g uintptr) uintptr { return (g>>6 ^ g>>12) & 63 }
+
+// recentRecord is record(cn) for an event on the goroutine that checked cn
+// out: the record remembered for the goroutine when it is cn's (same
+// go-redis connection, not closed), else the ordinary lookup.
+func (d *dispatcher) recentRecord(cn redis.ConnInfo, g uintptr) *connRecord {
+	if r := d.recent[gslot(g)].rec.Load(); r != nil && cn != nil && r.cnKey.Load() == connInfoKey(cn) &&
+		r.state.Load() != stClosed && !r.tr.closed.Load() {
+		return r
+	}
+	return d.record(cn)
+}
+
 type failNote struct {
 	g    uintptr
 	pool string
 }
 
-func failSlot(g uintptr) uintptr { return (g>>6 ^ g>>12) & 63 }
+func failSlot(g uintptr) uintptr { return gslot(g) }
 
 // failedPool returns the pool whose connection request failed last on
 // goroutine g, or "".
@@ -302,7 +330,11 @@ func (d *dispatcher) RecordConnectionWaitTime(ctx context.Context, dur time.Dura
 		d.gen.Add(1)
 	}
 	if r := d.record(cn); r != nil {
-		r.onCheckout(ctx, cn)
+		g := curG()
+		r.onCheckout(ctx, cn, g)
+		if s := &d.recent[gslot(g)].rec; s.Load() != r {
+			s.Store(r)
+		}
 	}
 	if box := d.chain.Load(); box != nil {
 		box.rec.RecordConnectionWaitTime(ctx, dur, cn)
@@ -312,7 +344,7 @@ func (d *dispatcher) RecordConnectionWaitTime(ctx context.Context, dur time.Dura
 // RecordOperationDuration runs on the caller's goroutine after a command:
 // a connection still held then outlived the command (Conn, Watch).
 func (d *dispatcher) RecordOperationDuration(ctx context.Context, dur time.Duration, cmd redis.Cmder, attempts int, err error, cn redis.ConnInfo, db int) {
-	if r := d.record(cn); r != nil && r.state.Load() == stUsed {
+	if r := d.recentRecord(cn, curG()); r != nil && r.state.Load() == stUsed {
 		r.afterOperation(cmd.Name())
 	}
 	if box := d.chain.Load(); box != nil {
@@ -322,7 +354,7 @@ func (d *dispatcher) RecordOperationDuration(ctx context.Context, dur time.Durat
 
 // RecordPipelineOperationDuration is the pipeline form of RecordOperationDuration.
 func (d *dispatcher) RecordPipelineOperationDuration(ctx context.Context, dur time.Duration, op string, n, attempts int, err error, cn redis.ConnInfo, db int) {
-	if r := d.record(cn); r != nil && r.state.Load() == stUsed {
+	if r := d.recentRecord(cn, curG()); r != nil && r.state.Load() == stUsed {
 		r.afterOperation("pipeline")
 	}
 	if box := d.chain.Load(); box != nil {
@@ -453,9 +485,7 @@ func (r *connRecord) onCount(delta int, cn redis.ConnInfo, isPubSub bool) {
 func (r *connRecord) learnPool(cn redis.ConnInfo) {
 	name := cn.PoolName()
 	r.setPool(name)
-	if r.info.Load() == nil {
-		r.info.Store(cn)
-	}
+	r.setInfo(cn)
 	if r.conn != nil {
 		disp.learnPrefix(name, r.tr)
 	}
@@ -493,7 +523,7 @@ func (r *connRecord) endHold() {
 
 // onCheckout runs on the caller's goroutine with the caller's context, on
 // both the idle and the fresh-dial path: the hold starts here.
-func (r *connRecord) onCheckout(ctx context.Context, cn redis.ConnInfo) {
+func (r *connRecord) onCheckout(ctx context.Context, cn redis.ConnInfo, g uintptr) {
 	if r.poolName.Load() == nil {
 		r.learnPool(cn)
 	}
@@ -501,7 +531,7 @@ func (r *connRecord) onCheckout(ctx context.Context, cn redis.ConnInfo) {
 		r.endHold() // a missed return: never double-count
 	}
 
-	r.beginHold(markFrom(ctx), curG())
+	r.beginHold(markFrom(ctx), g)
 }
 
 // afterOperation runs on the caller's goroutine when a command or pipeline

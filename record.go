@@ -1,6 +1,9 @@
 package redisleak
 
 import (
+	"unsafe"
+
+	"github.com/redis/go-redis/v9"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -72,6 +75,9 @@ type connRecord struct {
 	// event that names it: its last-use time tells how long the connection
 	// has been idle (idleFor).
 	info atomic.Value
+	// cnKey identifies info's go-redis connection (connInfoKey), for
+	// dispatcher.recentRecord.
+	cnKey atomic.Uintptr
 
 	state      atomic.Uint32
 	pubsub     atomic.Bool
@@ -175,4 +181,17 @@ func (r *connRecord) idleFor(now int64, held time.Duration) time.Duration {
 		return 0
 	}
 	return min(idle, held)
+}
+
+// setInfo keeps go-redis's connection of r, once.
+func (r *connRecord) setInfo(cn redis.ConnInfo) {
+	if cn != nil && r.info.Load() == nil {
+		r.info.Store(cn)
+		r.cnKey.Store(connInfoKey(cn))
+	}
+}
+
+// connInfoKey is the data word of cn: the address of go-redis's connection.
+func connInfoKey(cn redis.ConnInfo) uintptr {
+	return (*[2]uintptr)(unsafe.Pointer(&cn))[1]
 }

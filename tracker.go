@@ -426,11 +426,7 @@ func (t *Tracker) legacyRecord(cn redis.ConnInfo, from uint32) *connRecord {
 	if r != nil {
 		return r
 	}
-	defer func() {
-		if r.info.Load() == nil {
-			r.info.Store(cn)
-		}
-	}()
+	defer func() { r.setInfo(cn) }()
 	if from != stNew {
 		r = t.claimAnon(cn.PoolName(), from)
 	}

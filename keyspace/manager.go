@@ -518,14 +518,14 @@ func (m *Manager) deliver(ns *nodeSub, msg *redis.Message) bool {
 	if len(m.queues) > 1 {
 		q = m.queues[keyHash(it.key)%uint32(len(m.queues))]
 	}
-	if q.tryInline() {
+	if !ns.queued.Load() && q.tryInline() {
 		v := ns.handling.Add(1)
 		m.armHandoff()
 		m.handle(it)
 		q.endInline()
 		return ns.handling.CompareAndSwap(v, v+1)
 	}
-	q.push(it, ns.stopCh)
+	q.push(it, ns.readDead)
 	return true
 }
 

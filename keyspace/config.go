@@ -31,6 +31,22 @@ type nodeConfig struct {
 	hadFlags bool   // the last check found every needed flag
 	checked  bool   // at least one check completed
 	closed   bool
+	// reported is the state of the last problem reported to OnError ("" when
+	// the last check was fine): a problem that persists is reported once,
+	// and again only after the state changed.
+	reported string
+}
+
+// reportState reports err to OnError unless the last report was for the
+// same state; state "" (with a nil err) records that all is well.
+func (nc *nodeConfig) reportState(state string, err error) {
+	if state == nc.reported {
+		return
+	}
+	nc.reported = state
+	if err != nil {
+		nc.m.report(err)
+	}
 }
 
 // isServerError reports whether err is an error reply from Redis (as
@@ -112,8 +128,11 @@ func (nc *nodeConfig) ensureLocked(ctx context.Context) (repaired bool, err erro
 	}
 	current, err := nc.get(ctx)
 	if err != nil {
-		if errors.Is(err, ErrConfigUnavailable) && opts.Config != ConfigMerge {
-			nc.m.report(nc.wrap("config", fmt.Errorf("%w: cannot verify flags %q", err, need.String())))
+		if errors.Is(err, ErrConfigUnavailable) {
+			// Nothing can be read (CONFIG renamed or denied): the flags may
+			// well be set (managed Redis, set in its console). Say so once
+			// and go on.
+			nc.reportState("unreadable", nc.wrap("config", fmt.Errorf("%w: cannot verify that the server has flags %q; going on as if it had", err, need.String())))
 			return false, nil
 		}
 		return false, nc.wrap("config", err)
@@ -123,6 +142,7 @@ func (nc *nodeConfig) ensureLocked(ctx context.Context) (repaired bool, err erro
 	nc.checked = true
 	if missing == 0 {
 		nc.hadFlags = true
+		nc.reportState("", nil)
 		return false, nil
 	}
 	nc.hadFlags = false
@@ -133,7 +153,7 @@ func (nc *nodeConfig) ensureLocked(ctx context.Context) (repaired bool, err erro
 		if opts.Config == ConfigVerify && !hadBefore && !nc.m.running() {
 			return repaired, err
 		}
-		nc.m.report(err)
+		nc.reportState("missing "+current, err)
 		return repaired, nil
 	}
 	// Merge: append what is missing, never remove. Another process may be
@@ -153,16 +173,24 @@ func (nc *nodeConfig) ensureLocked(ctx context.Context) (repaired bool, err erro
 			}
 			if need&^parseServerFlags(current) == 0 {
 				nc.hadFlags = true
+				nc.reportState("", nil)
 				return repaired, nil
 			}
 		}
 		merged, _ := mergeFlags(current, need)
 		if err := nc.connLocked().ConfigSet(ctx, configParam, merged).Err(); err != nil {
 			nc.resetOnNetErr(err)
-			if isServerError(err) {
-				err = fmt.Errorf("%w: CONFIG SET %s %q: %v (use ConfigVerify or ConfigSkip where CONFIG is blocked)", ErrConfigUnavailable, configParam, merged, err)
+			if !isServerError(err) {
+				return repaired, nc.wrap("config", err)
 			}
-			return repaired, nc.wrap("config", err)
+			missing := need &^ parseServerFlags(current)
+			err = nc.wrap("config", fmt.Errorf("%w: server has %q, handlers need %q: missing %q, and CONFIG SET %s %q failed: %v (set the flags where the server is managed, or use ConfigVerify or ConfigSkip)",
+				ErrConfigUnavailable, current, need.String(), missing.String(), configParam, merged, err))
+			if !nc.m.running() {
+				return repaired, err // Start fails: the flags are known to be missing
+			}
+			nc.reportState("unsettable "+current, err)
+			return repaired, nil
 		}
 		if !nc.changed {
 			nc.changed, nc.original = true, current
@@ -173,6 +201,7 @@ func (nc *nodeConfig) ensureLocked(ctx context.Context) (repaired bool, err erro
 		nc.written = current
 		if need&^parseServerFlags(current) == 0 {
 			nc.hadFlags = true
+			nc.reportState("", nil)
 			return repaired, nil
 		}
 	}
@@ -187,7 +216,7 @@ func (nc *nodeConfig) get(ctx context.Context) (string, error) {
 	if err != nil {
 		nc.resetOnNetErr(err)
 		if isServerError(err) {
-			return "", fmt.Errorf("%w: CONFIG GET %s: %v (use ConfigVerify or ConfigSkip where CONFIG is blocked)", ErrConfigUnavailable, configParam, err)
+			return "", fmt.Errorf("%w: CONFIG GET %s: %v", ErrConfigUnavailable, configParam, err)
 		}
 		return "", err
 	}

@@ -20,7 +20,9 @@
 // says what the manager does with the setting: ConfigMerge (default) adds
 // the missing letters to what the server has and never removes one;
 // ConfigVerify and ConfigWarn only read it, for managed Redis where CONFIG
-// is blocked; ConfigSkip leaves it alone. The setting is re-checked after
+// is blocked; ConfigSkip leaves it alone. Merge needs no CONFIG SET where
+// the flags are already there, and where CONFIG cannot even be read it says
+// so once (Options.OnError) and goes on. The setting is re-checked after
 // every reconnect and every Options.CheckInterval, so one lost in a restart
 // or failover is put back. Options.RestoreOnClose puts back the old value
 // on Close, unless someone changed it since.

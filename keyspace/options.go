@@ -25,13 +25,19 @@ const (
 	// and, when flags are missing, sets the union of what the server has and
 	// what Options.Flags asks for. It never removes a flag. It is re-checked
 	// every Options.CheckInterval and after every reconnect, so a restart or
-	// failover that lost the setting is repaired. Start fails with
-	// ErrConfigUnavailable where CONFIG is blocked (managed Redis, miniredis).
+	// failover that lost the setting is repaired. Where the server may not
+	// be configured (managed Redis: CONFIG renamed, or an ACL user without
+	// CONFIG SET), it needs nothing when the flags are already there. Start
+	// fails only when flags are known to be missing and cannot be set, with
+	// ErrConfigUnavailable naming them. Where even CONFIG GET is unavailable
+	// (nothing can be read: renamed, denied, miniredis), the manager reports
+	// ErrConfigUnavailable to Options.OnError once and goes on.
 	ConfigMerge ConfigMode = iota
 	// ConfigVerify only reads the setting: Start fails with ErrFlagsMissing
 	// when flags are missing. Where CONFIG is unavailable, nothing can be
 	// verified: the manager reports ErrConfigUnavailable to Options.OnError
-	// and goes on. For managed Redis, where flags are set in the console.
+	// (once, and again only after it could verify in between) and goes on.
+	// For managed Redis, where flags are set in the console.
 	ConfigVerify
 	// ConfigWarn is ConfigVerify that reports missing flags to
 	// Options.OnError instead of failing.
@@ -155,8 +161,10 @@ type Options struct {
 
 	// OnError receives problems the manager works around without failing:
 	// reconnect failures, handler panics (*PanicError), a verify-only
-	// mismatch (ConfigWarn), ErrConfigUnavailable in verify modes, a restore
-	// that was skipped. It may be called from several goroutines at once.
+	// mismatch (ConfigWarn), ErrConfigUnavailable, a restore that was
+	// skipped. A problem with a server's setting that persists is reported
+	// once per server, and again only after it changed. It may be called
+	// from several goroutines at once.
 	OnError func(error)
 }
 

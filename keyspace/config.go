@@ -22,15 +22,21 @@ type nodeConfig struct {
 	addr   string
 	client *redis.Client
 
-	mu       sync.Mutex
-	conn     *redis.Conn
-	version  int
-	changed  bool   // the manager wrote the setting at least once
-	original string // the value before the first write
-	written  string // the value read back after the last write
-	hadFlags bool   // the last check found every needed flag
-	checked  bool   // at least one check completed
-	closed   bool
+	mu      sync.Mutex
+	conn    *redis.Conn
+	version int
+	// original is the setting from before the first manager (this one or
+	// another, see lease.go) changed it, when origKnown.
+	original  string
+	origKnown bool
+	need      flagSet // what the handlers need on this server (last check)
+	leaseName string  // the client name set on conn (lease.go)
+	connID    int64   // conn's client id
+	adopted   bool    // looked for another manager's original once
+	written   string  // the value read back after this manager's last write
+	hadFlags  bool    // the last check found every needed flag
+	checked   bool    // at least one check completed
+	closed    bool
 	// reported is the state of the last problem reported to OnError ("" when
 	// the last check was fine): a problem that persists is reported once,
 	// and again only after the state changed.
@@ -59,6 +65,7 @@ func isServerError(err error) bool {
 func (nc *nodeConfig) connLocked() *redis.Conn {
 	if nc.conn == nil {
 		nc.conn = nc.client.Conn()
+		nc.leaseName, nc.connID = "", 0
 	}
 	return nc.conn
 }
@@ -123,6 +130,8 @@ func (nc *nodeConfig) ensureLocked(ctx context.Context) (repaired bool, err erro
 	if err != nil {
 		return false, nc.wrap("config", err)
 	}
+	nc.need = need
+	nc.registerLocked(ctx, need)
 	if opts.Config == ConfigSkip {
 		return false, nil
 	}
@@ -136,6 +145,13 @@ func (nc *nodeConfig) ensureLocked(ctx context.Context) (repaired bool, err erro
 			return false, nil
 		}
 		return false, nc.wrap("config", err)
+	}
+	if !nc.adopted {
+		// After the first read: a manager that changed the setting before
+		// that read had named its lease with the original first.
+		nc.adopted = true
+		nc.adoptOriginalLocked(ctx)
+		nc.registerLocked(ctx, need)
 	}
 	missing := need &^ parseServerFlags(current)
 	hadBefore := nc.checked && nc.hadFlags
@@ -178,6 +194,15 @@ func (nc *nodeConfig) ensureLocked(ctx context.Context) (repaired bool, err erro
 			}
 		}
 		merged, _ := mergeFlags(current, need)
+		if !nc.origKnown {
+			// The first write of all managers: record the original in the
+			// lease before writing, for whoever restores.
+			nc.adoptOriginalLocked(ctx)
+			if !nc.origKnown {
+				nc.original, nc.origKnown = current, true
+			}
+			nc.registerLocked(ctx, need)
+		}
 		if err := nc.connLocked().ConfigSet(ctx, configParam, merged).Err(); err != nil {
 			nc.resetOnNetErr(err)
 			if !isServerError(err) {
@@ -191,9 +216,6 @@ func (nc *nodeConfig) ensureLocked(ctx context.Context) (repaired bool, err erro
 			}
 			nc.reportState("unsettable "+current, err)
 			return repaired, nil
-		}
-		if !nc.changed {
-			nc.changed, nc.original = true, current
 		}
 		if current, err = nc.get(ctx); err != nil {
 			return repaired, nc.wrap("config", err)
@@ -223,34 +245,25 @@ func (nc *nodeConfig) get(ctx context.Context) (string, error) {
 	return vals[configParam], nil
 }
 
-// restore puts back the value from before the manager's first write, if the
-// setting is still what the manager wrote.
-func (nc *nodeConfig) restore(ctx context.Context) error {
-	nc.mu.Lock()
-	defer nc.mu.Unlock()
-	if !nc.changed || nc.closed {
-		return nil
-	}
-	current, err := nc.get(ctx)
-	if err != nil {
-		return nc.wrap("restore", err)
-	}
-	if current != nc.written {
-		return nc.wrap("restore", fmt.Errorf("setting is %q, not %q as written by this manager: left alone", current, nc.written))
-	}
-	if err := nc.connLocked().ConfigSet(ctx, configParam, nc.original).Err(); err != nil {
-		return nc.wrap("restore", err)
-	}
-	nc.changed = false
-	return nil
-}
-
 // close releases the dedicated connection. Safe to call twice.
 func (nc *nodeConfig) close() {
 	nc.mu.Lock()
 	defer nc.mu.Unlock()
 	nc.closed = true
 	if nc.conn != nil {
+		if nc.leaseName != "" {
+			// The connection goes back to the client's pool: end the lease
+			// (lease.go) and give it the client's own name back. Should
+			// that fail, the connection is broken and not reused.
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			err := nc.conn.ClientSetName(ctx, nc.client.Options().ClientName).Err()
+			cancel()
+			if err != nil && isServerError(err) {
+				// CLIENT SETNAME denied: the name was never set either.
+				err = nil
+			}
+			_ = err
+		}
 		_ = nc.conn.Close()
 		nc.conn = nil
 	}

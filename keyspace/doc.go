@@ -25,7 +25,10 @@
 // so once (Options.OnError) and goes on. The setting is re-checked after
 // every reconnect and every Options.CheckInterval, so one lost in a restart
 // or failover is put back. Options.RestoreOnClose puts back the old value
-// on Close, unless someone changed it since.
+// on Close, unless someone changed it since, keeping what other running
+// managers need (anywhere: each manager's config connection carries a lease
+// in its client name, "keyspace|<flags>|<original>", which ends with the
+// connection); the last one to leave restores.
 //
 // # Channels
 //

@@ -73,9 +73,10 @@ func ExampleManager_HandleEvents() {
 	// Output: session:42
 }
 
-// Where CONFIG is unavailable (managed Redis, miniredis), the default
-// ConfigMerge cannot do its job and says so; ConfigVerify or ConfigSkip are
-// the way out.
+// Where CONFIG is unavailable (managed Redis with CONFIG renamed or denied,
+// miniredis), the setting cannot be read: the default ConfigMerge says so
+// once, through OnError, and goes on (the flags may well be set in the
+// provider's console).
 func ExampleNewManager_configUnavailable() {
 	mr := miniredis.NewMiniRedis()
 	if err := mr.Start(); err != nil {
@@ -85,13 +86,18 @@ func ExampleNewManager_configUnavailable() {
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	defer rdb.Close()
 
-	m, err := keyspace.NewManager(rdb, keyspace.Options{})
+	m, err := keyspace.NewManager(rdb, keyspace.Options{OnError: func(err error) {
+		fmt.Println("reported:", errors.Is(err, keyspace.ErrConfigUnavailable))
+	}})
 	if err != nil {
 		panic(err)
 	}
 	err = m.Start(context.Background())
-	fmt.Println(errors.Is(err, keyspace.ErrConfigUnavailable))
-	// Output: true
+	fmt.Println("started:", err == nil)
+	_ = m.Close(context.Background())
+	// Output:
+	// reported: true
+	// started: true
 }
 
 // Bad flags are an error from the constructor.

@@ -115,9 +115,15 @@ type Options struct {
 	// ConfigMerge).
 	Config ConfigMode
 	// RestoreOnClose makes Close put back the setting each server had before
-	// the manager changed it, but only where the setting is still the one
-	// the manager wrote (a later change by someone else is left alone).
-	// Note that other processes may rely on the flags too.
+	// the first manager changed it, keeping the flags that other managers
+	// still running (in this process or any other) need: during a rolling
+	// deploy the instance that leaves first removes nothing the others use,
+	// and the last one restores the original. Each manager's config
+	// connection carries a lease in its client name (CLIENT SETNAME) with
+	// the flags it needs and the original value; the lease ends with the
+	// connection, so a process that dies without Close holds nothing back.
+	// Where CLIENT LIST is denied, or someone else changed the setting
+	// since, the setting is left alone (reported to OnError).
 	RestoreOnClose bool
 
 	// QueueSize is the capacity of each handler goroutine's queue (default

@@ -29,13 +29,14 @@ type nodeConfig struct {
 	// another, see lease.go) changed it, when origKnown.
 	original  string
 	origKnown bool
-	need      flagSet // what the handlers need on this server (last check)
-	leaseName string  // the client name set on conn (lease.go)
-	connID    int64   // conn's client id
-	adopted   bool    // looked for another manager's original once
-	written   string  // the value read back after this manager's last write
-	hadFlags  bool    // the last check found every needed flag
-	checked   bool    // at least one check completed
+	need      flagSet   // what the handlers need on this server (last check)
+	leaseName string    // the client name set on conn (lease.go)
+	connID    int64     // conn's client id
+	adopted   bool      // looked for another manager's original once
+	written   string    // the value read back after this manager's last write
+	hadFlags  bool      // the last check found every needed flag
+	checked   bool      // at least one check completed
+	lastOK    time.Time // when a check last found every flag in place
 	closed    bool
 	// reported is the state of the last problem reported to OnError ("" when
 	// the last check was fine): a problem that persists is reported once,
@@ -103,12 +104,14 @@ func (nc *nodeConfig) serverVersion(ctx context.Context) (int, error) {
 // (someone removed them, or the server restarted): events were lost.
 // In verify and warn modes, problems that do not stop the manager are
 // reported through OnError and ensure returns nil.
-func (nc *nodeConfig) ensure(ctx context.Context) (repaired bool, err error) {
+// lastOK is when a check last found every flag before this one.
+func (nc *nodeConfig) ensure(ctx context.Context) (repaired bool, lastOK time.Time, err error) {
 	nc.mu.Lock()
 	defer nc.mu.Unlock()
 	if nc.closed {
-		return false, ErrClosed
+		return false, time.Time{}, ErrClosed
 	}
+	lastOK = nc.lastOK
 	hadConn := nc.conn != nil
 	repaired, err = nc.ensureLocked(ctx)
 	if err != nil && hadConn && nc.conn == nil && ctx.Err() == nil {
@@ -116,7 +119,10 @@ func (nc *nodeConfig) ensure(ctx context.Context) (repaired bool, err error) {
 		// timeout): one more try on a fresh one.
 		repaired, err = nc.ensureLocked(ctx)
 	}
-	return repaired, err
+	if nc.hadFlags && !repaired && err == nil {
+		nc.lastOK = time.Now()
+	}
+	return repaired, lastOK, err
 }
 
 func (nc *nodeConfig) ensureLocked(ctx context.Context) (repaired bool, err error) {

@@ -45,6 +45,9 @@
 // on its own and calls Options.OnGap once the subscription is back (also when
 // a cluster primary joins, or when the flags were found removed); a handler
 // that must not miss changes should re-read its keys there.
+// Options.OnGapDetail receives the same occasions as a Gap: the server
+// (in a cluster, the primary whose keys to re-read), the reason and the
+// times.
 //
 // Each of Options.Workers handler goroutines has a bounded queue
 // (Options.QueueSize); events of one key always go to the same queue, so

@@ -108,3 +108,41 @@ func ExampleNewManager_badFlags() {
 	fmt.Println(err)
 	// Output: keyspace: bad notify-keyspace-events flags: unknown flag "Q" in "KEQ" (known: KEg$lshztdxemnoc and A)
 }
+
+// OnGapDetail says which server lost events, and why: a handler that keeps
+// state per server (per cluster primary) rescans only that server's keys.
+// Here the server restarts under a running manager.
+func ExampleOptions_onGapDetail() {
+	mr := miniredis.NewMiniRedis()
+	if err := mr.Start(); err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+
+	gaps := make(chan keyspace.Gap, 1)
+	m, err := keyspace.NewManager(rdb, keyspace.Options{
+		Config: keyspace.ConfigSkip,
+		OnGap:  func() {}, // still called, without detail
+		OnGapDetail: func(g keyspace.Gap) {
+			gaps <- g // e.g. rescan the keys that live on g.Node
+		},
+	})
+	if err != nil {
+		panic(err)
+	}
+	m.Handle("user:*", func(keyspace.Event) {})
+	if err := m.Start(context.Background()); err != nil {
+		panic(err)
+	}
+	defer m.Close(context.Background())
+
+	mr.Close() // the subscriber's connection breaks
+	if err := mr.Restart(); err != nil {
+		panic(err)
+	}
+	g := <-gaps
+	fmt.Println(g.Reason, g.Node == mr.Addr(), !g.At.Before(g.Since))
+	// Output: reconnect true true
+}

@@ -479,10 +479,13 @@ func (m *Manager) report(err error) {
 	}
 }
 
-func (m *Manager) gap() {
+func (m *Manager) gap(g Gap) {
 	m.stats.gaps.Add(1)
 	if m.opts.OnGap != nil {
 		m.opts.OnGap()
+	}
+	if m.opts.OnGapDetail != nil {
+		m.opts.OnGapDetail(g)
 	}
 }
 

@@ -110,6 +110,11 @@ type Options struct {
 	// resynchronise (rescan the keys you care about). It runs on the
 	// subscriber's goroutine: return quickly.
 	OnGap func()
+	// OnGapDetail, when set, is called on every OnGap occasion as well
+	// (after OnGap), with the server it concerns, the reason and the times:
+	// in a cluster, only that primary's keys need a rescan. Same goroutine
+	// and rules as OnGap.
+	OnGapDetail func(Gap)
 
 	// Config is what the manager does with the server setting (default
 	// ConfigMerge).

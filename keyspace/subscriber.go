@@ -30,6 +30,9 @@ type nodeSub struct {
 	ps          *redis.PubSub // nil while disconnected
 	dead        chan struct{} // closed when ps is dropped or the subscriber stops
 	connectedAt time.Time     // when ps was subscribed
+	everSubbed  bool          // a connection was made once
+	lostAt      time.Time     // when the last connection was dropped
+	lostErr     error         // why
 	waits       []*confirmWait
 	stopped     bool
 
@@ -56,6 +59,8 @@ type nodeSub struct {
 	cleared  *redis.PubSub // the connection whose read deadline was cleared
 	readDead chan struct{} // the dead channel of the connection being read
 
+	created time.Time // when the subscriber was made
+
 	readers sync.WaitGroup // the reader, and one taken over that still runs handlers
 	stopCh  chan struct{}
 	done    chan struct{}
@@ -66,9 +71,10 @@ func newNodeSub(m *Manager, c *redis.Client) *nodeSub {
 	addr := c.Options().Addr
 	return &nodeSub{
 		m: m, addr: addr, client: c,
-		cfg:    &nodeConfig{m: m, addr: addr, client: c},
-		stopCh: make(chan struct{}),
-		done:   make(chan struct{}),
+		cfg:     &nodeConfig{m: m, addr: addr, client: c},
+		created: time.Now(),
+		stopCh:  make(chan struct{}),
+		done:    make(chan struct{}),
 	}
 }
 
@@ -79,7 +85,7 @@ func newNodeSub(m *Manager, c *redis.Client) *nodeSub {
 // With initial, a config problem is returned; otherwise it is reported and
 // the subscription goes ahead.
 func (ns *nodeSub) connect(ctx context.Context, initial bool, onDone func()) (*confirmWait, error) {
-	if _, err := ns.cfg.ensure(ctx); err != nil {
+	if _, _, err := ns.cfg.ensure(ctx); err != nil {
 		if initial || errors.Is(err, ErrClosed) {
 			return nil, err
 		}
@@ -119,6 +125,7 @@ func (ns *nodeSub) connect(ctx context.Context, initial bool, onDone func()) (*c
 	ns.ps = ps
 	ns.dead = make(chan struct{})
 	ns.connectedAt = time.Now()
+	ns.everSubbed = true
 	ns.mu.Unlock()
 	return w, nil
 }
@@ -401,6 +408,7 @@ func (ns *nodeSub) drop(ps *redis.PubSub, err error) {
 		ns.ps = nil
 		close(ns.dead) // a reader waiting for room stops waiting
 		ns.dead = nil
+		ns.lostAt, ns.lostErr = time.Now(), err
 	}
 	ns.mu.Unlock()
 	_ = ps.Close()
@@ -436,12 +444,22 @@ func (ns *nodeSub) reconnect(failures *int) bool {
 			case <-ctx.Done():
 			}
 		}()
-		w, err := ns.connect(ctx, false, ns.m.gap)
+		ns.mu.Lock()
+		g := Gap{Node: ns.addr, Reason: GapReconnect, Since: ns.lostAt, Err: ns.lostErr}
+		if !ns.everSubbed {
+			g = Gap{Node: ns.addr, Reason: GapNodeJoined, Since: ns.created}
+		}
+		ns.mu.Unlock()
+		onGap := func() {
+			g.At = time.Now()
+			ns.m.gap(g)
+		}
+		w, err := ns.connect(ctx, false, onGap)
 		cancel()
 		if err == nil {
 			select {
 			case <-w.done: // no patterns: nothing to confirm
-				ns.m.gap()
+				onGap()
 			default:
 			}
 			return true

@@ -112,6 +112,7 @@ func (nc *nodeConfig) ensure(ctx context.Context) (repaired bool, lastOK time.Ti
 		return false, time.Time{}, ErrClosed
 	}
 	lastOK = nc.lastOK
+	start := time.Now()
 	hadConn := nc.conn != nil
 	repaired, err = nc.ensureLocked(ctx)
 	if err != nil && hadConn && nc.conn == nil && ctx.Err() == nil {
@@ -120,7 +121,7 @@ func (nc *nodeConfig) ensure(ctx context.Context) (repaired bool, lastOK time.Ti
 		repaired, err = nc.ensureLocked(ctx)
 	}
 	if nc.hadFlags && !repaired && err == nil {
-		nc.lastOK = time.Now()
+		nc.lastOK = start // the flags were there when this check read them
 	}
 	return repaired, lastOK, err
 }
@@ -260,15 +261,12 @@ func (nc *nodeConfig) close() {
 		if nc.leaseName != "" {
 			// The connection goes back to the client's pool: end the lease
 			// (lease.go) and give it the client's own name back. Should
-			// that fail, the connection is broken and not reused.
+			// that fail on the network, go-redis drops the connection
+			// instead of pooling it; where CLIENT SETNAME is denied, the
+			// name was never set either.
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			err := nc.conn.ClientSetName(ctx, nc.client.Options().ClientName).Err()
+			_ = nc.conn.ClientSetName(ctx, nc.client.Options().ClientName).Err()
 			cancel()
-			if err != nil && isServerError(err) {
-				// CLIENT SETNAME denied: the name was never set either.
-				err = nil
-			}
-			_ = err
 		}
 		_ = nc.conn.Close()
 		nc.conn = nil

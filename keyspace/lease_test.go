@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -100,6 +101,13 @@ func TestLeaseOfDeadProcessExpires(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The helper runs until killed, or until its stdin ends: should this
+	// process die first, the helper does not outlive it.
+	stdin, err := child.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
 	if err := child.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -163,5 +171,7 @@ func TestLeaseHelperProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	fmt.Println("ready", m.Nodes())
-	select {} // until killed
+	_, _ = io.Copy(io.Discard, os.Stdin) // until killed, or the parent is gone
+	_ = m.Close(context.Background())
+	_ = rdb.Close()
 }

@@ -3,6 +3,7 @@ package keyspace
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -141,24 +142,56 @@ func TestCannotVerifyReportedOncePerState(t *testing.T) {
 			app := aclUser(t, srv, admin, "+@all", "-config")
 			errs := &countingSink{}
 			startManager(t, app, Options{Flags: "K$", Config: mode, CheckInterval: 20 * time.Millisecond, OnError: errs.report}, nil)
-			time.Sleep(500 * time.Millisecond) // about 25 checks
+			// Wait for checks by the server's count of CONFIG GET calls
+			// (done or refused): the machine may be slow.
+			waitChecks := func(what string, n int) {
+				t.Helper()
+				from := configGetCalls(t, admin)
+				redistest.WaitFor(t, 20*time.Second, what, func() bool { return configGetCalls(t, admin) >= from+n })
+			}
+			waitChecks("25 refused checks", 25)
 			first := errs.count(ErrConfigUnavailable)
 			// Allowed: verified, nothing to report.
 			if err := admin.Do(ctx, "ACL", "SETUSER", "app", "+config|get").Err(); err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(300 * time.Millisecond)
+			waitChecks("15 checks allowed", 15)
 			allowed := errs.count(ErrConfigUnavailable)
 			// Denied again: a new state, reported once more.
 			if err := admin.Do(ctx, "ACL", "SETUSER", "app", "-config|get").Err(); err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(300 * time.Millisecond)
+			waitChecks("15 checks refused again", 15)
 			again := errs.count(ErrConfigUnavailable)
-			t.Logf("%v: cannot-verify reports: %d in the first 500 ms, %d after CONFIG GET was allowed for 300 ms, %d after it was denied again for 300 ms", mode, first, allowed, again)
+			t.Logf("%v: cannot-verify reports: %d in 25 refused checks, %d after 15 allowed, %d after 15 refused again", mode, first, allowed, again)
 			if first != 1 || allowed != 1 || again != 2 {
 				t.Errorf("cannot-verify reported %d, %d, %d times, want 1, 1, 2: %v", first, allowed, again, errs.all())
 			}
 		})
 	}
+}
+
+// configGetCalls is the number of CONFIG GET calls the server executed or
+// refused (INFO commandstats).
+func configGetCalls(t *testing.T, admin *redis.Client) int {
+	t.Helper()
+	info, err := admin.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(info, "\n") {
+		rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_config|get:")
+		if !ok {
+			continue
+		}
+		for _, f := range strings.Split(rest, ",") {
+			k, v, _ := strings.Cut(f, "=")
+			if k == "calls" || k == "rejected_calls" {
+				c, _ := strconv.Atoi(v)
+				n += c
+			}
+		}
+	}
+	return n
 }

@@ -90,7 +90,9 @@ type Stats struct {
 	Received uint64
 	// Handled counts events whose handlers have all returned (or panicked).
 	Handled uint64
-	// Dropped counts events discarded by the overflow policy.
+	// Dropped counts events discarded by the overflow policy, and, under
+	// OverflowBlock, an event a reader was waiting to queue when its
+	// connection was found closed (the gap that follows covers it).
 	Dropped uint64
 	// Discarded counts queued events not handled because Close's context
 	// ended first.

@@ -69,7 +69,11 @@ const (
 	// OverflowBlock (the default) stops reading from Redis until the queue
 	// has room. Nothing is dropped by the manager; Redis buffers the events
 	// and disconnects the subscriber when its client-output-buffer-limit for
-	// pubsub is exceeded, which the manager reports as a gap (OnGap).
+	// pubsub is exceeded, which the manager notices within about a second
+	// (see Options.PingInterval) and reports as a gap (OnGap) once
+	// subscribed again; the event a reader was waiting to queue and those
+	// still in the socket are lost with the connection (the one counted in
+	// Stats.Dropped).
 	OverflowBlock Overflow = iota
 	// OverflowDropNewest discards the arriving event (counted in
 	// Stats.Dropped).
@@ -140,8 +144,12 @@ type Options struct {
 	// call that is still running after about 10–20 ms hands the reading to
 	// a new goroutine (counted in Stats.Handoffs); the events read
 	// meanwhile wait in the queue, subject to Overflow, and the handler
-	// goroutine handles them in order once that call returned. Handlers of
-	// one queue never run at the same time, wherever they run. The handler
+	// goroutine handles them in order once that call returned. A reader
+	// that short handlers keep busy (found in handlers at three looks in a
+	// row, 10 ms apart) queues every event until the queues are empty and
+	// idle again, so that the Workers run them in parallel and the Overflow
+	// policy applies. Handlers of one queue never run at the same time,
+	// wherever they run. The handler
 	// goroutine takes the waiting events in batches and, while events keep
 	// coming, looks for more every 100 µs instead of being woken for each.
 	QueueSize int
@@ -149,7 +157,8 @@ type Options struct {
 	Overflow Overflow
 	// Workers is the number of handler goroutines (default 1). Events are
 	// spread by key, so the events of one key reach handlers in order
-	// whatever the number.
+	// whatever the number; events of different keys are handled in
+	// parallel once handlers keep the reader busy (see QueueSize).
 	Workers int
 	// Inline runs handlers on the subscriber goroutine (one per server)
 	// always, without queue or hand-off. It saves little over the default
@@ -167,7 +176,11 @@ type Options struct {
 	CheckInterval time.Duration
 	// PingInterval is how long a subscriber waits for traffic before it
 	// pings the server; a ping unanswered for another interval counts as a
-	// broken connection (default DefaultPingInterval).
+	// broken connection (default DefaultPingInterval). While events flow,
+	// or a handler holds up the reader, the connection is probed with a
+	// PING write every 250 ms (or PingInterval, if shorter) instead: a
+	// write fails soon after the server closed the connection, even while
+	// events it sent before are still unread.
 	PingInterval time.Duration
 
 	// OnError receives problems the manager works around without failing:

@@ -84,14 +84,16 @@ func TestShortHandlersUseAllWorkers(t *testing.T) {
 	srv := redistest.Private(t, redistest.PrivateOptions{Args: []string{"--notify-keyspace-events", "K$"}})
 	rdb := srv.Client()
 	ctx := context.Background()
-	var handled, running, peak atomic.Int64
+	var handled, running, peak, busy atomic.Int64
 	done := make(chan struct{})
 	startManager(t, rdb, Options{Flags: "K$", Config: ConfigSkip, Workers: 4}, func(m *Manager) {
 		m.Handle("w:*", func(Event) {
 			r := running.Add(1)
 			for p := peak.Load(); r > p && !peak.CompareAndSwap(p, r); p = peak.Load() {
 			}
+			start := time.Now()
 			time.Sleep(time.Millisecond)
+			busy.Add(int64(time.Since(start)))
 			running.Add(-1)
 			if handled.Add(1) == n {
 				close(done)
@@ -112,9 +114,17 @@ func TestShortHandlersUseAllWorkers(t *testing.T) {
 		t.Fatalf("handled %d of %d events within 30 s", handled.Load(), n)
 	}
 	took := time.Since(last)
-	t.Logf("%d events with a 1 ms handler and 4 workers: handled %v after the last SET; at most %d handlers at once", n, took.Round(time.Millisecond), peak.Load())
-	if took > 2500*time.Millisecond {
+	serial := time.Duration(busy.Load()) // one at a time, the handlers would need this
+	t.Logf("%d events with a 1 ms handler and 4 workers: handled %v after the last SET; handler calls took %v in all (%.1fx parallel); at most %d handlers at once",
+		n, took.Round(time.Millisecond), serial.Round(time.Millisecond), float64(serial)/float64(took), peak.Load())
+	// On a loaded machine a 1 ms sleep takes longer: the 2.5 s of the
+	// issue hold where the calls take about 1 ms (4.4 s in all, 1.1 s in
+	// parallel); the speed-up is required always.
+	if serial < 5*time.Second && took > 2500*time.Millisecond {
 		t.Errorf("handled %v after the last SET, want within 2.5 s (4-way parallel: about 1.1 s)", took.Round(time.Millisecond))
+	}
+	if float64(serial)/float64(took) < 2.5 {
+		t.Errorf("handled %v after the last SET with %v of handler calls: %.1fx parallel, want at least 2.5x with 4 workers", took.Round(time.Millisecond), serial.Round(time.Millisecond), float64(serial)/float64(took))
 	}
 	if peak.Load() < 2 {
 		t.Errorf("at most %d handler ran at once with 4 workers", peak.Load())

@@ -19,7 +19,8 @@ import "time"
 //
 // Short handlers that keep a reader busy are the other case: a reader that
 // is found running handlers at busyLooks looks in a row (different calls,
-// each shorter than a tick) is not keeping up with the handlers, and while
+// each shorter than a tick, but not so short that a tick held more than
+// busyCalls of them) is not keeping up with the handlers, and while
 // it runs them nobody reads and the other handler goroutines sit idle. Such
 // a reader stops running handlers (nodeSub.queued): it queues every event,
 // so that the handler goroutines (Options.Workers) run them in parallel and
@@ -35,6 +36,12 @@ var handoffTick = 10 * time.Millisecond
 // busyLooks is how many looks in a row must find a reader in a handler
 // before it queues every event.
 const busyLooks = 3
+
+// busyCalls: a reader that ran more handler calls than this between two
+// looks (10 µs or less per call, at one look per 10 ms) keeps running them
+// itself: for handlers that quick, the hand-off to another goroutine would
+// be a large part of the cost.
+const busyCalls = 1000
 
 // armHandoff wakes the hand-off check unless it runs.
 func (m *Manager) armHandoff() {
@@ -99,7 +106,9 @@ func (m *Manager) checkHandoffs(subs []*nodeSub) ([]*nodeSub, bool) {
 	idle := -1 // unknown yet: whether every queue is empty and idle
 	for _, ns := range subs {
 		v := ns.handling.Load()
-		if v&1 == 1 {
+		// Busy: in a handler now, and handlers slow enough that queueing
+		// costs little beside them (at most busyCalls since the last look).
+		if v&1 == 1 && (v-ns.seen)/2 <= busyCalls {
 			ns.busy++
 			if ns.busy >= busyLooks && !ns.queued.Load() {
 				ns.queued.Store(true)

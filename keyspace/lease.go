@@ -136,8 +136,8 @@ func (nc *nodeConfig) adoptOriginalLocked(ctx context.Context) {
 func (nc *nodeConfig) restore(ctx context.Context) error {
 	nc.mu.Lock()
 	defer nc.mu.Unlock()
-	if !nc.origKnown || nc.closed || nc.m.opts.Config == ConfigSkip {
-		return nil // no manager is known to have changed it
+	if nc.m.opts.Config != ConfigMerge || !nc.origKnown || nc.closed {
+		return nil // only merge writes; and no manager is known to have changed it
 	}
 	others, err := nc.othersLocked(ctx)
 	if err != nil {

@@ -175,3 +175,19 @@ func TestLeaseHelperProcess(t *testing.T) {
 	_ = m.Close(context.Background())
 	_ = rdb.Close()
 }
+
+// TestVerifyModeNeverRestores: a verify-mode manager with RestoreOnClose
+// learns the original from a merging manager's lease, but never writes the
+// setting, also not on Close.
+func TestVerifyModeNeverRestores(t *testing.T) {
+	srv := redistest.Private(t)
+	admin := srv.Client()
+	merger := startManager(t, srv.Client(), Options{Flags: "K$"}, nil)
+	merged := configValue(t, admin)
+	verifier := startManager(t, srv.Client(), Options{Flags: "K$", Config: ConfigVerify, RestoreOnClose: true}, nil)
+	closeManager(t, merger)
+	closeManager(t, verifier)
+	if v := configValue(t, admin); v != merged {
+		t.Errorf("after a verify-mode manager closed the setting is %q, want %q untouched", v, merged)
+	}
+}

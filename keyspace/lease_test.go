@@ -191,3 +191,25 @@ func TestVerifyModeNeverRestores(t *testing.T) {
 		t.Errorf("after a verify-mode manager closed the setting is %q, want %q untouched", v, merged)
 	}
 }
+
+// TestRollingDeployInCluster: the leases are per primary; the instance
+// that closes first removes nothing on any primary, the last one restores
+// every primary's original.
+func TestRollingDeployInCluster(t *testing.T) {
+	cl := redistest.NewCluster(t, 3)
+	opts := Options{Flags: "Kg", RestoreOnClose: true}
+	old := startManager(t, cl.Client(t), opts, nil)
+	next := startManager(t, cl.Client(t), opts, nil)
+	closeManager(t, old)
+	for _, n := range cl.Nodes {
+		if v := configValue(t, n.Client()); parseServerFlags(v)&(flagKeyspace|flagGeneric) != flagKeyspace|flagGeneric {
+			t.Errorf("%s: after the first instance closed the setting is %q: flags the other needs were removed", n.Addr, v)
+		}
+	}
+	closeManager(t, next)
+	for _, n := range cl.Nodes {
+		if v := configValue(t, n.Client()); v != "" {
+			t.Errorf("%s: after the last instance closed the setting is %q, want the original \"\"", n.Addr, v)
+		}
+	}
+}

@@ -122,8 +122,10 @@ func TestClusterFollowsTopology(t *testing.T) {
 	})
 
 	gaps := make(chan struct{}, 10)
+	details := make(chan Gap, 10)
 	rec := newNodeRecorder()
-	m := startManager(t, cc, Options{Flags: "K$", CheckInterval: 100 * time.Millisecond, OnGap: func() { gaps <- struct{}{} }},
+	m := startManager(t, cc, Options{Flags: "K$", CheckInterval: 100 * time.Millisecond, OnGap: func() { gaps <- struct{}{} },
+		OnGapDetail: func(g Gap) { details <- g }},
 		func(m *Manager) { m.Handle("*", rec.handle) })
 	if n := len(m.Nodes()); n != 3 {
 		t.Fatalf("subscribed to %d nodes, want the 3 primaries with slots", n)
@@ -142,6 +144,9 @@ func TestClusterFollowsTopology(t *testing.T) {
 	case <-gaps:
 	case <-time.After(20 * time.Second):
 		t.Fatal("no OnGap for the new primary within 20s")
+	}
+	if g := <-details; g.Node != extra.Addr || g.Reason != GapNodeJoined || g.At.Before(g.Since) {
+		t.Errorf("gap detail %+v, want the new primary %s joined", g, extra.Addr)
 	}
 	waitFor(t, "subscriber on the new primary", func() bool { return len(m.Nodes()) == 4 })
 	if v := configValue(t, extraC); parseServerFlags(v)&flagKeyspace == 0 {

@@ -22,15 +22,38 @@ type nodeConfig struct {
 	addr   string
 	client *redis.Client
 
-	mu       sync.Mutex
-	conn     *redis.Conn
-	version  int
-	changed  bool   // the manager wrote the setting at least once
-	original string // the value before the first write
-	written  string // the value read back after the last write
-	hadFlags bool   // the last check found every needed flag
-	checked  bool   // at least one check completed
-	closed   bool
+	mu      sync.Mutex
+	conn    *redis.Conn
+	version int
+	// original is the setting from before the first manager (this one or
+	// another, see lease.go) changed it, when origKnown.
+	original  string
+	origKnown bool
+	need      flagSet   // what the handlers need on this server (last check)
+	leaseName string    // the client name set on conn (lease.go)
+	connID    int64     // conn's client id
+	adopted   bool      // looked for another manager's original once
+	written   string    // the value read back after this manager's last write
+	hadFlags  bool      // the last check found every needed flag
+	checked   bool      // at least one check completed
+	lastOK    time.Time // when a check last found every flag in place
+	closed    bool
+	// reported is the state of the last problem reported to OnError ("" when
+	// the last check was fine): a problem that persists is reported once,
+	// and again only after the state changed.
+	reported string
+}
+
+// reportState reports err to OnError unless the last report was for the
+// same state; state "" (with a nil err) records that all is well.
+func (nc *nodeConfig) reportState(state string, err error) {
+	if state == nc.reported {
+		return
+	}
+	nc.reported = state
+	if err != nil {
+		nc.m.report(err)
+	}
 }
 
 // isServerError reports whether err is an error reply from Redis (as
@@ -43,6 +66,7 @@ func isServerError(err error) bool {
 func (nc *nodeConfig) connLocked() *redis.Conn {
 	if nc.conn == nil {
 		nc.conn = nc.client.Conn()
+		nc.leaseName, nc.connID = "", 0
 	}
 	return nc.conn
 }
@@ -80,12 +104,15 @@ func (nc *nodeConfig) serverVersion(ctx context.Context) (int, error) {
 // (someone removed them, or the server restarted): events were lost.
 // In verify and warn modes, problems that do not stop the manager are
 // reported through OnError and ensure returns nil.
-func (nc *nodeConfig) ensure(ctx context.Context) (repaired bool, err error) {
+// lastOK is when a check last found every flag before this one.
+func (nc *nodeConfig) ensure(ctx context.Context) (repaired bool, lastOK time.Time, err error) {
 	nc.mu.Lock()
 	defer nc.mu.Unlock()
 	if nc.closed {
-		return false, ErrClosed
+		return false, time.Time{}, ErrClosed
 	}
+	lastOK = nc.lastOK
+	start := time.Now()
 	hadConn := nc.conn != nil
 	repaired, err = nc.ensureLocked(ctx)
 	if err != nil && hadConn && nc.conn == nil && ctx.Err() == nil {
@@ -93,7 +120,10 @@ func (nc *nodeConfig) ensure(ctx context.Context) (repaired bool, err error) {
 		// timeout): one more try on a fresh one.
 		repaired, err = nc.ensureLocked(ctx)
 	}
-	return repaired, err
+	if nc.hadFlags && !repaired && err == nil {
+		nc.lastOK = start // the flags were there when this check read them
+	}
+	return repaired, lastOK, err
 }
 
 func (nc *nodeConfig) ensureLocked(ctx context.Context) (repaired bool, err error) {
@@ -107,22 +137,35 @@ func (nc *nodeConfig) ensureLocked(ctx context.Context) (repaired bool, err erro
 	if err != nil {
 		return false, nc.wrap("config", err)
 	}
+	nc.need = need
+	nc.registerLocked(ctx, need)
 	if opts.Config == ConfigSkip {
 		return false, nil
 	}
 	current, err := nc.get(ctx)
 	if err != nil {
-		if errors.Is(err, ErrConfigUnavailable) && opts.Config != ConfigMerge {
-			nc.m.report(nc.wrap("config", fmt.Errorf("%w: cannot verify flags %q", err, need.String())))
+		if errors.Is(err, ErrConfigUnavailable) {
+			// Nothing can be read (CONFIG renamed or denied): the flags may
+			// well be set (managed Redis, set in its console). Say so once
+			// and go on.
+			nc.reportState("unreadable", nc.wrap("config", fmt.Errorf("%w: cannot verify that the server has flags %q; going on as if it had", err, need.String())))
 			return false, nil
 		}
 		return false, nc.wrap("config", err)
+	}
+	if !nc.adopted {
+		// After the first read: a manager that changed the setting before
+		// that read had named its lease with the original first.
+		nc.adopted = true
+		nc.adoptOriginalLocked(ctx)
+		nc.registerLocked(ctx, need)
 	}
 	missing := need &^ parseServerFlags(current)
 	hadBefore := nc.checked && nc.hadFlags
 	nc.checked = true
 	if missing == 0 {
 		nc.hadFlags = true
+		nc.reportState("", nil)
 		return false, nil
 	}
 	nc.hadFlags = false
@@ -133,7 +176,7 @@ func (nc *nodeConfig) ensureLocked(ctx context.Context) (repaired bool, err erro
 		if opts.Config == ConfigVerify && !hadBefore && !nc.m.running() {
 			return repaired, err
 		}
-		nc.m.report(err)
+		nc.reportState("missing "+current, err)
 		return repaired, nil
 	}
 	// Merge: append what is missing, never remove. Another process may be
@@ -153,19 +196,33 @@ func (nc *nodeConfig) ensureLocked(ctx context.Context) (repaired bool, err erro
 			}
 			if need&^parseServerFlags(current) == 0 {
 				nc.hadFlags = true
+				nc.reportState("", nil)
 				return repaired, nil
 			}
 		}
 		merged, _ := mergeFlags(current, need)
+		if !nc.origKnown {
+			// The first write of all managers: record the original in the
+			// lease before writing, for whoever restores.
+			nc.adoptOriginalLocked(ctx)
+			if !nc.origKnown {
+				nc.original, nc.origKnown = current, true
+			}
+			nc.registerLocked(ctx, need)
+		}
 		if err := nc.connLocked().ConfigSet(ctx, configParam, merged).Err(); err != nil {
 			nc.resetOnNetErr(err)
-			if isServerError(err) {
-				err = fmt.Errorf("%w: CONFIG SET %s %q: %v (use ConfigVerify or ConfigSkip where CONFIG is blocked)", ErrConfigUnavailable, configParam, merged, err)
+			if !isServerError(err) {
+				return repaired, nc.wrap("config", err)
 			}
-			return repaired, nc.wrap("config", err)
-		}
-		if !nc.changed {
-			nc.changed, nc.original = true, current
+			missing := need &^ parseServerFlags(current)
+			err = nc.wrap("config", fmt.Errorf("%w: server has %q, handlers need %q: missing %q, and CONFIG SET %s %q failed: %v (set the flags where the server is managed, or use ConfigVerify or ConfigSkip)",
+				ErrConfigUnavailable, current, need.String(), missing.String(), configParam, merged, err))
+			if !nc.m.running() {
+				return repaired, err // Start fails: the flags are known to be missing
+			}
+			nc.reportState("unsettable "+current, err)
+			return repaired, nil
 		}
 		if current, err = nc.get(ctx); err != nil {
 			return repaired, nc.wrap("config", err)
@@ -173,6 +230,7 @@ func (nc *nodeConfig) ensureLocked(ctx context.Context) (repaired bool, err erro
 		nc.written = current
 		if need&^parseServerFlags(current) == 0 {
 			nc.hadFlags = true
+			nc.reportState("", nil)
 			return repaired, nil
 		}
 	}
@@ -187,33 +245,11 @@ func (nc *nodeConfig) get(ctx context.Context) (string, error) {
 	if err != nil {
 		nc.resetOnNetErr(err)
 		if isServerError(err) {
-			return "", fmt.Errorf("%w: CONFIG GET %s: %v (use ConfigVerify or ConfigSkip where CONFIG is blocked)", ErrConfigUnavailable, configParam, err)
+			return "", fmt.Errorf("%w: CONFIG GET %s: %v", ErrConfigUnavailable, configParam, err)
 		}
 		return "", err
 	}
 	return vals[configParam], nil
-}
-
-// restore puts back the value from before the manager's first write, if the
-// setting is still what the manager wrote.
-func (nc *nodeConfig) restore(ctx context.Context) error {
-	nc.mu.Lock()
-	defer nc.mu.Unlock()
-	if !nc.changed || nc.closed {
-		return nil
-	}
-	current, err := nc.get(ctx)
-	if err != nil {
-		return nc.wrap("restore", err)
-	}
-	if current != nc.written {
-		return nc.wrap("restore", fmt.Errorf("setting is %q, not %q as written by this manager: left alone", current, nc.written))
-	}
-	if err := nc.connLocked().ConfigSet(ctx, configParam, nc.original).Err(); err != nil {
-		return nc.wrap("restore", err)
-	}
-	nc.changed = false
-	return nil
 }
 
 // close releases the dedicated connection. Safe to call twice.
@@ -222,6 +258,16 @@ func (nc *nodeConfig) close() {
 	defer nc.mu.Unlock()
 	nc.closed = true
 	if nc.conn != nil {
+		if nc.leaseName != "" {
+			// The connection goes back to the client's pool: end the lease
+			// (lease.go) and give it the client's own name back. Should
+			// that fail on the network, go-redis drops the connection
+			// instead of pooling it; where CLIENT SETNAME is denied, the
+			// name was never set either.
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_ = nc.conn.ClientSetName(ctx, nc.client.Options().ClientName).Err()
+			cancel()
+		}
 		_ = nc.conn.Close()
 		nc.conn = nil
 	}

@@ -20,10 +20,15 @@
 // says what the manager does with the setting: ConfigMerge (default) adds
 // the missing letters to what the server has and never removes one;
 // ConfigVerify and ConfigWarn only read it, for managed Redis where CONFIG
-// is blocked; ConfigSkip leaves it alone. The setting is re-checked after
+// is blocked; ConfigSkip leaves it alone. Merge needs no CONFIG SET where
+// the flags are already there, and where CONFIG cannot even be read it says
+// so once (Options.OnError) and goes on. The setting is re-checked after
 // every reconnect and every Options.CheckInterval, so one lost in a restart
 // or failover is put back. Options.RestoreOnClose puts back the old value
-// on Close, unless someone changed it since.
+// on Close, unless someone changed it since, keeping what other running
+// managers need (anywhere: each manager's config connection carries a lease
+// in its client name, "keyspace|<flags>|<original>", which ends with the
+// connection); the last one to leave restores.
 //
 // # Channels
 //
@@ -40,6 +45,9 @@
 // on its own and calls Options.OnGap once the subscription is back (also when
 // a cluster primary joins, or when the flags were found removed); a handler
 // that must not miss changes should re-read its keys there.
+// Options.OnGapDetail receives the same occasions as a Gap: the server
+// (in a cluster, the primary whose keys to re-read), the reason and the
+// times.
 //
 // Each of Options.Workers handler goroutines has a bounded queue
 // (Options.QueueSize); events of one key always go to the same queue, so

@@ -15,6 +15,8 @@ var (
 	ErrBadOptions = errors.New("keyspace: bad options")
 	// ErrConfigUnavailable: CONFIG GET/SET failed with a server error
 	// (CONFIG renamed or blocked, as on managed Redis; miniredis has none).
+	// From Start: flags are missing and could not be set (the message names
+	// them); reported to Options.OnError: the setting cannot be read.
 	ErrConfigUnavailable = errors.New("keyspace: CONFIG unavailable")
 	// ErrFlagsMissing: the server lacks flags the handlers need
 	// (ConfigVerify, ConfigWarn).

@@ -73,9 +73,10 @@ func ExampleManager_HandleEvents() {
 	// Output: session:42
 }
 
-// Where CONFIG is unavailable (managed Redis, miniredis), the default
-// ConfigMerge cannot do its job and says so; ConfigVerify or ConfigSkip are
-// the way out.
+// Where CONFIG is unavailable (managed Redis with CONFIG renamed or denied,
+// miniredis), the setting cannot be read: the default ConfigMerge says so
+// once, through OnError, and goes on (the flags may well be set in the
+// provider's console).
 func ExampleNewManager_configUnavailable() {
 	mr := miniredis.NewMiniRedis()
 	if err := mr.Start(); err != nil {
@@ -85,13 +86,18 @@ func ExampleNewManager_configUnavailable() {
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	defer rdb.Close()
 
-	m, err := keyspace.NewManager(rdb, keyspace.Options{})
+	m, err := keyspace.NewManager(rdb, keyspace.Options{OnError: func(err error) {
+		fmt.Println("reported:", errors.Is(err, keyspace.ErrConfigUnavailable))
+	}})
 	if err != nil {
 		panic(err)
 	}
 	err = m.Start(context.Background())
-	fmt.Println(errors.Is(err, keyspace.ErrConfigUnavailable))
-	// Output: true
+	fmt.Println("started:", err == nil)
+	_ = m.Close(context.Background())
+	// Output:
+	// reported: true
+	// started: true
 }
 
 // Bad flags are an error from the constructor.
@@ -101,4 +107,42 @@ func ExampleNewManager_badFlags() {
 	_, err := keyspace.NewManager(rdb, keyspace.Options{Flags: "KEQ"})
 	fmt.Println(err)
 	// Output: keyspace: bad notify-keyspace-events flags: unknown flag "Q" in "KEQ" (known: KEg$lshztdxemnoc and A)
+}
+
+// OnGapDetail says which server lost events, and why: a handler that keeps
+// state per server (per cluster primary) rescans only that server's keys.
+// Here the server restarts under a running manager.
+func ExampleOptions_onGapDetail() {
+	mr := miniredis.NewMiniRedis()
+	if err := mr.Start(); err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+
+	gaps := make(chan keyspace.Gap, 1)
+	m, err := keyspace.NewManager(rdb, keyspace.Options{
+		Config: keyspace.ConfigSkip,
+		OnGap:  func() {}, // still called, without detail
+		OnGapDetail: func(g keyspace.Gap) {
+			gaps <- g // e.g. rescan the keys that live on g.Node
+		},
+	})
+	if err != nil {
+		panic(err)
+	}
+	m.Handle("user:*", func(keyspace.Event) {})
+	if err := m.Start(context.Background()); err != nil {
+		panic(err)
+	}
+	defer m.Close(context.Background())
+
+	mr.Close() // the subscriber's connection breaks
+	if err := mr.Restart(); err != nil {
+		panic(err)
+	}
+	g := <-gaps
+	fmt.Println(g.Reason, g.Node == mr.Addr(), !g.At.Before(g.Since))
+	// Output: reconnect true true
 }

@@ -17,11 +17,31 @@ import "time"
 // takes more than about two ticks therefore holds up reading for no more
 // than that; Redis buffers those events.
 //
-// The check sleeps while no reader runs handlers, and the first one to do
-// so wakes it (armHandoff).
+// Short handlers that keep a reader busy are the other case: a reader that
+// is found running handlers at busyLooks looks in a row (different calls,
+// each shorter than a tick, but not so short that a tick held more than
+// busyCalls of them) is not keeping up with the handlers, and while
+// it runs them nobody reads and the other handler goroutines sit idle. Such
+// a reader stops running handlers (nodeSub.queued): it queues every event,
+// so that the handler goroutines (Options.Workers) run them in parallel and
+// the overflow policy applies, and it goes back to running them once every
+// queue is empty and idle at a look.
+//
+// The check sleeps while no reader runs handlers or queues every event, and
+// the first one to do so wakes it (armHandoff).
 
 // handoffTick is how often the hand-off check looks at the readers.
 var handoffTick = 10 * time.Millisecond
+
+// busyLooks is how many looks in a row must find a reader in a handler
+// before it queues every event.
+const busyLooks = 3
+
+// busyCalls: a reader that ran more handler calls than this between two
+// looks (10 µs or less per call, at one look per 10 ms) keeps running them
+// itself: for handlers that quick, the hand-off to another goroutine would
+// be a large part of the cost.
+const busyCalls = 1000
 
 // armHandoff wakes the hand-off check unless it runs.
 func (m *Manager) armHandoff() {
@@ -71,8 +91,11 @@ func (m *Manager) handoffLoop() {
 }
 
 // checkHandoffs looks at every reader once, takes the role of those found
-// in the same handler call as at the last look, and reports whether any ran
-// handlers since the last look. subs is scratch space, returned for reuse.
+// in the same handler call as at the last look, switches readers found busy
+// with handlers at busyLooks looks in a row to queueing (and back once the
+// queues are empty and idle), and reports whether any reader ran handlers
+// since the last look or queues every event. subs is scratch space,
+// returned for reuse.
 func (m *Manager) checkHandoffs(subs []*nodeSub) ([]*nodeSub, bool) {
 	m.mu.Lock()
 	for _, ns := range m.subs {
@@ -80,8 +103,34 @@ func (m *Manager) checkHandoffs(subs []*nodeSub) ([]*nodeSub, bool) {
 	}
 	m.mu.Unlock()
 	active := false
+	idle := -1 // unknown yet: whether every queue is empty and idle
 	for _, ns := range subs {
 		v := ns.handling.Load()
+		// Busy: in a handler now, and handlers slow enough that queueing
+		// costs little beside them (at most busyCalls since the last look).
+		if v&1 == 1 && (v-ns.seen)/2 <= busyCalls {
+			ns.busy++
+			if ns.busy >= busyLooks && !ns.queued.Load() {
+				ns.queued.Store(true)
+			}
+		} else {
+			ns.busy = 0
+		}
+		if ns.queued.Load() {
+			active = true
+			if idle < 0 {
+				idle = 1
+				for _, q := range m.queues {
+					if q.gate.Load() != 0 {
+						idle = 0
+						break
+					}
+				}
+			}
+			if idle == 1 && v&1 == 0 {
+				ns.queued.Store(false)
+			}
+		}
 		if v != ns.seen {
 			ns.seen, active = v, true
 			continue
@@ -92,6 +141,7 @@ func (m *Manager) checkHandoffs(subs []*nodeSub) ([]*nodeSub, bool) {
 		active = true
 		if ns.handling.CompareAndSwap(v, v+1) {
 			ns.seen = v + 1
+			ns.busy = 0
 			m.stats.handoffs.Add(1)
 			ns.takeOver()
 		}

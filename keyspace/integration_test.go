@@ -38,13 +38,18 @@ func TestConfigMergeKeepsServerFlags(t *testing.T) {
 		t.Fatalf("after merge the server has %q (was %q), want exactly the union %q", after, before, want)
 	}
 	// Nothing to do for a second manager whose flags are already there.
-	startManager(t, rdb, Options{Flags: "Ex"}, nil)
+	second := startManager(t, rdb, Options{Flags: "Ex"}, nil)
 	if again := configValue(t, rdb); again != after {
 		t.Errorf("second manager changed %q to %q", after, again)
 	}
+	// The original, plus the x the second manager still needs.
 	closeManager(t, m)
-	if restored := configValue(t, rdb); restored != before {
-		t.Errorf("RestoreOnClose: server has %q, want the original %q", restored, before)
+	if restored := configValue(t, rdb); parseServerFlags(restored) != parseServerFlags(before+"x") {
+		t.Errorf("RestoreOnClose with another manager running: server has %q, want %q", restored, before+"x")
+	}
+	closeManager(t, second) // no RestoreOnClose: leaves it
+	if v := configValue(t, rdb); parseServerFlags(v) != parseServerFlags(before+"x") {
+		t.Errorf("a manager without RestoreOnClose changed the setting to %q on Close", v)
 	}
 }
 

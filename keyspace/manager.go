@@ -90,7 +90,9 @@ type Stats struct {
 	Received uint64
 	// Handled counts events whose handlers have all returned (or panicked).
 	Handled uint64
-	// Dropped counts events discarded by the overflow policy.
+	// Dropped counts events discarded by the overflow policy, and, under
+	// OverflowBlock, an event a reader was waiting to queue when its
+	// connection was found closed (the gap that follows covers it).
 	Dropped uint64
 	// Discarded counts queued events not handled because Close's context
 	// ended first.
@@ -479,10 +481,13 @@ func (m *Manager) report(err error) {
 	}
 }
 
-func (m *Manager) gap() {
+func (m *Manager) gap(g Gap) {
 	m.stats.gaps.Add(1)
 	if m.opts.OnGap != nil {
 		m.opts.OnGap()
+	}
+	if m.opts.OnGapDetail != nil {
+		m.opts.OnGapDetail(g)
 	}
 }
 
@@ -518,14 +523,14 @@ func (m *Manager) deliver(ns *nodeSub, msg *redis.Message) bool {
 	if len(m.queues) > 1 {
 		q = m.queues[keyHash(it.key)%uint32(len(m.queues))]
 	}
-	if q.tryInline() {
+	if !ns.queued.Load() && q.tryInline() {
 		v := ns.handling.Add(1)
 		m.armHandoff()
 		m.handle(it)
 		q.endInline()
 		return ns.handling.CompareAndSwap(v, v+1)
 	}
-	q.push(it, ns.stopCh)
+	q.push(it, ns.readDead)
 	return true
 }
 

@@ -25,13 +25,19 @@ const (
 	// and, when flags are missing, sets the union of what the server has and
 	// what Options.Flags asks for. It never removes a flag. It is re-checked
 	// every Options.CheckInterval and after every reconnect, so a restart or
-	// failover that lost the setting is repaired. Start fails with
-	// ErrConfigUnavailable where CONFIG is blocked (managed Redis, miniredis).
+	// failover that lost the setting is repaired. Where the server may not
+	// be configured (managed Redis: CONFIG renamed, or an ACL user without
+	// CONFIG SET), it needs nothing when the flags are already there. Start
+	// fails only when flags are known to be missing and cannot be set, with
+	// ErrConfigUnavailable naming them. Where even CONFIG GET is unavailable
+	// (nothing can be read: renamed, denied, miniredis), the manager reports
+	// ErrConfigUnavailable to Options.OnError once and goes on.
 	ConfigMerge ConfigMode = iota
 	// ConfigVerify only reads the setting: Start fails with ErrFlagsMissing
 	// when flags are missing. Where CONFIG is unavailable, nothing can be
 	// verified: the manager reports ErrConfigUnavailable to Options.OnError
-	// and goes on. For managed Redis, where flags are set in the console.
+	// (once, and again only after it could verify in between) and goes on.
+	// For managed Redis, where flags are set in the console.
 	ConfigVerify
 	// ConfigWarn is ConfigVerify that reports missing flags to
 	// Options.OnError instead of failing.
@@ -63,7 +69,11 @@ const (
 	// OverflowBlock (the default) stops reading from Redis until the queue
 	// has room. Nothing is dropped by the manager; Redis buffers the events
 	// and disconnects the subscriber when its client-output-buffer-limit for
-	// pubsub is exceeded, which the manager reports as a gap (OnGap).
+	// pubsub is exceeded, which the manager notices within about a second
+	// (see Options.PingInterval) and reports as a gap (OnGap) once
+	// subscribed again; the event a reader was waiting to queue and those
+	// still in the socket are lost with the connection (the one counted in
+	// Stats.Dropped).
 	OverflowBlock Overflow = iota
 	// OverflowDropNewest discards the arriving event (counted in
 	// Stats.Dropped).
@@ -104,14 +114,25 @@ type Options struct {
 	// resynchronise (rescan the keys you care about). It runs on the
 	// subscriber's goroutine: return quickly.
 	OnGap func()
+	// OnGapDetail, when set, is called on every OnGap occasion as well
+	// (after OnGap), with the server it concerns, the reason and the times:
+	// in a cluster, only that primary's keys need a rescan. Same goroutine
+	// and rules as OnGap.
+	OnGapDetail func(Gap)
 
 	// Config is what the manager does with the server setting (default
 	// ConfigMerge).
 	Config ConfigMode
 	// RestoreOnClose makes Close put back the setting each server had before
-	// the manager changed it, but only where the setting is still the one
-	// the manager wrote (a later change by someone else is left alone).
-	// Note that other processes may rely on the flags too.
+	// the first manager changed it, keeping the flags that other managers
+	// still running (in this process or any other) need: during a rolling
+	// deploy the instance that leaves first removes nothing the others use,
+	// and the last one restores the original. Each manager's config
+	// connection carries a lease in its client name (CLIENT SETNAME) with
+	// the flags it needs and the original value; the lease ends with the
+	// connection, so a process that dies without Close holds nothing back.
+	// Where CLIENT LIST is denied, or someone else changed the setting
+	// since, the setting is left alone (reported to OnError).
 	RestoreOnClose bool
 
 	// QueueSize is the capacity of each handler goroutine's queue (default
@@ -123,8 +144,12 @@ type Options struct {
 	// call that is still running after about 10–20 ms hands the reading to
 	// a new goroutine (counted in Stats.Handoffs); the events read
 	// meanwhile wait in the queue, subject to Overflow, and the handler
-	// goroutine handles them in order once that call returned. Handlers of
-	// one queue never run at the same time, wherever they run. The handler
+	// goroutine handles them in order once that call returned. A reader
+	// that short handlers keep busy (found in handlers at three looks in a
+	// row, 10 ms apart) queues every event until the queues are empty and
+	// idle again, so that the Workers run them in parallel and the Overflow
+	// policy applies. Handlers of one queue never run at the same time,
+	// wherever they run. The handler
 	// goroutine takes the waiting events in batches and, while events keep
 	// coming, looks for more every 100 µs instead of being woken for each.
 	QueueSize int
@@ -132,7 +157,8 @@ type Options struct {
 	Overflow Overflow
 	// Workers is the number of handler goroutines (default 1). Events are
 	// spread by key, so the events of one key reach handlers in order
-	// whatever the number.
+	// whatever the number; events of different keys are handled in
+	// parallel once handlers keep the reader busy (see QueueSize).
 	Workers int
 	// Inline runs handlers on the subscriber goroutine (one per server)
 	// always, without queue or hand-off. It saves little over the default
@@ -150,13 +176,19 @@ type Options struct {
 	CheckInterval time.Duration
 	// PingInterval is how long a subscriber waits for traffic before it
 	// pings the server; a ping unanswered for another interval counts as a
-	// broken connection (default DefaultPingInterval).
+	// broken connection (default DefaultPingInterval). While events flow,
+	// or a handler holds up the reader, the connection is probed with a
+	// PING write every 250 ms (or PingInterval, if shorter) instead: a
+	// write fails soon after the server closed the connection, even while
+	// events it sent before are still unread.
 	PingInterval time.Duration
 
 	// OnError receives problems the manager works around without failing:
 	// reconnect failures, handler panics (*PanicError), a verify-only
-	// mismatch (ConfigWarn), ErrConfigUnavailable in verify modes, a restore
-	// that was skipped. It may be called from several goroutines at once.
+	// mismatch (ConfigWarn), ErrConfigUnavailable, a restore that was
+	// skipped. A problem with a server's setting that persists is reported
+	// once per server, and again only after it changed. It may be called
+	// from several goroutines at once.
 	OnError func(error)
 }
 

@@ -145,9 +145,11 @@ func (q *queue) dropOldestLocked() bool {
 }
 
 // push queues it, applying the overflow policy when the queue is full. A
-// reader blocked by OverflowBlock gives up (and counts the event as
-// discarded) when stop is closed.
-func (q *queue) push(it item, stop <-chan struct{}) {
+// reader blocked by OverflowBlock gives up when dead is closed: the
+// connection it read it from was dropped (the event is counted as dropped:
+// the reconnect's OnGap covers it) or the subscriber stopped (counted as
+// discarded).
+func (q *queue) push(it item, dead <-chan struct{}) {
 	m := q.m
 	q.mu.Lock()
 	for q.fullLocked() {
@@ -170,8 +172,12 @@ func (q *queue) push(it item, stop <-chan struct{}) {
 			q.mu.Unlock()
 			select {
 			case <-room:
-			case <-stop:
-				m.stats.discarded.Add(1)
+			case <-dead:
+				if it.ns != nil && it.ns.isStopped() {
+					m.stats.discarded.Add(1)
+				} else {
+					m.stats.dropped.Add(1)
+				}
 				return
 			}
 			q.mu.Lock()

@@ -28,7 +28,11 @@ type nodeSub struct {
 
 	mu          sync.Mutex
 	ps          *redis.PubSub // nil while disconnected
+	dead        chan struct{} // closed when ps is dropped or the subscriber stops
 	connectedAt time.Time     // when ps was subscribed
+	everSubbed  bool          // a connection was made once
+	lostAt      time.Time     // when the last connection was dropped
+	lostErr     error         // why
 	waits       []*confirmWait
 	stopped     bool
 
@@ -36,16 +40,26 @@ type nodeSub struct {
 	// the health check when it looks (a load per message, a store only
 	// after a look).
 	traffic atomic.Bool
+	// ponged is set by the reader when it read a PONG, cleared by the
+	// health check.
+	ponged atomic.Bool
 	// handling is odd while the reader runs handlers on its own goroutine.
 	// Whoever moves it from odd to even ends that run: the reader when the
 	// handlers returned, or the hand-off check (handoff.go), which then
 	// starts a new reader; the old one returns once its handlers did.
 	handling atomic.Uint64
 	seen     uint64 // handling at the hand-off check's last look (its own)
+	busy     int    // looks in a row that found the reader in a handler (the check's own)
+	// queued is set by the hand-off check while the reader must queue every
+	// event instead of running handlers itself (handlers keep it busy).
+	queued atomic.Bool
 
 	// The reader's state, passed on with the role.
 	failures int           // connections in a row that died young
 	cleared  *redis.PubSub // the connection whose read deadline was cleared
+	readDead chan struct{} // the dead channel of the connection being read
+
+	created time.Time // when the subscriber was made
 
 	readers sync.WaitGroup // the reader, and one taken over that still runs handlers
 	stopCh  chan struct{}
@@ -57,9 +71,10 @@ func newNodeSub(m *Manager, c *redis.Client) *nodeSub {
 	addr := c.Options().Addr
 	return &nodeSub{
 		m: m, addr: addr, client: c,
-		cfg:    &nodeConfig{m: m, addr: addr, client: c},
-		stopCh: make(chan struct{}),
-		done:   make(chan struct{}),
+		cfg:     &nodeConfig{m: m, addr: addr, client: c},
+		created: time.Now(),
+		stopCh:  make(chan struct{}),
+		done:    make(chan struct{}),
 	}
 }
 
@@ -70,7 +85,7 @@ func newNodeSub(m *Manager, c *redis.Client) *nodeSub {
 // With initial, a config problem is returned; otherwise it is reported and
 // the subscription goes ahead.
 func (ns *nodeSub) connect(ctx context.Context, initial bool, onDone func()) (*confirmWait, error) {
-	if _, err := ns.cfg.ensure(ctx); err != nil {
+	if _, _, err := ns.cfg.ensure(ctx); err != nil {
 		if initial || errors.Is(err, ErrClosed) {
 			return nil, err
 		}
@@ -108,7 +123,9 @@ func (ns *nodeSub) connect(ctx context.Context, initial bool, onDone func()) (*c
 		return nil, &NodeError{Node: ns.addr, Op: "subscribe", Err: err}
 	}
 	ns.ps = ps
+	ns.dead = make(chan struct{})
 	ns.connectedAt = time.Now()
+	ns.everSubbed = true
 	ns.mu.Unlock()
 	return w, nil
 }
@@ -211,6 +228,13 @@ func (ns *nodeSub) current() *redis.PubSub {
 	return ns.ps
 }
 
+// currentConn returns the connection and its dead channel.
+func (ns *nodeSub) currentConn() (*redis.PubSub, chan struct{}) {
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	return ns.ps, ns.dead
+}
+
 func (ns *nodeSub) isStopped() bool {
 	select {
 	case <-ns.stopCh:
@@ -252,13 +276,14 @@ func (ns *nodeSub) read() {
 	defer ns.readers.Done()
 	m := ns.m
 	for {
-		ps := ns.current()
+		ps, dead := ns.currentConn()
 		if ps == nil {
 			if !ns.reconnect(&ns.failures) {
 				return
 			}
 			continue
 		}
+		ns.readDead = dead
 		timeout := time.Duration(-1)
 		if ps != ns.cleared {
 			timeout, ns.cleared = 0, ps
@@ -281,6 +306,10 @@ func (ns *nodeSub) read() {
 			ns.drop(ps, err)
 			continue
 		}
+		if _, ok := msg.(*redis.Pong); ok {
+			ns.ponged.Store(true) // not traffic: watch's probes draw pongs
+			continue
+		}
 		if !ns.traffic.Load() {
 			ns.traffic.Store(true)
 		}
@@ -300,28 +329,61 @@ func (ns *nodeSub) read() {
 // errNoPong is why watch drops a silent connection.
 var errNoPong = errors.New("no reply to PING within the ping interval")
 
+// probeEvery is how often watch probes a connection whose reader is busy
+// (see watch); at most PingInterval.
+var probeEvery = 250 * time.Millisecond
+
 // watch pings a connection that was silent for PingInterval and drops it
 // (so run reconnects) when it stays silent for another interval.
+//
+// A connection with traffic, or whose reader is held up by a handler, is
+// probed every probeEvery with a PING write instead. Its replies are no
+// use there (they queue behind the events not read yet), but the write
+// fails once the server has closed the connection, as Redis does with a
+// subscriber beyond its client-output-buffer-limit for pubsub: the first
+// write after the close draws a reset, the next one fails. The connection
+// is dropped then, and the events still in the socket with it, so that the
+// reconnect, and OnGap, come within a second or so of the disconnect
+// rather than once a slow reader has worked through everything the server
+// had sent before it.
 func (ns *nodeSub) watch(done chan struct{}) {
 	defer close(done)
-	t := time.NewTicker(ns.m.opts.PingInterval)
+	every := min(probeEvery, ns.m.opts.PingInterval)
+	perPing := int((ns.m.opts.PingInterval + every - 1) / every)
+	t := time.NewTicker(every)
 	defer t.Stop()
 	pinged := false
-	for {
+	for tick := 1; ; tick++ {
 		select {
 		case <-ns.stopCh:
 			return
 		case <-t.C:
 		}
+		ps := ns.current()
+		if ps == nil {
+			pinged = false
+			continue
+		}
+		busy := ns.traffic.Load() || ns.handling.Load()&1 == 1
+		if tick%perPing != 0 {
+			if busy {
+				if err := ps.Ping(ns.m.connCtx); err != nil {
+					ns.drop(ps, err)
+				}
+			}
+			continue
+		}
+		if ns.ponged.Swap(false) && !busy {
+			pinged = false // the last ping's (or probe's) answer: alive
+			continue
+		}
 		if ns.traffic.Swap(false) || ns.handling.Load()&1 == 1 {
 			// Traffic, or a handler holds up the reading: the connection
 			// is not silent.
 			pinged = false
-			continue
-		}
-		ps := ns.current()
-		if ps == nil {
-			pinged = false
+			if err := ps.Ping(ns.m.connCtx); err != nil {
+				ns.drop(ps, err)
+			}
 			continue
 		}
 		if !pinged {
@@ -344,6 +406,9 @@ func (ns *nodeSub) drop(ps *redis.PubSub, err error) {
 	first := ns.ps == ps
 	if first {
 		ns.ps = nil
+		close(ns.dead) // a reader waiting for room stops waiting
+		ns.dead = nil
+		ns.lostAt, ns.lostErr = time.Now(), err
 	}
 	ns.mu.Unlock()
 	_ = ps.Close()
@@ -379,12 +444,22 @@ func (ns *nodeSub) reconnect(failures *int) bool {
 			case <-ctx.Done():
 			}
 		}()
-		w, err := ns.connect(ctx, false, ns.m.gap)
+		ns.mu.Lock()
+		g := Gap{Node: ns.addr, Reason: GapReconnect, Since: ns.lostAt, Err: ns.lostErr}
+		if !ns.everSubbed {
+			g = Gap{Node: ns.addr, Reason: GapNodeJoined, Since: ns.created}
+		}
+		ns.mu.Unlock()
+		onGap := func() {
+			g.At = time.Now()
+			ns.m.gap(g)
+		}
+		w, err := ns.connect(ctx, false, onGap)
 		cancel()
 		if err == nil {
 			select {
 			case <-w.done: // no patterns: nothing to confirm
-				ns.m.gap()
+				onGap()
 			default:
 			}
 			return true
@@ -415,6 +490,10 @@ func (ns *nodeSub) signalStop() {
 	ns.stopped = true
 	ps := ns.ps
 	ns.ps = nil
+	if ns.dead != nil {
+		close(ns.dead)
+		ns.dead = nil
+	}
 	started := ns.started
 	ns.mu.Unlock()
 	close(ns.stopCh)

@@ -51,12 +51,12 @@ func (m *Manager) checkOnce() {
 		if ns.current() == nil {
 			continue // reconnecting: the reconnect checks the setting
 		}
-		repaired, err := ns.cfg.ensure(ctx)
+		repaired, lastOK, err := ns.cfg.ensure(ctx)
 		if err != nil {
 			m.report(err)
 		}
 		if repaired {
-			m.gap()
+			m.gap(Gap{Node: ns.addr, Reason: GapFlagsRemoved, Since: lastOK, At: time.Now()})
 		}
 	}
 }

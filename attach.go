@@ -125,7 +125,7 @@ func (t *Tracker) addAnonLocked(c *redis.Client, pool string, kind poolKind, idl
 		} else {
 			r.acquiredAt.Store(now)
 			r.holdSeq.Store(1)
-			r.preSeq = 1
+			r.pre = true
 			if kind == poolPubSub {
 				r.pubsub.Store(true)
 			} else {

@@ -231,7 +231,7 @@ func (t *Tracker) threshold(kind string, m *mark) time.Duration {
 func (t *Tracker) leakOf(v holdView, now int64) Leak {
 	r := v.rec
 	site := ""
-	if r.preSeq != 0 && v.seq == r.preSeq {
+	if r.pre && v.seq == 1 {
 		site = siteBeforeInstrument
 	}
 	return Leak{
@@ -262,24 +262,22 @@ func (t *Tracker) resolveSites(views []holdView, leaks []Leak, profile bool) {
 	for i, v := range views {
 		r := v.rec
 		var pcs []uintptr
-		if v.kind == KindPubSub {
-			pcs = r.dialPCs
-		} else {
-			r.mu.Lock()
-			if r.siteSeq == v.seq && len(r.sitePCs) > 0 {
-				pcs = append([]uintptr(nil), r.sitePCs...)
+		r.mu.Lock()
+		if c := r.cold; c != nil {
+			if v.kind == KindPubSub {
+				pcs = c.dialPCs
+			} else if c.siteSeq == v.seq && len(c.sitePCs) > 0 {
+				pcs = append([]uintptr(nil), c.sitePCs...)
 			}
-			r.mu.Unlock()
 		}
+		r.mu.Unlock()
 		if len(pcs) > 0 {
 			leaks[i].Site, leaks[i].Stack = sitesFromPCs(pcs, t.opts.FullStacks)
 		}
 		if leaks[i].Site == "" && !profile && r.reportedSeq.Load() == v.seq {
-			r.mu.Lock()
-			if r.lastReported != nil {
-				leaks[i].Site, leaks[i].Stack = r.lastReported.Site, r.lastReported.Stack
+			if lr := r.reported(); lr != nil {
+				leaks[i].Site, leaks[i].Stack = lr.Site, lr.Stack
 			}
-			r.mu.Unlock()
 		}
 		if leaks[i].Site == "" && r.conn != nil && profile {
 			want = append(want, r)
@@ -325,12 +323,10 @@ func (t *Tracker) scan(background bool) []Leak {
 			continue
 		}
 		if r.reportedSeq.Load() == v.seq {
-			r.mu.Lock()
 			var l Leak
-			if r.lastReported != nil {
-				l = *r.lastReported
+			if lr := r.reported(); lr != nil {
+				l = *lr
 			}
-			r.mu.Unlock()
 			l.HeldFor, l.IdleFor = v.held, v.idle
 			current = append(current, l)
 			continue
@@ -344,9 +340,9 @@ func (t *Tracker) scan(background bool) []Leak {
 	t.resolveSites(freshViews, fresh, true)
 	for i, v := range freshViews {
 		r := v.rec
-		r.mu.Lock()
 		l := fresh[i]
-		r.lastReported = &l
+		r.mu.Lock()
+		r.coldLocked().lastReported = &l
 		r.mu.Unlock()
 		r.reportedSeq.Store(v.seq)
 	}
@@ -461,10 +457,10 @@ func (t *Tracker) act(views []holdView, fresh []Leak) {
 		t.closedLeaks.Add(1)
 		fresh[i].Closed = true
 		r.mu.Lock()
-		if r.lastReported != nil {
-			l := *r.lastReported
+		if c := r.cold; c != nil && c.lastReported != nil {
+			l := *c.lastReported
 			l.Closed = true
-			r.lastReported = &l
+			c.lastReported = &l
 		}
 		r.mu.Unlock()
 	}

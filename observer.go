@@ -298,7 +298,7 @@ func gslot(g uintptr) uintptr { return (g>>6 ^ g>>12) & 63 }
 // out: the record remembered for the goroutine when it is cn's (same
 // go-redis connection, not closed), else the ordinary lookup.
 func (d *dispatcher) recentRecord(cn redis.ConnInfo, g uintptr) *connRecord {
-	if r := d.recent[gslot(g)].rec.Load(); r != nil && cn != nil && r.cnKey.Load() == connInfoKey(cn) &&
+	if r := d.recent[gslot(g)].rec.Load(); r != nil && cn != nil && r.info.Load() == any(cn) &&
 		r.state.Load() != stClosed && !r.tr.closed.Load() {
 		return r
 	}
@@ -557,8 +557,9 @@ func (r *connRecord) afterOperation(cmdName string) {
 	}
 	seq := r.holdSeq.Load()
 	r.mu.Lock()
-	r.sitePCs = append(r.sitePCs[:0], pcs[:n]...)
-	r.siteSeq = seq
+	c := r.coldLocked()
+	c.sitePCs = append(c.sitePCs[:0], pcs[:n]...)
+	c.siteSeq = seq
 	r.mu.Unlock()
 	if cmdName == "watch" {
 		r.sticky.Store(stickyTx)

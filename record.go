@@ -1,8 +1,6 @@
 package redisleak
 
 import (
-	"unsafe"
-
 	"github.com/redis/go-redis/v9"
 	"strings"
 	"sync"
@@ -63,29 +61,27 @@ type connRecord struct {
 	conn *trackedConn // nil for a connection opened before the tracker (no wrapper)
 	addr string
 
-	// set at dial, read-only after
-	dialMark *mark
-	dialPCs  []uintptr
-	// preSeq is the holdSeq of a hold that was running when the tracker was
-	// attached (0: none); anon is set while the record stands for a
-	// connection not yet identified (attach.go; guarded by tr.mu).
-	preSeq uint64
-	anon   bool
-	// info is go-redis's connection (redis.ConnInfo), kept from the first
-	// event that names it: its last-use time tells how long the connection
-	// has been idle (idleFor).
-	info atomic.Value
-	// cnKey identifies info's go-redis connection (connInfoKey), for
-	// dispatcher.recentRecord.
-	cnKey atomic.Uintptr
+	dialMark *mark // set at dial, read-only after
 
-	state      atomic.Uint32
-	pubsub     atomic.Bool
+	// info is go-redis's connection (redis.ConnInfo), kept from the first
+	// event that names it (setInfo): its last-use time tells how long the
+	// connection has been idle (idleFor), and dispatcher.recentRecord
+	// compares it with an event's connection.
+	info atomic.Value
+
+	state        atomic.Uint32
+	pubsub       atomic.Bool
+	sticky       atomic.Uint32 // set once the hold outlived a command of its holder
+	actionClosed atomic.Bool   // ActionClose closed the socket; the record's end frees the slot (Stats.LeaksFreed)
+	// pre: the hold with holdSeq 1 was running when the tracker was
+	// attached; anon: the record stands for a connection not yet
+	// identified (attach.go; guarded by tr.mu).
+	pre, anon bool
+
 	acquiredAt atomic.Int64 // nanotime of the current hold's start
 	holdSeq    atomic.Uint64
 	mark       atomic.Pointer[mark] // mark on the acquiring call's context
 	holderG    atomic.Uintptr       // the goroutine that acquired the hold (curG)
-	sticky     atomic.Uint32        // set once the hold outlived a command of its holder
 
 	// blockDeadline: 0 no blocking command in flight; blockForever (-1):
 	// one with timeout 0; else the nanotime until which it is exempt.
@@ -94,18 +90,40 @@ type connRecord struct {
 
 	poolName atomic.Pointer[string]
 
-	mu           sync.Mutex // guards the fields below
-	sitePCs      []uintptr  // acquisition stack captured for sticky holds
-	siteSeq      uint64     // holdSeq the sitePCs belong to
-	lastReported *Leak      // the report of the hold reportedSeq names
-
 	// reportedSeq is the holdSeq reported as a leak (0: none); autoSeq the
 	// holdSeq announced as long-lived by behaviour.
 	reportedSeq atomic.Uint64
 	autoSeq     atomic.Uint64
-	// actionClosed: ActionClose closed the socket; the record's end (go-redis
-	// discarding the connection) frees the slot (Stats.LeaksFreed).
-	actionClosed atomic.Bool
+
+	mu   sync.Mutex  // guards cold (set before publication for a dial stack)
+	cold *recordCold // what few holds need, allocated when first needed
+}
+
+// recordCold holds a record's rarely needed parts, apart to keep records
+// of ordinary connections small.
+type recordCold struct {
+	dialPCs      []uintptr // dial stack, kept when it names a site (PubSub)
+	sitePCs      []uintptr // acquisition stack captured for sticky holds
+	siteSeq      uint64    // holdSeq the sitePCs belong to
+	lastReported *Leak     // the report of the hold reportedSeq names
+}
+
+// coldLocked returns r.cold, allocating it. Called with r.mu held.
+func (r *connRecord) coldLocked() *recordCold {
+	if r.cold == nil {
+		r.cold = &recordCold{}
+	}
+	return r.cold
+}
+
+// reported returns the last report of r, or nil.
+func (r *connRecord) reported() *Leak {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cold == nil {
+		return nil
+	}
+	return r.cold.lastReported
 }
 
 func (r *connRecord) pool() string {
@@ -187,11 +205,5 @@ func (r *connRecord) idleFor(now int64, held time.Duration) time.Duration {
 func (r *connRecord) setInfo(cn redis.ConnInfo) {
 	if cn != nil && r.info.Load() == nil {
 		r.info.Store(cn)
-		r.cnKey.Store(connInfoKey(cn))
 	}
-}
-
-// connInfoKey is the data word of cn: the address of go-redis's connection.
-func connInfoKey(cn redis.ConnInfo) uintptr {
-	return (*[2]uintptr)(unsafe.Pointer(&cn))[1]
 }

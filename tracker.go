@@ -404,7 +404,7 @@ func (t *Tracker) newRecord(ctx context.Context, addr string) *connRecord {
 	var pcs [maxStackDepth]uintptr
 	n := runtime.Callers(3, pcs[:t.opts.StackDepth])
 	if site, _ := sitesFromPCs(pcs[:n], false); site != "" {
-		r.dialPCs = append([]uintptr(nil), pcs[:n]...)
+		r.cold = &recordCold{dialPCs: append([]uintptr(nil), pcs[:n]...)} // before r is published
 	}
 	t.mu.Lock()
 	t.records[r] = struct{}{}
@@ -480,12 +480,10 @@ func (t *Tracker) snapshotRecords() []*connRecord {
 // noteReturned queues the follow-up for a reported leak that came back.
 // Called from the observer: never blocks.
 func (t *Tracker) noteReturned(r *connRecord, held int64) {
-	r.mu.Lock()
 	var l Leak
-	if r.lastReported != nil {
-		l = *r.lastReported
+	if lr := r.reported(); lr != nil {
+		l = *lr
 	}
-	r.mu.Unlock()
 	select {
 	case t.returnedNotes <- returnedNote{held: time.Duration(held), leak: l}:
 	default:

@@ -23,7 +23,8 @@ import (
 //
 //	go test -tags soak -race -run TestSoak -timeout 15m -v .
 //
-// REDISLEAK_SOAK sets the duration (default 5m).
+// REDISLEAK_SOAK sets the duration (default 5m); REDISLEAK_SOAK_AUTO=1 runs
+// it with Options.AutoLongLived.
 func TestSoak(t *testing.T) {
 	dur := 5 * time.Minute
 	if s := os.Getenv("REDISLEAK_SOAK"); s != "" {
@@ -36,7 +37,8 @@ func TestSoak(t *testing.T) {
 	srv := redistest.Private(t)
 	rdb := srv.Client(func(o *redis.Options) { o.PoolSize = 16 })
 	var leaks atomic.Int64
-	tr, err := redisleak.Instrument(rdb, redisleak.Options{OnLeak: func(l redisleak.Leak) {
+	auto := os.Getenv("REDISLEAK_SOAK_AUTO") == "1"
+	tr, err := redisleak.Instrument(rdb, redisleak.Options{AutoLongLived: auto, OnLeak: func(l redisleak.Leak) {
 		leaks.Add(1)
 		t.Errorf("leak: %s", l)
 	}})

@@ -500,13 +500,12 @@ func (m *Manager) resyncAll() {
 	}
 }
 
-// report hands err to Options.OnError with a context free of the
-// long-lived mark.
+// report hands err to Options.OnError.
 func (m *Manager) report(err error) {
 	if m.opts.OnError == nil || err == nil {
 		return
 	}
-	m.opts.OnError(redisleak.WithoutLongLived(m.ctx), err)
+	m.opts.OnError(err)
 }
 
 // cmdConn is the manager's command connection: a dedicated Conn on a

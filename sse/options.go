@@ -1,7 +1,6 @@
 package sse
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"strings"
@@ -96,9 +95,9 @@ type Options struct {
 
 	// OnError, when set, receives errors the manager cannot return to a
 	// caller: Redis errors of the subscriber and of gap fills, and failures
-	// of individual streams. Its context carries no long-lived mark. It must
-	// not block for long: the fan-out may be waiting.
-	OnError func(ctx context.Context, err error)
+	// of individual streams. It is called from the manager's goroutines and
+	// must not block for long: the fan-out may be waiting.
+	OnError func(err error)
 }
 
 // OverflowPolicy is what a Manager does with a client whose queue is full.

@@ -39,13 +39,14 @@ type Event struct {
 
 // QueueEventsOptions configure a QueueEvents. The zero value works.
 type QueueEventsOptions struct {
-	// Prefix of every key (default "bull").
+	// Prefix of every key (default DefaultPrefix, "bull").
 	Prefix string
 	// LastEventID is the stream id after which to start reading; "" means
 	// from the events added after NewQueueEvents returns ("$"), "0" from
 	// the start of the stream.
 	LastEventID string
-	// BlockTimeout is the longest single XREAD BLOCK (default 10s, as Node).
+	// BlockTimeout is the longest single XREAD BLOCK (default
+	// DefaultBlockTimeout, 10s, as Node).
 	BlockTimeout time.Duration
 }
 
@@ -77,7 +78,7 @@ func NewQueueEvents(ctx context.Context, rdb redis.UniversalClient, queue string
 		return nil, invalidf("negative BlockTimeout %v", opts.BlockTimeout)
 	}
 	if opts.BlockTimeout == 0 {
-		opts.BlockTimeout = 10 * time.Second
+		opts.BlockTimeout = DefaultBlockTimeout
 	}
 	k, err := newKeys(opts.Prefix, queue)
 	if err != nil {

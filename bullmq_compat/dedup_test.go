@@ -65,7 +65,7 @@ func TestDeduplication(t *testing.T) {
 	if ttl := rdb.PTTL(ctx, q.Key("de:user-42")).Val(); ttl <= 0 || ttl > time.Minute {
 		t.Fatalf("dedup key ttl = %v", ttl)
 	}
-	if _, err := q.Add(ctx, "x", 1, JobOptions{Deduplication: &Deduplication{}}); !errors.Is(err, ErrInvalidOption) {
+	if _, err := q.Add(ctx, "x", 1, JobOptions{Deduplication: &Deduplication{}}); !errors.Is(err, ErrInvalidOptions) {
 		t.Fatalf("empty deduplication id: %v", err)
 	}
 }

@@ -15,10 +15,10 @@ var ErrQueueFull = errors.New("bullmq: queue full")
 // and ids with ':' that do not split into exactly three parts.
 var ErrInvalidJobID = errors.New("bullmq: invalid job id")
 
-// ErrInvalidOption is returned (wrapped) by constructors and Add for an
+// ErrInvalidOptions is returned (wrapped) by constructors and Add for an
 // option value outside its range, e.g. a negative delay or a priority above
 // MaxPriority.
-var ErrInvalidOption = errors.New("bullmq: invalid option")
+var ErrInvalidOptions = errors.New("bullmq: invalid options")
 
 // ErrClosed is returned by calls on a Queue, Worker or QueueEvents after Close.
 var ErrClosed = errors.New("bullmq: closed")
@@ -55,7 +55,7 @@ func IsUnrecoverable(err error) bool {
 }
 
 func invalidf(format string, args ...any) error {
-	return fmt.Errorf("%w: "+format, append([]any{ErrInvalidOption}, args...)...)
+	return fmt.Errorf("%w: "+format, append([]any{ErrInvalidOptions}, args...)...)
 }
 
 // scriptError turns a negative return code of a finishing script into an error.

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redisleak/redisleak/internal/dedicated"
 )
 
 // Event is one entry of a queue's events stream (<prefix>:<queue>:events),
@@ -39,13 +41,14 @@ type Event struct {
 
 // QueueEventsOptions configure a QueueEvents. The zero value works.
 type QueueEventsOptions struct {
-	// Prefix of every key (default "bull").
+	// Prefix of every key (default DefaultPrefix, "bull").
 	Prefix string
 	// LastEventID is the stream id after which to start reading; "" means
 	// from the events added after NewQueueEvents returns ("$"), "0" from
 	// the start of the stream.
 	LastEventID string
-	// BlockTimeout is the longest single XREAD BLOCK (default 10s, as Node).
+	// BlockTimeout is the longest single XREAD BLOCK (default
+	// DefaultBlockTimeout, 10s, as Node).
 	BlockTimeout time.Duration
 }
 
@@ -54,8 +57,6 @@ type QueueEventsOptions struct {
 // "bullmq:events:<queue>". Next must not be called concurrently; Close may
 // be called from any goroutine.
 type QueueEvents struct {
-	rdb      redis.UniversalClient
-	owner    string
 	k        *keys
 	opts     QueueEventsOptions
 	bc       *blockConn
@@ -77,7 +78,7 @@ func NewQueueEvents(ctx context.Context, rdb redis.UniversalClient, queue string
 		return nil, invalidf("negative BlockTimeout %v", opts.BlockTimeout)
 	}
 	if opts.BlockTimeout == 0 {
-		opts.BlockTimeout = 10 * time.Second
+		opts.BlockTimeout = DefaultBlockTimeout
 	}
 	k, err := newKeys(opts.Prefix, queue)
 	if err != nil {
@@ -88,11 +89,11 @@ func NewQueueEvents(ctx context.Context, rdb redis.UniversalClient, queue string
 	if err != nil {
 		return nil, fmt.Errorf("bullmq: events of %s: %w", queue, err)
 	}
-	e := &QueueEvents{rdb: rdb, owner: owner, k: k, opts: opts, bc: bc, last: opts.LastEventID}
+	e := &QueueEvents{k: k, opts: opts, bc: bc, last: opts.LastEventID}
 	e.closeCtx, e.cancel = context.WithCancel(context.Background())
 	if e.last == "" || e.last == "$" {
 		e.last = "0-0"
-		err := bc.do(ctx, func(c context.Context, r processor) error {
+		err := bc.do(ctx, func(c context.Context, r blockCmd) error {
 			msgs, err := r.XRevRangeN(c, k.key(kEvents), "+", "-", 1).Result()
 			if err == nil && len(msgs) == 1 {
 				e.last = msgs[0].ID
@@ -124,12 +125,11 @@ func (e *QueueEvents) Next(ctx context.Context) (Event, error) {
 			e.pending = e.pending[1:]
 			return ev, nil
 		}
-		timeout := e.bc.maxBlock(e.opts.BlockTimeout)
 		var streams []redis.XStream
-		err := e.bc.do(ctx, func(c context.Context, r processor) error {
+		err := e.bc.do(ctx, func(c context.Context, r blockCmd) error {
 			var err error
 			streams, err = r.XRead(c, &redis.XReadArgs{
-				Streams: []string{e.k.key(kEvents), e.last}, Count: 100, Block: timeout,
+				Streams: []string{e.k.key(kEvents), e.last}, Count: 100, Block: r.maxBlock(e.opts.BlockTimeout),
 			}).Result()
 			return err
 		})
@@ -143,14 +143,14 @@ func (e *QueueEvents) Next(ctx context.Context) (Event, error) {
 			if ctx.Err() != nil {
 				return Event{}, err
 			}
-			// The connection failed (a restarted server?): replace it once;
-			// the stream id says where to go on.
-			_ = e.bc.Close()
-			nbc, rerr := openBlockConn(ctx, e.rdb, e.k.key(kEvents), e.k.clientName("")+":qe", e.owner)
-			if rerr != nil {
+			if !dedicated.IsNetworkError(err) {
+				return Event{}, fmt.Errorf("bullmq: events of %s: %w", e.k.name, err)
+			}
+			// The connection failed (a restarted server?) and was closed:
+			// open a new one once; the stream id says where to go on.
+			if rerr := e.bc.open(ctx); rerr != nil {
 				return Event{}, fmt.Errorf("bullmq: events of %s: %w (reconnect: %v)", e.k.name, err, rerr)
 			}
-			e.bc = nbc
 			continue
 		}
 		for _, s := range streams {

@@ -32,7 +32,7 @@ type FlowNode struct {
 
 // FlowProducerOptions configure a FlowProducer. The zero value works.
 type FlowProducerOptions struct {
-	// Prefix of every key (default "bull").
+	// Prefix of every key (default DefaultPrefix, "bull").
 	Prefix string
 }
 
@@ -51,7 +51,7 @@ func NewFlowProducer(rdb redis.UniversalClient, opts FlowProducerOptions) (*Flow
 		return nil, invalidf("nil Redis client")
 	}
 	if opts.Prefix == "" {
-		opts.Prefix = "bull"
+		opts.Prefix = DefaultPrefix
 	}
 	return &FlowProducer{rdb: rdb, prefix: opts.Prefix}, nil
 }

@@ -146,13 +146,13 @@ func TestFlowRejectsBadInputWritingNothing(t *testing.T) {
 		{Name: "ok", Queue: "children"},
 		{Name: "bad", Queue: "children", Opts: JobOptions{Priority: MaxPriority + 1}},
 	}})
-	if !errors.Is(err, ErrInvalidOption) {
+	if !errors.Is(err, ErrInvalidOptions) {
 		t.Fatalf("err = %v", err)
 	}
 	if n := rdb.DBSize(context.Background()).Val(); n != 0 {
 		t.Fatalf("%d keys written", n)
 	}
-	if _, err := fp.Add(context.Background(), FlowJob{Name: "p", Queue: ""}); !errors.Is(err, ErrInvalidOption) {
+	if _, err := fp.Add(context.Background(), FlowJob{Name: "p", Queue: ""}); !errors.Is(err, ErrInvalidOptions) {
 		t.Fatalf("empty queue: err = %v", err)
 	}
 }

@@ -201,7 +201,7 @@ func encodeJSON(v any) ([]byte, error) {
 	switch r := v.(type) {
 	case json.RawMessage:
 		if !json.Valid(r) {
-			return nil, fmt.Errorf("%w: json.RawMessage is not valid JSON", ErrInvalidOption)
+			return nil, fmt.Errorf("%w: json.RawMessage is not valid JSON", ErrInvalidOptions)
 		}
 		return r, nil
 	case *json.RawMessage:
@@ -212,7 +212,7 @@ func encodeJSON(v any) ([]byte, error) {
 	}
 	b, err := json.Marshal(v)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidOption, err)
+		return nil, fmt.Errorf("%w: %v", ErrInvalidOptions, err)
 	}
 	return b, nil
 }

@@ -46,7 +46,7 @@ var keyNames = [kCount]string{
 
 func newKeys(prefix, name string) (*keys, error) {
 	if prefix == "" {
-		prefix = "bull"
+		prefix = DefaultPrefix
 	}
 	if name == "" {
 		return nil, invalidf("empty queue name")

@@ -4,8 +4,8 @@ import "github.com/redis/go-redis/v9"
 
 // The scripts below are this package's own. They keep BullMQ 6.7's Redis
 // layout (keys, hash fields, scores, markers, stream events) so that Node
-// producers, workers and QueueEvents interoperate with them; see
-// ../shared/docs/bullmq-protocol.md. Every script gets all queue keys in
+// producers, workers and QueueEvents interoperate with them (see the
+// package documentation and the Node peers in interop/). Every script gets all queue keys in
 // KEYS (in the order of the k* constants) and the job key prefix in
 // ARGV[1]. Arguments are plain strings, so the scripts also run on
 // miniredis (no cmsgpack). Numbers that go back to Redis are formatted with

@@ -9,6 +9,19 @@ import (
 	"time"
 )
 
+// Defaults for the zero values of QueueOptions, WorkerOptions,
+// QueueEventsOptions and FlowProducerOptions (Node's defaults).
+const (
+	DefaultPrefix                = "bull"
+	DefaultConcurrency           = 1
+	DefaultLockDuration          = 30 * time.Second
+	DefaultStalledInterval       = 30 * time.Second
+	DefaultMaxStalledCount       = 1
+	DefaultDrainDelay            = 5 * time.Second
+	DefaultMaximumRateLimitDelay = 30 * time.Second
+	DefaultBlockTimeout          = 10 * time.Second
+)
+
 // MaxPriority is the highest job priority BullMQ accepts (2^21-1).
 // Priority 1 runs first; 0 means no priority (the job goes to the plain
 // wait list, ahead of every prioritized job).
@@ -380,7 +393,7 @@ func integerLike(id string) bool {
 
 // QueueOptions configure a Queue. The zero value works.
 type QueueOptions struct {
-	// Prefix of every key (default "bull"). For Redis Cluster put a hash
+	// Prefix of every key (default DefaultPrefix, "bull"). For Redis Cluster put a hash
 	// tag in it ("{bull}") or in the queue name, identically in Node.
 	Prefix string
 	// MaxQueueDepth makes Add fail with ErrQueueFull once waiting +
@@ -406,26 +419,30 @@ type MetricsOptions struct {
 
 // WorkerOptions configure a Worker. The zero value works (Node's defaults).
 type WorkerOptions struct {
-	// Prefix of every key (default "bull").
+	// Prefix of every key (default DefaultPrefix, "bull").
 	Prefix string
-	// Concurrency is how many jobs run at once (0: 1; negative: error).
+	// Concurrency is how many jobs run at once (0: DefaultConcurrency, 1;
+	// negative: error).
 	Concurrency int
 	// Name is the worker's name: stored in a job's `pb` field and in the
 	// client name of the blocking connection.
 	Name string
 	// LockDuration is how long a job's lock lasts without renewal
-	// (default 30s). Locks are renewed every LockDuration/4 while jobs run.
+	// (default DefaultLockDuration, 30s). Locks are renewed every LockDuration/4 while jobs run.
 	LockDuration time.Duration
-	// StalledInterval is the period of the stalled-job check (default 30s).
+	// StalledInterval is the period of the stalled-job check (default
+	// DefaultStalledInterval, 30s).
 	StalledInterval time.Duration
 	// MaxStalledCount is how often a job may stall before it fails
-	// (0: Node's default 1; negative: error).
+	// (0: DefaultMaxStalledCount, Node's 1; negative: error).
 	MaxStalledCount int
-	// DrainDelay is the longest blocking wait on an empty queue (default 5s).
+	// DrainDelay is the longest blocking wait on an empty queue (default
+	// DefaultDrainDelay, 5s).
 	DrainDelay time.Duration
 	// Limiter rate-limits the jobs this worker starts (zero: none).
 	Limiter RateLimiter
-	// MaximumRateLimitDelay caps one wait for the rate limiter (default 30s).
+	// MaximumRateLimitDelay caps one wait for the rate limiter (default
+	// DefaultMaximumRateLimitDelay, 30s).
 	MaximumRateLimitDelay time.Duration
 	// RemoveOnComplete and RemoveOnFail are the retention policies for jobs
 	// whose own options set none (nil: keep all).
@@ -456,23 +473,23 @@ type WorkerOptions struct {
 func (o *WorkerOptions) withDefaults() (WorkerOptions, error) {
 	w := *o
 	if w.Prefix == "" {
-		w.Prefix = "bull"
+		w.Prefix = DefaultPrefix
 	}
 	if w.Concurrency < 0 {
 		return w, invalidf("negative Concurrency %d", w.Concurrency)
 	}
 	if w.Concurrency == 0 {
-		w.Concurrency = 1
+		w.Concurrency = DefaultConcurrency
 	}
 	for _, d := range []struct {
 		name string
 		v    *time.Duration
 		def  time.Duration
 	}{
-		{"LockDuration", &w.LockDuration, 30 * time.Second},
-		{"StalledInterval", &w.StalledInterval, 30 * time.Second},
-		{"DrainDelay", &w.DrainDelay, 5 * time.Second},
-		{"MaximumRateLimitDelay", &w.MaximumRateLimitDelay, 30 * time.Second},
+		{"LockDuration", &w.LockDuration, DefaultLockDuration},
+		{"StalledInterval", &w.StalledInterval, DefaultStalledInterval},
+		{"DrainDelay", &w.DrainDelay, DefaultDrainDelay},
+		{"MaximumRateLimitDelay", &w.MaximumRateLimitDelay, DefaultMaximumRateLimitDelay},
 	} {
 		if *d.v < 0 {
 			return w, invalidf("negative %s %v", d.name, *d.v)
@@ -491,7 +508,7 @@ func (o *WorkerOptions) withDefaults() (WorkerOptions, error) {
 		return w, invalidf("negative MaxStalledCount %d", w.MaxStalledCount)
 	}
 	if w.MaxStalledCount == 0 {
-		w.MaxStalledCount = 1
+		w.MaxStalledCount = DefaultMaxStalledCount
 	}
 	if w.Limiter.Max < 0 || w.Limiter.Duration < 0 {
 		return w, invalidf("negative Limiter %+v", w.Limiter)

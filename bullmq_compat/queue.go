@@ -68,7 +68,7 @@ type BulkJob struct {
 // the prioritized set when opts.Priority > 0, else to the wait list.
 //
 // Invalid input (unencodable data, a bad option or job id) is an error
-// wrapping ErrInvalidOption or ErrInvalidJobID, and nothing is written.
+// wrapping ErrInvalidOptions or ErrInvalidJobID, and nothing is written.
 // With QueueOptions.MaxQueueDepth set, a full queue gives ErrQueueFull.
 // A custom JobID that already exists, or a Deduplication id held by
 // another job, writes nothing: the returned Job has the existing job's id

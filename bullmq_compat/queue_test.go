@@ -48,8 +48,8 @@ func TestNewQueueRejectsBadInput(t *testing.T) {
 		{"negative depth", rdb, "q", QueueOptions{MaxQueueDepth: -1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, err := NewQueue(tc.rdb, tc.queue, tc.opts); !errors.Is(err, ErrInvalidOption) {
-				t.Fatalf("err = %v, want ErrInvalidOption", err)
+			if _, err := NewQueue(tc.rdb, tc.queue, tc.opts); !errors.Is(err, ErrInvalidOptions) {
+				t.Fatalf("err = %v, want ErrInvalidOptions", err)
 			}
 		})
 	}
@@ -68,13 +68,13 @@ func TestAddRejectsBadInputWritingNothing(t *testing.T) {
 			opts JobOptions
 			want error
 		}{
-			{"unencodable data", func() {}, JobOptions{}, ErrInvalidOption},
-			{"NaN data", math.NaN(), JobOptions{}, ErrInvalidOption},
-			{"invalid raw JSON", json.RawMessage(`{"a":`), JobOptions{}, ErrInvalidOption},
-			{"priority too high", 1, JobOptions{Priority: MaxPriority + 1}, ErrInvalidOption},
-			{"jitter above 1", 1, JobOptions{Backoff: Backoff{Delay: time.Second, Jitter: 1.5}}, ErrInvalidOption},
-			{"two parent-on-failure options", 1, JobOptions{FailParentOnFailure: true, IgnoreDependencyOnFailure: true}, ErrInvalidOption},
-			{"deduplication without id", 1, JobOptions{Deduplication: &Deduplication{TTL: time.Second}}, ErrInvalidOption},
+			{"unencodable data", func() {}, JobOptions{}, ErrInvalidOptions},
+			{"NaN data", math.NaN(), JobOptions{}, ErrInvalidOptions},
+			{"invalid raw JSON", json.RawMessage(`{"a":`), JobOptions{}, ErrInvalidOptions},
+			{"priority too high", 1, JobOptions{Priority: MaxPriority + 1}, ErrInvalidOptions},
+			{"jitter above 1", 1, JobOptions{Backoff: Backoff{Delay: time.Second, Jitter: 1.5}}, ErrInvalidOptions},
+			{"two parent-on-failure options", 1, JobOptions{FailParentOnFailure: true, IgnoreDependencyOnFailure: true}, ErrInvalidOptions},
+			{"deduplication without id", 1, JobOptions{Deduplication: &Deduplication{TTL: time.Second}}, ErrInvalidOptions},
 			{"id 0", 1, JobOptions{JobID: "0"}, ErrInvalidJobID},
 			{"id 0:x", 1, JobOptions{JobID: "0:x"}, ErrInvalidJobID},
 			{"integer id", 1, JobOptions{JobID: "42"}, ErrInvalidJobID},
@@ -93,7 +93,7 @@ func TestAddRejectsBadInputWritingNothing(t *testing.T) {
 		}
 		// A bad job in a bulk keeps the good ones out too.
 		_, err = q.AddBulk(ctx, []BulkJob{{Name: "ok", Data: 1}, {Name: "bad", Data: 1, Opts: JobOptions{Priority: MaxPriority + 1}}})
-		if !errors.Is(err, ErrInvalidOption) {
+		if !errors.Is(err, ErrInvalidOptions) {
 			t.Fatalf("AddBulk err = %v", err)
 		}
 		if ks := queueKeys(t, rdb, q); len(ks) != 0 {

@@ -2,6 +2,7 @@ package bullmq
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -65,5 +66,31 @@ func TestQueueEventsSurvivesRedisRestart(t *testing.T) {
 	ev, err := qe.Next(ctx)
 	if err != nil || ev.Name != "added" || ev.JobID != j.ID {
 		t.Fatalf("Next = %+v, %v", ev, err)
+	}
+}
+
+// TestQueueEventsReturnsRedisErrors: an error reply (here WRONGTYPE) is
+// returned by Next at once; only network errors make it reconnect and
+// retry (it used to reconnect on any error, until ctx ended).
+func TestQueueEventsReturnsRedisErrors(t *testing.T) {
+	rdb, name := realClient(t)
+	ctx := ctxT(t, 20*time.Second)
+	qe, err := NewQueueEvents(ctx, rdb, name, QueueEventsOptions{LastEventID: "0", BlockTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qe.Close()
+	key := "bull:" + name + ":events"
+	t.Cleanup(func() { rdb.Del(context.Background(), key) })
+	if err := rdb.Set(ctx, key, "not a stream", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = qe.Next(ctx)
+	var re redis.Error
+	if !errors.As(err, &re) || !strings.HasPrefix(re.Error(), "WRONGTYPE") {
+		t.Fatalf("Next = %v, want a WRONGTYPE reply", err)
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("Next returned only when its context ended: %v", err)
 	}
 }

@@ -47,16 +47,15 @@ type Worker struct {
 	closing    atomic.Bool
 	limitUntil atomic.Int64 // unix ms: no fetch before (ErrRateLimited)
 
-	mu       sync.Mutex
-	state    int // 0 new, 1 running, 2 closed
-	stop     context.CancelFunc
-	loopCtx  context.Context
-	jobsCtx  context.Context
-	cancelJ  context.CancelFunc
-	runDone  chan struct{}
-	running  map[string]string // job id → token
-	blocking *blockConn
-	wg       sync.WaitGroup
+	mu      sync.Mutex
+	state   int // 0 new, 1 running, 2 closed
+	stop    context.CancelFunc
+	loopCtx context.Context
+	jobsCtx context.Context
+	cancelJ context.CancelFunc
+	runDone chan struct{}
+	running map[string]string // job id → token
+	wg      sync.WaitGroup
 
 	onFinish func() // test hook: after a job's finish script returned
 }
@@ -150,11 +149,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer cancelJ()
 	defer stop()
 
-	bc, err := w.openBlocking(ctx)
+	bc, err := openBlockConn(ctx, w.rdb, w.k.key(kMarker), w.ClientName(), w.owner)
 	if err != nil {
 		return fmt.Errorf("bullmq: worker %s: blocking connection: %w", w.k.name, err)
 	}
-	defer func() { w.blockingConn().Close() }()
+	defer bc.Close()
 
 	renewCtx, stopRenew := context.WithCancel(context.Background())
 	var bg sync.WaitGroup
@@ -176,36 +175,18 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
-func (w *Worker) openBlocking(ctx context.Context) (*blockConn, error) {
-	bc, err := openBlockConn(ctx, w.rdb, w.k.key(kMarker), w.ClientName(), w.owner)
-	if err != nil {
-		return nil, err
-	}
-	w.mu.Lock()
-	w.blocking = bc
-	w.mu.Unlock()
-	return bc, nil
-}
-
-func (w *Worker) blockingConn() *blockConn {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.blocking
-}
-
-// reconnect replaces a blocking connection that failed (a restarted or
-// unreachable server): the new one is named and marked again.
-func (w *Worker) reconnect(ctx context.Context, bc *blockConn) *blockConn {
-	_ = bc.Close()
+// reconnect reopens a blocking connection that a network error closed (a
+// restarted or unreachable server): the new one is named and marked again.
+// After a Redis error reply the connection is kept; the pause still applies.
+func (w *Worker) reconnect(ctx context.Context, bc *blockConn) {
 	for ctx.Err() == nil {
 		sleepCtx(ctx, time.Second)
-		nbc, err := w.openBlocking(ctx)
-		if err == nil {
-			return nbc
+		err := bc.open(ctx)
+		if err == nil || ctx.Err() != nil {
+			return
 		}
 		w.report(fmt.Errorf("bullmq: worker %s: reconnect blocking connection: %w", w.k.name, err))
 	}
-	return bc
 }
 
 func (w *Worker) loop(ctx context.Context, bc *blockConn) {
@@ -243,7 +224,7 @@ func (w *Worker) loop(ctx context.Context, bc *blockConn) {
 		blockUntil = delayUntil
 		if err := w.waitMarker(ctx, bc, blockUntil); err != nil {
 			w.report(fmt.Errorf("bullmq: worker %s: wait on marker: %w", w.k.name, err))
-			bc = w.reconnect(ctx, bc)
+			w.reconnect(ctx, bc)
 		}
 	}
 }
@@ -270,11 +251,10 @@ func (w *Worker) waitMarker(ctx context.Context, bc *blockConn, blockUntil int64
 			}
 			timeout = max(min(d, 10*time.Second), time.Millisecond)
 		}
-		timeout = bc.maxBlock(timeout)
 		var res *redis.ZWithKey
-		err := bc.do(ctx, func(c context.Context, r processor) error {
+		err := bc.do(ctx, func(c context.Context, r blockCmd) error {
 			var err error
-			res, err = bzpopmin(c, r, w.k.key(kMarker), timeout)
+			res, err = bzpopmin(c, r, w.k.key(kMarker), r.maxBlock(timeout))
 			return err
 		})
 		switch {

@@ -36,8 +36,8 @@ func TestNewWorkerRejectsBadInput(t *testing.T) {
 		{"space in name", rdb, "q", h, WorkerOptions{Name: "a b"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, err := NewWorker(tc.rdb, tc.queue, tc.h, tc.opts); !errors.Is(err, ErrInvalidOption) {
-				t.Fatalf("err = %v, want ErrInvalidOption", err)
+			if _, err := NewWorker(tc.rdb, tc.queue, tc.h, tc.opts); !errors.Is(err, ErrInvalidOptions) {
+				t.Fatalf("err = %v, want ErrInvalidOptions", err)
 			}
 		})
 	}

@@ -1,7 +1,6 @@
 package sse
 
 import (
-	"context"
 	"errors"
 	"net/http"
 	"sync"
@@ -145,17 +144,18 @@ func TestLimits(t *testing.T) {
 	}
 }
 
-// TestOnErrorContext: OnError gets errors without the long-lived mark.
-func TestOnErrorContext(t *testing.T) {
-	got := make(chan bool, 1)
-	m, _ := startManager(t, redisClient(t), Options{OnError: func(ctx context.Context, err error) {
+// TestOnError: OnError receives the errors the manager reports.
+func TestOnError(t *testing.T) {
+	got := make(chan error, 1)
+	m, _ := startManager(t, redisClient(t), Options{OnError: func(err error) {
 		select {
-		case got <- redisleak.IsLongLived(ctx):
+		case got <- err:
 		default:
 		}
 	}})
-	m.report(errors.New("boom"))
-	if <-got {
-		t.Fatal("OnError context carries the long-lived mark")
+	boom := errors.New("boom")
+	m.report(boom)
+	if err := <-got; err != boom {
+		t.Fatalf("OnError got %v, want %v", err, boom)
 	}
 }

@@ -103,8 +103,8 @@
 // redisleak.WithLongLived and redisleak.WithOwner(ctx, "sse"): a tracker
 // attached with redisleak.Instrument counts them as long-lived holds of
 // owner "sse", never as leaks. Replays and Publish use the client's pool
-// with the caller's (request's) context. Contexts handed to Authorize and
-// OnError carry no long-lived mark.
+// with the caller's (request's) context. The request handed to Authorize
+// carries no long-lived mark.
 //
 // # Shutdown
 //

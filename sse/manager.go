@@ -2,7 +2,6 @@ package sse
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -12,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/redisleak/redisleak"
+	"github.com/redisleak/redisleak/internal/dedicated"
 )
 
 // owner names the manager's connections in redisleak reports.
@@ -102,7 +102,7 @@ type Manager struct {
 	ctx    context.Context // long-lived, owner "sse"; canceled by Close
 	cancel context.CancelFunc
 	ps     *redis.PubSub
-	cmd    *cmdConn
+	cmd    *dedicated.Conn
 
 	// lastDelivered is the id of the last event fanned out (run goroutine
 	// only); lastFanned publishes it to heartbeats. origin is the origin of
@@ -158,17 +158,17 @@ func NewManager(rdb redis.UniversalClient, opts Options) (*Manager, error) {
 	startCtx, cancelStart := context.WithTimeout(m.ctx, 30*time.Second)
 	defer cancelStart()
 
-	m.cmd = newCmdConn(rdb)
+	m.cmd = dedicated.New(rdb, dedicated.Options{Owner: owner, ErrClosed: ErrClosed})
 	// Where the live feed starts: events up to here are history.
 	var start streamID
-	err = m.cmd.do(startCtx, func(ctx context.Context, c redis.Cmdable) error {
+	err = m.onCmd(startCtx, func(ctx context.Context, c redis.Cmdable) error {
 		var err error
 		m.origin, start, err = m.history(ctx, c)
 		return err
 	})
 	if err != nil {
 		m.cancel()
-		m.cmd.close()
+		_ = m.cmd.Close()
 		return nil, fmt.Errorf("sse: reading history %s: %w", m.stream, err)
 	}
 	m.lastDelivered = start
@@ -184,7 +184,7 @@ func NewManager(rdb redis.UniversalClient, opts Options) (*Manager, error) {
 	if _, err := m.ps.Receive(startCtx); err != nil {
 		m.cancel()
 		_ = m.ps.Close()
-		m.cmd.close()
+		_ = m.cmd.Close()
 		return nil, fmt.Errorf("sse: subscribing to %s: %w", m.channel, err)
 	}
 	ch := m.ps.ChannelWithSubscriptions(
@@ -254,7 +254,7 @@ func (m *Manager) Close(ctx context.Context) error {
 		m.cancel()
 		_ = m.ps.Close()
 		<-m.runDone
-		m.cmd.close()
+		_ = m.cmd.Close()
 	})
 	select {
 	case <-m.drained:
@@ -410,7 +410,7 @@ func (m *Manager) fillGapOnce() (int, error) {
 	// the gap is the whole new history: the streams get one reset saying
 	// so, and every event of the new history.
 	var origin streamID
-	err := m.cmd.do(m.ctx, func(ctx context.Context, c redis.Cmdable) error {
+	err := m.onCmd(m.ctx, func(ctx context.Context, c redis.Cmdable) error {
 		var err error
 		origin, _, err = m.history(ctx, c)
 		return err
@@ -422,7 +422,7 @@ func (m *Manager) fillGapOnce() (int, error) {
 		m.stats.historyLosses.Add(1)
 		m.origin = origin
 		var first []redis.XMessage
-		err := m.cmd.do(m.ctx, func(ctx context.Context, c redis.Cmdable) error {
+		err := m.onCmd(m.ctx, func(ctx context.Context, c redis.Cmdable) error {
 			var err error
 			first, err = c.XRangeN(ctx, m.stream, origin.String(), origin.String(), 1).Result()
 			return err
@@ -448,7 +448,7 @@ func (m *Manager) fillGapOnce() (int, error) {
 		if first && !m.lastDelivered.isZero() {
 			from = m.lastDelivered
 		}
-		err := m.cmd.do(m.ctx, func(ctx context.Context, c redis.Cmdable) error {
+		err := m.onCmd(m.ctx, func(ctx context.Context, c redis.Cmdable) error {
 			var err error
 			entries, err = c.XRangeN(ctx, m.stream, from.String(), "+", replayBatch).Result()
 			return err
@@ -500,64 +500,17 @@ func (m *Manager) resyncAll() {
 	}
 }
 
-// report hands err to Options.OnError with a context free of the
-// long-lived mark.
+// report hands err to Options.OnError.
 func (m *Manager) report(err error) {
 	if m.opts.OnError == nil || err == nil {
 		return
 	}
-	m.opts.OnError(redisleak.WithoutLongLived(m.ctx), err)
+	m.opts.OnError(err)
 }
 
-// cmdConn is the manager's command connection: a dedicated Conn on a
-// *redis.Client (acquired with the long-lived mark and replaced when it
-// breaks), the client itself otherwise.
-type cmdConn struct {
-	rdb    redis.UniversalClient
-	client *redis.Client // nil: use rdb
-	mu     sync.Mutex
-	conn   *redis.Conn
-	closed bool
-}
-
-func newCmdConn(rdb redis.UniversalClient) *cmdConn {
-	c := &cmdConn{rdb: rdb}
-	c.client, _ = rdb.(*redis.Client)
-	return c
-}
-
-// do runs f on the command connection. ctx must carry the long-lived mark
-// (the first command on a new Conn acquires it); f gets the context to use.
-// Without a dedicated connection the commands are short pool holds, run
-// without the mark.
-func (c *cmdConn) do(ctx context.Context, f func(context.Context, redis.Cmdable) error) error {
-	if c.client == nil {
-		return f(redisleak.WithoutLongLived(ctx), c.rdb)
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
-		return ErrClosed
-	}
-	if c.conn == nil {
-		c.conn = c.client.Conn()
-	}
-	err := f(ctx, c.conn)
-	var rerr redis.Error
-	if err != nil && !errors.As(err, &rerr) && !errors.Is(err, redis.Nil) {
-		// A network error leaves a Conn unusable for good: take a new one.
-		_ = c.conn.Close()
-		c.conn = nil
-	}
-	return err
-}
-
-func (c *cmdConn) close() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.closed = true
-	if c.conn != nil {
-		_ = c.conn.Close()
-		c.conn = nil
-	}
+// onCmd runs f on the command connection: a dedicated Conn on a
+// *redis.Client (acquired with the long-lived mark and owner "sse",
+// replaced after a network error), short pool holds otherwise.
+func (m *Manager) onCmd(ctx context.Context, f func(context.Context, redis.Cmdable) error) error {
+	return m.cmd.Do(ctx, func(ctx context.Context, h dedicated.Handle) error { return f(ctx, h.Cmd) })
 }

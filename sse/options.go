@@ -1,7 +1,6 @@
 package sse
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"strings"
@@ -15,7 +14,7 @@ type Options struct {
 	// Namespace names the history stream and the pub/sub channel shared by
 	// every manager that should see the same events: "{<ns>}:history" and
 	// "{<ns>}:live" (one hash tag, so both live in one cluster slot).
-	// Default "sse". Must not contain braces, CR, LF or NUL.
+	// Default DefaultNamespace ("sse"). Must not contain braces, CR, LF or NUL.
 	Namespace string
 
 	// Heartbeat is the interval of the comment written to every stream so
@@ -23,21 +22,23 @@ type Options struct {
 	// client's cursor past events of other topics (then it is an event of
 	// type HeartbeatEvent, invisible to onmessage), so a quiet topic's cursor
 	// never falls out of the history. A proxy's read timeout must be longer.
-	// Default 15s.
+	// Default DefaultHeartbeat (15s).
 	Heartbeat time.Duration
 
 	// Retry is the reconnection delay suggested to browsers with a "retry:"
-	// line at the start of every stream. Default 3s.
+	// line at the start of every stream. Default DefaultRetry (3s).
 	Retry time.Duration
 
 	// HistorySize is the approximate number of events kept in the history
 	// stream (XADD MAXLEN ~: Redis trims whole nodes, so a few more may be
-	// kept). Replay reaches back at most this far. Default 10,000.
+	// kept). Replay reaches back at most this far. Default DefaultHistorySize
+	// (10,000).
 	HistorySize int64
 
 	// QueueSize is the number of events buffered for one client between the
 	// fan-out and the client's connection. Fan-out never waits for a client:
-	// when its queue is full, OnFull applies. Default 1,024.
+	// when its queue is full, OnFull applies. Default DefaultQueueSize
+	// (1,024).
 	QueueSize int
 
 	// OnFull says what happens to a client whose queue is full. The default,
@@ -50,7 +51,8 @@ type Options struct {
 	// does not read within it is disconnected. It overrides
 	// http.Server.WriteTimeout for the stream, through
 	// http.ResponseController: a ResponseWriter wrapper must implement
-	// Unwrap for deadlines (and flushing) to work. Default 10s.
+	// Unwrap for deadlines (and flushing) to work. Default
+	// DefaultWriteTimeout (10s).
 	WriteTimeout time.Duration
 
 	// Sharded uses sharded pub/sub (SSUBSCRIBE/SPUBLISH, Redis 7) instead of
@@ -58,7 +60,8 @@ type Options struct {
 	// that owns the namespace's slot instead of being broadcast to every node.
 	Sharded bool
 
-	// MaxTopics bounds the topics of one connection. Default 32.
+	// MaxTopics bounds the topics of one connection. Default
+	// DefaultMaxTopics (32).
 	MaxTopics int
 
 	// MaxClients bounds the concurrent streams of this manager; 0 means no
@@ -96,9 +99,9 @@ type Options struct {
 
 	// OnError, when set, receives errors the manager cannot return to a
 	// caller: Redis errors of the subscriber and of gap fills, and failures
-	// of individual streams. Its context carries no long-lived mark. It must
-	// not block for long: the fan-out may be waiting.
-	OnError func(ctx context.Context, err error)
+	// of individual streams. It is called from the manager's goroutines and
+	// must not block for long: the fan-out may be waiting.
+	OnError func(err error)
 }
 
 // OverflowPolicy is what a Manager does with a client whose queue is full.
@@ -132,17 +135,19 @@ func (e *HTTPError) Error() string {
 	return fmt.Sprintf("sse: refused with status %d: %s", e.Status, e.Message)
 }
 
+// Defaults for the zero values of Options.
 const (
-	defaultNamespace = "sse"
-	defaultHeartbeat = 15 * time.Second
-	defaultRetry     = 3 * time.Second
-	defaultHistory   = 10_000
-	defaultQueue     = 1024
-	defaultWrite     = 10 * time.Second
-	defaultMaxTopics = 32
-	// replayBatch is the COUNT of one XRANGE during replay and gap fill.
-	replayBatch = 512
+	DefaultNamespace    = "sse"
+	DefaultHeartbeat    = 15 * time.Second
+	DefaultRetry        = 3 * time.Second
+	DefaultHistorySize  = 10_000
+	DefaultQueueSize    = 1024
+	DefaultWriteTimeout = 10 * time.Second
+	DefaultMaxTopics    = 32
 )
+
+// replayBatch is the COUNT of one XRANGE during replay and gap fill.
+const replayBatch = 512
 
 // withDefaults validates o and returns a copy with defaults filled in.
 func (o Options) withDefaults() (Options, error) {
@@ -177,25 +182,25 @@ func (o Options) withDefaults() (Options, error) {
 		}
 	}
 	if o.Namespace == "" {
-		o.Namespace = defaultNamespace
+		o.Namespace = DefaultNamespace
 	}
 	if o.Heartbeat == 0 {
-		o.Heartbeat = defaultHeartbeat
+		o.Heartbeat = DefaultHeartbeat
 	}
 	if o.Retry == 0 {
-		o.Retry = defaultRetry
+		o.Retry = DefaultRetry
 	}
 	if o.HistorySize == 0 {
-		o.HistorySize = defaultHistory
+		o.HistorySize = DefaultHistorySize
 	}
 	if o.QueueSize == 0 {
-		o.QueueSize = defaultQueue
+		o.QueueSize = DefaultQueueSize
 	}
 	if o.WriteTimeout == 0 {
-		o.WriteTimeout = defaultWrite
+		o.WriteTimeout = DefaultWriteTimeout
 	}
 	if o.MaxTopics == 0 {
-		o.MaxTopics = defaultMaxTopics
+		o.MaxTopics = DefaultMaxTopics
 	}
 	o.AllowedOrigins = append([]string(nil), o.AllowedOrigins...)
 	return o, nil

@@ -121,7 +121,7 @@ func startService(ctx context.Context, sc serviceConfig) (*service, error) {
 		Heartbeat:   5 * time.Second,
 		Retry:       time.Second,
 		HistorySize: 2000,
-		OnError:     func(_ context.Context, err error) { fmt.Fprintf(s.out, "sse: %v\n", err) },
+		OnError:     func(err error) { fmt.Fprintf(s.out, "sse: %v\n", err) },
 	})
 	if err != nil {
 		return nil, fmt.Errorf("sse: %w", err)

@@ -8,7 +8,11 @@
 //	defer tr.Close()
 //	http.Handle("/health/redis-pool", tr.Handler())
 //
-// and mark the holds that are long on purpose where you start them:
+// If the service installs a go-redis recorder of its own (redis.SetOTelRecorder,
+// e.g. go-redis's native OpenTelemetry metrics), pass it as
+// Options.ChainRecorder: go-redis has one process-wide recorder slot.
+//
+// Mark the holds that are long on purpose where you start them:
 //
 //	conn := rdb.Conn()
 //	conn.BZPopMin(redisleak.WithOwner(redisleak.WithLongLived(ctx), "queue:emails"), 0, "marker")
@@ -17,7 +21,8 @@
 //
 // The tracker wraps each dialed net.Conn (DialHook) and receives go-redis's
 // connection-state events (the process-wide observer installed with
-// redis.SetOTelRecorder). A hold starts when a connection leaves the pool —
+// redis.SetOTelRecorder). A hold belongs to the goroutine that checked the
+// connection out (goroutines sharing a context are told apart). A hold starts when a connection leaves the pool —
 // for a command, a pipeline, a Watch callback, a Client.Conn from its first
 // command until Close, a PubSub for its life — and ends when it returns or
 // closes. Every hold is timed exactly; nothing is unwound on the hot path.
@@ -29,8 +34,10 @@
 // (go-redis re-dials them with a background context, so a mark alone would
 // be lost) and blocking commands (BLPOP, BZPOPMIN, XREAD BLOCK, WAIT, ...)
 // until their own timeout plus Options.BlockingGrace (timeout 0: forever).
-// Options.DisableRecognition turns recognition by nature off. WithMaxHold
-// sets a per-call threshold for holds that are long but bounded.
+// With Options.AutoLongLived a hold is also exempt by behaviour while its
+// connection keeps running commands, and a leak once it has been idle for
+// its threshold. WithMaxHold sets a per-call threshold for holds that are
+// long but bounded. Leak.LongLivedBy says which rule exempted a hold.
 //
 // # Reports
 //
@@ -39,7 +46,8 @@
 // follows when a reported hold ends. A Leak names its acquisition site, the
 // first frame outside go-redis and this package: captured when a hold
 // outlives its command (Conn, Watch), at dial for PubSub, and for a command
-// still running from the goroutine blocked on that connection. A pool
+// still running from the goroutine profile (taken concurrently: the world is
+// not stopped for a dump). A pool
 // timeout error names the holders (*PoolTimeoutError; errors.Is with
 // redis.ErrPoolTimeout still holds).
 //

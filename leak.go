@@ -179,7 +179,7 @@ func (t *Tracker) evaluate(r *connRecord, now int64) (v holdView, ok bool) {
 	}
 	v.threshold = t.threshold(v.kind, m)
 	v.idle = r.idleFor(now, v.held)
-	if !v.longLived && !t.opts.DisableRecognition {
+	if !v.longLived {
 		switch v.kind {
 		case KindPubSub:
 			v.longLived, v.by = true, LongLivedPubSub
@@ -503,7 +503,7 @@ func (t *Tracker) evaluateOp(op *inflightOp, now int64) holdView {
 	v.longLived = op.mark != nil && op.mark.longLived
 	if op.blocked {
 		v.kind = KindBlocking
-		if !t.opts.DisableRecognition && (op.block == blockForever || v.held < op.block+t.opts.BlockingGrace) {
+		if (op.block == blockForever || v.held < op.block+t.opts.BlockingGrace) {
 			v.longLived = true
 		}
 	}

@@ -89,7 +89,7 @@ type HoldStats struct {
 func (t *Tracker) Stats() Stats {
 	s := Stats{
 		ClientKind:    t.clientKind,
-		ObserverMode:  t.Mode(),
+		ObserverMode:  t.mode(),
 		LeaksReported: t.leaksTotal.Load(),
 		LeaksClosed:   t.closedLeaks.Load(),
 		LeaksFreed:    t.freedLeaks.Load(),

@@ -83,11 +83,6 @@ type Options struct {
 	// go-redis itself waits beyond the timeout); smaller positive values
 	// are an error.
 	BlockingGrace time.Duration
-	// DisableRecognition turns off recognising long-lived holds by what they
-	// are (PubSub connections, blocking commands within their timeout):
-	// only WithLongLived marks exempt a hold. This reproduces a naive
-	// detector, for comparison.
-	DisableRecognition bool
 
 	// FullStacks adds the whole acquisition stack to each Leak (Leak.Stack).
 	FullStacks bool
@@ -557,8 +552,8 @@ func (t *Tracker) Close() error {
 	return nil
 }
 
-// Mode returns the observer mode: ModeObserver or ModeHooks.
-func (t *Tracker) Mode() string {
+// mode returns the observer mode: ModeObserver or ModeHooks (Stats.ObserverMode).
+func (t *Tracker) mode() string {
 	if t.hooksMode.Load() {
 		return ModeHooks
 	}
@@ -577,7 +572,7 @@ func (t *Tracker) checkMode() {
 	ops := t.poolOps()
 	dOps := ops - t.lastPoolOps
 	t.lastPoolOps = ops
-	cur := t.Mode()
+	cur := t.mode()
 	switch {
 	case dOps > 0 && !saw && cur == ModeObserver:
 		t.hooksMode.Store(true)

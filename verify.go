@@ -1,6 +1,9 @@
 package redisleak
 
 import (
+	"fmt"
+	"io"
+	"os"
 	"strings"
 	"time"
 )
@@ -30,10 +33,10 @@ func IgnoreOwner(owner string) VerifyOption {
 	return func(c *verifyConfig) { c.ignore[owner] = true }
 }
 
-// FindHeld returns the holds VerifyNone would fail on: every current hold
+// findHeld returns the holds VerifyNone would fail on: every current hold
 // that is not long-lived, whatever its duration, after waiting up to the
 // configured time for them to end.
-func FindHeld(tr *Tracker, opts ...VerifyOption) []Leak {
+func findHeld(tr *Tracker, opts ...VerifyOption) []Leak {
 	cfg := verifyConfig{wait: time.Second, ignore: map[string]bool{}}
 	for _, o := range opts {
 		o(&cfg)
@@ -64,7 +67,7 @@ func FindHeld(tr *Tracker, opts ...VerifyOption) []Leak {
 // site. Holds still running are given VerifyWait (1s) to end.
 func VerifyNone(t TestingT, tr *Tracker, opts ...VerifyOption) {
 	t.Helper()
-	held := FindHeld(tr, opts...)
+	held := findHeld(tr, opts...)
 	if len(held) == 0 {
 		return
 	}
@@ -73,4 +76,41 @@ func VerifyNone(t TestingT, tr *Tracker, opts ...VerifyOption) {
 		lines[i] = "  " + h.String()
 	}
 	t.Errorf("redisleak: found %d leaked redis connection hold(s):\n%s", len(held), strings.Join(lines, "\n"))
+}
+
+// TestingM is the subset of *testing.M that VerifyTestMain uses.
+type TestingM interface {
+	Run() int
+}
+
+// VerifyTestMain runs the tests of a package, then fails (exit code 1) if
+// tr still sees connections held that are not long-lived, as goleak's
+// VerifyTestMain does for goroutines. Use it in TestMain with a tracker on
+// the client the package's tests share:
+//
+//	func TestMain(m *testing.M) {
+//		rdb := redis.NewClient(...)
+//		tr, _ := redisleak.Instrument(rdb, redisleak.Options{})
+//		redisleak.VerifyTestMain(m, tr)
+//	}
+//
+// It calls os.Exit.
+func VerifyTestMain(m TestingM, tr *Tracker, opts ...VerifyOption) {
+	os.Exit(verifyTestMain(m, tr, os.Stderr, opts...))
+}
+
+func verifyTestMain(m TestingM, tr *Tracker, w io.Writer, opts ...VerifyOption) int {
+	code := m.Run()
+	if code != 0 {
+		return code
+	}
+	held := findHeld(tr, opts...)
+	if len(held) == 0 {
+		return 0
+	}
+	fmt.Fprintf(w, "redisleak: found %d leaked redis connection hold(s) after the tests:\n", len(held))
+	for _, h := range held {
+		fmt.Fprintf(w, "  %s\n", h)
+	}
+	return 1
 }

@@ -19,8 +19,9 @@ type Stats struct {
 	LongLived int `json:"longLived"`
 	Leaked    int `json:"leaked"`
 	// AutoLongLived counts the holds of LongLived that are long-lived by
-	// behaviour (Options.AutoLongLived).
-	AutoLongLived int `json:"autoLongLived"`
+	// behaviour (Options.AutoLongLived). In the health JSON it is
+	// "autoLongLivedCount"; "autoLongLived" lists those holds.
+	AutoLongLived int `json:"autoLongLivedCount"`
 
 	// ClientKind is ClientKindClient, ClientKindFailover, ClientKindCluster
 	// or ClientKindRing.

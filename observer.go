@@ -298,7 +298,7 @@ func gslot(g uintptr) uintptr { return (g>>6 ^ g>>12) & 63 }
 // out: the record remembered for the goroutine when it is cn's (same
 // go-redis connection, not closed), else the ordinary lookup.
 func (d *dispatcher) recentRecord(cn redis.ConnInfo, g uintptr) *connRecord {
-	if r := d.recent[gslot(g)].rec.Load(); r != nil && cn != nil && r.info.Load() == any(cn) &&
+	if r := d.recent[gslot(g)].rec.Load(); r != nil && cn != nil && r.cnKey.Load() == connInfoKey(cn) &&
 		r.state.Load() != stClosed && !r.tr.closed.Load() {
 		return r
 	}

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 )
 
 // Connection states as the tracker sees them.
@@ -68,6 +69,9 @@ type connRecord struct {
 	// connection has been idle (idleFor), and dispatcher.recentRecord
 	// compares it with an event's connection.
 	info atomic.Value
+	// cnKey is the address of info's go-redis connection (connInfoKey),
+	// compared by dispatcher.recentRecord.
+	cnKey atomic.Uintptr
 
 	state        atomic.Uint32
 	pubsub       atomic.Bool
@@ -205,5 +209,11 @@ func (r *connRecord) idleFor(now int64, held time.Duration) time.Duration {
 func (r *connRecord) setInfo(cn redis.ConnInfo) {
 	if cn != nil && r.info.Load() == nil {
 		r.info.Store(cn)
+		r.cnKey.Store(connInfoKey(cn))
 	}
+}
+
+// connInfoKey is the data word of cn: the address of go-redis's connection.
+func connInfoKey(cn redis.ConnInfo) uintptr {
+	return (*[2]uintptr)(unsafe.Pointer(&cn))[1]
 }

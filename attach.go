@@ -93,17 +93,9 @@ func (t *Tracker) adoptExisting(c *redis.Client) {
 // addAnonLocked adds anonymous records for pool, less the connections of
 // the pool already identified. Called with t.mu held.
 func (t *Tracker) addAnonLocked(c *redis.Client, pool string, kind poolKind, idle, used int) {
-	for _, r := range t.legacy {
-		if r.pool() != pool {
-			continue
-		}
-		switch r.state.Load() {
-		case stIdle:
-			idle--
-		case stUsed:
-			used--
-		}
-	}
+	knownIdle, knownUsed := t.identifiedLocked(pool)
+	idle -= knownIdle
+	used -= knownUsed
 	if idle <= 0 && used <= 0 {
 		return
 	}
@@ -214,17 +206,9 @@ func (t *Tracker) reconcileAnon() {
 		case poolPubSub:
 			used = int(ps.PubSubStats.Active)
 		}
-		for r := range t.records {
-			if r.anon || r.pool() != pool {
-				continue
-			}
-			switch r.state.Load() {
-			case stIdle:
-				idle--
-			case stUsed:
-				used--
-			}
-		}
+		knownIdle, knownUsed := t.identifiedLocked(pool)
+		idle -= knownIdle
+		used -= knownUsed
 		for _, x := range []struct {
 			list *[]*connRecord
 			max  int
@@ -240,4 +224,21 @@ func (t *Tracker) reconcileAnon() {
 		}
 	}
 	t.syncLegacyN()
+}
+
+// identifiedLocked counts the identified (not anonymous) records of pool
+// that are idle and in use. Called with t.mu held.
+func (t *Tracker) identifiedLocked(pool string) (idle, used int) {
+	for r := range t.records {
+		if r.anon || r.pool() != pool {
+			continue
+		}
+		switch r.state.Load() {
+		case stIdle:
+			idle++
+		case stUsed:
+			used++
+		}
+	}
+	return idle, used
 }

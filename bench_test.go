@@ -55,34 +55,8 @@ var benchClients = []benchClient{
 		redis.SetOTelRecorder(benchNoopRecorder{})
 		return func() {}, func() { redis.SetOTelRecorder(nil) }
 	}},
-	{"instrumented", func(b *testing.B, rdb *redis.Client) (func(), func()) {
-		tr, err := redisleak.Instrument(rdb, redisleak.Options{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		check := func() {
-			// the tracker really tracks the pool it is measured on
-			s := tr.Stats()
-			if s.ObserverMode != redisleak.ModeObserver || s.Total == 0 || s.Total != s.Idle+s.InUse {
-				b.Fatalf("tracker does not see the pool: %+v", s)
-			}
-		}
-		return check, func() { _ = tr.Close() }
-	}},
-	{"instrumented-auto", func(b *testing.B, rdb *redis.Client) (func(), func()) {
-		tr, err := redisleak.Instrument(rdb, redisleak.Options{AutoLongLived: true})
-		if err != nil {
-			b.Fatal(err)
-		}
-		check := func() {
-			// the tracker really tracks the pool it is measured on
-			s := tr.Stats()
-			if s.ObserverMode != redisleak.ModeObserver || s.Total == 0 || s.Total != s.Idle+s.InUse {
-				b.Fatalf("tracker does not see the pool: %+v", s)
-			}
-		}
-		return check, func() { _ = tr.Close() }
-	}},
+	{"instrumented", instrumentedBench(redisleak.Options{})},
+	{"instrumented-auto", instrumentedBench(redisleak.Options{AutoLongLived: true})},
 	{"redisotel", func(b *testing.B, rdb *redis.Client) (func(), func()) {
 		// A real SDK meter provider (measurements are aggregated, never
 		// exported), as a user of redisotel has.
@@ -92,6 +66,24 @@ var benchClients = []benchClient{
 		}
 		return func() {}, func() { _ = mp.Shutdown(context.Background()) }
 	}},
+}
+
+// instrumentedBench is the setup of a variant instrumented with opts.
+func instrumentedBench(opts redisleak.Options) func(b *testing.B, rdb *redis.Client) (func(), func()) {
+	return func(b *testing.B, rdb *redis.Client) (func(), func()) {
+		tr, err := redisleak.Instrument(rdb, opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		check := func() {
+			// the tracker really tracks the pool it is measured on
+			s := tr.Stats()
+			if s.ObserverMode != redisleak.ModeObserver || s.Total == 0 || s.Total != s.Idle+s.InUse {
+				b.Fatalf("tracker does not see the pool: %+v", s)
+			}
+		}
+		return check, func() { _ = tr.Close() }
+	}
 }
 
 // BenchmarkGET measures GET against one real Redis (REDIS_ADDR, else a

@@ -503,7 +503,7 @@ func (t *Tracker) evaluateOp(op *inflightOp, now int64) holdView {
 	v.longLived = op.mark != nil && op.mark.longLived
 	if op.blocked {
 		v.kind = KindBlocking
-		if (op.block == blockForever || v.held < op.block+t.opts.BlockingGrace) {
+		if op.block == blockForever || v.held < op.block+t.opts.BlockingGrace {
 			v.longLived = true
 		}
 	}

@@ -10,28 +10,35 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redisleak/redisleak/internal/dedicated"
 )
 
 const configParam = "notify-keyspace-events"
 
 // nodeConfig keeps one server's notify-keyspace-events setting in line with
 // the manager's flags, over a dedicated connection held for the manager's
-// lifetime (a *redis.Conn acquired with the long-lived mark).
+// lifetime (internal/dedicated: taken from the client's pool with the
+// long-lived mark, reopened after a network error). Lock order: mu, then
+// the dedicated connection's own lock.
 type nodeConfig struct {
 	m      *Manager
 	addr   string
 	client *redis.Client
+	dc     *dedicated.Conn
 
-	mu      sync.Mutex
-	conn    *redis.Conn
+	mu sync.Mutex
+	// dropped is set when a command failed on the network, which closed
+	// the dedicated connection (the next command opens a new one).
+	dropped bool
 	version int
 	// original is the setting from before the first manager (this one or
 	// another, see lease.go) changed it, when origKnown.
 	original  string
 	origKnown bool
 	need      flagSet   // what the handlers need on this server (last check)
-	leaseName string    // the client name set on conn (lease.go)
-	connID    int64     // conn's client id
+	leaseName string    // the client name set on the connection (lease.go); "" on a new one
+	connID    int64     // the connection's client id
 	adopted   bool      // looked for another manager's original once
 	written   string    // the value read back after this manager's last write
 	hadFlags  bool      // the last check found every needed flag
@@ -56,39 +63,36 @@ func (nc *nodeConfig) reportState(state string, err error) {
 	}
 }
 
-// isServerError reports whether err is an error reply from Redis (as
-// opposed to a network or context error).
-func isServerError(err error) bool {
-	var re redis.Error
-	return errors.As(err, &re) && !errors.Is(err, redis.Nil)
+func newNodeConfig(m *Manager, addr string, client *redis.Client) *nodeConfig {
+	return &nodeConfig{m: m, addr: addr, client: client,
+		dc: dedicated.New(client, dedicated.Options{Owner: Owner, ErrClosed: ErrClosed})}
 }
 
-func (nc *nodeConfig) connLocked() *redis.Conn {
-	if nc.conn == nil {
-		nc.conn = nc.client.Conn()
+// doLocked runs f on the dedicated connection (opening it if needed) and
+// returns f's error. After a network error the connection is closed
+// (dedicated.Conn.Do): its lease name is gone with it, and the next
+// command, on a new connection, names that one.
+func (nc *nodeConfig) doLocked(ctx context.Context, f func(ctx context.Context, c dedicated.Cmdable) error) error {
+	err := nc.dc.Do(ctx, func(ctx context.Context, h dedicated.Handle) error { return f(ctx, h.Cmd) })
+	if dedicated.IsNetworkError(err) {
+		nc.dropped = true
 		nc.leaseName, nc.connID = "", 0
 	}
-	return nc.conn
-}
-
-// resetOnNetErr drops the dedicated connection after a network error so the
-// next check takes a fresh one.
-func (nc *nodeConfig) resetOnNetErr(err error) {
-	if err != nil && !isServerError(err) && nc.conn != nil {
-		_ = nc.conn.Close()
-		nc.conn = nil
-	}
+	return err
 }
 
 // serverVersion reads redis_version from INFO server; 0 when the server does
 // not say (miniredis).
 func (nc *nodeConfig) serverVersion(ctx context.Context) (int, error) {
-	info, err := nc.connLocked().Info(ctx, "server").Result()
+	var info string
+	err := nc.doLocked(ctx, func(ctx context.Context, c dedicated.Cmdable) (err error) {
+		info, err = c.Info(ctx, "server").Result()
+		return err
+	})
 	if err != nil {
-		if isServerError(err) {
+		if !dedicated.IsNetworkError(err) {
 			return 0, nil
 		}
-		nc.resetOnNetErr(err)
 		return 0, err
 	}
 	for _, line := range strings.Split(info, "\n") {
@@ -113,11 +117,15 @@ func (nc *nodeConfig) ensure(ctx context.Context) (repaired bool, lastOK time.Ti
 	}
 	lastOK = nc.lastOK
 	start := time.Now()
-	hadConn := nc.conn != nil
+	if err := nc.dc.Open(ctx); err != nil {
+		return false, lastOK, nc.wrap("config", err)
+	}
+	nc.dropped = false
 	repaired, err = nc.ensureLocked(ctx)
-	if err != nil && hadConn && nc.conn == nil && ctx.Err() == nil {
+	if err != nil && nc.dropped && ctx.Err() == nil {
 		// The dedicated connection died (server restart, failover, idle
-		// timeout): one more try on a fresh one.
+		// timeout): one more try on a fresh one. Other errors (flags
+		// missing, CONFIG denied) would only repeat.
 		repaired, err = nc.ensureLocked(ctx)
 	}
 	if nc.hadFlags && !repaired && err == nil {
@@ -210,9 +218,11 @@ func (nc *nodeConfig) ensureLocked(ctx context.Context) (repaired bool, err erro
 			}
 			nc.registerLocked(ctx, need)
 		}
-		if err := nc.connLocked().ConfigSet(ctx, configParam, merged).Err(); err != nil {
-			nc.resetOnNetErr(err)
-			if !isServerError(err) {
+		err := nc.doLocked(ctx, func(ctx context.Context, c dedicated.Cmdable) error {
+			return c.ConfigSet(ctx, configParam, merged).Err()
+		})
+		if err != nil {
+			if dedicated.IsNetworkError(err) {
 				return repaired, nc.wrap("config", err)
 			}
 			missing := need &^ parseServerFlags(current)
@@ -241,10 +251,13 @@ func (nc *nodeConfig) ensureLocked(ctx context.Context) (repaired bool, err erro
 const mergeTries = 10
 
 func (nc *nodeConfig) get(ctx context.Context) (string, error) {
-	vals, err := nc.connLocked().ConfigGet(ctx, configParam).Result()
+	var vals map[string]string
+	err := nc.doLocked(ctx, func(ctx context.Context, c dedicated.Cmdable) (err error) {
+		vals, err = c.ConfigGet(ctx, configParam).Result()
+		return err
+	})
 	if err != nil {
-		nc.resetOnNetErr(err)
-		if isServerError(err) {
+		if !dedicated.IsNetworkError(err) {
 			return "", fmt.Errorf("%w: CONFIG GET %s: %v", ErrConfigUnavailable, configParam, err)
 		}
 		return "", err
@@ -257,20 +270,20 @@ func (nc *nodeConfig) close() {
 	nc.mu.Lock()
 	defer nc.mu.Unlock()
 	nc.closed = true
-	if nc.conn != nil {
-		if nc.leaseName != "" {
-			// The connection goes back to the client's pool: end the lease
-			// (lease.go) and give it the client's own name back. Should
-			// that fail on the network, go-redis drops the connection
-			// instead of pooling it; where CLIENT SETNAME is denied, the
-			// name was never set either.
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			_ = nc.conn.ClientSetName(ctx, nc.client.Options().ClientName).Err()
-			cancel()
-		}
-		_ = nc.conn.Close()
-		nc.conn = nil
+	if nc.leaseName != "" {
+		// The connection (open: a network error would have cleared
+		// leaseName) goes back to the client's pool: end the lease
+		// (lease.go) and give it the client's own name back. Should that
+		// fail on the network, the connection is closed instead of pooled;
+		// where CLIENT SETNAME is denied, the name was never set either.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = nc.doLocked(ctx, func(ctx context.Context, c dedicated.Cmdable) error {
+			return c.Do(ctx, "client", "setname", nc.client.Options().ClientName).Err()
+		})
+		cancel()
+		nc.leaseName, nc.connID = "", 0
 	}
+	_ = nc.dc.Close()
 }
 
 func (nc *nodeConfig) wrap(op string, err error) error {

@@ -11,8 +11,8 @@ var (
 	ErrBadFlags = errors.New("keyspace: bad notify-keyspace-events flags")
 	// ErrUnsupportedFlag: a flag the server's version does not know.
 	ErrUnsupportedFlag = errors.New("keyspace: flag not supported by the server")
-	// ErrBadOptions: an invalid Options field or handler argument.
-	ErrBadOptions = errors.New("keyspace: bad options")
+	// ErrInvalidOptions: an invalid Options field or handler argument.
+	ErrInvalidOptions = errors.New("keyspace: invalid options")
 	// ErrConfigUnavailable: CONFIG GET/SET failed with a server error
 	// (CONFIG renamed or blocked, as on managed Redis; miniredis has none).
 	// From Start: flags are missing and could not be set (the message names

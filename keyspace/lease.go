@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/redisleak/redisleak/internal/dedicated"
 )
 
 // Leases: what the managers of every process need from a server's
@@ -67,19 +69,22 @@ func parseLease(name string) (l lease, ok bool) {
 // this one's needs (the periodic check repairs the setting).
 func (nc *nodeConfig) registerLocked(ctx context.Context, need flagSet) {
 	name := leaseName(need, nc.original, nc.origKnown)
-	if nc.conn != nil && nc.leaseName == name {
-		return
+	if nc.leaseName == name {
+		return // set on this connection (a new one starts with "")
 	}
-	conn := nc.connLocked()
 	var id *redis.IntCmd
-	_, err := conn.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.ClientSetName(ctx, name)
-		id = p.ClientID(ctx)
-		return nil
+	err := nc.doLocked(ctx, func(ctx context.Context, c dedicated.Cmdable) error {
+		_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			p.ClientSetName(ctx, name)
+			id = p.ClientID(ctx)
+			return nil
+		})
+		return err
 	})
 	if err != nil {
-		nc.resetOnNetErr(err)
-		nc.leaseName, nc.connID = name, 0 // do not retry on this connection
+		if !dedicated.IsNetworkError(err) {
+			nc.leaseName, nc.connID = name, 0 // denied: do not retry on this connection
+		}
 		return
 	}
 	nc.leaseName, nc.connID = name, id.Val()
@@ -87,9 +92,12 @@ func (nc *nodeConfig) registerLocked(ctx context.Context, need flagSet) {
 
 // othersLocked returns the leases of the other managers on the server.
 func (nc *nodeConfig) othersLocked(ctx context.Context) ([]lease, error) {
-	list, err := nc.connLocked().ClientList(ctx).Result()
+	var list string
+	err := nc.doLocked(ctx, func(ctx context.Context, c dedicated.Cmdable) (err error) {
+		list, err = c.ClientList(ctx).Result()
+		return err
+	})
 	if err != nil {
-		nc.resetOnNetErr(err)
 		return nil, err
 	}
 	var out []lease
@@ -162,7 +170,7 @@ func (nc *nodeConfig) restore(ctx context.Context) error {
 	if parseServerFlags(target) == parseServerFlags(current) {
 		return nil // nothing to remove: the others need it all
 	}
-	if err := nc.connLocked().ConfigSet(ctx, configParam, target).Err(); err != nil {
+	if err := nc.configSetLocked(ctx, target); err != nil {
 		return nc.wrap("restore", err)
 	}
 	// A manager that started meanwhile may have found its flags there and
@@ -173,10 +181,17 @@ func (nc *nodeConfig) restore(ctx context.Context) error {
 			need |= l.need
 		}
 		if merged, ok := mergeFlags(target, need); ok {
-			if err := nc.connLocked().ConfigSet(ctx, configParam, merged).Err(); err != nil {
+			if err := nc.configSetLocked(ctx, merged); err != nil {
 				return nc.wrap("restore", err)
 			}
 		}
 	}
 	return nil
+}
+
+// configSetLocked writes the setting on the dedicated connection.
+func (nc *nodeConfig) configSetLocked(ctx context.Context, value string) error {
+	return nc.doLocked(ctx, func(ctx context.Context, c dedicated.Cmdable) error {
+		return c.ConfigSet(ctx, configParam, value).Err()
+	})
 }

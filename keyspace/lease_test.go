@@ -213,3 +213,90 @@ func TestRollingDeployInCluster(t *testing.T) {
 		}
 	}
 }
+
+// clientNames returns the name of every connection to the server, by id.
+func clientNames(t *testing.T, admin *redis.Client) map[int64]string {
+	t.Helper()
+	list, err := admin.ClientList(context.Background()).Result()
+	if err != nil {
+		t.Fatalf("CLIENT LIST: %v", err)
+	}
+	names := make(map[int64]string)
+	for _, line := range strings.Split(list, "\n") {
+		var id int64
+		var name string
+		for _, f := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(f, "id="); ok {
+				fmt.Sscan(v, &id)
+			} else if v, ok := strings.CutPrefix(f, "name="); ok {
+				name = v
+			}
+		}
+		if id != 0 {
+			names[id] = name
+		}
+	}
+	return names
+}
+
+// leaseIDs returns the ids of the connections named after a lease.
+func leaseIDs(names map[int64]string) []int64 {
+	var ids []int64
+	for id, name := range names {
+		if _, ok := parseLease(name); ok {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// TestLeaseEndsWhenConnectionReturnsToPool: the config connection comes
+// from the client's pool; on Close it goes back there, with the client's
+// own name instead of the lease.
+func TestLeaseEndsWhenConnectionReturnsToPool(t *testing.T) {
+	srv := redistest.Private(t)
+	admin := srv.Client()
+	rdb := srv.Client(func(o *redis.Options) { o.ClientName = "app" })
+	m := startManager(t, rdb, Options{Flags: "K$"}, nil)
+	ids := leaseIDs(clientNames(t, admin))
+	if len(ids) != 1 {
+		t.Fatalf("%d leases while the manager runs, want 1", len(ids))
+	}
+	closeManager(t, m)
+	names := clientNames(t, admin)
+	if got := leaseIDs(names); len(got) != 0 {
+		t.Errorf("after Close %d connections still carry a lease", len(got))
+	}
+	name, pooled := names[ids[0]]
+	if !pooled {
+		t.Fatalf("the config connection %d was closed, want it back in the client's pool", ids[0])
+	}
+	if name != "app" {
+		t.Errorf("the config connection is back in the pool named %q, want the client's own name %q", name, "app")
+	}
+}
+
+// TestLeaseRenewedOnNewConnection: when the config connection dies (here
+// CLIENT KILL), the next check takes a new one and names it after the lease
+// again, so that other managers keep seeing this one's needs.
+func TestLeaseRenewedOnNewConnection(t *testing.T) {
+	srv := redistest.Private(t)
+	admin := srv.Client()
+	startManager(t, srv.Client(), Options{Flags: "K$", CheckInterval: 50 * time.Millisecond}, nil)
+	ids := leaseIDs(clientNames(t, admin))
+	if len(ids) != 1 {
+		t.Fatalf("%d leases while the manager runs, want 1", len(ids))
+	}
+	want := clientNames(t, admin)[ids[0]]
+	if err := admin.ClientKillByFilter(context.Background(), "ID", fmt.Sprint(ids[0])).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var now []int64
+	redistest.WaitFor(t, 10*time.Second, "a lease on a new connection", func() bool {
+		now = leaseIDs(clientNames(t, admin))
+		return len(now) == 1 && now[0] != ids[0]
+	})
+	if got := clientNames(t, admin)[now[0]]; got != want {
+		t.Errorf("lease on the new connection %q, want %q", got, want)
+	}
+}

@@ -117,7 +117,7 @@ type Stats struct {
 // NewManager returns a manager for rdb, which may be a *redis.Client
 // (including a failover client), a *redis.ClusterClient (one subscriber per
 // primary, following topology changes) or a *redis.Ring (one per shard).
-// Invalid options are an error (ErrBadFlags, ErrBadOptions). NewManager
+// Invalid options are an error (ErrBadFlags, ErrInvalidOptions). NewManager
 // does not talk to Redis; Start does.
 func NewManager(rdb redis.UniversalClient, opts Options) (*Manager, error) {
 	if rdb == nil {

@@ -269,8 +269,8 @@ func TestBadInput(t *testing.T) {
 		{Flags: "KEQ"}, {Flags: "A"}, {Flags: "KE"}, {DB: -1}, {QueueSize: -1},
 		{Workers: -2}, {Config: 9}, {Overflow: 7}, {PingInterval: -time.Second}, {CheckInterval: -1},
 	} {
-		if _, err := NewManager(rdb, o); !errors.Is(err, ErrBadFlags) && !errors.Is(err, ErrBadOptions) {
-			t.Errorf("NewManager(%+v) err = %v, want ErrBadFlags or ErrBadOptions", o, err)
+		if _, err := NewManager(rdb, o); !errors.Is(err, ErrBadFlags) && !errors.Is(err, ErrInvalidOptions) {
+			t.Errorf("NewManager(%+v) err = %v, want ErrBadFlags or ErrInvalidOptions", o, err)
 		}
 	}
 	if _, err := NewManager(nil, Options{}); !errors.Is(err, ErrUnsupportedClient) {
@@ -290,8 +290,8 @@ func TestBadInput(t *testing.T) {
 		"empty event":     m.HandleEvents("*", fn, ""),
 		"flag not in set": m.HandleEvents("*", fn, EventExpired),
 	} {
-		if !errors.Is(err, ErrBadOptions) {
-			t.Errorf("%s: err = %v, want ErrBadOptions", name, err)
+		if !errors.Is(err, ErrInvalidOptions) {
+			t.Errorf("%s: err = %v, want ErrInvalidOptions", name, err)
 		}
 	}
 	if err := m.HandleEvents("*", fn, EventSet, "custom"); err != nil {
@@ -299,8 +299,8 @@ func TestBadInput(t *testing.T) {
 	}
 	// Handle has no error result: the next Start reports it.
 	m.Handle("", fn)
-	if err := m.Start(context.Background()); !errors.Is(err, ErrBadOptions) {
-		t.Errorf("Start after bad Handle: err = %v, want ErrBadOptions", err)
+	if err := m.Start(context.Background()); !errors.Is(err, ErrInvalidOptions) {
+		t.Errorf("Start after bad Handle: err = %v, want ErrInvalidOptions", err)
 	}
 	if err := m.Start(context.Background()); !errors.Is(err, ErrClosed) {
 		t.Errorf("Start after failed Start: err = %v, want ErrClosed", err)
@@ -466,8 +466,8 @@ func TestInlineHandlers(t *testing.T) {
 		t.Errorf("Stats = %+v, want 1 panic and no reconnect", s)
 	}
 	for _, o := range []Options{{Inline: true, QueueSize: 10}, {Inline: true, Workers: 2}, {Inline: true, Overflow: OverflowDropNewest}} {
-		if _, err := NewManager(rdb, o); !errors.Is(err, ErrBadOptions) {
-			t.Errorf("NewManager(%+v) = %v, want ErrBadOptions", o, err)
+		if _, err := NewManager(rdb, o); !errors.Is(err, ErrInvalidOptions) {
+			t.Errorf("NewManager(%+v) = %v, want ErrInvalidOptions", o, err)
 		}
 	}
 }

@@ -202,22 +202,22 @@ func (o Options) withDefaults() (Options, flagSet, error) {
 	}
 	switch {
 	case o.DB < 0:
-		return o, 0, fmt.Errorf("%w: DB %d is negative", ErrBadOptions, o.DB)
+		return o, 0, fmt.Errorf("%w: DB %d is negative", ErrInvalidOptions, o.DB)
 	case o.QueueSize < 0:
-		return o, 0, fmt.Errorf("%w: QueueSize %d is negative", ErrBadOptions, o.QueueSize)
+		return o, 0, fmt.Errorf("%w: QueueSize %d is negative", ErrInvalidOptions, o.QueueSize)
 	case o.Workers < 0:
-		return o, 0, fmt.Errorf("%w: Workers %d is negative", ErrBadOptions, o.Workers)
+		return o, 0, fmt.Errorf("%w: Workers %d is negative", ErrInvalidOptions, o.Workers)
 	case o.CheckInterval < 0:
-		return o, 0, fmt.Errorf("%w: CheckInterval %v is negative", ErrBadOptions, o.CheckInterval)
+		return o, 0, fmt.Errorf("%w: CheckInterval %v is negative", ErrInvalidOptions, o.CheckInterval)
 	case o.PingInterval < 0:
-		return o, 0, fmt.Errorf("%w: PingInterval %v is negative", ErrBadOptions, o.PingInterval)
+		return o, 0, fmt.Errorf("%w: PingInterval %v is negative", ErrInvalidOptions, o.PingInterval)
 	case o.Config < ConfigMerge || o.Config > ConfigSkip:
-		return o, 0, fmt.Errorf("%w: unknown Config mode %d", ErrBadOptions, int(o.Config))
+		return o, 0, fmt.Errorf("%w: unknown Config mode %d", ErrInvalidOptions, int(o.Config))
 	case o.Overflow < OverflowBlock || o.Overflow > OverflowDropOldest:
-		return o, 0, fmt.Errorf("%w: unknown Overflow policy %d", ErrBadOptions, int(o.Overflow))
+		return o, 0, fmt.Errorf("%w: unknown Overflow policy %d", ErrInvalidOptions, int(o.Overflow))
 	}
 	if o.Inline && (o.QueueSize != 0 || o.Workers != 0 || o.Overflow != OverflowBlock) {
-		return o, 0, fmt.Errorf("%w: Inline has no queue: leave QueueSize, Workers and Overflow zero", ErrBadOptions)
+		return o, 0, fmt.Errorf("%w: Inline has no queue: leave QueueSize, Workers and Overflow zero", ErrInvalidOptions)
 	}
 	if o.QueueSize == 0 {
 		o.QueueSize = DefaultQueueSize

@@ -98,20 +98,20 @@ func buildRoutes(handlers []*handler, fs flagSet, db int) *routeTable {
 // validateHandler checks a registration against the manager's flags.
 func validateHandler(keyPattern string, fn func(Event), events []string, fs flagSet, flags string) (*handler, error) {
 	if keyPattern == "" {
-		return nil, fmt.Errorf("%w: empty key pattern (use \"*\" for every key)", ErrBadOptions)
+		return nil, fmt.Errorf("%w: empty key pattern (use \"*\" for every key)", ErrInvalidOptions)
 	}
 	if fn == nil {
-		return nil, fmt.Errorf("%w: nil handler for %q", ErrBadOptions, keyPattern)
+		return nil, fmt.Errorf("%w: nil handler for %q", ErrInvalidOptions, keyPattern)
 	}
 	h := &handler{glob: keyPattern, fn: fn}
 	if len(events) > 0 {
 		h.events = make(map[string]struct{}, len(events))
 		for _, ev := range events {
 			if ev == "" {
-				return nil, fmt.Errorf("%w: empty event name for %q", ErrBadOptions, keyPattern)
+				return nil, fmt.Errorf("%w: empty event name for %q", ErrInvalidOptions, keyPattern)
 			}
 			if class, ok := eventClass[ev]; ok && fs&class == 0 {
-				return nil, fmt.Errorf("%w: event %q needs flag %q, which Flags %q lack", ErrBadOptions, ev, class.String(), flags)
+				return nil, fmt.Errorf("%w: event %q needs flag %q, which Flags %q lack", ErrInvalidOptions, ev, class.String(), flags)
 			}
 			h.events[ev] = struct{}{}
 		}

@@ -71,7 +71,7 @@ func newNodeSub(m *Manager, c *redis.Client) *nodeSub {
 	addr := c.Options().Addr
 	return &nodeSub{
 		m: m, addr: addr, client: c,
-		cfg:     &nodeConfig{m: m, addr: addr, client: c},
+		cfg:     newNodeConfig(m, addr, c),
 		created: time.Now(),
 		stopCh:  make(chan struct{}),
 		done:    make(chan struct{}),

@@ -138,7 +138,7 @@ type holdView struct {
 	longLived bool
 	leaked    bool
 	by        string        // Leak.LongLivedBy
-	idle      time.Duration // Leak.IdleFor
+	idle      time.Duration // Leak.IdleFor; -1 until computed (idleFor)
 }
 
 // evaluate classifies a record's current hold; ok is false when it is not
@@ -178,7 +178,7 @@ func (t *Tracker) evaluate(r *connRecord, now int64) (v holdView, ok bool) {
 		}
 	}
 	v.threshold = t.threshold(v.kind, m)
-	v.idle = r.idleFor(now, v.held)
+	v.idle = -1 // computed below when the behaviour rule needs it, else by leakOf
 	if !v.longLived {
 		switch v.kind {
 		case KindPubSub:
@@ -199,6 +199,9 @@ func (t *Tracker) evaluate(r *connRecord, now int64) (v holdView, ok bool) {
 	case t.opts.AutoLongLived && v.held > v.threshold:
 		// Behaviour: a hold that keeps running commands is long-lived; one
 		// idle (or stuck in one command) for its threshold is a leak.
+		if v.idle < 0 {
+			v.idle = r.idleFor(now, v.held)
+		}
 		if v.idle > v.threshold {
 			v.leaked = true
 		} else {
@@ -208,6 +211,14 @@ func (t *Tracker) evaluate(r *connRecord, now int64) (v holdView, ok bool) {
 		v.leaked = v.held > v.threshold
 	}
 	return v, true
+}
+
+// idleFor returns Leak.IdleFor of the hold.
+func (v holdView) idleFor(now int64) time.Duration {
+	if v.idle >= 0 {
+		return v.idle
+	}
+	return v.rec.idleFor(now, v.held)
 }
 
 // now returns nanotime and refreshes the wall-clock offset idleFor uses.
@@ -247,7 +258,7 @@ func (t *Tracker) leakOf(v holdView, now int64) Leak {
 		LongLived:   v.longLived,
 		Leaked:      v.leaked,
 		LongLivedBy: v.by,
-		IdleFor:     v.idle,
+		IdleFor:     v.idleFor(now),
 	}
 }
 
@@ -327,7 +338,7 @@ func (t *Tracker) scan(background bool) []Leak {
 			if lr := r.reported(); lr != nil {
 				l = *lr
 			}
-			l.HeldFor, l.IdleFor = v.held, v.idle
+			l.HeldFor, l.IdleFor = v.held, v.idleFor(now)
 			current = append(current, l)
 			continue
 		}

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"net"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/redisleak/redisleak"
+)
+
+// autoHint is what the demo says of each holder the tracker classified
+// long-lived by behaviour, as the tracker's health JSON does.
+const autoHint = "detected by behaviour: mark it with redisleak.WithLongLived at its site to make this explicit"
+
+// unmarkHook strips redisleak.WithLongLived marks from the context of every
+// dial, command and pipeline of the client it is added to, before the
+// tracker sees them. With -mark-long-lived=false -auto-long-lived the demo
+// adds it ahead of the tracker's hooks, so that the companions (worker,
+// QueueEvents, SSE, keyspace), which mark their long-lived holds
+// themselves, look to the tracker as if they had not: it then has to tell
+// them from leaks by what they are (PubSub, blocking commands) or by what
+// they do (Options.AutoLongLived). Owners are kept.
+type unmarkHook struct{}
+
+var _ redis.Hook = unmarkHook{}
+
+func (unmarkHook) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return next(redisleak.WithoutLongLived(ctx), network, addr)
+	}
+}
+
+func (unmarkHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		return next(redisleak.WithoutLongLived(ctx), cmd)
+	}
+}
+
+func (unmarkHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		return next(redisleak.WithoutLongLived(ctx), cmds)
+	}
+}
+
+// autoView is a holder the tracker classified long-lived by behaviour
+// (Leak.LongLivedBy == redisleak.LongLivedAuto), as the dashboard shows it.
+type autoView struct {
+	ConnID    uint64  `json:"connId"`
+	Kind      string  `json:"kind"`
+	Owner     string  `json:"owner"`
+	Site      string  `json:"site"`
+	HeldForMs float64 `json:"heldForMs"`
+	IdleForMs float64 `json:"idleForMs"`
+	Hint      string  `json:"hint"`
+}
+
+// autoHolders returns the holds among holds (the tracker's own, not the
+// naive detector's) that are long-lived by behaviour, longest first as
+// Tracker.Holds lists them.
+func autoHolders(holds []redisleak.Leak) []redisleak.Leak {
+	var out []redisleak.Leak
+	for _, h := range holds {
+		if h.LongLived && h.LongLivedBy == redisleak.LongLivedAuto {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// autoViews is autoHolders as the dashboard shows them; never nil.
+func autoViews(holds []redisleak.Leak) []autoView {
+	out := []autoView{}
+	for _, h := range autoHolders(holds) {
+		out = append(out, autoView{
+			ConnID: h.ConnID, Kind: h.Kind, Owner: h.Owner, Site: h.Site,
+			HeldForMs: msOf(h.HeldFor), IdleForMs: msOf(h.IdleFor), Hint: autoHint,
+		})
+	}
+	return out
+}
+
+func msOf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"net"
+	"sort"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -82,3 +84,52 @@ func autoViews(holds []redisleak.Leak) []autoView {
 }
 
 func msOf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// autoSighting is a holder the tracker classified long-lived by behaviour
+// at some point of the run (the demo looks every time it samples the pool).
+type autoSighting struct {
+	Kind, Owner, Site string
+	First             time.Duration // since the demo started
+	Times             int           // samples that saw it so
+}
+
+// autoLog remembers the holders seen classified by behaviour, by kind, owner
+// and site.
+type autoLog struct {
+	mu   sync.Mutex
+	seen map[[3]string]*autoSighting
+}
+
+func (a *autoLog) note(holds []redisleak.Leak, since time.Duration) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, h := range autoHolders(holds) {
+		k := [3]string{h.Kind, h.Owner, h.Site}
+		if a.seen == nil {
+			a.seen = map[[3]string]*autoSighting{}
+		}
+		s := a.seen[k]
+		if s == nil {
+			s = &autoSighting{Kind: h.Kind, Owner: h.Owner, Site: h.Site, First: since}
+			a.seen[k] = s
+		}
+		s.Times++
+	}
+}
+
+// list returns the sightings, first seen first.
+func (a *autoLog) list() []autoSighting {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]autoSighting, 0, len(a.seen))
+	for _, s := range a.seen {
+		out = append(out, *s)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].First != out[j].First {
+			return out[i].First < out[j].First
+		}
+		return out[i].Owner+out[i].Site < out[j].Owner+out[j].Site
+	})
+	return out
+}

@@ -44,6 +44,7 @@ type result struct {
 	TrackerHolds                 []redisleak.Leak // the tracker's holds at the end, with LongLivedBy
 	TrackerReported              []redisleak.Leak // the tracker's reports (OnLeak)
 	Auto                         []redisleak.Leak // TrackerHolds long-lived by behaviour
+	AutoSeen                     []autoSighting   // holders seen long-lived by behaviour during the run
 }
 
 // syncWriter serialises writes of the logger and the status lines.
@@ -214,6 +215,10 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*result, error) {
 	reportedMu.Unlock()
 	res.TrackerStats, res.TrackerHolds, res.TrackerReported = res.Stats, res.Holds, res.Reported
 	res.Auto = autoHolders(res.Holds)
+	if cfg.AutoLongLived {
+		svc.autoLog.note(res.Holds, time.Since(start))
+		res.AutoSeen = svc.autoLog.list()
+	}
 	if naive != nil {
 		naive.scan(res.Holds)
 		res.Stats = naive.stats(res.Stats, res.Holds)
@@ -318,14 +323,28 @@ func printAuto(w io.Writer, r *result) {
 	fmt.Fprintf(w, "automatic long-lived detection: on%s; the tracker's verdict: long-lived=%d auto-long-lived=%d leaked=%d; leaks reported=%d\n",
 		how, ts.LongLived, ts.AutoLongLived, ts.Leaked, ts.LeaksReported)
 	if len(r.Auto) == 0 {
-		fmt.Fprintln(w, "holders detected automatically: none")
-		return
+		fmt.Fprintln(w, "holders detected automatically now: none")
+	} else {
+		fmt.Fprintf(w, "holders detected automatically now (%d) — %s:\n", len(r.Auto), autoHint)
+		for _, h := range r.Auto {
+			fmt.Fprintf(w, "  %-9s owner %-28q held %s, idle %s, acquired at %s\n", h.Kind, h.Owner,
+				duration(h.HeldFor), duration(h.IdleFor), orUnknown(h.Site))
+		}
 	}
-	fmt.Fprintf(w, "holders detected automatically (%d) — %s:\n", len(r.Auto), autoHint)
-	for _, h := range r.Auto {
-		fmt.Fprintf(w, "  %-9s owner %-28q held %s, idle %s, acquired at %s\n", h.Kind, h.Owner,
-			duration(h.HeldFor), duration(h.IdleFor), orUnknown(h.Site))
+	if len(r.AutoSeen) > 0 {
+		fmt.Fprintln(w, "classified long-lived by behaviour during the run:")
+		for _, a := range r.AutoSeen {
+			fmt.Fprintf(w, "  %-9s owner %-28q acquired at %s: first after %s, in %d %s\n", a.Kind, a.Owner, orUnknown(a.Site),
+				duration(a.First), a.Times, plural(a.Times, "sample", "samples"))
+		}
 	}
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 func orUnknown(s string) string {

@@ -52,6 +52,7 @@ type service struct {
 	signups, completed, failed, attemptsFailed, expired, reports atomic.Int64
 
 	history *idRing // ids of the stats events published lately
+	autoLog autoLog // holders seen long-lived by behaviour
 
 	holdersWG sync.WaitGroup // worker.Run, the QueueEvents reader
 	holderCtx context.Context
@@ -397,6 +398,9 @@ type poolView struct {
 func (s *service) view() poolView {
 	st, holds := s.tr.Stats(), s.tr.Holds()
 	v := poolView{stats: st, holds: holds, tracker: st, trackerHolds: holds}
+	if s.cfg.AutoLongLived {
+		s.autoLog.note(holds, time.Since(s.started))
+	}
 	if s.naive != nil {
 		v.stats, v.holds = s.naive.stats(st, holds), s.naive.judge(holds)
 	}

@@ -409,6 +409,9 @@ type pageView struct {
 	Leaked                                       string
 	Leaks, Holders                               [][]string
 	Clients, Signups, Completed, Failed, Expired string
+	Auto                                         [][]string // the holders long-lived by behaviour
+	AutoTile, Verdict                            string
+	VerdictHidden                                bool
 }
 
 // checkFacts checks the service's facts, each a number and its noun.
@@ -429,7 +432,11 @@ func checkFacts(t *testing.T, v pageView, clients, signups, completed, failed, e
 // with the stream open; nouns agree with their numbers ("1 SSE client",
 // "2 SSE clients", "1 connection"); durations past 90 s read "2m 5s",
 // "1h 3m"; after a dropped stream the badge says "reconnecting…" until
-// the next event.
+// the next event. The section of holders long-lived by behaviour says
+// "automatic detection off" when the switch is off, "on: none" when on
+// with nothing detected, and lists detected holders with held and idle
+// times, site and the hint to mark them; the tracker's own verdict shows
+// when an event carries it (the naive mode).
 func TestDashboardPage(t *testing.T) {
 	bin := redistest.Chromium(t)
 	cfg := testConfig(t)
@@ -457,7 +464,8 @@ func TestDashboardPage(t *testing.T) {
 	    points: document.body ? +document.body.dataset.points : 0,
 	    leaked: txt('v-leaked'), leaks: rows('leaks'), holders: rows('holders'),
 	    clients: txt('f-clients'), signups: txt('f-signups'), completed: txt('f-completed'), failed: txt('f-failed'),
-	    expired: txt('f-expired')});
+	    expired: txt('f-expired'), auto: rows('auto'), autoTile: txt('v-auto'), verdict: txt('auto-verdict'),
+	    verdictHidden: !!(document.getElementById('auto-verdict') || {}).hidden});
 	})()`
 	look := func() pageView {
 		var v pageView
@@ -508,7 +516,10 @@ func TestDashboardPage(t *testing.T) {
 	if v.State != "connecting…" || v.Leaked != "–" || v.Points != 0 {
 		t.Errorf("before the first event: %+v", v)
 	}
-	for _, r := range append(v.Leaks, v.Holders...) {
+	if v.AutoTile != "–" {
+		t.Errorf("before the first event, the auto tile shows %q", v.AutoTile)
+	}
+	for _, r := range append(append(v.Leaks, v.Holders...), v.Auto...) {
 		if len(r) != 1 || r[0] != "waiting for the first stats event…" {
 			t.Errorf("before the first event, a table shows %q", r)
 		}
@@ -543,21 +554,30 @@ func TestDashboardPage(t *testing.T) {
 		t.Errorf("holders table %q, want %q", v.Holders, wantHolders)
 	}
 	checkFacts(t, v, "1 SSE client", "1 signup", "1 e-mail sent", "1 job failed (1 attempt retried)", "1 session expired")
+	// Automatic detection off: said so, not "none".
+	if want := [][]string{{"automatic detection off (run with -auto-long-lived)"}}; fmt.Sprint(v.Auto) != fmt.Sprint(want) || v.AutoTile != "off" || !v.VerdictHidden {
+		t.Errorf("auto section %q, tile %q, verdict hidden %v; want %q, off, hidden", v.Auto, v.AutoTile, v.VerdictHidden, want)
+	}
 
 	two := one
 	two.T += 500
 	two.Leaks = []leakView{}
 	two.Leaked = 0
-	two.Holders = []holderGroup{{Kind: "conn", Owner: "sse", Count: 1, LongLived: true, MaxHeldMs: 90_000}, {Kind: "conn", Count: 1, MaxHeldMs: 45_000}}
+	two.Holders = []holderGroup{{Kind: "conn", Owner: "sse", Count: 1, LongLived: true, By: "mark", MaxHeldMs: 90_000}, {Kind: "conn", Count: 1, MaxHeldMs: 45_000}}
 	two.Jobs = jobTotals{Signups: 2, Completed: 0, Failed: 2, AttemptsFailed: 3, Expired: 0}
 	two.SSEClients = 2
+	two.AutoDetection, two.AutoHolders = true, []autoView{}
 	send(two)
 	v = waitFor("second event", func(v pageView) bool { return v.Points == 2 })
-	wantHolders = [][]string{{"long-lived", "conn", "sse", "1 connection", "90s"}, {"in use", "conn", "—", "1 connection", "45s"}}
+	wantHolders = [][]string{{"long-lived · mark", "conn", "sse", "1 connection", "90s"}, {"in use", "conn", "—", "1 connection", "45s"}}
 	if fmt.Sprint(v.Holders) != fmt.Sprint(wantHolders) || fmt.Sprint(v.Leaks) != fmt.Sprint([][]string{{"none"}}) {
 		t.Errorf("tables %q and %q, want %q and no leak", v.Holders, v.Leaks, wantHolders)
 	}
 	checkFacts(t, v, "2 SSE clients", "2 signups", "0 e-mails sent", "2 jobs failed (3 attempts retried)", "0 sessions expired")
+	// Automatic detection on, nothing detected: "none", not "off".
+	if want := [][]string{{"automatic detection on: no holder is long-lived by behaviour right now"}}; fmt.Sprint(v.Auto) != fmt.Sprint(want) || v.AutoTile != "0" || !v.VerdictHidden {
+		t.Errorf("auto section %q, tile %q, verdict hidden %v; want %q, 0, hidden", v.Auto, v.AutoTile, v.VerdictHidden, want)
+	}
 
 	// The stream drops: "reconnecting…" until the next event, even once
 	// the new stream is open.
@@ -568,11 +588,33 @@ func TestDashboardPage(t *testing.T) {
 	if v.State != "reconnecting…" {
 		t.Errorf("reopened stream before any event: state %q", v.State)
 	}
+	// Holders detected by behaviour, and (the naive mode) the tracker's
+	// own verdict beside the naive one.
 	three := two
 	three.T += 500
+	three.AutoLongLived = 2
+	three.AutoHolders = []autoView{
+		{ConnID: 5, Kind: "conn", Owner: "keyspace", Site: "config.go:62 keyspace.(*nodeConfig).serverVersion", HeldForMs: 6000, IdleForMs: 980, Hint: autoHint},
+		{ConnID: 9, Kind: "conn", HeldForMs: 185_000, IdleForMs: 40, Hint: autoHint},
+	}
+	three.Holders = []holderGroup{{Kind: "conn", Owner: "keyspace", Count: 1, LongLived: true, By: "auto", MaxHeldMs: 6000}}
+	three.Tracker = &verdict{LongLived: 5, AutoLongLived: 2, Leaked: 1, LeaksReported: 1}
 	send(three)
 	v = waitFor("third event", func(v pageView) bool { return v.Points == 3 })
 	if v.State != "live" {
 		t.Errorf("after an event on the new stream: state %q", v.State)
+	}
+	wantAuto := [][]string{
+		{"#5", "conn", "keyspace", "6.0s", "1.0s", "config.go:62 keyspace.(*nodeConfig).serverVersion\n" + autoHint},
+		{"#9", "conn", "—", "3m 5s", "0.0s", "unknown\n" + autoHint},
+	}
+	if fmt.Sprint(v.Auto) != fmt.Sprint(wantAuto) || v.AutoTile != "2" {
+		t.Errorf("auto section %q, tile %q; want %q, 2", v.Auto, v.AutoTile, wantAuto)
+	}
+	if want := "The tracker's own verdict, beside the naive detector's above: 5 long-lived (2 by behaviour), 1 leaked, 1 leak reported."; v.VerdictHidden || v.Verdict != want {
+		t.Errorf("verdict %q (hidden %v), want %q", v.Verdict, v.VerdictHidden, want)
+	}
+	if want := [][]string{{"long-lived · auto", "conn", "keyspace", "1 connection", "6.0s"}}; fmt.Sprint(v.Holders) != fmt.Sprint(want) {
+		t.Errorf("holders %q, want %q", v.Holders, want)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -34,6 +35,11 @@ func TestBrowser(t *testing.T) {
 	t.Run("marked", func(t *testing.T) { testBrowser(t, bin, "dashboard.png", false) })
 	// The naive picture: the companions' holders are listed as leaks too.
 	t.Run("naive", func(t *testing.T) { testBrowser(t, bin, "dashboard-naive.png", true, "-mark-long-lived=false") })
+	// Marks stripped, automatic detection on: the naive verdict above,
+	// the tracker's own beside it.
+	t.Run("naive-auto", func(t *testing.T) {
+		testBrowser(t, bin, "dashboard-naive-auto.png", true, "-mark-long-lived=false", "-auto-long-lived")
+	})
 	// On a real Redis the keyspace manager is on: the page counts expired
 	// sessions.
 	t.Run("redis", func(t *testing.T) {
@@ -96,6 +102,10 @@ func testBrowser(t *testing.T, bin, shotName string, naive bool, args ...string)
 	  return JSON.stringify({points: +document.body.dataset.points, last: +(document.body.dataset.last || 0),
 	    leaked: (document.getElementById('v-leaked') || {}).textContent, live: (document.getElementById('conn-state') || {}).textContent,
 	    expired: (document.getElementById('k-expired') || {}).textContent,
+	    autoTile: (document.getElementById('v-auto') || {}).textContent,
+	    auto: Array.from(document.querySelectorAll('#auto tbody tr')).map(r => r.innerText),
+	    verdict: (document.getElementById('auto-verdict') || {}).hidden ? '' : (document.getElementById('auto-verdict') || {}).textContent,
+	    badges: (document.querySelector('header .badges') || {}).innerText,
 	    red: red, rows: rows});
 	})()`
 	type view struct {
@@ -106,6 +116,9 @@ func testBrowser(t *testing.T, bin, shotName string, naive bool, args ...string)
 		Live    string
 		Red     int
 		Rows    []string
+		// the section of holders long-lived by behaviour
+		AutoTile, Verdict, Badges string
+		Auto                      []string
 	}
 	look := func() view {
 		var v view
@@ -133,7 +146,17 @@ func testBrowser(t *testing.T, bin, shotName string, naive bool, args ...string)
 		if len(args) > 0 && args[0] == "-redis" {
 			keyspaceShown = v.Expired != "" && v.Expired != "off" && v.Expired != "0" && v.Expired != "–"
 		}
-		if first.Points > 0 && v.Points >= first.Points+4 && keyspaceShown && v.Last > first.Last && leakListed && v.Red > 50 && v.Live == "live" {
+		// Automatic detection: off says so; in the naive mode the
+		// tracker's own verdict shows beside the naive one; with the
+		// marks stripped and automatic detection on, the page says so.
+		autoShown := v.AutoTile == "off" && len(v.Auto) == 1 && v.Auto[0] == "automatic detection off (run with -auto-long-lived)" &&
+			(v.Verdict == "") != naive && (!naive || strings.HasPrefix(v.Verdict, "The tracker's own verdict"))
+		if slices.Contains(args, "-auto-long-lived") {
+			autoShown = v.AutoTile != "off" && v.AutoTile != "–" && len(v.Auto) > 0 && !strings.Contains(v.Auto[0], "off") &&
+				strings.HasPrefix(v.Verdict, "The tracker's own verdict") && strings.Contains(v.Badges, "companions' marks stripped") &&
+				strings.Contains(v.Badges, "automatic long-lived detection on")
+		}
+		if first.Points > 0 && v.Points >= first.Points+4 && keyspaceShown && v.Last > first.Last && leakListed && v.Red > 50 && v.Live == "live" && autoShown {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -144,7 +167,7 @@ func testBrowser(t *testing.T, bin, shotName string, naive bool, args ...string)
 	if first.Points < 3 {
 		t.Errorf("first view had %d points: the history was not replayed", first.Points)
 	}
-	t.Logf("dashboard: %d stats events (%d at first sight), leak rows %q, %d red pixels", v.Points, first.Points, v.Rows, v.Red)
+	t.Logf("dashboard: %d stats events (%d at first sight), leak rows %q, %d red pixels; auto %s %q %q", v.Points, first.Points, v.Rows, v.Red, v.AutoTile, v.Auto, v.Verdict)
 
 	var shot struct {
 		Data string `json:"data"`

@@ -20,9 +20,17 @@
 // one endpoint with a bug, leakyReport, which takes a connection and never
 // gives it back.
 //
+// -auto-long-lived turns on the tracker's automatic long-lived detection
+// (Options.AutoLongLived): a hold that keeps running commands is long-lived
+// by behaviour, one idle for -max-hold a leak. With -mark-long-lived=false
+// as well, the demo strips the companions' WithLongLived marks before the
+// tracker sees them, and shows the tracker's verdict on the unmarked holders
+// beside the naive detector's.
+//
 // Pages: / (the dashboard: a chart fed by the project's own SSE, the current
-// leaks with their sites, the holders), /health/redis-pool (the tracker's
-// JSON), /metrics (Prometheus, through OpenTelemetry's exporter).
+// leaks with their sites, the holders long-lived by behaviour, the
+// holders), /health/redis-pool (the tracker's JSON), /metrics (Prometheus,
+// through OpenTelemetry's exporter).
 package main
 
 import (

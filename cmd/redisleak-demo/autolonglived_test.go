@@ -44,13 +44,20 @@ func TestRunAutoLongLivedMarked(t *testing.T) {
 // keeps running commands), reports only the seeded leak and holds that sat
 // idle for the max hold (what the behaviour rule calls a leak), while the
 // naive detector, beside it, flags every companion.
+//
+// The worker's and QueueEvents' connections are exempt at the end unless
+// they sat idle past the max hold: on a loaded machine a worker whose slots
+// are all busy does not fetch, and its connection waits idle — a leak by
+// the rule, which the check accepts only with the idle time to show it.
 func TestRunAutoLongLivedUnmarked(t *testing.T) {
 	t.Parallel()
 	t.Run("miniredis", func(t *testing.T) {
 		t.Parallel()
-		res, out := runDemo(t, testConfig(t, "-duration", "5s", "-leak-after", "1s", "-status", "200ms",
+		// 6 s: the seeded leak (1 s + 2 s) is reported with time to spare
+		// on a loaded machine.
+		res, out := runDemo(t, testConfig(t, "-duration", "6s", "-leak-after", "1s", "-status", "200ms",
 			"-mark-long-lived=false", "-auto-long-lived"))
-		checkUnmarkedAuto(t, res, out, "bullmq:worker:", "bullmq:events:", "sse/pubsub")
+		checkUnmarkedAuto(t, res, out, "sse/pubsub")
 		checkNaive(t, res, naiveOwners...)
 	})
 	t.Run("redis-server", func(t *testing.T) {
@@ -61,7 +68,7 @@ func TestRunAutoLongLivedUnmarked(t *testing.T) {
 		// max hold after each check (and idle, a leak, in between).
 		res, out := runDemo(t, testConfig(t, "-duration", "8s", "-leak-after", "1s", "-status", "200ms",
 			"-redis", srv.Addr, "-mark-long-lived=false", "-auto-long-lived"))
-		checkUnmarkedAuto(t, res, out, "bullmq:worker:", "bullmq:events:", "sse/pubsub", "keyspace/pubsub")
+		checkUnmarkedAuto(t, res, out, "sse/pubsub", "keyspace/pubsub")
 		checkNaive(t, res, append(naiveOwners, "keyspace/pubsub", "keyspace/conn")...)
 		seen := false
 		for _, a := range res.AutoSeen {
@@ -100,7 +107,11 @@ func checkUnmarkedAuto(t *testing.T, res *result, out string, holders ...string)
 			}
 		case strings.HasPrefix(h.Owner, "bullmq:"):
 			// A worker loop: in its blocking command, or between two.
-			if h.LongLivedBy != redisleak.LongLivedBlocking && h.LongLivedBy != redisleak.LongLivedAuto {
+			switch {
+			case h.LongLivedBy == redisleak.LongLivedBlocking || h.LongLivedBy == redisleak.LongLivedAuto:
+			case h.Leaked && h.IdleFor > h.MaxHold:
+				t.Logf("%v: idle %v past its threshold (a loaded machine): a leak by the behaviour rule", h, h.IdleFor)
+			default:
 				t.Errorf("%v: long-lived by %q, want blocking or auto", h, h.LongLivedBy)
 			}
 		default:
@@ -124,17 +135,19 @@ func checkUnmarkedAuto(t *testing.T, res *result, out string, holders ...string)
 		}
 	}
 	// The tracker reports the seeded leak once, and a companion only when
-	// its connection sat idle for the threshold: never a worker loop or a
-	// subscriber.
+	// its connection sat idle for the threshold (or one command ran past
+	// it): never a subscriber or a blocking command, never a busy holder.
 	seeded := 0
 	for _, l := range res.TrackerReported {
 		switch {
 		case strings.Contains(l.Site, "leakyReport"):
 			seeded++
-		case !isCompanion(l) || l.Kind == redisleak.KindPubSub || l.Kind == redisleak.KindBlocking || strings.HasPrefix(l.Owner, "bullmq:"):
+		case !isCompanion(l) || l.Kind == redisleak.KindPubSub || l.Kind == redisleak.KindBlocking:
 			t.Errorf("the tracker reported %v", l)
 		case l.IdleFor <= l.MaxHold:
 			t.Errorf("reported while busy (idle %v, limit %v): %v", l.IdleFor, l.MaxHold, l)
+		case strings.HasPrefix(l.Owner, "bullmq:"):
+			t.Logf("reported after sitting idle %v (a loaded machine): %v", l.IdleFor, l)
 		}
 	}
 	if seeded != 1 {

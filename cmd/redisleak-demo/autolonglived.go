@@ -28,18 +28,21 @@ type unmarkHook struct{}
 
 var _ redis.Hook = unmarkHook{}
 
+// DialHook strips the long-lived mark from the context of each dial (a subscriber's connection is dialed with its caller's context).
 func (unmarkHook) DialHook(next redis.DialHook) redis.DialHook {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		return next(redisleak.WithoutLongLived(ctx), network, addr)
 	}
 }
 
+// ProcessHook strips the long-lived mark from the context of each command.
 func (unmarkHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		return next(redisleak.WithoutLongLived(ctx), cmd)
 	}
 }
 
+// ProcessPipelineHook strips the long-lived mark from the context of each pipeline or transaction.
 func (unmarkHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		return next(redisleak.WithoutLongLived(ctx), cmds)

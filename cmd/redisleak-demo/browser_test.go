@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -34,6 +35,11 @@ func TestBrowser(t *testing.T) {
 	t.Run("marked", func(t *testing.T) { testBrowser(t, bin, "dashboard.png", false) })
 	// The naive picture: the companions' holders are listed as leaks too.
 	t.Run("naive", func(t *testing.T) { testBrowser(t, bin, "dashboard-naive.png", true, "-mark-long-lived=false") })
+	// Marks stripped, automatic detection on: the naive verdict above,
+	// the tracker's own beside it.
+	t.Run("naive-auto", func(t *testing.T) {
+		testBrowser(t, bin, "dashboard-naive-auto.png", true, "-mark-long-lived=false", "-auto-long-lived")
+	})
 	// On a real Redis the keyspace manager is on: the page counts expired
 	// sessions.
 	t.Run("redis", func(t *testing.T) {
@@ -96,6 +102,10 @@ func testBrowser(t *testing.T, bin, shotName string, naive bool, args ...string)
 	  return JSON.stringify({points: +document.body.dataset.points, last: +(document.body.dataset.last || 0),
 	    leaked: (document.getElementById('v-leaked') || {}).textContent, live: (document.getElementById('conn-state') || {}).textContent,
 	    expired: (document.getElementById('k-expired') || {}).textContent,
+	    autoTile: (document.getElementById('v-auto') || {}).textContent,
+	    auto: Array.from(document.querySelectorAll('#auto tbody tr')).map(r => r.innerText),
+	    verdict: (document.getElementById('auto-verdict') || {}).hidden ? '' : (document.getElementById('auto-verdict') || {}).textContent,
+	    badges: (document.querySelector('header .badges') || {}).innerText,
 	    red: red, rows: rows});
 	})()`
 	type view struct {
@@ -106,6 +116,9 @@ func testBrowser(t *testing.T, bin, shotName string, naive bool, args ...string)
 		Live    string
 		Red     int
 		Rows    []string
+		// the section of holders long-lived by behaviour
+		AutoTile, Verdict, Badges string
+		Auto                      []string
 	}
 	look := func() view {
 		var v view
@@ -133,7 +146,17 @@ func testBrowser(t *testing.T, bin, shotName string, naive bool, args ...string)
 		if len(args) > 0 && args[0] == "-redis" {
 			keyspaceShown = v.Expired != "" && v.Expired != "off" && v.Expired != "0" && v.Expired != "–"
 		}
-		if first.Points > 0 && v.Points >= first.Points+4 && keyspaceShown && v.Last > first.Last && leakListed && v.Red > 50 && v.Live == "live" {
+		// Automatic detection: off says so; in the naive mode the
+		// tracker's own verdict shows beside the naive one; with the
+		// marks stripped and automatic detection on, the page says so.
+		autoShown := v.AutoTile == "off" && len(v.Auto) == 1 && v.Auto[0] == "automatic detection off (run with -auto-long-lived)" &&
+			(v.Verdict == "") != naive && (!naive || strings.HasPrefix(v.Verdict, "The tracker's own verdict"))
+		if slices.Contains(args, "-auto-long-lived") {
+			autoShown = v.AutoTile != "off" && v.AutoTile != "–" && len(v.Auto) > 0 && !strings.Contains(v.Auto[0], "off") &&
+				strings.HasPrefix(v.Verdict, "The tracker's own verdict") && strings.Contains(v.Badges, "companions' marks stripped") &&
+				strings.Contains(v.Badges, "automatic long-lived detection on")
+		}
+		if first.Points > 0 && v.Points >= first.Points+4 && keyspaceShown && v.Last > first.Last && leakListed && v.Red > 50 && v.Live == "live" && autoShown {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -144,7 +167,7 @@ func testBrowser(t *testing.T, bin, shotName string, naive bool, args ...string)
 	if first.Points < 3 {
 		t.Errorf("first view had %d points: the history was not replayed", first.Points)
 	}
-	t.Logf("dashboard: %d stats events (%d at first sight), leak rows %q, %d red pixels", v.Points, first.Points, v.Rows, v.Red)
+	t.Logf("dashboard: %d stats events (%d at first sight), leak rows %q, %d red pixels; auto %s %q %q", v.Points, first.Points, v.Rows, v.Red, v.AutoTile, v.Auto, v.Verdict)
 
 	var shot struct {
 		Data string `json:"data"`
@@ -409,6 +432,9 @@ type pageView struct {
 	Leaked                                       string
 	Leaks, Holders                               [][]string
 	Clients, Signups, Completed, Failed, Expired string
+	Auto                                         [][]string // the holders long-lived by behaviour
+	AutoTile, Verdict                            string
+	VerdictHidden                                bool
 }
 
 // checkFacts checks the service's facts, each a number and its noun.
@@ -429,7 +455,11 @@ func checkFacts(t *testing.T, v pageView, clients, signups, completed, failed, e
 // with the stream open; nouns agree with their numbers ("1 SSE client",
 // "2 SSE clients", "1 connection"); durations past 90 s read "2m 5s",
 // "1h 3m"; after a dropped stream the badge says "reconnecting…" until
-// the next event.
+// the next event. The section of holders long-lived by behaviour says
+// "automatic detection off" when the switch is off, "on: none" when on
+// with nothing detected, and lists detected holders with held and idle
+// times, site and the hint to mark them; the tracker's own verdict shows
+// when an event carries it (the naive mode).
 func TestDashboardPage(t *testing.T) {
 	bin := redistest.Chromium(t)
 	cfg := testConfig(t)
@@ -457,7 +487,8 @@ func TestDashboardPage(t *testing.T) {
 	    points: document.body ? +document.body.dataset.points : 0,
 	    leaked: txt('v-leaked'), leaks: rows('leaks'), holders: rows('holders'),
 	    clients: txt('f-clients'), signups: txt('f-signups'), completed: txt('f-completed'), failed: txt('f-failed'),
-	    expired: txt('f-expired')});
+	    expired: txt('f-expired'), auto: rows('auto'), autoTile: txt('v-auto'), verdict: txt('auto-verdict'),
+	    verdictHidden: !!(document.getElementById('auto-verdict') || {}).hidden});
 	})()`
 	look := func() pageView {
 		var v pageView
@@ -508,7 +539,10 @@ func TestDashboardPage(t *testing.T) {
 	if v.State != "connecting…" || v.Leaked != "–" || v.Points != 0 {
 		t.Errorf("before the first event: %+v", v)
 	}
-	for _, r := range append(v.Leaks, v.Holders...) {
+	if v.AutoTile != "–" {
+		t.Errorf("before the first event, the auto tile shows %q", v.AutoTile)
+	}
+	for _, r := range append(append(v.Leaks, v.Holders...), v.Auto...) {
 		if len(r) != 1 || r[0] != "waiting for the first stats event…" {
 			t.Errorf("before the first event, a table shows %q", r)
 		}
@@ -543,21 +577,30 @@ func TestDashboardPage(t *testing.T) {
 		t.Errorf("holders table %q, want %q", v.Holders, wantHolders)
 	}
 	checkFacts(t, v, "1 SSE client", "1 signup", "1 e-mail sent", "1 job failed (1 attempt retried)", "1 session expired")
+	// Automatic detection off: said so, not "none".
+	if want := [][]string{{"automatic detection off (run with -auto-long-lived)"}}; fmt.Sprint(v.Auto) != fmt.Sprint(want) || v.AutoTile != "off" || !v.VerdictHidden {
+		t.Errorf("auto section %q, tile %q, verdict hidden %v; want %q, off, hidden", v.Auto, v.AutoTile, v.VerdictHidden, want)
+	}
 
 	two := one
 	two.T += 500
 	two.Leaks = []leakView{}
 	two.Leaked = 0
-	two.Holders = []holderGroup{{Kind: "conn", Owner: "sse", Count: 1, LongLived: true, MaxHeldMs: 90_000}, {Kind: "conn", Count: 1, MaxHeldMs: 45_000}}
+	two.Holders = []holderGroup{{Kind: "conn", Owner: "sse", Count: 1, LongLived: true, By: "mark", MaxHeldMs: 90_000}, {Kind: "conn", Count: 1, MaxHeldMs: 45_000}}
 	two.Jobs = jobTotals{Signups: 2, Completed: 0, Failed: 2, AttemptsFailed: 3, Expired: 0}
 	two.SSEClients = 2
+	two.AutoDetection, two.AutoHolders = true, []autoView{}
 	send(two)
 	v = waitFor("second event", func(v pageView) bool { return v.Points == 2 })
-	wantHolders = [][]string{{"long-lived", "conn", "sse", "1 connection", "90s"}, {"in use", "conn", "—", "1 connection", "45s"}}
+	wantHolders = [][]string{{"long-lived · mark", "conn", "sse", "1 connection", "90s"}, {"in use", "conn", "—", "1 connection", "45s"}}
 	if fmt.Sprint(v.Holders) != fmt.Sprint(wantHolders) || fmt.Sprint(v.Leaks) != fmt.Sprint([][]string{{"none"}}) {
 		t.Errorf("tables %q and %q, want %q and no leak", v.Holders, v.Leaks, wantHolders)
 	}
 	checkFacts(t, v, "2 SSE clients", "2 signups", "0 e-mails sent", "2 jobs failed (3 attempts retried)", "0 sessions expired")
+	// Automatic detection on, nothing detected: "none", not "off".
+	if want := [][]string{{"automatic detection on: no holder is long-lived by behaviour right now"}}; fmt.Sprint(v.Auto) != fmt.Sprint(want) || v.AutoTile != "0" || !v.VerdictHidden {
+		t.Errorf("auto section %q, tile %q, verdict hidden %v; want %q, 0, hidden", v.Auto, v.AutoTile, v.VerdictHidden, want)
+	}
 
 	// The stream drops: "reconnecting…" until the next event, even once
 	// the new stream is open.
@@ -568,11 +611,33 @@ func TestDashboardPage(t *testing.T) {
 	if v.State != "reconnecting…" {
 		t.Errorf("reopened stream before any event: state %q", v.State)
 	}
+	// Holders detected by behaviour, and (the naive mode) the tracker's
+	// own verdict beside the naive one.
 	three := two
 	three.T += 500
+	three.AutoLongLived = 2
+	three.AutoHolders = []autoView{
+		{ConnID: 5, Kind: "conn", Owner: "keyspace", Site: "config.go:62 keyspace.(*nodeConfig).serverVersion", HeldForMs: 6000, IdleForMs: 980, Hint: autoHint},
+		{ConnID: 9, Kind: "conn", HeldForMs: 185_000, IdleForMs: 40, Hint: autoHint},
+	}
+	three.Holders = []holderGroup{{Kind: "conn", Owner: "keyspace", Count: 1, LongLived: true, By: "auto", MaxHeldMs: 6000}}
+	three.Tracker = &verdict{LongLived: 5, AutoLongLived: 2, Leaked: 1, LeaksReported: 1}
 	send(three)
 	v = waitFor("third event", func(v pageView) bool { return v.Points == 3 })
 	if v.State != "live" {
 		t.Errorf("after an event on the new stream: state %q", v.State)
+	}
+	wantAuto := [][]string{
+		{"#5", "conn", "keyspace", "6.0s", "1.0s", "config.go:62 keyspace.(*nodeConfig).serverVersion\n" + autoHint},
+		{"#9", "conn", "—", "3m 5s", "0.0s", "unknown\n" + autoHint},
+	}
+	if fmt.Sprint(v.Auto) != fmt.Sprint(wantAuto) || v.AutoTile != "2" {
+		t.Errorf("auto section %q, tile %q; want %q, 2", v.Auto, v.AutoTile, wantAuto)
+	}
+	if want := "The tracker's own verdict, beside the naive detector's above: 5 long-lived (2 by behaviour), 1 leaked, 1 leak reported."; v.VerdictHidden || v.Verdict != want {
+		t.Errorf("verdict %q (hidden %v), want %q", v.Verdict, v.VerdictHidden, want)
+	}
+	if want := [][]string{{"long-lived · auto", "conn", "keyspace", "1 connection", "6.0s"}}; fmt.Sprint(v.Holders) != fmt.Sprint(want) {
+		t.Errorf("holders %q, want %q", v.Holders, want)
 	}
 }

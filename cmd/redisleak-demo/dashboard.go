@@ -44,6 +44,25 @@ type sample struct {
 	Queue         queueView     `json:"queue"`
 	SSEClients    int           `json:"sseClients"`
 	Keyspace      string        `json:"keyspace"`
+
+	// AutoDetection is -auto-long-lived; AutoLongLived is the tracker's
+	// Stats.AutoLongLived and AutoHolders the holds it classified
+	// long-lived by behaviour, each with the hint to mark it.
+	AutoDetection bool       `json:"autoDetection"`
+	AutoLongLived int        `json:"autoLongLived"`
+	AutoHolders   []autoView `json:"autoHolders"`
+	// Tracker is the tracker's own verdict, set in the naive mode (where
+	// the fields above the chart are the naive detector's), so that the
+	// page can show both side by side.
+	Tracker *verdict `json:"tracker,omitempty"`
+}
+
+// verdict is a detector's counts.
+type verdict struct {
+	LongLived     int    `json:"longLived"`
+	AutoLongLived int    `json:"autoLongLived"`
+	Leaked        int    `json:"leaked"`
+	LeaksReported uint64 `json:"leaksReported"`
 }
 
 // leakView is a current leak as the page shows it.
@@ -66,7 +85,8 @@ type queueView struct {
 // sample takes a snapshot of the pool and the service.
 func (s *service) sample(ctx context.Context) sample {
 	now := time.Now()
-	st, holds := s.view()
+	v := s.view()
+	st, holds := v.stats, v.holds
 	out := sample{
 		T: now.UnixMilli(), UptimeMs: now.Sub(s.started).Milliseconds(),
 		Total: st.Total, Idle: st.Idle, InUse: st.InUse, LongLived: st.LongLived, Leaked: st.Leaked,
@@ -76,6 +96,13 @@ func (s *service) sample(ctx context.Context) sample {
 		Jobs:          s.totals(),
 		SSEClients:    s.sse.Stats().Clients,
 		Keyspace:      s.keyspaceNote,
+		AutoDetection: s.cfg.AutoLongLived,
+		AutoLongLived: v.tracker.AutoLongLived,
+		AutoHolders:   autoViews(v.trackerHolds),
+	}
+	if s.naive != nil {
+		out.Tracker = &verdict{LongLived: v.tracker.LongLived, AutoLongLived: v.tracker.AutoLongLived,
+			Leaked: v.tracker.Leaked, LeaksReported: v.tracker.LeaksReported}
 	}
 	for _, h := range holds {
 		if h.Leaked {
@@ -157,6 +184,8 @@ func (r *idRing) oldest() string {
 type pageData struct {
 	Redis         string
 	Naive         bool
+	Auto          bool // -auto-long-lived
+	MarksStripped bool // -mark-long-lived=false -auto-long-lived
 	MaxHold       string
 	ScanInterval  string
 	Since         string
@@ -175,6 +204,7 @@ func (s *service) serveDashboard(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	_ = dashboardPage.Execute(w, pageData{
 		Redis: label, Naive: !s.cfg.MarkLongLived,
+		Auto: s.cfg.AutoLongLived, MarksStripped: !s.cfg.MarkLongLived && s.cfg.AutoLongLived,
 		MaxHold: s.cfg.MaxHold.String(), ScanInterval: s.cfg.ScanInterval.String(),
 		Since: s.history.oldest(), Keyspace: s.keyspaceNote,
 		Leak: s.cfg.Leak, LeakAfter: s.cfg.LeakAfter.String(), HistoryPoints: len(s.history.ids),

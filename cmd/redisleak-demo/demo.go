@@ -23,7 +23,8 @@ import (
 // result is what a run saw: printed at the end, checked by the tests.
 //
 // In the naive mode (-mark-long-lived=false) Stats, Leaks, Holds and
-// Reported carry the naive detector's verdict (see naiveDetector).
+// Reported carry the naive detector's verdict (see naiveDetector); the
+// Tracker… fields always carry the tracker's own.
 type result struct {
 	URL       string
 	Redis     string // "miniredis (embedded)" or the server, without password
@@ -34,6 +35,16 @@ type result struct {
 	Reported  []redisleak.Leak // every leak reported during the run (OnLeak)
 	Keyspace  string           // "on" or why it is off
 	Jobs      jobTotals
+
+	// AutoLongLived is -auto-long-lived (the tracker's
+	// Options.AutoLongLived); MarksStripped says the companions' marks
+	// were hidden from the tracker (with -mark-long-lived=false).
+	AutoLongLived, MarksStripped bool
+	TrackerStats                 redisleak.Stats
+	TrackerHolds                 []redisleak.Leak // the tracker's holds at the end, with LongLivedBy
+	TrackerReported              []redisleak.Leak // the tracker's reports (OnLeak)
+	Auto                         []redisleak.Leak // TrackerHolds long-lived by behaviour
+	AutoSeen                     []autoSighting   // holders seen long-lived by behaviour during the run
 }
 
 // syncWriter serialises writes of the logger and the status lines.
@@ -92,6 +103,12 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*result, error) {
 	}
 	rdb := redis.NewClient(&opts)
 	defer rdb.Close()
+	res.AutoLongLived = cfg.AutoLongLived
+	if !cfg.MarkLongLived && cfg.AutoLongLived {
+		// Ahead of the tracker's hooks: the tracker never sees the marks.
+		rdb.AddHook(unmarkHook{})
+		res.MarksStripped = true
+	}
 
 	metrics, err := newMetrics()
 	if err != nil {
@@ -104,9 +121,12 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*result, error) {
 	var naive *naiveDetector
 	if !cfg.MarkLongLived {
 		// The console shows the naive detector's reports, not the
-		// tracker's (which still runs underneath).
+		// tracker's (which still runs underneath) — unless the tracker's
+		// automatic detection is on: then both, side by side.
 		naive = newNaiveDetector(cfg.MaxHold, logger)
-		trLogger = slog.New(slog.DiscardHandler)
+		if !cfg.AutoLongLived {
+			trLogger = slog.New(slog.DiscardHandler)
+		}
 	}
 	var (
 		reportedMu sync.Mutex
@@ -115,6 +135,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*result, error) {
 	tr, err := redisleak.Instrument(rdb, redisleak.Options{
 		MaxHold:          cfg.MaxHold,
 		ScanInterval:     cfg.ScanInterval,
+		AutoLongLived:    cfg.AutoLongLived,
 		Logger:           trLogger,
 		HandlerShowSites: true, // a demo: show where leaks come from
 		MeterProvider:    metrics.provider,
@@ -156,10 +177,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*result, error) {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 
-	mode := "long-lived holders marked and recognised"
-	if naive != nil {
-		mode = "NAIVE: every hold longer than max hold is a leak (-mark-long-lived=false)"
-	}
+	mode := modeLine(cfg)
 	fmt.Fprintf(out, "redisleak demo: dashboard at %s\n", res.URL)
 	fmt.Fprintf(out, "  redis: %s; tracker: max hold %v, scan every %v; %s\n", res.Redis, cfg.MaxHold, cfg.ScanInterval, mode)
 	fmt.Fprintf(out, "  keyspace manager: %s\n", svc.keyspaceNote)
@@ -195,6 +213,12 @@ func run(ctx context.Context, cfg config, stdout io.Writer) (*result, error) {
 	reportedMu.Lock()
 	res.Reported = append([]redisleak.Leak(nil), reported...)
 	reportedMu.Unlock()
+	res.TrackerStats, res.TrackerHolds, res.TrackerReported = res.Stats, res.Holds, res.Reported
+	res.Auto = autoHolders(res.Holds)
+	if cfg.AutoLongLived {
+		svc.autoLog.note(res.Holds, time.Since(start))
+		res.AutoSeen = svc.autoLog.list()
+	}
 	if naive != nil {
 		naive.scan(res.Holds)
 		res.Stats = naive.stats(res.Stats, res.Holds)
@@ -236,7 +260,21 @@ func urlOf(a net.Addr) string {
 	return "http://" + net.JoinHostPort(host, port) + "/"
 }
 
-// printFinal prints the stats, the leaks and the holders.
+// modeLine says, in the console's first lines, which verdict the demo shows.
+func modeLine(cfg config) string {
+	switch {
+	case !cfg.MarkLongLived && cfg.AutoLongLived:
+		return "NAIVE detector (-mark-long-lived=false) beside the tracker with the companions' marks stripped and automatic long-lived detection on (-auto-long-lived)"
+	case !cfg.MarkLongLived:
+		return "NAIVE: every hold longer than max hold is a leak (-mark-long-lived=false)"
+	case cfg.AutoLongLived:
+		return "long-lived holders marked and recognised; automatic long-lived detection on (-auto-long-lived)"
+	}
+	return "long-lived holders marked and recognised"
+}
+
+// printFinal prints the stats, the leaks, the holders and the holders
+// detected automatically.
 func printFinal(w io.Writer, r *result, elapsed time.Duration) {
 	s := r.Stats
 	fmt.Fprintf(w, "\nfinal stats after %s: total=%d idle=%d in-use=%d long-lived=%d leaked=%d; leaks reported=%d\n",
@@ -258,13 +296,62 @@ func printFinal(w io.Writer, r *result, elapsed time.Duration) {
 			switch {
 			case g.Leaked > 0:
 				state = "LEAKED"
+			case g.LongLived && g.By != "":
+				state = "long-lived (" + g.By + ")"
 			case g.LongLived:
 				state = "long-lived"
 			}
-			fmt.Fprintf(w, "  %-10s %-9s owner %-28q x%d, longest %s\n", state, g.Kind, g.Owner, g.Count, duration(time.Duration(g.MaxHeldMs*float64(time.Millisecond))))
+			fmt.Fprintf(w, "  %-22s %-9s owner %-28q x%d, longest %s\n", state, g.Kind, g.Owner, g.Count, duration(time.Duration(g.MaxHeldMs*float64(time.Millisecond))))
 		}
 	}
+	printAuto(w, r)
 	fmt.Fprintln(w)
+}
+
+// printAuto prints the tracker's automatic long-lived detection: off, or
+// its count and the holders it classified by behaviour.
+func printAuto(w io.Writer, r *result) {
+	if !r.AutoLongLived {
+		fmt.Fprintln(w, "automatic long-lived detection: off (-auto-long-lived turns it on)")
+		return
+	}
+	ts := r.TrackerStats
+	how := ""
+	if r.MarksStripped {
+		how = ", the companions' marks stripped"
+	}
+	fmt.Fprintf(w, "automatic long-lived detection: on%s; the tracker's verdict: long-lived=%d auto-long-lived=%d leaked=%d; leaks reported=%d\n",
+		how, ts.LongLived, ts.AutoLongLived, ts.Leaked, ts.LeaksReported)
+	if len(r.Auto) == 0 {
+		fmt.Fprintln(w, "holders detected automatically now: none")
+	} else {
+		fmt.Fprintf(w, "holders detected automatically now (%d) — %s:\n", len(r.Auto), autoHint)
+		for _, h := range r.Auto {
+			fmt.Fprintf(w, "  %-9s owner %-28q held %s, idle %s, acquired at %s\n", h.Kind, h.Owner,
+				duration(h.HeldFor), duration(h.IdleFor), orUnknown(h.Site))
+		}
+	}
+	if len(r.AutoSeen) > 0 {
+		fmt.Fprintln(w, "classified long-lived by behaviour during the run:")
+		for _, a := range r.AutoSeen {
+			fmt.Fprintf(w, "  %-9s owner %-28q acquired at %s: first after %s, in %d %s\n", a.Kind, a.Owner, orUnknown(a.Site),
+				duration(a.First), a.Times, plural(a.Times, "sample", "samples"))
+		}
+	}
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
 }
 
 // holderGroup counts current holds by kind, owner and state.
@@ -273,6 +360,7 @@ type holderGroup struct {
 	Owner     string  `json:"owner"`
 	Count     int     `json:"count"`
 	LongLived bool    `json:"longLived"`
+	By        string  `json:"by,omitempty"` // why long-lived: Leak.LongLivedBy
 	Leaked    int     `json:"leaked"`
 	MaxHeldMs float64 `json:"maxHeldMs"`
 }
@@ -281,12 +369,16 @@ func groupHolders(holds []redisleak.Leak) []holderGroup {
 	idx := map[string]int{}
 	var out []holderGroup
 	for _, h := range holds {
-		k := fmt.Sprintf("%s|%s|%v|%v", h.Kind, h.Owner, h.LongLived, h.Leaked)
+		by := ""
+		if h.LongLived {
+			by = h.LongLivedBy
+		}
+		k := fmt.Sprintf("%s|%s|%v|%v|%s", h.Kind, h.Owner, h.LongLived, h.Leaked, by)
 		i, ok := idx[k]
 		if !ok {
 			i = len(out)
 			idx[k] = i
-			out = append(out, holderGroup{Kind: string(h.Kind), Owner: h.Owner, LongLived: h.LongLived})
+			out = append(out, holderGroup{Kind: string(h.Kind), Owner: h.Owner, LongLived: h.LongLived, By: by})
 		}
 		g := &out[i]
 		g.Count++
@@ -305,7 +397,7 @@ func groupHolders(holds []redisleak.Leak) []holderGroup {
 		if a.LongLived != b.LongLived {
 			return a.LongLived
 		}
-		return strings.Compare(a.Owner+a.Kind, b.Owner+b.Kind) < 0
+		return strings.Compare(a.Owner+a.Kind+a.By, b.Owner+b.Kind+b.By) < 0
 	})
 	return out
 }

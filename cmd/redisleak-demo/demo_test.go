@@ -32,7 +32,7 @@ func TestParseConfig(t *testing.T) {
 	}{
 		{name: "defaults", check: func(t *testing.T, c config) {
 			if c.Redis != "" || c.redisOpts != nil || c.Listen != "127.0.0.1:8080" || c.Duration != 0 || c.MaxHold != 2*time.Second ||
-				c.ScanInterval != 500*time.Millisecond || !c.Leak || c.LeakAfter != 1500*time.Millisecond || !c.MarkLongLived {
+				c.ScanInterval != 500*time.Millisecond || !c.Leak || c.LeakAfter != 1500*time.Millisecond || !c.MarkLongLived || c.AutoLongLived {
 				t.Errorf("defaults: %+v", c)
 			}
 		}},
@@ -96,9 +96,9 @@ func TestParseConfig(t *testing.T) {
 		{name: "no port", args: []string{"-redis", "localhost"}, wantErr: `-redis "localhost": want host:port or a URL`},
 		{name: "bad port", args: []string{"-redis", "localhost:99999"}, wantErr: `bad port "99999"`},
 		{name: "all flags", args: []string{"-listen", ":0", "-duration", "5s", "-max-hold", "1s", "-scan", "100ms", "-leak=false",
-			"-leak-after", "3s", "-mark-long-lived=false", "-concurrency", "2", "-rate", "5", "-status", "0"}, check: func(t *testing.T, c config) {
+			"-leak-after", "3s", "-mark-long-lived=false", "-auto-long-lived", "-concurrency", "2", "-rate", "5", "-status", "0"}, check: func(t *testing.T, c config) {
 			want := config{Listen: ":0", Duration: 5 * time.Second, MaxHold: time.Second, ScanInterval: 100 * time.Millisecond,
-				LeakAfter: 3 * time.Second, Concurrency: 2, Rate: 5}
+				LeakAfter: 3 * time.Second, AutoLongLived: true, Concurrency: 2, Rate: 5}
 			c.ready = nil
 			if fmt.Sprintf("%+v", c) != fmt.Sprintf("%+v", want) {
 				t.Errorf("got %+v, want %+v", c, want)
@@ -128,8 +128,14 @@ func TestParseConfig(t *testing.T) {
 			tt.check(t, c)
 		})
 	}
-	if _, err := parseConfig([]string{"-h"}, env(nil), io.Discard); !errors.Is(err, flag.ErrHelp) {
+	var help bytes.Buffer
+	if _, err := parseConfig([]string{"-h"}, env(nil), &help); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("-h: %v, want flag.ErrHelp", err)
+	}
+	for _, want := range []string{"-auto-long-lived", "Options.AutoLongLived", "-mark-long-lived"} {
+		if !strings.Contains(help.String(), want) {
+			t.Errorf("-help lacks %q:\n%s", want, help.String())
+		}
 	}
 }
 
@@ -464,6 +470,9 @@ func TestEndpoints(t *testing.T) {
 	}
 
 	// /health/redis-pool: wait for the seeded leak.
+	// The health JSON's "autoLongLived" is the list of holders detected
+	// by behaviour; it hides Stats.AutoLongLived (same JSON name), so it
+	// is declared here to shadow the embedded count.
 	var health struct {
 		redisleak.Stats
 		Leaks []struct {
@@ -471,6 +480,7 @@ func TestEndpoints(t *testing.T) {
 			Kind  string `json:"kind"`
 			Owner string `json:"owner"`
 		} `json:"leaks"`
+		AutoLongLived []json.RawMessage `json:"autoLongLived"`
 	}
 	deadline := time.Now().Add(15 * time.Second)
 	for {
@@ -491,6 +501,9 @@ func TestEndpoints(t *testing.T) {
 	}
 	if len(health.Leaks) != 1 || !strings.Contains(health.Leaks[0].Site, "leakyReport") || health.LongLived != 4 {
 		t.Errorf("health: %+v", health)
+	}
+	if health.AutoLongLived == nil || len(health.AutoLongLived) != 0 {
+		t.Errorf("health: autoLongLived %v, want [] (automatic detection off)", health.AutoLongLived)
 	}
 
 	code, body, hdr := get("/metrics")
@@ -538,6 +551,9 @@ func TestEndpoints(t *testing.T) {
 	_, body, _ = get("/api/stats")
 	if err := json.Unmarshal([]byte(body), &s); err != nil || s.Total == 0 || len(s.Leaks) != 1 {
 		t.Errorf("/api/stats: %v %s", err, body)
+	}
+	if s.AutoDetection || s.AutoLongLived != 0 || s.AutoHolders == nil || len(s.AutoHolders) != 0 || s.Tracker != nil {
+		t.Errorf("/api/stats with automatic detection off: %s", body)
 	}
 
 	cancel()

@@ -7,6 +7,9 @@
 //	go run ./cmd/redisleak-demo -redis 127.0.0.1:6379
 //	go run ./cmd/redisleak-demo -redis rediss://user:pass@host:6380/3
 //	go run ./cmd/redisleak-demo -mark-long-lived=false   # the naive "before" picture
+//	go run ./cmd/redisleak-demo -auto-long-lived         # the tracker's automatic detection on
+//	go run ./cmd/redisleak-demo -mark-long-lived=false -auto-long-lived
+//	                                                     # marks stripped: naive verdict vs automatic detection
 //
 // The service: an HTTP API that stores sessions and enqueues welcome e-mails
 // on a BullMQ-compatible queue (package bullmq), workers that send them, a
@@ -17,9 +20,17 @@
 // one endpoint with a bug, leakyReport, which takes a connection and never
 // gives it back.
 //
+// -auto-long-lived turns on the tracker's automatic long-lived detection
+// (Options.AutoLongLived): a hold that keeps running commands is long-lived
+// by behaviour, one idle for -max-hold a leak. With -mark-long-lived=false
+// as well, the demo strips the companions' WithLongLived marks before the
+// tracker sees them, and shows the tracker's verdict on the unmarked holders
+// beside the naive detector's.
+//
 // Pages: / (the dashboard: a chart fed by the project's own SSE, the current
-// leaks with their sites, the holders), /health/redis-pool (the tracker's
-// JSON), /metrics (Prometheus, through OpenTelemetry's exporter).
+// leaks with their sites, the holders long-lived by behaviour, the
+// holders), /health/redis-pool (the tracker's JSON), /metrics (Prometheus,
+// through OpenTelemetry's exporter).
 package main
 
 import (
@@ -55,6 +66,7 @@ type config struct {
 	Leak          bool
 	LeakAfter     time.Duration
 	MarkLongLived bool
+	AutoLongLived bool
 	Concurrency   int
 	Rate          float64
 	StatusEvery   time.Duration
@@ -79,6 +91,7 @@ func parseConfig(args []string, getenv func(string) string, errOut io.Writer) (c
 	fs.BoolVar(&c.Leak, "leak", true, "call the buggy endpoint that leaks one connection")
 	fs.DurationVar(&c.LeakAfter, "leak-after", 1500*time.Millisecond, "when the load generator calls the buggy endpoint")
 	fs.BoolVar(&c.MarkLongLived, "mark-long-lived", true, "show the tracker's verdict; false: a naive detector's (every hold longer than -max-hold is a leak, long-lived or not)")
+	fs.BoolVar(&c.AutoLongLived, "auto-long-lived", false, "the tracker's Options.AutoLongLived: a hold whose connection keeps running commands is long-lived by behaviour, one idle for -max-hold is a leak; with -mark-long-lived=false the companions' WithLongLived marks are also stripped before the tracker sees them, so it classifies them by nature or behaviour, beside the naive detector's verdict")
 	fs.IntVar(&c.Concurrency, "concurrency", 4, "jobs a worker runs at once")
 	fs.Float64Var(&c.Rate, "rate", 20, "signups per second sent by the load generator (0: none)")
 	fs.DurationVar(&c.StatusEvery, "status", 2*time.Second, "interval of the console status line (0: none)")

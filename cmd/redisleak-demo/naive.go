@@ -41,7 +41,7 @@ func newNaiveDetector(maxHold time.Duration, log *slog.Logger) *naiveDetector {
 func (d *naiveDetector) judge(holds []redisleak.Leak) []redisleak.Leak {
 	out := make([]redisleak.Leak, len(holds))
 	for i, h := range holds {
-		h.LongLived = false
+		h.LongLived, h.LongLivedBy = false, ""
 		h.MaxHold = d.maxHold
 		h.Leaked = h.HeldFor > d.maxHold
 		out[i] = h
@@ -104,7 +104,7 @@ func (d *naiveDetector) reports() []redisleak.Leak {
 // stats is st with the naive verdict: nothing long-lived, every hold older
 // than maxHold leaked, the naive reports counted.
 func (d *naiveDetector) stats(st redisleak.Stats, holds []redisleak.Leak) redisleak.Stats {
-	st.LongLived = 0
+	st.LongLived, st.AutoLongLived = 0, 0
 	st.Leaked = len(d.leaks(holds))
 	d.mu.Lock()
 	st.LeaksReported = uint64(len(d.reported))

@@ -52,6 +52,7 @@ type service struct {
 	signups, completed, failed, attemptsFailed, expired, reports atomic.Int64
 
 	history *idRing // ids of the stats events published lately
+	autoLog autoLog // holders seen long-lived by behaviour
 
 	holdersWG sync.WaitGroup // worker.Run, the QueueEvents reader
 	holderCtx context.Context
@@ -384,14 +385,26 @@ func (s *service) startLoops(ctx context.Context) {
 	}
 }
 
-// view is the pool as the demo shows it: the tracker's stats and holds, or
-// in the naive mode the naive detector's verdict on them.
-func (s *service) view() (redisleak.Stats, []redisleak.Leak) {
+// poolView is the pool as the demo shows it: stats and holds (the
+// tracker's, or in the naive mode the naive detector's verdict on them),
+// and the tracker's own.
+type poolView struct {
+	stats        redisleak.Stats
+	holds        []redisleak.Leak
+	tracker      redisleak.Stats
+	trackerHolds []redisleak.Leak
+}
+
+func (s *service) view() poolView {
 	st, holds := s.tr.Stats(), s.tr.Holds()
-	if s.naive != nil {
-		return s.naive.stats(st, holds), s.naive.judge(holds)
+	v := poolView{stats: st, holds: holds, tracker: st, trackerHolds: holds}
+	if s.cfg.AutoLongLived {
+		s.autoLog.note(holds, time.Since(s.started))
 	}
-	return st, holds
+	if s.naive != nil {
+		v.stats, v.holds = s.naive.stats(st, holds), s.naive.judge(holds)
+	}
+	return v
 }
 
 // stopLoops stops what startLoops started and waits for it.
@@ -476,10 +489,15 @@ func (s *service) printStatus(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-tk.C:
-			st, _ := s.view()
+			v := s.view()
+			st := v.stats
 			j := s.totals()
-			fmt.Fprintf(s.out, "%7s  pool total=%d in-use=%d long-lived=%d leaked=%d | jobs done=%d failed=%d | sse clients=%d\n",
-				duration(time.Since(s.started)), st.Total, st.InUse, st.LongLived, st.Leaked, j.Completed, j.Failed, s.sse.Stats().Clients)
+			auto := ""
+			if s.cfg.AutoLongLived {
+				auto = fmt.Sprintf(" | tracker: long-lived=%d auto=%d leaked=%d", v.tracker.LongLived, v.tracker.AutoLongLived, v.tracker.Leaked)
+			}
+			fmt.Fprintf(s.out, "%7s  pool total=%d in-use=%d long-lived=%d leaked=%d%s | jobs done=%d failed=%d | sse clients=%d\n",
+				duration(time.Since(s.started)), st.Total, st.InUse, st.LongLived, st.Leaked, auto, j.Completed, j.Failed, s.sse.Stats().Clients)
 		}
 	}
 }

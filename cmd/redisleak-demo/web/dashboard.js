@@ -86,6 +86,8 @@
     text('v-longLived', s.longLived);
     text('v-leaked', s.leaked);
     text('v-reported', s.leaksReported);
+    text('v-auto', s.autoDetection ? s.autoLongLived : 'off');
+    $('v-auto').parentNode.classList.toggle('off', !s.autoDetection);
     $('v-leaked').parentNode.classList.toggle('alarm', s.leaked > 0);
 
     const lt = $('leaks').tBodies[0];
@@ -102,13 +104,46 @@
       lt.appendChild(tr);
     }
 
+    // Holders long-lived by behaviour: "off" is not "none".
+    const at = $('auto').tBodies[0];
+    const autos = s.autoHolders || [];
+    at.textContent = '';
+    if (!s.autoDetection) emptyRow(at, 6, 'automatic detection off (run with -auto-long-lived)');
+    else if (!autos.length) emptyRow(at, 6, 'automatic detection on: no holder is long-lived by behaviour right now');
+    for (const a of autos) {
+      const tr = document.createElement('tr');
+      cell(tr, '#' + a.connId);
+      cell(tr, a.kind);
+      cell(tr, a.owner || '—');
+      cell(tr, fmtMs(a.heldForMs), 'nowrap');
+      cell(tr, fmtMs(a.idleForMs), 'nowrap');
+      const site = document.createElement('div');
+      site.textContent = a.site || 'unknown';
+      const hint = document.createElement('div');
+      hint.className = 'hint';
+      hint.textContent = a.hint;
+      const both = document.createDocumentFragment();
+      both.appendChild(site);
+      both.appendChild(hint);
+      cell(tr, both, 'site');
+      at.appendChild(tr);
+    }
+    // The naive mode: the tracker's own verdict beside the naive one.
+    const verdict = $('auto-verdict');
+    verdict.hidden = !s.tracker;
+    if (s.tracker) {
+      verdict.textContent = 'The tracker\'s own verdict, beside the naive detector\'s above: ' +
+        s.tracker.longLived + ' long-lived (' + s.tracker.autoLongLived + ' by behaviour), ' +
+        s.tracker.leaked + ' leaked, ' + plural(s.tracker.leaksReported, 'leak', 'leaks') + ' reported.';
+    }
+
     const ht = $('holders').tBodies[0];
     ht.textContent = '';
     if (!s.holders.length) emptyRow(ht, 5, 'nothing held right now');
     for (const h of s.holders) {
       const tr = document.createElement('tr');
       if (h.leaked > 0) cell(tr, pill('leaked', 'leaked'));
-      else if (h.longLived) cell(tr, pill('long-lived', 'longlived'));
+      else if (h.longLived) cell(tr, pill(h.by ? 'long-lived · ' + h.by : 'long-lived', h.by === 'auto' ? 'auto' : 'longlived'));
       else cell(tr, pill('in use', 'short'));
       cell(tr, h.kind);
       cell(tr, h.owner || '—');

@@ -31,6 +31,9 @@ func skipFrame(fn string) bool {
 		strings.Contains(fn, ".DialHook.func") ||
 		strings.HasPrefix(fn, "github.com/redis/go-redis/") ||
 		strings.HasPrefix(fn, rootPkgPrefix) ||
+		// the companions' shared helpers (a dedicated connection's open):
+		// the site is the companion code that uses them
+		strings.HasPrefix(fn, "github.com/redisleak/redisleak/internal/") ||
 		strings.HasPrefix(fn, "runtime.") ||
 		strings.HasPrefix(fn, "runtime/") ||
 		strings.HasPrefix(fn, "sync.") ||

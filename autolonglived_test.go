@@ -165,8 +165,8 @@ func TestAutoLongLivedKinds(t *testing.T) {
 		}
 		return false
 	})
-	if !stuck.Leaked {
-		t.Fatal(stuck)
+	if !stuck.Leaked || stuck.IdleFor != 0 || !strings.Contains(stuck.Site, "sleepOnServer") {
+		t.Fatalf("stuck command: %s (IdleFor %v)", stuck, stuck.IdleFor)
 	}
 	<-done
 

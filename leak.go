@@ -301,6 +301,7 @@ func (t *Tracker) resolveSites(views []holdView, leaks []Leak, profile bool) {
 	for r, si := range stuckSites(want, t.opts.FullStacks) {
 		i := idx[r]
 		leaks[i].Site = si.site
+		leaks[i].IdleFor = 0 // its goroutine is in the connection's I/O: a command runs
 		if t.opts.FullStacks {
 			leaks[i].Stack = si.stack
 		}

@@ -6,7 +6,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	_ "unsafe" // go:linkname
 )
 
 //go:generate go run gen_trampolines.go -o trampolines.go
@@ -192,20 +191,3 @@ func (c *trackedConn) SetReadDeadline(t time.Time) error { return c.Conn.SetRead
 
 // SetWriteDeadline passes through.
 func (c *trackedConn) SetWriteDeadline(t time.Time) error { return c.Conn.SetWriteDeadline(t) }
-
-// runtimeNano is the runtime's monotonic clock: one vDSO call, without the
-// wall-clock read that time.Now adds.
-//
-//go:linkname runtimeNano runtime.nanotime
-func runtimeNano() int64
-
-var (
-	clockBase     = time.Now()
-	clockBaseNano = runtimeNano()
-)
-
-// nanotime returns monotonic nanoseconds since the package was loaded.
-func nanotime() int64 { return runtimeNano() - clockBaseNano }
-
-// unixAt converts a nanotime value to wall time.
-func unixAt(n int64) time.Time { return clockBase.Add(time.Duration(n)) }

@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"runtime"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -122,60 +120,6 @@ func isPoolTimeout(err error) bool {
 		return false // already enriched (nested clients)
 	}
 	return errors.Is(err, redis.ErrPoolTimeout)
-}
-
-// inflight tracks commands in flight while the observer is unavailable.
-type inflight struct {
-	ifMu        sync.Mutex
-	ops         map[*inflightOp]struct{}
-	reportedOps map[*inflightOp]bool
-}
-
-type inflightOp struct {
-	start   int64
-	mark    *mark
-	name    string
-	pcs     []uintptr
-	block   time.Duration
-	blocked bool
-}
-
-func (t *Tracker) beginOp(ctx context.Context, name string, args []any) *inflightOp {
-	op := &inflightOp{start: nanotime(), mark: markFrom(ctx), name: name}
-	if args != nil && len(name) > 0 {
-		switch name[0] {
-		case 'b', 'x', 'w':
-			op.block, op.blocked = blockingTimeout(argsToRESP(args))
-		}
-	}
-	var pcs [maxStackDepth]uintptr
-	n := runtime.Callers(3, pcs[:t.opts.StackDepth])
-	op.pcs = append([]uintptr(nil), pcs[:n]...)
-	t.ifMu.Lock()
-	if t.ops == nil {
-		t.ops = make(map[*inflightOp]struct{})
-	}
-	t.ops[op] = struct{}{}
-	t.ifMu.Unlock()
-	return op
-}
-
-func (t *Tracker) endOp(op *inflightOp) {
-	t.ifMu.Lock()
-	delete(t.ops, op)
-	delete(t.reportedOps, op)
-	t.ifMu.Unlock()
-	t.holds.push(kindIndex(KindCommand), nanotime()-op.start)
-}
-
-func (t *Tracker) inflightOps() []*inflightOp {
-	t.ifMu.Lock()
-	defer t.ifMu.Unlock()
-	out := make([]*inflightOp, 0, len(t.ops))
-	for op := range t.ops {
-		out = append(out, op)
-	}
-	return out
 }
 
 // noteLegacyBlocking records a blocking command about to run on the

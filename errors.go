@@ -25,9 +25,10 @@ type PoolTimeoutError struct {
 
 // HolderCount counts holds of one kind and owner.
 type HolderCount struct {
-	Kind, Owner string
-	Count       int
-	LongLived   bool
+	Kind      Kind
+	Owner     string
+	Count     int
+	LongLived bool
 }
 
 // Error names the holders: counts by kind and owner, and the sites of the
@@ -101,7 +102,7 @@ func (t *Tracker) poolTimeoutError(err error, pool string) error {
 		if held[i].Count != held[j].Count {
 			return held[i].Count > held[j].Count
 		}
-		return held[i].Kind+held[i].Owner < held[j].Kind+held[j].Owner
+		return string(held[i].Kind)+held[i].Owner < string(held[j].Kind)+held[j].Owner
 	})
 	return &PoolTimeoutError{
 		Err:     err,

@@ -55,7 +55,7 @@ func (t *Tracker) currentLeaks() []Leak {
 
 // autoHolder is a hold long-lived by behaviour, as the health JSON lists it.
 type autoHolder struct {
-	Kind      string  `json:"kind"`
+	Kind      Kind    `json:"kind"`
 	Owner     string  `json:"owner,omitempty"`
 	Site      string  `json:"site,omitempty"`
 	HeldForMs float64 `json:"heldForMs"`

@@ -12,7 +12,7 @@ import (
 // not change after it was made.
 type Leak struct {
 	ConnID     uint64        // the tracker's id of the dialed connection (0 in hooks mode)
-	Kind       string        // KindCommand, KindPipeline, KindTx, KindConn, KindPubSub, KindBlocking
+	Kind       Kind          // KindCommand, KindPipeline, KindTx, KindConn, KindPubSub, KindBlocking
 	Owner      string        // set with WithOwner, or ""
 	Pool, Addr string        // go-redis pool name and server address
 	Site       string        // acquiring call site, "file.go:123 pkg.Func", or "" when unknown
@@ -105,7 +105,7 @@ func (l Leak) MarshalJSON() ([]byte, error) {
 
 type leakJSON struct {
 	ConnID      uint64    `json:"connId"`
-	Kind        string    `json:"kind"`
+	Kind        Kind      `json:"kind"`
 	Owner       string    `json:"owner,omitempty"`
 	Pool        string    `json:"pool,omitempty"`
 	Addr        string    `json:"addr,omitempty"`

@@ -102,7 +102,7 @@ func newTrackerMetrics(t *Tracker, mp metric.MeterProvider) (*trackerMetrics, er
 		return nil, err
 	}
 	for i, k := range allKinds {
-		m.kindAttrs[i] = metric.WithAttributes(client, m.base, attribute.String("kind", k))
+		m.kindAttrs[i] = metric.WithAttributes(client, m.base, attribute.String("kind", string(k)))
 		m.kindRec[i] = []metric.RecordOption{m.kindAttrs[i]}
 	}
 	attrs := metric.WithAttributes(client, m.base)

@@ -1,12 +1,15 @@
 package redisleak
 
 import (
-	"github.com/redis/go-redis/v9"
+	"context"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Connection states as the tracker sees them.
@@ -17,17 +20,21 @@ const (
 	stClosed               // closed; the record is about to be dropped
 )
 
+// Kind is what a hold is, as in Leak.Kind, Options.KindMaxHold and
+// Stats.HoldTime. Its values are strings in JSON and in map keys.
+type Kind string
+
 // Hold kinds.
 const (
-	KindCommand  = "command"  // a single command (the connection returns when it ends)
-	KindPipeline = "pipeline" // a pipeline
-	KindTx       = "tx"       // a MULTI/EXEC pipeline or a Watch callback
-	KindConn     = "conn"     // a Client.Conn, from its first command until Close
-	KindPubSub   = "pubsub"   // a PubSub connection, for its life
-	KindBlocking = "blocking" // a blocking command (BLPOP, XREAD BLOCK, WAIT, ...)
+	KindCommand  Kind = "command"  // a single command (the connection returns when it ends)
+	KindPipeline Kind = "pipeline" // a pipeline
+	KindTx       Kind = "tx"       // a MULTI/EXEC pipeline or a Watch callback
+	KindConn     Kind = "conn"     // a Client.Conn, from its first command until Close
+	KindPubSub   Kind = "pubsub"   // a PubSub connection, for its life
+	KindBlocking Kind = "blocking" // a blocking command (BLPOP, XREAD BLOCK, WAIT, ...)
 )
 
-var allKinds = []string{KindCommand, KindPipeline, KindTx, KindConn, KindPubSub, KindBlocking}
+var allKinds = []Kind{KindCommand, KindPipeline, KindTx, KindConn, KindPubSub, KindBlocking}
 
 // Indexes of the kinds in allKinds.
 const (
@@ -39,7 +46,7 @@ const (
 	kiBlocking
 )
 
-func kindIndex(k string) int {
+func kindIndex(k Kind) int {
 	for i, x := range allKinds {
 		if x == k {
 			return i
@@ -170,7 +177,7 @@ func (r *connRecord) kindIndex() int {
 }
 
 // kind classifies the current hold.
-func (r *connRecord) kind() string { return allKinds[r.kindIndex()] }
+func (r *connRecord) kind() Kind { return allKinds[r.kindIndex()] }
 
 // basePoolName strips go-redis's pool suffixes: the three pools of one
 // client share the prefix "<addr>_<id>".
@@ -216,4 +223,134 @@ func (r *connRecord) setInfo(cn redis.ConnInfo) {
 // connInfoKey is the data word of cn: the address of go-redis's connection.
 func connInfoKey(cn redis.ConnInfo) uintptr {
 	return (*[2]uintptr)(unsafe.Pointer(&cn))[1]
+}
+
+// The hold lifecycle, driven by the observer's events (observer.go):
+// checkout → beginHold; a command or pipeline ending while its goroutine
+// still holds the connection → afterOperation (sticky); return or close →
+// endHold.
+
+// onCount applies "+1 idle" (a return, or a new connection put in the pool)
+// and the PubSub connection's "+1 used" / "-1 used".
+func (r *connRecord) onCount(delta int, cn redis.ConnInfo, isPubSub bool) {
+	if r.poolName.Load() == nil {
+		r.learnPool(cn)
+	}
+	if isPubSub {
+		if delta > 0 {
+			r.pubsub.Store(true)
+			r.beginHold(nil, 0)
+		} else if r.conn == nil {
+			r.tr.dropRecord(r, cn) // no wrapper to end it when it closes
+		} else {
+			r.endHold()
+		}
+		return
+	}
+	if r.state.Load() == stUsed {
+		r.endHold()
+	} else {
+		r.state.Store(stIdle)
+	}
+}
+
+func (r *connRecord) learnPool(cn redis.ConnInfo) {
+	name := cn.PoolName()
+	r.setPool(name)
+	r.setInfo(cn)
+	if r.conn != nil {
+		disp.learnPrefix(name, r.tr)
+	}
+}
+
+// beginHold starts a hold acquired with mark m by goroutine g (0: none,
+// e.g. a PubSub connection).
+func (r *connRecord) beginHold(m *mark, g uintptr) {
+	r.mark.Store(m)
+	r.holderG.Store(g)
+	if r.sticky.Load() != stickyNone {
+		r.sticky.Store(stickyNone)
+	}
+	r.holdSeq.Add(1)
+	r.acquiredAt.Store(nanotime())
+	r.state.Store(stUsed)
+}
+
+// endHold ends the current hold; the connection is idle (or about to close).
+func (r *connRecord) endHold() {
+	if r.state.Load() != stUsed {
+		return
+	}
+	held := nanotime() - r.acquiredAt.Load()
+	kind := r.kindIndex()
+	r.state.Store(stIdle)
+	if r.blockDeadline.Load() != 0 {
+		r.blockDeadline.Store(0)
+	}
+	r.tr.holds.push(kind, held)
+	if rs := r.reportedSeq.Load(); rs != 0 && rs == r.holdSeq.Load() {
+		r.tr.noteReturned(r, held)
+	}
+}
+
+// onCheckout runs on the caller's goroutine with the caller's context, on
+// both the idle and the fresh-dial path: the hold starts here.
+func (r *connRecord) onCheckout(ctx context.Context, cn redis.ConnInfo, g uintptr) {
+	if r.poolName.Load() == nil {
+		r.learnPool(cn)
+	}
+	if r.state.Load() == stUsed {
+		r.endHold() // a missed return: never double-count
+	}
+
+	r.beginHold(markFrom(ctx), g)
+}
+
+// afterOperation runs on the caller's goroutine when a command or pipeline
+// has ended. If the goroutine that acquired the connection still holds it,
+// the hold outlived its command (Client.Conn, Watch): it is a sticky hold,
+// and its site — the first use — is captured now, once per hold.
+//
+// The holder is recognised by its goroutine, not by its context: go-redis
+// reports a plain command after returning its connection to the pool, and a
+// goroutine sharing the context (context.Background()) may hold it by then.
+// Commands of go-redis's connection handshake (HELLO, CLIENT SETINFO, the
+// options pipeline, OnConnect) run on the holder's goroutine during the
+// checkout of a fresh connection: they are recognised by the frame of
+// go-redis's initConn on the stack and skipped.
+func (r *connRecord) afterOperation(cmdName string) {
+	if r.sticky.Load() != stickyNone || r.pubsub.Load() || r.holderG.Load() != curG() {
+		return
+	}
+	var pcs [maxStackDepth]uintptr
+	n := runtime.Callers(3, pcs[:r.tr.opts.StackDepth])
+	if inHandshake(pcs[:n]) {
+		return
+	}
+	seq := r.holdSeq.Load()
+	r.mu.Lock()
+	c := r.coldLocked()
+	c.sitePCs = append(c.sitePCs[:0], pcs[:n]...)
+	c.siteSeq = seq
+	r.mu.Unlock()
+	if cmdName == "watch" {
+		r.sticky.Store(stickyTx)
+	} else {
+		r.sticky.Store(stickyConn)
+	}
+}
+
+// inHandshake reports whether the stack pcs runs inside go-redis's
+// connection handshake.
+func inHandshake(pcs []uintptr) bool {
+	frames := runtime.CallersFrames(pcs)
+	for {
+		f, more := frames.Next()
+		if strings.HasPrefix(f.Function, "github.com/redis/go-redis/") && strings.HasSuffix(f.Function, ".initConn") {
+			return true
+		}
+		if !more {
+			return false
+		}
+	}
 }

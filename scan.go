@@ -152,7 +152,7 @@ func (t *Tracker) announceAuto(views []holdView, now int64) {
 	t.resolveSites(views, ls, false)
 	for i, v := range views {
 		v.rec.autoSeq.Store(v.seq)
-		key := ls[i].Kind + " " + ls[i].Owner + " " + ls[i].Site
+		key := string(ls[i].Kind) + " " + ls[i].Owner + " " + ls[i].Site
 		if t.autoSites == nil {
 			t.autoSites = map[string]bool{}
 		}
@@ -161,7 +161,7 @@ func (t *Tracker) announceAuto(views []holdView, now int64) {
 		}
 		t.autoSites[key] = true
 		t.opts.Logger.Warn("redisleak: connection holder classified long-lived by behaviour (it keeps running commands); mark it with WithLongLived at its site to make this explicit",
-			slog.String("kind", ls[i].Kind),
+			slog.String("kind", string(ls[i].Kind)),
 			slog.String("owner", ls[i].Owner),
 			slog.String("site", ls[i].Site),
 			slog.Float64("heldForMs", ms(ls[i].HeldFor)),
@@ -185,7 +185,7 @@ func (t *Tracker) logLeaks(fresh, current []Leak) {
 	for i, l := range fresh {
 		attrs = append(attrs, slog.Group(fmt.Sprintf("leak%d", i),
 			slog.Uint64("connId", l.ConnID),
-			slog.String("kind", l.Kind),
+			slog.String("kind", string(l.Kind)),
 			slog.String("owner", l.Owner),
 			slog.String("pool", l.Pool),
 			slog.String("addr", l.Addr),

@@ -46,7 +46,7 @@ type Stats struct {
 	// pubsub pool of each node), sorted by name.
 	Pools []PoolStats `json:"pools"`
 	// HoldTime summarises the durations of holds that ended, by kind.
-	HoldTime map[string]HoldStats `json:"holdTime"`
+	HoldTime map[Kind]HoldStats `json:"holdTime"`
 	// HoldsDropped counts ended holds left out of HoldTime's percentiles
 	// and of the hold-time metric because they ended faster than the
 	// tracker could record them (the sum of HoldTime[*].Dropped; the
@@ -352,10 +352,10 @@ func (h *holdRecorder) record(v uint64, m *trackerMetrics) {
 	m.recordHold(k, d)
 }
 
-func (h *holdRecorder) summary() map[string]HoldStats {
+func (h *holdRecorder) summary() map[Kind]HoldStats {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := map[string]HoldStats{}
+	out := map[Kind]HoldStats{}
 	for k := range h.hist {
 		hs := &h.hist[k]
 		dropped := h.dropped[k].Load()

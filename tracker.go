@@ -77,7 +77,7 @@ type Options struct {
 	// KindMaxHold overrides MaxHold per hold kind (KindCommand, KindConn,
 	// KindTx, KindPipeline, KindBlocking, KindPubSub). A per-call threshold
 	// set with WithMaxHold takes precedence over both.
-	KindMaxHold map[string]time.Duration
+	KindMaxHold map[Kind]time.Duration
 	// BlockingGrace is added to a blocking command's own timeout before its
 	// hold may count as a leak. 0 means DefaultBlockingGrace (10s, what
 	// go-redis itself waits beyond the timeout); smaller positive values
@@ -505,7 +505,7 @@ func (t *Tracker) scanLoop() {
 func (t *Tracker) logReturned(n returnedNote) {
 	t.opts.Logger.Info("redisleak: connection previously reported as leaked was returned",
 		slog.Uint64("connId", n.leak.ConnID),
-		slog.String("kind", n.leak.Kind),
+		slog.String("kind", string(n.leak.Kind)),
 		slog.String("owner", n.leak.Owner),
 		slog.String("site", n.leak.Site),
 		slog.Float64("heldForMs", float64(n.held)/float64(time.Millisecond)))

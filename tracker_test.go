@@ -151,7 +151,7 @@ func TestLongLivedExempt(t *testing.T) {
 	if s.LongLived != 4 || s.Leaked != 0 || s.InUse != 5 {
 		t.Fatalf("stats %+v", s)
 	}
-	kinds := map[string]int{}
+	kinds := map[redisleak.Kind]int{}
 	for _, h := range tr.Holds() {
 		kinds[h.Kind]++
 	}
@@ -266,8 +266,8 @@ func TestNoFalsePositivesUnderMixedLoad(t *testing.T) {
 		p := rdb.PoolStats()
 		return tr.Stats().Total == int(p.TotalConns)+int(p.PipelineStats.TotalConns)+int(p.PubSubStats.Active)
 	})
-	for _, k := range []string{redisleak.KindCommand, redisleak.KindPipeline, redisleak.KindTx} {
-		redistest.WaitFor(t, time.Second, "hold stats for "+k, func() bool { return tr.Stats().HoldTime[k].Count > 0 })
+	for _, k := range []redisleak.Kind{redisleak.KindCommand, redisleak.KindPipeline, redisleak.KindTx} {
+		redistest.WaitFor(t, time.Second, "hold stats for "+string(k), func() bool { return tr.Stats().HoldTime[k].Count > 0 })
 	}
 }
 
@@ -447,8 +447,8 @@ func TestBadInput(t *testing.T) {
 		"bad action":       {rdb, redisleak.Options{Action: 7}},
 		"CloseAbove alone": {rdb, redisleak.Options{CloseAbove: 0.5}},
 		"CloseAbove >= 1":  {rdb, redisleak.Options{Action: redisleak.ActionClose, CloseAbove: 1}},
-		"unknown kind":     {rdb, redisleak.Options{KindMaxHold: map[string]time.Duration{"nope": time.Second}}},
-		"negative kind":    {rdb, redisleak.Options{KindMaxHold: map[string]time.Duration{"conn": -1}}},
+		"unknown kind":     {rdb, redisleak.Options{KindMaxHold: map[redisleak.Kind]time.Duration{"nope": time.Second}}},
+		"negative kind":    {rdb, redisleak.Options{KindMaxHold: map[redisleak.Kind]time.Duration{"conn": -1}}},
 		"stack too deep":   {rdb, redisleak.Options{StackDepth: 1000}},
 		"unsupported type": {fakeUniversal{rdb}, redisleak.Options{}},
 	}

@@ -11,7 +11,7 @@ type holdView struct {
 	seq       uint64
 	held      time.Duration
 	threshold time.Duration
-	kind      string
+	kind      Kind
 	owner     string
 	longLived bool
 	leaked    bool
@@ -107,7 +107,7 @@ func (t *Tracker) now() int64 {
 	return n
 }
 
-func (t *Tracker) threshold(kind string, m *mark) time.Duration {
+func (t *Tracker) threshold(kind Kind, m *mark) time.Duration {
 	if m != nil && m.maxHold > 0 {
 		return m.maxHold
 	}

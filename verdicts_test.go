@@ -151,7 +151,7 @@ func TestStickyHoldsOfEveryShape(t *testing.T) {
 		{"tx", "leakyTxConn", leakyTxConn},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rdb, tr, _ := setup(t, redisleak.Options{KindMaxHold: map[string]time.Duration{
+			rdb, tr, _ := setup(t, redisleak.Options{KindMaxHold: map[redisleak.Kind]time.Duration{
 				redisleak.KindCommand: time.Hour, redisleak.KindPipeline: time.Hour, redisleak.KindTx: time.Hour,
 			}})
 			c := tc.leak(context.Background(), rdb)

@@ -79,7 +79,7 @@ func autoViews(holds []redisleak.Leak) []autoView {
 	out := []autoView{}
 	for _, h := range autoHolders(holds) {
 		out = append(out, autoView{
-			ConnID: h.ConnID, Kind: h.Kind, Owner: h.Owner, Site: h.Site,
+			ConnID: h.ConnID, Kind: string(h.Kind), Owner: h.Owner, Site: h.Site,
 			HeldForMs: msOf(h.HeldFor), IdleForMs: msOf(h.IdleFor), Hint: autoHint,
 		})
 	}
@@ -107,13 +107,13 @@ func (a *autoLog) note(holds []redisleak.Leak, since time.Duration) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, h := range autoHolders(holds) {
-		k := [3]string{h.Kind, h.Owner, h.Site}
+		k := [3]string{string(h.Kind), h.Owner, h.Site}
 		if a.seen == nil {
 			a.seen = map[[3]string]*autoSighting{}
 		}
 		s := a.seen[k]
 		if s == nil {
-			s = &autoSighting{Kind: h.Kind, Owner: h.Owner, Site: h.Site, First: since}
+			s = &autoSighting{Kind: string(h.Kind), Owner: h.Owner, Site: h.Site, First: since}
 			a.seen[k] = s
 		}
 		s.Times++

@@ -122,7 +122,7 @@ func checkUnmarkedAuto(t *testing.T, res *result, out string, holders ...string)
 			}
 		}
 		if h.LongLived {
-			found[h.Owner+"/"+h.Kind] = true
+			found[h.Owner+"/"+string(h.Kind)] = true
 		}
 	}
 	for _, want := range holders {
@@ -190,7 +190,7 @@ func TestUnmarkHook(t *testing.T) {
 	if _, err := ps.Receive(ctx); err != nil {
 		t.Fatal(err)
 	}
-	kinds := map[string]string{}
+	kinds := map[redisleak.Kind]string{}
 	for _, h := range tr.Holds() {
 		if h.Owner != "w" {
 			t.Errorf("owner lost: %v", h)
@@ -218,7 +218,7 @@ func checkNaiveFlags(t *testing.T, res *result, owners ...string) {
 		if i := strings.LastIndexByte(o, ':'); strings.HasPrefix(o, "bullmq:") && i > 0 {
 			o = o[:i]
 		}
-		flagged[o+"/"+l.Kind] = true
+		flagged[o+"/"+string(l.Kind)] = true
 	}
 	if !seeded {
 		t.Errorf("the naive detector did not flag the seeded leak: %v", res.Reported)

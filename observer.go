@@ -236,33 +236,61 @@ func (d *dispatcher) recordSlow(cn redis.ConnInfo, a *trackedAddr, ok bool, from
 // ends the record through the wrapper. PubSub connections (+1/-1 used,
 // isPubSub) have no other signal.
 func (d *dispatcher) RecordConnectionCount(ctx context.Context, delta int, cn redis.ConnInfo, state string, isPubSub bool) {
-	if delta > 0 && state == "idle" && !isPubSub {
-		// a return, mostly on the goroutine that checked the connection out
-		if r := d.recentRecord(cn, curG()); r != nil {
-			r.onCount(delta, cn, false)
+	// Four calls per command: the common ones stay short, the rest is out
+	// of line.
+	if isPubSub {
+		d.pubSubCount(delta, cn)
+	} else if delta > 0 {
+		if state == "idle" {
+			d.returned(cn)
 		}
-	} else if isPubSub {
-		from := stNew
-		if delta < 0 {
-			from = stUsed
-		}
-		if r := d.recordFrom(cn, from); r != nil {
-			r.onCount(delta, cn, true)
-		}
-	} else if delta < 0 && d.anonLive.Load() > 0 && cn != nil {
-		// A connection that existed before its tracker leaves the state it
-		// had: identify it now, inside the pool's lock, so that it is
-		// never counted both as anonymous and as identified.
-		if _, wrapped := cn.RemoteAddr().(*trackedAddr); !wrapped {
-			from := stIdle
-			if state == "used" {
-				from = stUsed
-			}
-			d.recordSlow(cn, nil, false, from)
-		}
+	} else if d.anonLive.Load() > 0 {
+		d.leaving(cn, state)
 	}
 	if box := d.chain.Load(); box != nil && box.counter != nil {
 		box.counter.RecordConnectionCount(ctx, delta, cn, state, isPubSub)
+	}
+}
+
+// returned handles "+1 idle": a return, mostly on the goroutine that
+// checked the connection out.
+//
+//go:noinline
+func (d *dispatcher) returned(cn redis.ConnInfo) {
+	if r := d.recentRecord(cn, curG()); r != nil {
+		r.onCount(1, cn, false)
+	}
+}
+
+// pubSubCount handles a PubSub connection's "+1 used" / "-1 used".
+//
+//go:noinline
+func (d *dispatcher) pubSubCount(delta int, cn redis.ConnInfo) {
+	from := stNew
+	if delta < 0 {
+		from = stUsed
+	}
+	if r := d.recordFrom(cn, from); r != nil {
+		r.onCount(delta, cn, true)
+	}
+}
+
+// leaving handles a "-1" while connections opened before their tracker are
+// not all identified: one of them leaves the state it had; it is identified
+// now, inside the pool's lock, so that it is never counted both as
+// anonymous and as identified.
+//
+//go:noinline
+func (d *dispatcher) leaving(cn redis.ConnInfo, state string) {
+	if cn == nil {
+		return
+	}
+	if _, wrapped := cn.RemoteAddr().(*trackedAddr); !wrapped {
+		from := stIdle
+		if state == "used" {
+			from = stUsed
+		}
+		d.recordSlow(cn, nil, false, from)
 	}
 }
 
@@ -270,19 +298,29 @@ func (d *dispatcher) RecordConnectionCount(ctx context.Context, delta int, cn re
 // connection starts (cn nil, delta +1) and ends. The tracker's own probe
 // learns a client's pool name from it.
 func (d *dispatcher) RecordPendingRequests(ctx context.Context, delta int, cn redis.ConnInfo, poolName string) {
-	if cn == nil && delta < 0 {
+	if cn == nil && (delta < 0 || d.probing.Load() != 0) {
+		d.pendingWithoutConn(ctx, delta, poolName)
+	}
+	if box := d.chain.Load(); box != nil && box.counter != nil {
+		box.counter.RecordPendingRequests(ctx, delta, cn, poolName)
+	}
+}
+
+// pendingWithoutConn handles a request's start (+1) and its failure (-1).
+//
+//go:noinline
+func (d *dispatcher) pendingWithoutConn(ctx context.Context, delta int, poolName string) {
+	if delta < 0 {
 		// A request failed (pool timeout, cancelled context): the hook
 		// that enriches a pool timeout asks which pool it was.
 		g := curG()
 		d.failed[failSlot(g)].Store(&failNote{g: g, pool: poolName})
+		return
 	}
-	if cn == nil && delta > 0 && d.probing.Load() != 0 {
+	if d.probing.Load() != 0 {
 		if m := markFrom(ctx); m != nil && m.probe != nil && m.probe.pool == "" {
 			m.probe.pool = poolName // on the probing goroutine (attach.go)
 		}
-	}
-	if box := d.chain.Load(); box != nil && box.counter != nil {
-		box.counter.RecordPendingRequests(ctx, delta, cn, poolName)
 	}
 }
 

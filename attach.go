@@ -56,8 +56,10 @@ const (
 	poolPubSub
 )
 
-// probePoolName returns the name of c's main pool, or "".
-func (t *Tracker) probePoolName(c *redis.Client) string {
+// probePoolName starts a request on c with an already-cancelled context
+// and returns the name of c's main pool as the installed recorder was told
+// it ("" when the dispatcher is not the installed recorder).
+func probePoolName(c *redis.Client) string {
 	res := &probeResult{}
 	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), markKey{}, &mark{probe: res, longLived: true, owner: "redisleak:probe"}))
 	cancel()
@@ -73,7 +75,7 @@ func (t *Tracker) adoptExisting(c *redis.Client) {
 	if ps.TotalConns == 0 && ps.PubSubStats.Active == 0 && (ps.PipelineStats == nil || ps.PipelineStats.TotalConns == 0) {
 		return // nothing to adopt; new connections name their pool themselves
 	}
-	name := t.probePoolName(c)
+	name := probePoolName(c)
 	if name == "" {
 		t.opts.Logger.Warn("redisleak: could not learn the pool name of a client with open connections; they are tracked from their next use",
 			slog.String("addr", c.Options().Addr))
@@ -83,16 +85,33 @@ func (t *Tracker) adoptExisting(c *redis.Client) {
 	ps = c.PoolStats()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.addAnonLocked(c, name, poolMain, int(ps.IdleConns), int(ps.TotalConns)-int(ps.IdleConns))
-	if pp := ps.PipelineStats; pp != nil {
-		t.addAnonLocked(c, name+"_pipeline", poolPipeline, int(pp.IdleConns), int(pp.TotalConns)-int(pp.IdleConns))
+	t.addAnonLocked(c, name, poolMain, ps)
+	if ps.PipelineStats != nil {
+		t.addAnonLocked(c, name+"_pipeline", poolPipeline, ps)
 	}
-	t.addAnonLocked(c, name+"_pubsub", poolPubSub, 0, int(ps.PubSubStats.Active))
+	t.addAnonLocked(c, name+"_pubsub", poolPubSub, ps)
 }
 
-// addAnonLocked adds anonymous records for pool, less the connections of
-// the pool already identified. Called with t.mu held.
-func (t *Tracker) addAnonLocked(c *redis.Client, pool string, kind poolKind, idle, used int) {
+// counts returns the idle and in-use connections of the pool of kind k in
+// go-redis's stats of its client.
+func (k poolKind) counts(ps *redis.PoolStats) (idle, used int) {
+	switch k {
+	case poolMain:
+		return int(ps.IdleConns), int(ps.TotalConns) - int(ps.IdleConns)
+	case poolPipeline:
+		if pp := ps.PipelineStats; pp != nil {
+			return int(pp.IdleConns), int(pp.TotalConns) - int(pp.IdleConns)
+		}
+	case poolPubSub:
+		return 0, int(ps.PubSubStats.Active)
+	}
+	return 0, 0
+}
+
+// addAnonLocked adds anonymous records for the connections of pool in ps,
+// less those of the pool already identified. Called with t.mu held.
+func (t *Tracker) addAnonLocked(c *redis.Client, pool string, kind poolKind, ps *redis.PoolStats) {
+	idle, used := kind.counts(ps)
 	knownIdle, knownUsed := t.identifiedLocked(pool)
 	idle -= knownIdle
 	used -= knownUsed
@@ -194,18 +213,7 @@ func (t *Tracker) reconcileAnon() {
 			delete(t.anon, pool)
 			continue
 		}
-		var idle, used int
-		ps := ap.client.PoolStats()
-		switch ap.kind {
-		case poolMain:
-			idle, used = int(ps.IdleConns), int(ps.TotalConns)-int(ps.IdleConns)
-		case poolPipeline:
-			if pp := ps.PipelineStats; pp != nil {
-				idle, used = int(pp.IdleConns), int(pp.TotalConns)-int(pp.IdleConns)
-			}
-		case poolPubSub:
-			used = int(ps.PubSubStats.Active)
-		}
+		idle, used := ap.kind.counts(ap.client.PoolStats())
 		knownIdle, knownUsed := t.identifiedLocked(pool)
 		idle -= knownIdle
 		used -= knownUsed

@@ -125,11 +125,7 @@ func isPoolTimeout(err error) bool {
 // noteLegacyBlocking records a blocking command about to run on the
 // calling goroutine, with the nanotime until which it is exempt.
 func (t *Tracker) noteLegacyBlocking(cmd redis.Cmder) (uintptr, bool) {
-	name := cmd.Name()
-	if len(name) == 0 || (name[0] != 'b' && name[0] != 'x' && name[0] != 'w') {
-		return 0, false
-	}
-	d, ok := blockingTimeout(argsToRESP(cmd.Args()))
+	d, ok := cmdBlockingTimeout(cmd.Name(), cmd.Args())
 	if !ok {
 		return 0, false
 	}
@@ -140,6 +136,16 @@ func (t *Tracker) noteLegacyBlocking(cmd redis.Cmder) (uintptr, bool) {
 	g := curG()
 	t.legacyBlock.Store(g, until)
 	return g, true
+}
+
+// cmdBlockingTimeout is blockingTimeout for a command seen by a hook (its
+// name and arguments): names that cannot be blocking are rejected before
+// the arguments are rendered.
+func cmdBlockingTimeout(name string, args []any) (time.Duration, bool) {
+	if len(name) == 0 || (name[0] != 'b' && name[0] != 'x' && name[0] != 'w') {
+		return 0, false
+	}
+	return blockingTimeout(argsToRESP(args))
 }
 
 // argsToRESP renders command arguments the way go-redis writes them, for

@@ -30,11 +30,8 @@ type inflightOp struct {
 
 func (t *Tracker) beginOp(ctx context.Context, name string, args []any) *inflightOp {
 	op := &inflightOp{start: nanotime(), mark: markFrom(ctx), name: name}
-	if args != nil && len(name) > 0 {
-		switch name[0] {
-		case 'b', 'x', 'w':
-			op.block, op.blocked = blockingTimeout(argsToRESP(args))
-		}
+	if args != nil {
+		op.block, op.blocked = cmdBlockingTimeout(name, args)
 	}
 	var pcs [maxStackDepth]uintptr
 	n := runtime.Callers(3, pcs[:t.opts.StackDepth])

@@ -37,7 +37,7 @@ type dispatcher struct {
 	// clients maps each instrumented client to its open tracker.
 	clients map[redis.UniversalClient]*Tracker
 	// probing is non-zero while a tracker's synchronous probe runs (see
-	// Tracker.probePoolName): only then does RecordPendingRequests look at
+	// probePoolName): only then does RecordPendingRequests look at
 	// the context.
 	probing atomic.Int32
 	// recent remembers, by goroutine (hashed), the record of the connection
@@ -136,13 +136,7 @@ func (d *dispatcher) installed() bool {
 	c := redis.NewClient(&redis.Options{Addr: probeAddr, MaxRetries: -1, DisableIdentity: true,
 		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}})
 	defer c.Close()
-	res := &probeResult{}
-	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), markKey{}, &mark{probe: res}))
-	cancel()
-	d.probing.Add(1)
-	_ = c.Ping(ctx).Err()
-	d.probing.Add(-1)
-	return res.pool != ""
+	return probePoolName(c) != ""
 }
 
 func (d *dispatcher) learnPrefix(pool string, t *Tracker) {
@@ -314,7 +308,7 @@ func (d *dispatcher) pendingWithoutConn(ctx context.Context, delta int, poolName
 		// A request failed (pool timeout, cancelled context): the hook
 		// that enriches a pool timeout asks which pool it was.
 		g := curG()
-		d.failed[failSlot(g)].Store(&failNote{g: g, pool: poolName})
+		d.failed[gslot(g)].Store(&failNote{g: g, pool: poolName})
 		return
 	}
 	if d.probing.Load() != 0 {
@@ -347,12 +341,10 @@ type failNote struct {
 	pool string
 }
 
-func failSlot(g uintptr) uintptr { return gslot(g) }
-
 // failedPool returns the pool whose connection request failed last on
 // goroutine g, or "".
 func (d *dispatcher) failedPool(g uintptr) string {
-	if n := d.failed[failSlot(g)].Load(); n != nil && n.g == g {
+	if n := d.failed[gslot(g)].Load(); n != nil && n.g == g {
 		return n.pool
 	}
 	return ""

@@ -39,7 +39,9 @@ const (
 	// stays taken until the holder next uses the connection (the call fails
 	// with a network error and go-redis discards the connection) or closes
 	// it; then Stats.LeaksFreed counts it. A Conn that is never touched
-	// again keeps its slot. With Options.CloseAbove > 0 a leak is closed only while its pool is
+	// again keeps its slot.
+	//
+	// With Options.CloseAbove > 0 a leak is closed only while its pool is
 	// more than that fraction in use. Connections opened before the tracker
 	// was attached (no wrapper) are never closed.
 	ActionClose
@@ -220,14 +222,14 @@ type Tracker struct {
 	legacy  map[redis.ConnInfo]*connRecord
 	anon    map[string]*anonPool // connections not yet identified, by pool (attach.go)
 	// legacyN counts connections without a wrapper (legacy and anon; see
-	// syncLegacyN); legacyBlock maps a goroutine running a
-	// blocking command to its exemption deadline while legacyN > 0.
-	legacyN atomic.Int64
+	// syncLegacyN); legacyBlock maps a goroutine running a blocking command
+	// to its exemption deadline while legacyN > 0.
+	legacyN     atomic.Int64
+	legacyBlock sync.Map
 	// wallOff is wall-clock minus nanotime, refreshed by every scan, Stats
 	// and Holds (idleFor compares go-redis's wall-clock last-use times).
-	wallOff     atomic.Int64
-	legacyBlock sync.Map
-	nodes       map[*redis.Client]struct{}
+	wallOff atomic.Int64
+	nodes   map[*redis.Client]struct{}
 	// poolNames interns pool names (one string per pool, not per connection)
 	poolNames sync.Map
 	nextID    atomic.Uint64

@@ -85,7 +85,7 @@ func (c *trackedConn) NetConn() net.Conn { return c.Conn }
 // Read reads from the inner connection, through the trampolines of the
 // connection's slot.
 func (c *trackedConn) Read(b []byte) (int, error) {
-	n, err := ioA[c.slot>>8&15](c, b, false)
+	n, err := ioA[c.slot>>6&63](c, b, false)
 	if n > 0 && c.addr.rec.blockDeadline.Load() != 0 {
 		// a reply arrived: maybe the blocking command's
 		c.addr.rec.noteRead(b[:n])
@@ -123,7 +123,7 @@ func (c *trackedConn) Close() error {
 // connections than slots, slots are shared (round robin), and a shared slot
 // names no connection: stuckSites gives no site rather than a wrong one.
 const (
-	slotBits = 12 // three levels of 16 trampolines
+	slotBits = 12 // two levels of 64 trampolines
 	numSlots = 1 << slotBits
 )
 

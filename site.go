@@ -14,8 +14,8 @@ import (
 //     it (Client.Conn, Watch) — once per such hold;
 //   - program counters captured at dial time, for PubSub connections;
 //   - for a command still running when the scan finds it too long, the
-//     goroutine blocked in that connection's Read or Write, found in the
-//     goroutine profile by the connection's slot (only when reporting; see
+//     goroutine blocked in that connection's Read, found in the goroutine
+//     profile by the connection's slot (only when reporting; see
 //     stuckSites).
 //
 // A site is the first frame outside go-redis and this package.
@@ -81,8 +81,9 @@ func sitesFromPCs(pcs []uintptr, full bool) (site string, stack []string) {
 	return site, stack
 }
 
-// stuckSites finds the goroutine blocked in Read or Write of each record's
-// connection, and returns its site and, with full, its stack.
+// stuckSites finds the goroutine blocked in Read of each record's
+// connection, and returns its site and, with full, its stack (a goroutine
+// stuck in Write is not found: Write skips the trampolines, see conn.go).
 //
 // It reads the goroutine profile, which the runtime collects concurrently
 // with only brief pauses however many goroutines there are (unlike a dump of
@@ -133,7 +134,7 @@ func stuckSites(recs []*connRecord, full bool) map[*connRecord]siteInfo {
 			continue
 		}
 		pcs = stack
-		for i := 0; i+2 < len(stack); i++ {
+		for i := 0; i+1 < len(stack); i++ {
 			slot, ok := pt.slotAt(stack[i:])
 			if !ok {
 				continue
@@ -183,8 +184,10 @@ func parseProfileStack(line []byte, pcs []uintptr) (count int, _ []uintptr, ok b
 // pcTrampolines tells which program counters are in I/O trampolines.
 type pcTrampolines map[uintptr]int8
 
-// trampoline returns the level (0 for ioA, 1 for ioB, 2 for ioC) and digit
-// of the trampoline that return address pc is in, or level -1.
+// trampoline returns the level (0 for ioA, 1 for ioB) and digit (0 to 63)
+// of the trampoline that return address pc is in, or level -1. The names
+// are io, the level's letter and the digit in two decimal places (ioA00 …
+// ioB63, see gen_trampolines.go).
 func (pt *pcTrampolines) trampoline(pc uintptr) (level, digit int) {
 	if *pt == nil {
 		*pt = make(pcTrampolines)
@@ -194,11 +197,11 @@ func (pt *pcTrampolines) trampoline(pc uintptr) (level, digit int) {
 		code = -1
 		if f := runtime.FuncForPC(pc - 1); f != nil {
 			name := f.Name()
-			if len(name) == len(rootPkgPrefix)+4 && strings.HasPrefix(name, rootPkgPrefix+"io") {
-				l := strings.IndexByte("ABC", name[len(name)-2])
-				d := strings.IndexByte("0123456789abcdef", name[len(name)-1])
-				if l >= 0 && d >= 0 {
-					code = int8(l<<4 | d)
+			if len(name) == len(rootPkgPrefix)+5 && strings.HasPrefix(name, rootPkgPrefix+"io") {
+				l := strings.IndexByte("AB", name[len(name)-3])
+				hi, lo := int(name[len(name)-2])-'0', int(name[len(name)-1])-'0'
+				if d := hi*10 + lo; l >= 0 && hi >= 0 && hi <= 9 && lo >= 0 && lo <= 9 && d < 64 {
+					code = int8(l<<6 | d)
 				}
 			}
 		}
@@ -207,19 +210,22 @@ func (pt *pcTrampolines) trampoline(pc uintptr) (level, digit int) {
 	if code < 0 {
 		return -1, 0
 	}
-	return int(code >> 4), int(code & 15)
+	return int(code >> 6), int(code & 63)
 }
 
-// slotAt reads a slot from a stack that begins with the three trampolines
-// of one Read or Write call: ioC, then its caller ioB, then ioA.
+// slotAt reads a slot from a stack that begins with the two trampolines of
+// one Read call: ioB, then its caller ioA.
 func (pt *pcTrampolines) slotAt(stack []uintptr) (uint16, bool) {
+	if len(stack) < 2 {
+		return 0, false
+	}
 	slot := 0
-	for i := 0; i < 3; i++ {
+	for i := 0; i < 2; i++ {
 		l, d := pt.trampoline(stack[i])
-		if l != 2-i {
+		if l != 1-i {
 			return 0, false
 		}
-		slot |= d << (4 * i)
+		slot |= d << (6 * i)
 	}
 	return uint16(slot), true
 }

@@ -2,182 +2,340 @@
 
 package redisleak
 
-// The I/O trampolines: trackedConn.Read and Write call the inner connection
-// through one function of each level, chosen by the hex digits of the
-// connection's slot, most significant first. None is inlined, so the stack
-// of a goroutine blocked in a connection's I/O names the slot.
+// The I/O trampolines: trackedConn.Read calls the inner connection through
+// one function of each level, chosen by the 6-bit digits of the
+// connection's slot, most significant first; a function's name ends in its
+// digit, in decimal. None is inlined, so the stack of a goroutine blocked in
+// a connection's Read names the slot.
 
-// ioA holds the level-A trampolines, indexed by digit 2 of the slot.
-var ioA = [16]ioFunc{ioA0, ioA1, ioA2, ioA3, ioA4, ioA5, ioA6, ioA7, ioA8, ioA9, ioAa, ioAb, ioAc, ioAd, ioAe, ioAf}
+// ioA holds the level-A trampolines, indexed by digit 1 of the slot.
+var ioA = [64]ioFunc{ioA00, ioA01, ioA02, ioA03, ioA04, ioA05, ioA06, ioA07, ioA08, ioA09, ioA10, ioA11, ioA12, ioA13, ioA14, ioA15, ioA16, ioA17, ioA18, ioA19, ioA20, ioA21, ioA22, ioA23, ioA24, ioA25, ioA26, ioA27, ioA28, ioA29, ioA30, ioA31, ioA32, ioA33, ioA34, ioA35, ioA36, ioA37, ioA38, ioA39, ioA40, ioA41, ioA42, ioA43, ioA44, ioA45, ioA46, ioA47, ioA48, ioA49, ioA50, ioA51, ioA52, ioA53, ioA54, ioA55, ioA56, ioA57, ioA58, ioA59, ioA60, ioA61, ioA62, ioA63}
 
-// ioB holds the level-B trampolines, indexed by digit 1 of the slot.
-var ioB = [16]ioFunc{ioB0, ioB1, ioB2, ioB3, ioB4, ioB5, ioB6, ioB7, ioB8, ioB9, ioBa, ioBb, ioBc, ioBd, ioBe, ioBf}
-
-// ioC holds the level-C trampolines, indexed by digit 0 of the slot.
-var ioC = [16]ioFunc{ioC0, ioC1, ioC2, ioC3, ioC4, ioC5, ioC6, ioC7, ioC8, ioC9, ioCa, ioCb, ioCc, ioCd, ioCe, ioCf}
+// ioB holds the level-B trampolines, indexed by digit 0 of the slot.
+var ioB = [64]ioFunc{ioB00, ioB01, ioB02, ioB03, ioB04, ioB05, ioB06, ioB07, ioB08, ioB09, ioB10, ioB11, ioB12, ioB13, ioB14, ioB15, ioB16, ioB17, ioB18, ioB19, ioB20, ioB21, ioB22, ioB23, ioB24, ioB25, ioB26, ioB27, ioB28, ioB29, ioB30, ioB31, ioB32, ioB33, ioB34, ioB35, ioB36, ioB37, ioB38, ioB39, ioB40, ioB41, ioB42, ioB43, ioB44, ioB45, ioB46, ioB47, ioB48, ioB49, ioB50, ioB51, ioB52, ioB53, ioB54, ioB55, ioB56, ioB57, ioB58, ioB59, ioB60, ioB61, ioB62, ioB63}
 
 //go:noinline
-func ioA0(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot>>4&15](c, p, write)
+func ioA00(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioA1(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot>>4&15](c, p, write)
+func ioA01(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioA2(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot>>4&15](c, p, write)
+func ioA02(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioA3(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot>>4&15](c, p, write)
+func ioA03(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioA4(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot>>4&15](c, p, write)
+func ioA04(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioA5(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot>>4&15](c, p, write)
+func ioA05(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioA6(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot>>4&15](c, p, write)
+func ioA06(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioA7(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot>>4&15](c, p, write)
+func ioA07(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioA8(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot>>4&15](c, p, write)
+func ioA08(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioA9(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot>>4&15](c, p, write)
+func ioA09(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioAa(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot>>4&15](c, p, write)
+func ioA10(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioAb(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot>>4&15](c, p, write)
+func ioA11(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioAc(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot>>4&15](c, p, write)
+func ioA12(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioAd(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot>>4&15](c, p, write)
+func ioA13(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioAe(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot>>4&15](c, p, write)
+func ioA14(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioAf(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot>>4&15](c, p, write)
+func ioA15(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioB0(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioC[c.slot&15](c, p, write)
+func ioA16(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioB1(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioC[c.slot&15](c, p, write)
+func ioA17(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioB2(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioC[c.slot&15](c, p, write)
+func ioA18(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioB3(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioC[c.slot&15](c, p, write)
+func ioA19(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioB4(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioC[c.slot&15](c, p, write)
+func ioA20(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioB5(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioC[c.slot&15](c, p, write)
+func ioA21(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioB6(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioC[c.slot&15](c, p, write)
+func ioA22(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioB7(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioC[c.slot&15](c, p, write)
+func ioA23(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioB8(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioC[c.slot&15](c, p, write)
+func ioA24(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioB9(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioC[c.slot&15](c, p, write)
+func ioA25(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioBa(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioC[c.slot&15](c, p, write)
+func ioA26(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioBb(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioC[c.slot&15](c, p, write)
+func ioA27(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioBc(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioC[c.slot&15](c, p, write)
+func ioA28(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioBd(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioC[c.slot&15](c, p, write)
+func ioA29(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioBe(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioC[c.slot&15](c, p, write)
+func ioA30(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioBf(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioC[c.slot&15](c, p, write)
+func ioA31(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
 }
 
 //go:noinline
-func ioC0(c *trackedConn, p []byte, write bool) (int, error) {
+func ioA32(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA33(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA34(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA35(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA36(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA37(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA38(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA39(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA40(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA41(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA42(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA43(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA44(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA45(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA46(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA47(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA48(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA49(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA50(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA51(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA52(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA53(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA54(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA55(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA56(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA57(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA58(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA59(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA60(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA61(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA62(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioA63(c *trackedConn, p []byte, write bool) (int, error) {
+	return ioB[c.slot&63](c, p, write)
+}
+
+//go:noinline
+func ioB00(c *trackedConn, p []byte, write bool) (int, error) {
 	if write {
 		return c.Conn.Write(p)
 	}
@@ -185,7 +343,7 @@ func ioC0(c *trackedConn, p []byte, write bool) (int, error) {
 }
 
 //go:noinline
-func ioC1(c *trackedConn, p []byte, write bool) (int, error) {
+func ioB01(c *trackedConn, p []byte, write bool) (int, error) {
 	if write {
 		return c.Conn.Write(p)
 	}
@@ -193,7 +351,7 @@ func ioC1(c *trackedConn, p []byte, write bool) (int, error) {
 }
 
 //go:noinline
-func ioC2(c *trackedConn, p []byte, write bool) (int, error) {
+func ioB02(c *trackedConn, p []byte, write bool) (int, error) {
 	if write {
 		return c.Conn.Write(p)
 	}
@@ -201,7 +359,7 @@ func ioC2(c *trackedConn, p []byte, write bool) (int, error) {
 }
 
 //go:noinline
-func ioC3(c *trackedConn, p []byte, write bool) (int, error) {
+func ioB03(c *trackedConn, p []byte, write bool) (int, error) {
 	if write {
 		return c.Conn.Write(p)
 	}
@@ -209,7 +367,7 @@ func ioC3(c *trackedConn, p []byte, write bool) (int, error) {
 }
 
 //go:noinline
-func ioC4(c *trackedConn, p []byte, write bool) (int, error) {
+func ioB04(c *trackedConn, p []byte, write bool) (int, error) {
 	if write {
 		return c.Conn.Write(p)
 	}
@@ -217,7 +375,7 @@ func ioC4(c *trackedConn, p []byte, write bool) (int, error) {
 }
 
 //go:noinline
-func ioC5(c *trackedConn, p []byte, write bool) (int, error) {
+func ioB05(c *trackedConn, p []byte, write bool) (int, error) {
 	if write {
 		return c.Conn.Write(p)
 	}
@@ -225,7 +383,7 @@ func ioC5(c *trackedConn, p []byte, write bool) (int, error) {
 }
 
 //go:noinline
-func ioC6(c *trackedConn, p []byte, write bool) (int, error) {
+func ioB06(c *trackedConn, p []byte, write bool) (int, error) {
 	if write {
 		return c.Conn.Write(p)
 	}
@@ -233,7 +391,7 @@ func ioC6(c *trackedConn, p []byte, write bool) (int, error) {
 }
 
 //go:noinline
-func ioC7(c *trackedConn, p []byte, write bool) (int, error) {
+func ioB07(c *trackedConn, p []byte, write bool) (int, error) {
 	if write {
 		return c.Conn.Write(p)
 	}
@@ -241,7 +399,7 @@ func ioC7(c *trackedConn, p []byte, write bool) (int, error) {
 }
 
 //go:noinline
-func ioC8(c *trackedConn, p []byte, write bool) (int, error) {
+func ioB08(c *trackedConn, p []byte, write bool) (int, error) {
 	if write {
 		return c.Conn.Write(p)
 	}
@@ -249,7 +407,7 @@ func ioC8(c *trackedConn, p []byte, write bool) (int, error) {
 }
 
 //go:noinline
-func ioC9(c *trackedConn, p []byte, write bool) (int, error) {
+func ioB09(c *trackedConn, p []byte, write bool) (int, error) {
 	if write {
 		return c.Conn.Write(p)
 	}
@@ -257,7 +415,7 @@ func ioC9(c *trackedConn, p []byte, write bool) (int, error) {
 }
 
 //go:noinline
-func ioCa(c *trackedConn, p []byte, write bool) (int, error) {
+func ioB10(c *trackedConn, p []byte, write bool) (int, error) {
 	if write {
 		return c.Conn.Write(p)
 	}
@@ -265,7 +423,7 @@ func ioCa(c *trackedConn, p []byte, write bool) (int, error) {
 }
 
 //go:noinline
-func ioCb(c *trackedConn, p []byte, write bool) (int, error) {
+func ioB11(c *trackedConn, p []byte, write bool) (int, error) {
 	if write {
 		return c.Conn.Write(p)
 	}
@@ -273,7 +431,7 @@ func ioCb(c *trackedConn, p []byte, write bool) (int, error) {
 }
 
 //go:noinline
-func ioCc(c *trackedConn, p []byte, write bool) (int, error) {
+func ioB12(c *trackedConn, p []byte, write bool) (int, error) {
 	if write {
 		return c.Conn.Write(p)
 	}
@@ -281,7 +439,7 @@ func ioCc(c *trackedConn, p []byte, write bool) (int, error) {
 }
 
 //go:noinline
-func ioCd(c *trackedConn, p []byte, write bool) (int, error) {
+func ioB13(c *trackedConn, p []byte, write bool) (int, error) {
 	if write {
 		return c.Conn.Write(p)
 	}
@@ -289,7 +447,7 @@ func ioCd(c *trackedConn, p []byte, write bool) (int, error) {
 }
 
 //go:noinline
-func ioCe(c *trackedConn, p []byte, write bool) (int, error) {
+func ioB14(c *trackedConn, p []byte, write bool) (int, error) {
 	if write {
 		return c.Conn.Write(p)
 	}
@@ -297,7 +455,391 @@ func ioCe(c *trackedConn, p []byte, write bool) (int, error) {
 }
 
 //go:noinline
-func ioCf(c *trackedConn, p []byte, write bool) (int, error) {
+func ioB15(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB16(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB17(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB18(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB19(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB20(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB21(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB22(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB23(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB24(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB25(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB26(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB27(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB28(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB29(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB30(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB31(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB32(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB33(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB34(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB35(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB36(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB37(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB38(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB39(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB40(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB41(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB42(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB43(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB44(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB45(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB46(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB47(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB48(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB49(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB50(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB51(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB52(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB53(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB54(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB55(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB56(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB57(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB58(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB59(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB60(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB61(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB62(c *trackedConn, p []byte, write bool) (int, error) {
+	if write {
+		return c.Conn.Write(p)
+	}
+	return c.Conn.Read(p)
+}
+
+//go:noinline
+func ioB63(c *trackedConn, p []byte, write bool) (int, error) {
 	if write {
 		return c.Conn.Write(p)
 	}

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -53,6 +54,14 @@ var benchClients = []benchClient{
 		// What go-redis itself adds once any recorder with the connection
 		// counter interface is installed: the floor under the tracker.
 		redis.SetOTelRecorder(benchNoopRecorder{})
+		return func() {}, func() { redis.SetOTelRecorder(nil) }
+	}},
+	{"noop-floor", func(b *testing.B, rdb *redis.Client) (func(), func()) {
+		// The floor of any design on go-redis's public API that sees holds
+		// and I/O: the no-op recorder, plus a hook and a net.Conn wrapper
+		// that only pass through (Read, Write, deadlines, SyscallConn).
+		redis.SetOTelRecorder(benchNoopRecorder{})
+		rdb.AddHook(benchPassHook{})
 		return func() {}, func() { redis.SetOTelRecorder(nil) }
 	}},
 	{"instrumented", instrumentedBench(redisleak.Options{})},
@@ -178,6 +187,42 @@ func (benchNoopRecorder) RecordConnectionCount(context.Context, int, redis.ConnI
 func (benchNoopRecorder) RecordPendingRequests(context.Context, int, redis.ConnInfo, string)        {}
 func (benchNoopRecorder) RecordStreamLag(context.Context, time.Duration, redis.ConnInfo, string, string, string) {
 }
+
+// benchPassHook is a redis.Hook that wraps dialed connections in
+// benchPassConn and otherwise only passes through.
+type benchPassHook struct{}
+
+func (benchPassHook) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := next(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &benchPassConn{Conn: c, sc: c.(syscall.Conn)}, nil
+	}
+}
+
+func (benchPassHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { return next(ctx, cmd) }
+}
+
+func (benchPassHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// benchPassConn wraps a TCP connection and only passes through, keeping
+// syscall.Conn (go-redis's idle health check needs it).
+type benchPassConn struct {
+	net.Conn
+	sc syscall.Conn
+}
+
+func (c *benchPassConn) Read(b []byte) (int, error)            { return c.Conn.Read(b) }
+func (c *benchPassConn) Write(b []byte) (int, error)           { return c.Conn.Write(b) }
+func (c *benchPassConn) SetDeadline(t time.Time) error         { return c.Conn.SetDeadline(t) }
+func (c *benchPassConn) SetReadDeadline(t time.Time) error     { return c.Conn.SetReadDeadline(t) }
+func (c *benchPassConn) SetWriteDeadline(t time.Time) error    { return c.Conn.SetWriteDeadline(t) }
+func (c *benchPassConn) SyscallConn() (syscall.RawConn, error) { return c.sc.SyscallConn() }
 
 // benchManyConns is the number of connections of BenchmarkTracker10k and
 // BenchmarkMemoryPerConn.

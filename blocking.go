@@ -164,7 +164,8 @@ func millisArg(a []byte) (time.Duration, bool) {
 // Recognition on the wire. go-redis writes a command, or a whole pipeline,
 // through a buffered writer: one net.Conn.Write per buffer-full, so a
 // command with a large argument spans several writes and one write may
-// carry many commands. noteWrite therefore scans requests as a stream; the
+// carry many commands. trackedConn.Write (the common case: one plain command
+// that arrives whole) and noteWrites therefore scan requests as a stream; the
 // state that survives between writes is a reqScanner, allocated the first
 // time a connection needs one (a command split across writes, or a command
 // that matters: blocking, MULTI, EXEC, DISCARD). Plain commands that arrive
@@ -192,21 +193,6 @@ func millisArg(a []byte) (time.Duration, bool) {
 // command's exemption can end early (as it did for every pipeline before
 // streaming recognition).
 
-// noteWrite is called by the wrapper with every buffer go-redis writes.
-func (r *connRecord) noteWrite(b []byte) {
-	s := r.req
-	if (s == nil || s.st == wsCmd && !s.cont) && r.blockDeadline.Load() == 0 {
-		// the common case: one plain command, nothing pending
-		if k := scanQuick(b); k == len(b) && k != 0 {
-			if s != nil {
-				s.oneCommand()
-			}
-			return
-		}
-	}
-	r.noteWrites(b)
-}
-
 // oneCommand notes a new batch of one plain command.
 func (s *reqScanner) oneCommand() {
 	if s.batch != 0 || s.blockAt != 0 || s.rseen {
@@ -215,7 +201,7 @@ func (s *reqScanner) oneCommand() {
 	s.batch = 1
 }
 
-// noteWrites is noteWrite's general case.
+// noteWrites is the general case of trackedConn.Write's recognition.
 func (r *connRecord) noteWrites(b []byte) {
 	s := r.req
 	if s != nil && s.st != wsCmd {

@@ -2,12 +2,26 @@ package redisleak
 
 import (
 	"bytes"
+	"net"
 	"strings"
 	"testing"
 	"time"
 )
 
 // testRecord is a connRecord of a tracker that is only options.
+// noteWrite passes b through the wrapper's Write, as go-redis writes it.
+func (r *connRecord) noteWrite(b []byte) {
+	c := trackedConn{Conn: discardConn{}, addr: trackedAddr{rec: r}}
+	if n, err := c.Write(b); n != len(b) || err != nil {
+		panic("discardConn")
+	}
+}
+
+// discardConn is a net.Conn whose writes succeed and go nowhere.
+type discardConn struct{ net.Conn }
+
+func (discardConn) Write(b []byte) (int, error) { return len(b), nil }
+
 func testRecord() *connRecord {
 	return &connRecord{tr: &Tracker{opts: Options{BlockingGrace: DefaultBlockingGrace}}}
 }

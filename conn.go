@@ -99,7 +99,17 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 // skipping them saves a third of the wrapper's cost per command; a goroutine
 // stuck in Write gets no site.
 func (c *trackedConn) Write(b []byte) (int, error) {
-	c.addr.rec.noteWrite(b)
+	r := c.addr.rec
+	if s := r.req; (s == nil || s.st == wsCmd && !s.cont) && r.blockDeadline.Load() == 0 {
+		// the common case: one plain command, nothing pending
+		if k := scanQuick(b); k == len(b) && k != 0 {
+			if s != nil {
+				s.oneCommand()
+			}
+			return c.Conn.Write(b)
+		}
+	}
+	r.noteWrites(b)
 	return c.Conn.Write(b)
 }
 
@@ -119,7 +129,7 @@ func (c *trackedConn) Close() error {
 
 // Slots. Every live wrapped connection has a slot number of slotBits bits,
 // which the I/O trampolines spell out in the stack of a goroutine blocked in
-// its Read or Write. Free slots are handed out first; with more live
+// its Read. Free slots are handed out first; with more live
 // connections than slots, slots are shared (round robin), and a shared slot
 // names no connection: stuckSites gives no site rather than a wrong one.
 const (

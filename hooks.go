@@ -47,11 +47,23 @@ func (h *hook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	if !h.top {
 		return next
 	}
+	t := h.t
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		t := h.t
-		if t.closed.Load() {
-			return next(ctx, cmd)
+		if t.hooksMode.Load() || t.legacyN.Load() > 0 {
+			return t.processSlow(ctx, cmd, next)
 		}
+		err := next(ctx, cmd)
+		if err != nil {
+			err = t.commandFailed(err, cmd)
+		}
+		return err
+	}
+}
+
+// processSlow is ProcessHook's path in hooks mode, or while connections
+// opened before the tracker are in use.
+func (t *Tracker) processSlow(ctx context.Context, cmd redis.Cmder, next redis.ProcessHook) error {
+	if !t.closed.Load() {
 		if t.hooksMode.Load() {
 			op := t.beginOp(ctx, cmd.Name(), cmd.Args())
 			defer t.endOp(op)
@@ -62,13 +74,21 @@ func (h *hook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 				defer t.legacyBlock.Delete(g)
 			}
 		}
-		err := next(ctx, cmd)
-		if err != nil && !t.opts.DisablePoolTimeoutDetail && isPoolTimeout(err) {
-			err = t.poolTimeoutError(err, disp.failedPool(curG()))
-			cmd.SetErr(err)
-		}
-		return err
 	}
+	err := next(ctx, cmd)
+	if err != nil {
+		err = t.commandFailed(err, cmd)
+	}
+	return err
+}
+
+// commandFailed enriches a pool timeout of cmd.
+func (t *Tracker) commandFailed(err error, cmd redis.Cmder) error {
+	if !t.closed.Load() && !t.opts.DisablePoolTimeoutDetail && isPoolTimeout(err) {
+		err = t.poolTimeoutError(err, disp.failedPool(curG()))
+		cmd.SetErr(err)
+	}
+	return err
 }
 
 // ProcessPipelineHook marks the pipeline's checkout (kind pipeline or tx)

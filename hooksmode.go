@@ -50,7 +50,7 @@ func (t *Tracker) endOp(op *inflightOp) {
 	delete(t.ops, op)
 	delete(t.reportedOps, op)
 	t.ifMu.Unlock()
-	t.holds.push(kindIndex(KindCommand), nanotime()-op.start)
+	t.holds.push(kCommand, nanotime()-op.start)
 }
 
 func (t *Tracker) inflightOps() []*inflightOp {

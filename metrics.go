@@ -54,17 +54,20 @@ type trackerMetrics struct {
 	reg       metric.Registration
 	holdHist  metric.Float64Histogram
 	leaks     metric.Int64Counter
-	kindAttrs [len6]metric.MeasurementOption
-	kindRec   [len6][]metric.RecordOption // built once: no allocation per Record
-	base      attribute.KeyValue
+	kindAttrs [numKinds]metric.MeasurementOption
+	kindRec   [numKinds][]metric.RecordOption // built once: no allocation per Record
+	// explicit: the MeterProvider came from Options (else the global one)
+	explicit bool
+	base     attribute.KeyValue
 }
 
 func newTrackerMetrics(t *Tracker, mp metric.MeterProvider) (*trackerMetrics, error) {
+	explicit := mp != nil
 	if mp == nil {
 		mp = otel.GetMeterProvider()
 	}
 	meter := mp.Meter(meterName)
-	m := &trackerMetrics{base: attribute.String("redis.client.kind", t.clientKind)}
+	m := &trackerMetrics{base: attribute.String("redis.client.kind", t.clientKind), explicit: explicit}
 	m.name = names.acquire(t.opts.Name, t.client)
 	ok := false
 	defer func() {
@@ -101,7 +104,7 @@ func newTrackerMetrics(t *Tracker, mp metric.MeterProvider) (*trackerMetrics, er
 	if err != nil {
 		return nil, err
 	}
-	for i, k := range allKinds {
+	for i, k := range kindNames {
 		m.kindAttrs[i] = metric.WithAttributes(client, m.base, attribute.String("kind", string(k)))
 		m.kindRec[i] = []metric.RecordOption{m.kindAttrs[i]}
 	}
@@ -209,11 +212,22 @@ func derivedName(c redis.UniversalClient) string {
 	return "client"
 }
 
-func (m *trackerMetrics) recordHold(kind int, d int64) {
-	if m == nil {
-		return
+// defaultMeterProvider is the global MeterProvider before anyone set one:
+// it forwards nothing until otel.SetMeterProvider is called.
+var defaultMeterProvider = otel.GetMeterProvider()
+
+// exporting reports whether hold times recorded now can reach a reader:
+// not while the tracker uses the global MeterProvider and none was set.
+func (m *trackerMetrics) exporting() bool {
+	return m != nil && (m.explicit || otel.GetMeterProvider() != defaultMeterProvider)
+}
+
+// recordHolds records n holds of kind k that lasted d nanoseconds each.
+func (m *trackerMetrics) recordHolds(k kindID, d int64, n uint64) {
+	v := float64(d) / 1e9
+	for ; n > 0; n-- {
+		m.holdHist.Record(context.Background(), v, m.kindRec[k]...)
 	}
-	m.holdHist.Record(context.Background(), float64(d)/1e9, m.kindRec[kind]...)
 }
 
 func (m *trackerMetrics) addLeaks(ls []Leak) {
@@ -221,7 +235,8 @@ func (m *trackerMetrics) addLeaks(ls []Leak) {
 		return
 	}
 	for _, l := range ls {
-		m.leaks.Add(context.Background(), 1, m.kindAttrs[kindIndex(l.Kind)])
+		k, _ := kindOf(l.Kind)
+		m.leaks.Add(context.Background(), 1, m.kindAttrs[k])
 	}
 }
 

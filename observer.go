@@ -40,11 +40,11 @@ type dispatcher struct {
 	// probePoolName): only then does RecordPendingRequests look at
 	// the context.
 	probing atomic.Int32
-	// recent remembers, by goroutine (hashed), the record of the connection
-	// it checked out last: the return and the command's report that follow
-	// on the same goroutine find it without asking the connection for its
-	// address (see recentRecord).
-	recent [64]recentSlot
+	// cache maps go-redis connections (by connInfoKey) to their records: a
+	// direct-mapped table that every event reads first and only a miss
+	// writes, so that the common event finds its record without asking
+	// the connection for its address (see lookup).
+	cache [cacheSize]atomic.Pointer[connRecord]
 	// failed remembers, by goroutine, the pool whose connection request
 	// failed last (see failedPool).
 	failed [64]atomic.Pointer[failNote]
@@ -102,6 +102,7 @@ func (d *dispatcher) detach(t *Tracker) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.forgetPrefixes(t)
+	d.uncacheTracker(t)
 	if d.clients[t.client] == t {
 		delete(d.clients, t.client)
 	}
@@ -178,6 +179,69 @@ func (d *dispatcher) forgetPrefixes(t *Tracker) {
 	d.prefixes.Store(&n)
 }
 
+const cacheSize = 1024
+
+// cacheSlot is the cache entry for a go-redis connection at address k.
+func cacheSlot(k uintptr) uintptr { return (k>>5 ^ k>>15) & (cacheSize - 1) }
+
+// cached returns the record of cn from the cache, or nil when the cache
+// does not hold it (then lookupSlow finds it). It calls nothing, so that
+// it is inlined into the observer's callbacks. Only records with a cnKey
+// (never 0) enter the cache, and they leave it when their connection or
+// their tracker closes (uncache, uncacheTracker).
+func (d *dispatcher) cached(cn redis.ConnInfo) *connRecord {
+	k := connInfoKey(cn)
+	if r := d.cache[cacheSlot(k)].Load(); r != nil && r.cnKey.Load() == k && r.state.Load() != stClosed {
+		return r
+	}
+	return nil
+}
+
+// lookup finds the tracker's record of cn, or nil when cn belongs to no
+// open tracker: from the cache when it holds cn's record, else through
+// the connection (lookupSlow).
+func (d *dispatcher) lookup(cn redis.ConnInfo, from uint32) *connRecord {
+	if r := d.cached(cn); r != nil {
+		return r
+	}
+	return d.lookupSlow(cn, from)
+}
+
+// lookupSlow is lookup's cache miss: it asks the connection and remembers
+// the answer once the record knows its go-redis connection (setInfo).
+//
+//go:noinline
+func (d *dispatcher) lookupSlow(cn redis.ConnInfo, from uint32) *connRecord {
+	k := connInfoKey(cn)
+	r := d.recordFrom(cn, from)
+	if r != nil && k != 0 && r.cnKey.Load() == k {
+		e := &d.cache[cacheSlot(k)]
+		e.Store(r)
+		if r.state.Load() == stClosed || r.tr.closed.Load() {
+			e.CompareAndSwap(r, nil) // closed meanwhile: its uncache may have run first
+		}
+	}
+	return r
+}
+
+// uncache removes r from the cache (its connection closed), so that the
+// cache keeps no closed connection alive.
+func (d *dispatcher) uncache(r *connRecord) {
+	if k := r.cnKey.Load(); k != 0 {
+		d.cache[cacheSlot(k)].CompareAndSwap(r, nil)
+	}
+}
+
+// uncacheTracker removes t's records from the cache (t closed), so that
+// the cache keeps no closed tracker, nor its client, alive.
+func (d *dispatcher) uncacheTracker(t *Tracker) {
+	for i := range d.cache {
+		if r := d.cache[i].Load(); r != nil && r.tr == t {
+			d.cache[i].CompareAndSwap(r, nil)
+		}
+	}
+}
+
 // record finds the tracker's record of cn, or nil when cn belongs to no open
 // tracker. Wrapped connections are found by their address type; others
 // through their pool's name, for late attachment.
@@ -229,9 +293,22 @@ func (d *dispatcher) recordSlow(cn redis.ConnInfo, a *trackedAddr, ok bool, from
 // RecordConnectionWaitTime, which carries the caller's context, and a close
 // ends the record through the wrapper. PubSub connections (+1/-1 used,
 // isPubSub) have no other signal.
+//
+// Four calls per command: the three that need nothing return at once,
+// without a stack frame; the rest is in count.
 func (d *dispatcher) RecordConnectionCount(ctx context.Context, delta int, cn redis.ConnInfo, state string, isPubSub bool) {
-	// Four calls per command: the common ones stay short, the rest is out
-	// of line.
+	if delta > 0 && state == "idle" || isPubSub || d.chain.Load() != nil || delta < 0 && d.anonLive.Load() > 0 {
+		d.count(ctx, delta, cn, state, isPubSub)
+	}
+}
+
+// count is RecordConnectionCount for the events that need more than a
+// glance: "+1 idle", PubSub connections, a "-1" while connections opened
+// before their tracker are not all identified, and any event with a
+// chained recorder.
+//
+//go:noinline
+func (d *dispatcher) count(ctx context.Context, delta int, cn redis.ConnInfo, state string, isPubSub bool) {
 	if isPubSub {
 		d.pubSubCount(delta, cn)
 	} else if delta > 0 {
@@ -246,14 +323,20 @@ func (d *dispatcher) RecordConnectionCount(ctx context.Context, delta int, cn re
 	}
 }
 
-// returned handles "+1 idle": a return, mostly on the goroutine that
-// checked the connection out.
-//
-//go:noinline
+// returned handles "+1 idle": a return, or a new connection put in the
+// pool.
 func (d *dispatcher) returned(cn redis.ConnInfo) {
-	if r := d.recentRecord(cn, curG()); r != nil {
-		r.onCount(1, cn, false)
+	r := d.cached(cn)
+	if r == nil || r.poolName.Load() == nil || r.state.Load() != stUsed {
+		if r == nil {
+			if r = d.lookupSlow(cn, stNew); r == nil {
+				return
+			}
+		}
+		r.returnSlow(cn)
+		return
 	}
+	r.endHold()
 }
 
 // pubSubCount handles a PubSub connection's "+1 used" / "-1 used".
@@ -265,7 +348,7 @@ func (d *dispatcher) pubSubCount(delta int, cn redis.ConnInfo) {
 		from = stUsed
 	}
 	if r := d.recordFrom(cn, from); r != nil {
-		r.onCount(delta, cn, true)
+		r.onPubSubCount(delta, cn)
 	}
 }
 
@@ -290,8 +373,18 @@ func (d *dispatcher) leaving(cn redis.ConnInfo, state string) {
 
 // RecordPendingRequests runs on the caller's goroutine when a request for a
 // connection starts (cn nil, delta +1) and ends. The tracker's own probe
-// learns a client's pool name from it.
+// learns a client's pool name from it, and a failure (-1 without a
+// connection) names the pool of a pool timeout.
 func (d *dispatcher) RecordPendingRequests(ctx context.Context, delta int, cn redis.ConnInfo, poolName string) {
+	if cn == nil && (delta < 0 || d.probing.Load() != 0) || d.chain.Load() != nil {
+		d.pendingSlow(ctx, delta, cn, poolName)
+	}
+}
+
+// pendingSlow is RecordPendingRequests's rare case.
+//
+//go:noinline
+func (d *dispatcher) pendingSlow(ctx context.Context, delta int, cn redis.ConnInfo, poolName string) {
 	if cn == nil && (delta < 0 || d.probing.Load() != 0) {
 		d.pendingWithoutConn(ctx, delta, poolName)
 	}
@@ -318,23 +411,8 @@ func (d *dispatcher) pendingWithoutConn(ctx context.Context, delta int, poolName
 	}
 }
 
-type recentSlot struct {
-	rec atomic.Pointer[connRecord]
-	_   [56]byte // one cache line each: goroutines on other cores do not share it
-}
-
+// gslot is the entry of a per-goroutine table for goroutine g.
 func gslot(g uintptr) uintptr { return (g>>6 ^ g>>12) & 63 }
-
-// recentRecord is record(cn) for an event on the goroutine that checked cn
-// out: the record remembered for the goroutine when it is cn's (same
-// go-redis connection, not closed), else the ordinary lookup.
-func (d *dispatcher) recentRecord(cn redis.ConnInfo, g uintptr) *connRecord {
-	if r := d.recent[gslot(g)].rec.Load(); r != nil && cn != nil && r.cnKey.Load() == connInfoKey(cn) &&
-		r.state.Load() != stClosed && !r.tr.closed.Load() {
-		return r
-	}
-	return d.record(cn)
-}
 
 type failNote struct {
 	g    uintptr
@@ -352,28 +430,66 @@ func (d *dispatcher) failedPool(g uintptr) string {
 
 // RecordConnectionWaitTime runs on the caller's goroutine with the caller's
 // context right after a checkout, on both the idle and the fresh-dial path:
-// the mark on the context is read here.
+// the hold starts here, with the mark on the context.
 func (d *dispatcher) RecordConnectionWaitTime(ctx context.Context, dur time.Duration, cn redis.ConnInfo) {
+	if !d.saw.Load() || d.chain.Load() != nil {
+		d.waitSlow(ctx, dur, cn)
+		return
+	}
+	d.checkout(ctx, cn)
+}
+
+// waitSlow is RecordConnectionWaitTime for the first checkout after a mode
+// check, or with a chained recorder.
+//
+//go:noinline
+func (d *dispatcher) waitSlow(ctx context.Context, dur time.Duration, cn redis.ConnInfo) {
 	if !d.saw.Load() { // read-mostly: no shared write per command
 		d.saw.Store(true)
 		d.gen.Add(1)
 	}
-	if r := d.record(cn); r != nil {
-		g := curG()
-		r.onCheckout(ctx, cn, g)
-		if s := &d.recent[gslot(g)].rec; s.Load() != r {
-			s.Store(r)
-		}
-	}
+	d.checkout(ctx, cn)
 	if box := d.chain.Load(); box != nil {
 		box.rec.RecordConnectionWaitTime(ctx, dur, cn)
 	}
 }
 
+// checkout starts the hold of cn's record, on the caller's goroutine with
+// the caller's context.
+func (d *dispatcher) checkout(ctx context.Context, cn redis.ConnInfo) {
+	r := d.cached(cn)
+	if r == nil || r.poolName.Load() == nil || r.state.Load() == stUsed {
+		if r == nil {
+			if r = d.lookupSlow(cn, stNew); r == nil {
+				return
+			}
+		}
+		r.checkoutSlow(cn)
+	}
+	r.beginHold(markFrom(ctx), curG())
+}
+
 // RecordOperationDuration runs on the caller's goroutine after a command:
 // a connection still held then outlived the command (Conn, Watch).
 func (d *dispatcher) RecordOperationDuration(ctx context.Context, dur time.Duration, cmd redis.Cmder, attempts int, err error, cn redis.ConnInfo, db int) {
-	if r := d.recentRecord(cn, curG()); r != nil && r.state.Load() == stUsed {
+	if d.chain.Load() != nil {
+		d.operationSlow(ctx, dur, cmd, attempts, err, cn, db)
+		return
+	}
+	r := d.cached(cn)
+	if r == nil {
+		r = d.lookupSlow(cn, stNew)
+	}
+	if r != nil && r.state.Load() == stUsed {
+		r.afterOperation(cmd.Name())
+	}
+}
+
+// operationSlow is RecordOperationDuration with a chained recorder.
+//
+//go:noinline
+func (d *dispatcher) operationSlow(ctx context.Context, dur time.Duration, cmd redis.Cmder, attempts int, err error, cn redis.ConnInfo, db int) {
+	if r := d.lookup(cn, stNew); r != nil && r.state.Load() == stUsed {
 		r.afterOperation(cmd.Name())
 	}
 	if box := d.chain.Load(); box != nil {
@@ -383,7 +499,7 @@ func (d *dispatcher) RecordOperationDuration(ctx context.Context, dur time.Durat
 
 // RecordPipelineOperationDuration is the pipeline form of RecordOperationDuration.
 func (d *dispatcher) RecordPipelineOperationDuration(ctx context.Context, dur time.Duration, op string, n, attempts int, err error, cn redis.ConnInfo, db int) {
-	if r := d.recentRecord(cn, curG()); r != nil && r.state.Load() == stUsed {
+	if r := d.lookup(cn, stNew); r != nil && r.state.Load() == stUsed {
 		r.afterOperation("pipeline")
 	}
 	if box := d.chain.Load(); box != nil {

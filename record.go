@@ -1,7 +1,6 @@
 package redisleak
 
 import (
-	"context"
 	"runtime"
 	"strings"
 	"sync"
@@ -34,25 +33,37 @@ const (
 	KindBlocking Kind = "blocking" // a blocking command (BLPOP, XREAD BLOCK, WAIT, ...)
 )
 
-var allKinds = []Kind{KindCommand, KindPipeline, KindTx, KindConn, KindPubSub, KindBlocking}
+// kindID numbers the kinds for the hot path (no string comparisons) and
+// for per-kind tables; kindNames spells them.
+type kindID uint8
 
-// Indexes of the kinds in allKinds.
 const (
-	kiCommand = iota
-	kiPipeline
-	kiTx
-	kiConn
-	kiPubSub
-	kiBlocking
+	kCommand kindID = iota
+	kPipeline
+	kTx
+	kConn
+	kPubSub
+	kBlocking
+	numKinds
 )
 
-func kindIndex(k Kind) int {
-	for i, x := range allKinds {
+var kindNames = [numKinds]Kind{
+	kCommand:  KindCommand,
+	kPipeline: KindPipeline,
+	kTx:       KindTx,
+	kConn:     KindConn,
+	kPubSub:   KindPubSub,
+	kBlocking: KindBlocking,
+}
+
+// kindOf returns the number of kind k, and whether k is a kind.
+func kindOf(k Kind) (kindID, bool) {
+	for i, x := range kindNames {
 		if x == k {
-			return i
+			return kindID(i), true
 		}
 	}
-	return 0
+	return 0, false
 }
 
 // sticky marks recorded on a hold when it outlives the command that took it.
@@ -73,11 +84,11 @@ type connRecord struct {
 
 	// info is go-redis's connection (redis.ConnInfo), kept from the first
 	// event that names it (setInfo): its last-use time tells how long the
-	// connection has been idle (idleFor), and dispatcher.recentRecord
+	// connection has been idle (idleFor), and dispatcher.lookup
 	// compares it with an event's connection.
 	info atomic.Value
 	// cnKey is the address of info's go-redis connection (connInfoKey),
-	// compared by dispatcher.recentRecord.
+	// compared by dispatcher.lookup.
 	cnKey atomic.Uintptr
 
 	state        atomic.Uint32
@@ -150,34 +161,33 @@ func (r *connRecord) setPool(name string) {
 	}
 }
 
-// kindIndex is the current hold's kind as an index in allKinds (for the hot
-// path: no string comparisons).
-func (r *connRecord) kindIndex() int {
+// kindID classifies the current hold.
+func (r *connRecord) kindID() kindID {
 	if r.pubsub.Load() {
-		return kiPubSub
+		return kPubSub
 	}
 	if r.blockDeadline.Load() != 0 {
-		return kiBlocking
+		return kBlocking
 	}
 	switch r.sticky.Load() {
 	case stickyTx:
-		return kiTx
+		return kTx
 	case stickyConn:
-		return kiConn
+		return kConn
 	}
 	if m := r.mark.Load(); m != nil {
 		if m.tx {
-			return kiTx
+			return kTx
 		}
 		if m.pipeline {
-			return kiPipeline
+			return kPipeline
 		}
 	}
-	return kiCommand
+	return kCommand
 }
 
 // kind classifies the current hold.
-func (r *connRecord) kind() Kind { return allKinds[r.kindIndex()] }
+func (r *connRecord) kind() Kind { return kindNames[r.kindID()] }
 
 // basePoolName strips go-redis's pool suffixes: the three pools of one
 // client share the prefix "<addr>_<id>".
@@ -230,27 +240,34 @@ func connInfoKey(cn redis.ConnInfo) uintptr {
 // still holds the connection → afterOperation (sticky); return or close →
 // endHold.
 
-// onCount applies "+1 idle" (a return, or a new connection put in the pool)
-// and the PubSub connection's "+1 used" / "-1 used".
-func (r *connRecord) onCount(delta int, cn redis.ConnInfo, isPubSub bool) {
+// returnSlow applies "+1 idle" (a return, or a new connection put in the
+// pool) to a record that does not know its pool yet, or that holds nothing
+// (dispatcher.returned has the common case).
+//
+//go:noinline
+func (r *connRecord) returnSlow(cn redis.ConnInfo) {
 	if r.poolName.Load() == nil {
 		r.learnPool(cn)
-	}
-	if isPubSub {
-		if delta > 0 {
-			r.pubsub.Store(true)
-			r.beginHold(nil, 0)
-		} else if r.conn == nil {
-			r.tr.dropRecord(r, cn) // no wrapper to end it when it closes
-		} else {
-			r.endHold()
-		}
-		return
 	}
 	if r.state.Load() == stUsed {
 		r.endHold()
 	} else {
 		r.state.Store(stIdle)
+	}
+}
+
+// onPubSubCount applies the PubSub connection's "+1 used" / "-1 used".
+func (r *connRecord) onPubSubCount(delta int, cn redis.ConnInfo) {
+	if r.poolName.Load() == nil {
+		r.learnPool(cn)
+	}
+	if delta > 0 {
+		r.pubsub.Store(true)
+		r.beginHold(nil, 0)
+	} else if r.conn == nil {
+		r.tr.dropRecord(r, cn) // no wrapper to end it when it closes
+	} else {
+		r.endHold()
 	}
 }
 
@@ -266,8 +283,12 @@ func (r *connRecord) learnPool(cn redis.ConnInfo) {
 // beginHold starts a hold acquired with mark m by goroutine g (0: none,
 // e.g. a PubSub connection).
 func (r *connRecord) beginHold(m *mark, g uintptr) {
-	r.mark.Store(m)
-	r.holderG.Store(g)
+	if r.mark.Load() != m { // a pointer store costs a write barrier check
+		r.mark.Store(m)
+	}
+	if r.holderG.Load() != g {
+		r.holderG.Store(g)
+	}
 	if r.sticky.Load() != stickyNone {
 		r.sticky.Store(stickyNone)
 	}
@@ -282,28 +303,35 @@ func (r *connRecord) endHold() {
 		return
 	}
 	held := nanotime() - r.acquiredAt.Load()
-	kind := r.kindIndex()
+	kind := r.kindID()
 	r.state.Store(stIdle)
 	if r.blockDeadline.Load() != 0 {
 		r.blockDeadline.Store(0)
 	}
-	r.tr.holds.push(kind, held)
+	// holdRecorder.push, by hand: too big for the inliner
+	c := &r.tr.holds.kinds[kind]
+	if held > c.max.Load() {
+		c.raiseMax(held)
+	} else if held < 0 {
+		held = 0
+	}
+	c.buckets[bucketOf(held)].Add(1)
 	if rs := r.reportedSeq.Load(); rs != 0 && rs == r.holdSeq.Load() {
 		r.tr.noteReturned(r, held)
 	}
 }
 
-// onCheckout runs on the caller's goroutine with the caller's context, on
-// both the idle and the fresh-dial path: the hold starts here.
-func (r *connRecord) onCheckout(ctx context.Context, cn redis.ConnInfo, g uintptr) {
+// checkoutSlow learns the pool of a new record and ends a hold whose return
+// was missed (never double-count).
+//
+//go:noinline
+func (r *connRecord) checkoutSlow(cn redis.ConnInfo) {
 	if r.poolName.Load() == nil {
 		r.learnPool(cn)
 	}
 	if r.state.Load() == stUsed {
-		r.endHold() // a missed return: never double-count
+		r.endHold()
 	}
-
-	r.beginHold(markFrom(ctx), g)
 }
 
 // afterOperation runs on the caller's goroutine when a command or pipeline

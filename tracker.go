@@ -154,7 +154,7 @@ func (o Options) normalize() (Options, error) {
 		errs = append(errs, errors.New("CloseAbove is set but Action is not ActionClose"))
 	}
 	for k, v := range o.KindMaxHold {
-		if kindIndex(k) == 0 && k != KindCommand {
+		if _, ok := kindOf(k); !ok {
 			errs = append(errs, fmt.Errorf("KindMaxHold: unknown kind %q", k))
 		}
 		if v < 0 {
@@ -453,6 +453,7 @@ func (t *Tracker) dropRecord(r *connRecord, cn redis.ConnInfo) {
 		r.endHold()
 	}
 	r.state.Store(stClosed)
+	disp.uncache(r)
 	t.mu.Lock()
 	delete(t.records, r)
 	if cn != nil {
@@ -523,8 +524,6 @@ func (t *Tracker) flushLoop() {
 			t.holds.flush(t.metrics)
 			return
 		case <-tick.C:
-			t.holds.flush(t.metrics)
-		case <-t.holds.wake:
 			t.holds.flush(t.metrics)
 		}
 	}

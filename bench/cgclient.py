@@ -13,6 +13,7 @@ valgrind, which runs one thread at a time, how much those functions run
 depends on timing and varies by several percent between identical runs; the
 rest is the work a GET does, and repeats to about 2%.
 """
+import os
 import re
 import sys
 
@@ -28,7 +29,7 @@ SCHED = re.compile(r"^runtime\.(findRunnable|stealWork|netpoll|lock2|unlock2|sys
                    r"exitsyscall|entersyscall|reentersyscall|exitsyscallfast|entersyscall_sysmon|"
                    r"releasep|acquirep|wirep|semasleep|semawakeup|clone|newm|mstart|mstart1|mexit|"
                    r"systemstack|morestack|gcBgMarkWorker|bgsweep|bgscavenge).*")
-VARIANTS = ["plain", "noop-recorder", "instrumented", "instrumented-auto"]
+VARIANTS = ["plain", "noop-recorder", "noop-floor", "instrumented", "instrumented-auto"]
 
 
 def main(argv):
@@ -36,6 +37,8 @@ def main(argv):
     for tag in argv[4:]:
         vals = {}
         for v in VARIANTS:
+            if not os.path.exists(f"{d}/{tag}.{v}.{small}.out"):
+                continue
             _, costs = perop(ops, f"{d}/{tag}.{v}.{small}.out", f"{d}/{tag}.{v}.{large}.out")
             vals[v] = sum(c for f, c in costs.items() if not SCHED.match(f))
         p = vals["plain"]

@@ -25,7 +25,7 @@ BENCHTIME=${BENCHTIME:-1s}
 CG_REPEAT=${CG_REPEAT:-3}
 CG_SMALL=${CG_SMALL:-2000}
 CG_LARGE=${CG_LARGE:-22000}
-VARIANTS=(plain noop-recorder instrumented instrumented-auto redisotel)
+VARIANTS=(plain noop-recorder noop-floor instrumented instrumented-auto redisotel)
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -114,7 +114,7 @@ run_callgrind() {
 		{ t[$1" "$2" "$3] = $4; reps[$1] = 1; vs[$2] = 1 }
 		END {
 			printf "%-14s %s   %8s  %s\n", "client", "instructions/op per repetition", "median", "vs plain"
-			nv = split("plain noop-recorder instrumented instrumented-auto redisotel", order, " ")
+			nv = split("plain noop-recorder noop-floor instrumented instrumented-auto redisotel", order, " ")
 			for (i = 1; i <= nv; i++) {
 				v = order[i]; n = 0; line = ""
 				for (r in reps) {

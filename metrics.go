@@ -64,7 +64,7 @@ func newTrackerMetrics(t *Tracker, mp metric.MeterProvider) (*trackerMetrics, er
 		mp = otel.GetMeterProvider()
 	}
 	meter := mp.Meter(meterName)
-	m := &trackerMetrics{base: attribute.String("redis.client.kind", t.clientKind)}
+	m := &trackerMetrics{base: attribute.String("redis.client.kind", string(t.clientKind))}
 	m.name = names.acquire(t.opts.Name, t.client)
 	ok := false
 	defer func() {

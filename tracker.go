@@ -101,8 +101,9 @@ type Options struct {
 	// turns reminders off.
 	RepeatWarning time.Duration
 
-	// MeterProvider provides the tracker's OpenTelemetry metrics. nil means
-	// the global provider (otel.GetMeterProvider()).
+	// MeterProvider provides the tracker's OpenTelemetry metrics (their
+	// names and attributes are listed in the package doc, Metrics). nil
+	// means the global provider (otel.GetMeterProvider()).
 	MeterProvider metric.MeterProvider
 	// ChainRecorder is a go-redis OTel recorder (redis.SetOTelRecorder) that
 	// should keep receiving every event: go-redis has one process-wide

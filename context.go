@@ -86,17 +86,3 @@ func WithMaxHold(ctx context.Context, d time.Duration) context.Context {
 	}
 	return withMark(ctx, func(m *mark) { m.maxHold = d })
 }
-
-// IsLongLived reports whether ctx carries a long-lived mark.
-func IsLongLived(ctx context.Context) bool {
-	m := markFrom(ctx)
-	return m != nil && m.longLived
-}
-
-// OwnerOf returns the owner named by WithOwner on ctx, or "".
-func OwnerOf(ctx context.Context) string {
-	if m := markFrom(ctx); m != nil {
-		return m.owner
-	}
-	return ""
-}

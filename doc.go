@@ -51,6 +51,41 @@
 // timeout error names the holders (*PoolTimeoutError; errors.Is with
 // redis.ErrPoolTimeout still holds).
 //
+// # Metrics
+//
+// A tracker reports these OpenTelemetry instruments to
+// Options.MeterProvider (nil: the global provider), meter
+// github.com/redisleak/redisleak:
+//
+//	name                                   instrument  unit          what
+//	redisleak.connections.in_use           gauge       {connection}  held out of the pool, long-lived ones included (Stats.InUse)
+//	redisleak.connections.idle             gauge       {connection}  idle in the pool (Stats.Idle)
+//	redisleak.connections.long_lived       gauge       {connection}  held and long-lived (Stats.LongLived)
+//	redisleak.connections.leaked           gauge       {connection}  held over their threshold, not long-lived (Stats.Leaked)
+//	redisleak.pool.connections.in_use      gauge       {connection}  in_use per go-redis pool (PoolStats.InUse)
+//	redisleak.pool.connections.idle        gauge       {connection}  idle per go-redis pool (PoolStats.Idle)
+//	redisleak.pool.connections.long_lived  gauge       {connection}  long_lived per go-redis pool (PoolStats.LongLived)
+//	redisleak.pool.connections.leaked      gauge       {connection}  leaked per go-redis pool (PoolStats.Leaked)
+//	redisleak.connection.hold.duration     histogram   s             each ended hold, by attribute kind
+//	redisleak.leaks                        counter     {leak}        leaks reported (each once), by attribute kind
+//
+// Their attributes:
+//
+//	attribute                       on                             value
+//	redisleak.client                every data point               the tracker's Name (Options.Name, or derived from the client)
+//	redis.client.kind               every data point               Stats.ClientKind: client, failover, cluster or ring
+//	kind                            hold.duration, leaks           the hold's Kind: command, pipeline, tx, conn, pubsub, blocking
+//	db.client.connection.pool.name  redisleak.pool.* gauges        go-redis's pool name, as in go-redis's own OTel metrics
+//	server.address                  redisleak.pool.* gauges        the pool's server address
+//
+// The four client gauges have one point per tracker: the client's totals
+// over all its pools. The four pool gauges break the same counts down, one
+// point per pool; they are not reported in ModeHooks, where the tracker
+// sees no pools. Summing a pool gauge over its pools gives the client
+// gauge; never sum the two families together. The hold-time histogram is
+// named apart from redisotel's db.client.connections.use_time, which times
+// commands, not holds.
+//
 // # Concurrency
 //
 // A Tracker is safe for concurrent use. Close stops its goroutines and makes

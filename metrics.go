@@ -12,39 +12,28 @@ import (
 	"go.opentelemetry.io/otel/metric"
 )
 
-// Metric names. The hold-time histogram is named apart from redisotel's
-// db.client.connections.use_time, which times commands, not holds.
-//
-// Every data point carries the attributes redisleak.client (the tracker's
-// Name: Options.Name, or one derived from the client) and
-// redis.client.kind. The four client gauges (MetricInUse, ...) have one
-// point per tracker: the client's totals over all its pools. The four pool
-// gauges (MetricPoolInUse, ...) break the same counts down by go-redis
-// pool, one point per pool with the attributes
-// db.client.connection.pool.name (go-redis's pool name, as in go-redis's
-// own OTel metrics) and server.address; they are not reported in
-// ModeHooks, where the tracker sees no pools. Summing a pool gauge over
-// its pools gives the client gauge; never sum the two families together.
+// Names of the tracker's instruments, documented in the package doc
+// (Metrics): dashboards and alerts use them, so they do not change.
 const (
-	MetricInUse     = "redisleak.connections.in_use"
-	MetricIdle      = "redisleak.connections.idle"
-	MetricLongLived = "redisleak.connections.long_lived"
-	MetricLeaked    = "redisleak.connections.leaked"
-	MetricHoldTime  = "redisleak.connection.hold.duration"
-	MetricLeaks     = "redisleak.leaks"
+	metricInUse     = "redisleak.connections.in_use"
+	metricIdle      = "redisleak.connections.idle"
+	metricLongLived = "redisleak.connections.long_lived"
+	metricLeaked    = "redisleak.connections.leaked"
+	metricHoldTime  = "redisleak.connection.hold.duration"
+	metricLeaks     = "redisleak.leaks"
 
-	MetricPoolInUse     = "redisleak.pool.connections.in_use"
-	MetricPoolIdle      = "redisleak.pool.connections.idle"
-	MetricPoolLongLived = "redisleak.pool.connections.long_lived"
-	MetricPoolLeaked    = "redisleak.pool.connections.leaked"
+	metricPoolInUse     = "redisleak.pool.connections.in_use"
+	metricPoolIdle      = "redisleak.pool.connections.idle"
+	metricPoolLongLived = "redisleak.pool.connections.long_lived"
+	metricPoolLeaked    = "redisleak.pool.connections.leaked"
 )
 
-// Attribute keys of the tracker's metrics.
+// Attribute keys of the tracker's metrics (package doc, Metrics).
 const (
-	// AttrClient names the tracker (Tracker.Name) on every data point.
-	AttrClient = "redisleak.client"
-	// AttrPoolName names the go-redis pool on the pool gauges' points.
-	AttrPoolName = "db.client.connection.pool.name"
+	// attrClient names the tracker (Tracker.Name) on every data point.
+	attrClient = "redisleak.client"
+	// attrPoolName names the go-redis pool on the pool gauges' points.
+	attrPoolName = "db.client.connection.pool.name"
 )
 
 const meterName = "github.com/redisleak/redisleak"
@@ -67,7 +56,7 @@ func newTrackerMetrics(t *Tracker, mp metric.MeterProvider) (*trackerMetrics, er
 		mp = otel.GetMeterProvider()
 	}
 	meter := mp.Meter(meterName)
-	m := &trackerMetrics{base: attribute.String("redis.client.kind", t.clientKind), explicit: explicit}
+	m := &trackerMetrics{base: attribute.String("redis.client.kind", string(t.clientKind)), explicit: explicit}
 	m.name = names.acquire(t.opts.Name, t.client)
 	ok := false
 	defer func() {
@@ -75,18 +64,18 @@ func newTrackerMetrics(t *Tracker, mp metric.MeterProvider) (*trackerMetrics, er
 			names.release(m.name)
 		}
 	}()
-	client := attribute.String(AttrClient, m.name)
+	client := attribute.String(attrClient, m.name)
 	var err error
 	var gauges [8]metric.Int64ObservableGauge
 	for i, g := range []struct{ name, desc string }{
-		{MetricInUse, "Connections held out of the pool, long-lived ones included; the client's total over its pools."},
-		{MetricIdle, "Idle connections in the pool; the client's total over its pools."},
-		{MetricLongLived, "Held connections that are long-lived by mark or by nature; the client's total over its pools."},
-		{MetricLeaked, "Held connections over their threshold and not long-lived; the client's total over its pools."},
-		{MetricPoolInUse, "Connections held out of the pool, long-lived ones included; one point per go-redis pool (" + AttrPoolName + "), which sum to " + MetricInUse + "."},
-		{MetricPoolIdle, "Idle connections in the pool; one point per go-redis pool (" + AttrPoolName + "), which sum to " + MetricIdle + "."},
-		{MetricPoolLongLived, "Held connections that are long-lived by mark or by nature; one point per go-redis pool (" + AttrPoolName + "), which sum to " + MetricLongLived + "."},
-		{MetricPoolLeaked, "Held connections over their threshold and not long-lived; one point per go-redis pool (" + AttrPoolName + "), which sum to " + MetricLeaked + "."},
+		{metricInUse, "Connections held out of the pool, long-lived ones included; the client's total over its pools."},
+		{metricIdle, "Idle connections in the pool; the client's total over its pools."},
+		{metricLongLived, "Held connections that are long-lived by mark or by nature; the client's total over its pools."},
+		{metricLeaked, "Held connections over their threshold and not long-lived; the client's total over its pools."},
+		{metricPoolInUse, "Connections held out of the pool, long-lived ones included; one point per go-redis pool (" + attrPoolName + "), which sum to " + metricInUse + "."},
+		{metricPoolIdle, "Idle connections in the pool; one point per go-redis pool (" + attrPoolName + "), which sum to " + metricIdle + "."},
+		{metricPoolLongLived, "Held connections that are long-lived by mark or by nature; one point per go-redis pool (" + attrPoolName + "), which sum to " + metricLongLived + "."},
+		{metricPoolLeaked, "Held connections over their threshold and not long-lived; one point per go-redis pool (" + attrPoolName + "), which sum to " + metricLeaked + "."},
 	} {
 		gauges[i], err = meter.Int64ObservableGauge(g.name, metric.WithDescription(g.desc), metric.WithUnit("{connection}"))
 		if err != nil {
@@ -95,12 +84,12 @@ func newTrackerMetrics(t *Tracker, mp metric.MeterProvider) (*trackerMetrics, er
 	}
 	inUse, idle, longLived, leaked := gauges[0], gauges[1], gauges[2], gauges[3]
 	pInUse, pIdle, pLongLived, pLeaked := gauges[4], gauges[5], gauges[6], gauges[7]
-	m.holdHist, err = meter.Float64Histogram(MetricHoldTime, metric.WithDescription("How long a connection was held out of the pool, per hold."), metric.WithUnit("s"),
+	m.holdHist, err = meter.Float64Histogram(metricHoldTime, metric.WithDescription("How long a connection was held out of the pool, per hold."), metric.WithUnit("s"),
 		metric.WithExplicitBucketBoundaries(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300))
 	if err != nil {
 		return nil, err
 	}
-	m.leaks, err = meter.Int64Counter(MetricLeaks, metric.WithDescription("Leaks detected (each reported once)."), metric.WithUnit("{leak}"))
+	m.leaks, err = meter.Int64Counter(metricLeaks, metric.WithDescription("Leaks detected (each reported once)."), metric.WithUnit("{leak}"))
 	if err != nil {
 		return nil, err
 	}
@@ -122,7 +111,7 @@ func newTrackerMetrics(t *Tracker, mp metric.MeterProvider) (*trackerMetrics, er
 		for _, p := range s.Pools {
 			pa, ok := poolAttrs[p.Name]
 			if !ok {
-				pa = metric.WithAttributes(client, m.base, attribute.String(AttrPoolName, p.Name), attribute.String("server.address", p.Addr))
+				pa = metric.WithAttributes(client, m.base, attribute.String(attrPoolName, p.Name), attribute.String("server.address", p.Addr))
 				poolAttrs[p.Name] = pa
 			}
 			o.ObserveInt64(pInUse, int64(p.InUse), pa)

@@ -89,11 +89,11 @@ func TestMetricsOfTwoClientsStayApart(t *testing.T) {
 		if given[0] == "" && (trs[0].Name() != srv.Addr || trs[1].Name() != srv.Addr+"#2") {
 			t.Fatalf("derived names %q, %q; want %q and %q#2", trs[0].Name(), trs[1].Name(), srv.Addr, srv.Addr)
 		}
-		for _, metric := range []string{redisleak.MetricInUse, redisleak.MetricIdle, redisleak.MetricLongLived, redisleak.MetricLeaked} {
+		for _, metric := range []string{"redisleak.connections.in_use", "redisleak.connections.idle", "redisleak.connections.long_lived", "redisleak.connections.leaked"} {
 			seen := map[string]bool{}
 			for _, s := range got[metric] {
-				seen[attr(s, redisleak.AttrClient)] = true
-				if attr(s, redisleak.AttrPoolName) != "" {
+				seen[attr(s, "redisleak.client")] = true
+				if attr(s, "db.client.connection.pool.name") != "" {
 					t.Errorf("%s: client total with a pool attribute: %v", metric, s)
 				}
 			}
@@ -101,18 +101,18 @@ func TestMetricsOfTwoClientsStayApart(t *testing.T) {
 				t.Errorf("%s: points %v, want one per client %v", metric, got[metric], want)
 			}
 		}
-		for _, s := range got[redisleak.MetricHoldTime] {
-			if !want[attr(s, redisleak.AttrClient)] {
+		for _, s := range got["redisleak.connection.hold.duration"] {
+			if !want[attr(s, "redisleak.client")] {
 				t.Errorf("hold-time point without the client: %v", s)
 			}
 		}
-		if len(got[redisleak.MetricHoldTime]) < 2 {
-			t.Errorf("hold-time points %v, want some of each client", got[redisleak.MetricHoldTime])
+		if len(got["redisleak.connection.hold.duration"]) < 2 {
+			t.Errorf("hold-time points %v, want some of each client", got["redisleak.connection.hold.duration"])
 		}
 		// per pool: each client's main pool, with its go-redis name
 		pools := map[string]string{}
-		for _, s := range got[redisleak.MetricPoolInUse] {
-			pools[attr(s, redisleak.AttrClient)+" "+attr(s, redisleak.AttrPoolName)] = attr(s, "server.address")
+		for _, s := range got["redisleak.pool.connections.in_use"] {
+			pools[attr(s, "redisleak.client")+" "+attr(s, "db.client.connection.pool.name")] = attr(s, "server.address")
 		}
 		for i, tr := range trs {
 			ps := tr.Stats().Pools

@@ -104,16 +104,31 @@ func TestVerifyNone(t *testing.T) {
 }
 
 func TestContextMarks(t *testing.T) {
+	rdb, tr, _ := setup(t, redisleak.Options{})
+	// holdWith returns the tracker's view of a hold acquired with ctx.
+	holdWith := func(ctx context.Context) redisleak.Leak {
+		t.Helper()
+		c := rdb.Conn()
+		defer c.Close()
+		if err := c.Ping(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		hs := tr.Holds()
+		if len(hs) != 1 {
+			t.Fatalf("holds %v, want the Conn's", hs)
+		}
+		return hs[0]
+	}
 	ctx := redisleak.WithOwner(redisleak.WithLongLived(bg), "x")
-	if !redisleak.IsLongLived(ctx) || redisleak.OwnerOf(ctx) != "x" {
-		t.Fatal("marks lost")
+	if h := holdWith(ctx); h.LongLivedBy != redisleak.LongLivedMark || h.Owner != "x" {
+		t.Fatalf("marks lost: %v", h)
 	}
 	plain := redisleak.WithoutLongLived(ctx)
-	if redisleak.IsLongLived(plain) || redisleak.OwnerOf(plain) != "x" {
-		t.Fatal("WithoutLongLived")
+	if h := holdWith(plain); h.LongLivedBy == redisleak.LongLivedMark || h.Owner != "x" {
+		t.Fatalf("WithoutLongLived: %v", h)
 	}
-	if redisleak.IsLongLived(bg) || redisleak.OwnerOf(bg) != "" {
-		t.Fatal("background carries marks")
+	if h := holdWith(bg); h.LongLivedBy == redisleak.LongLivedMark || h.Owner != "" {
+		t.Fatalf("background carries marks: %v", h)
 	}
 	if redisleak.WithoutLongLived(bg) != bg {
 		t.Fatal("WithoutLongLived allocated for an unmarked context")

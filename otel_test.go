@@ -63,7 +63,7 @@ func TestWithRedisotel(t *testing.T) {
 			names[m.Name] = m.Data
 		}
 	}
-	for _, want := range []string{redisleak.MetricInUse, redisleak.MetricIdle, redisleak.MetricLongLived, redisleak.MetricLeaked, redisleak.MetricHoldTime, redisleak.MetricLeaks} {
+	for _, want := range []string{"redisleak.connections.in_use", "redisleak.connections.idle", "redisleak.connections.long_lived", "redisleak.connections.leaked", "redisleak.connection.hold.duration", "redisleak.leaks"} {
 		if _, ok := names[want]; !ok {
 			t.Errorf("tracker metric %s missing; have %v", want, keys(names))
 		}
@@ -71,14 +71,14 @@ func TestWithRedisotel(t *testing.T) {
 	if _, ok := names["db.client.connections.use_time"]; !ok {
 		t.Errorf("redisotel metric db.client.connections.use_time missing; have %v", keys(names))
 	}
-	if h, ok := names[redisleak.MetricHoldTime].(metricdata.Histogram[float64]); !ok || len(h.DataPoints) == 0 || h.DataPoints[0].Count == 0 {
-		t.Errorf("hold-time histogram empty: %#v", names[redisleak.MetricHoldTime])
+	if h, ok := names["redisleak.connection.hold.duration"].(metricdata.Histogram[float64]); !ok || len(h.DataPoints) == 0 || h.DataPoints[0].Count == 0 {
+		t.Errorf("hold-time histogram empty: %#v", names["redisleak.connection.hold.duration"])
 	}
-	if s, ok := names[redisleak.MetricLeaks].(metricdata.Sum[int64]); !ok || len(s.DataPoints) == 0 || s.DataPoints[0].Value != 1 {
-		t.Errorf("leaks counter: %#v", names[redisleak.MetricLeaks])
+	if s, ok := names["redisleak.leaks"].(metricdata.Sum[int64]); !ok || len(s.DataPoints) == 0 || s.DataPoints[0].Value != 1 {
+		t.Errorf("leaks counter: %#v", names["redisleak.leaks"])
 	}
-	if g, ok := names[redisleak.MetricLeaked].(metricdata.Gauge[int64]); !ok || len(g.DataPoints) == 0 || g.DataPoints[0].Value != 1 {
-		t.Errorf("leaked gauge: %#v", names[redisleak.MetricLeaked])
+	if g, ok := names["redisleak.connections.leaked"].(metricdata.Gauge[int64]); !ok || len(g.DataPoints) == 0 || g.DataPoints[0].Value != 1 {
+		t.Errorf("leaked gauge: %#v", names["redisleak.connections.leaked"])
 	}
 	if len(spans.Ended()) < 20 {
 		t.Errorf("redisotel tracing recorded %d spans", len(spans.Ended()))

@@ -25,11 +25,10 @@ type Stats struct {
 
 	// ClientKind is ClientKindClient, ClientKindFailover, ClientKindCluster
 	// or ClientKindRing.
-	ClientKind string `json:"clientKind"`
-	// ObserverMode is ModeObserver or ModeHooks (see Tracker.Mode). In hooks
-	// mode Total and Idle come from go-redis's PoolStats and InUse is their
-	// difference.
-	ObserverMode string `json:"observerMode"`
+	ClientKind ClientKind `json:"clientKind"`
+	// ObserverMode is ModeObserver or ModeHooks. In hooks mode Total and
+	// Idle come from go-redis's PoolStats and InUse is their difference.
+	ObserverMode Mode `json:"observerMode"`
 	// LeaksReported counts leaks reported since Instrument.
 	LeaksReported uint64 `json:"leaksReported"`
 	// LeaksClosed counts leaked connections whose socket ActionClose

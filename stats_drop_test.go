@@ -136,7 +136,7 @@ func TestHoldTimeMetricGetsEveryHold(t *testing.T) {
 	var gotSum [numKinds]float64
 	for _, sm := range rm.ScopeMetrics {
 		for _, m := range sm.Metrics {
-			if m.Name != MetricHoldTime {
+			if m.Name != metricHoldTime {
 				continue
 			}
 			for _, p := range m.Data.(metricdata.Histogram[float64]).DataPoints {

@@ -101,8 +101,9 @@ type Options struct {
 	// turns reminders off.
 	RepeatWarning time.Duration
 
-	// MeterProvider provides the tracker's OpenTelemetry metrics. nil means
-	// the global provider (otel.GetMeterProvider()).
+	// MeterProvider provides the tracker's OpenTelemetry metrics (their
+	// names and attributes are listed in the package doc, Metrics). nil
+	// means the global provider (otel.GetMeterProvider()).
 	MeterProvider metric.MeterProvider
 	// ChainRecorder is a go-redis OTel recorder (redis.SetOTelRecorder) that
 	// should keep receiving every event: go-redis has one process-wide
@@ -185,23 +186,32 @@ func (o Options) normalize() (Options, error) {
 	return o, nil
 }
 
-// Observer modes, as named in Stats.ObserverMode.
+// Mode is how a tracker learns of holds, as in Stats.ObserverMode. Its
+// values are strings in JSON.
+type Mode string
+
+// Observer modes.
 const (
 	// ModeObserver: go-redis's connection-state observer reaches the
 	// tracker; holds are exact per connection.
-	ModeObserver = "observer"
+	ModeObserver Mode = "observer"
 	// ModeHooks: something replaced the observer (another
 	// redis.SetOTelRecorder call); the tracker sees only what hooks see:
 	// commands in flight, and pool counts from PoolStats.
-	ModeHooks = "hooks"
+	ModeHooks Mode = "hooks"
 )
 
-// Client kinds, as named in Stats.ClientKind.
+// ClientKind is the kind of go-redis client a tracker is attached to, as
+// in Stats.ClientKind and the redis.client.kind metric attribute. Its
+// values are strings in JSON.
+type ClientKind string
+
+// Client kinds.
 const (
-	ClientKindClient   = "client"
-	ClientKindFailover = "failover"
-	ClientKindCluster  = "cluster"
-	ClientKindRing     = "ring"
+	ClientKindClient   ClientKind = "client"   // a *redis.Client
+	ClientKindFailover ClientKind = "failover" // a *redis.Client from redis.NewFailoverClient
+	ClientKindCluster  ClientKind = "cluster"  // a *redis.ClusterClient
+	ClientKindRing     ClientKind = "ring"     // a *redis.Ring
 )
 
 // Tracker tracks the connection holds of one go-redis client. It is safe for
@@ -209,7 +219,7 @@ const (
 type Tracker struct {
 	opts       Options
 	client     redis.UniversalClient
-	clientKind string
+	clientKind ClientKind
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -554,7 +564,7 @@ func (t *Tracker) Close() error {
 }
 
 // mode returns the observer mode: ModeObserver or ModeHooks (Stats.ObserverMode).
-func (t *Tracker) mode() string {
+func (t *Tracker) mode() Mode {
 	if t.hooksMode.Load() {
 		return ModeHooks
 	}

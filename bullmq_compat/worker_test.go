@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strings"
 	"sync"
@@ -65,11 +66,27 @@ func TestWorkerCompletesJobs(t *testing.T) {
 	rdb, name := realClient(t)
 	ctx := context.Background()
 	q, _ := NewQueue(rdb, name, QueueOptions{})
-	var handlerLongLived atomic.Bool
+	// A client of its own, instrumented, on which each handler takes a
+	// connection with its context (one at a time: probeMu).
+	// Closed after the worker (cleanups run last first).
+	probe := redis.NewClient(clientOptions(rdb.Options().Addr))
+	t.Cleanup(func() { _ = probe.Close() })
+	tr, err := redisleak.Instrument(probe, redisleak.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tr.Close() })
+	var probeMu sync.Mutex
+	var probeErrs []error
+	var marked []redisleak.Leak
 	w, err := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) {
-		if redisleak.IsLongLived(ctx) {
-			handlerLongLived.Store(true)
+		probeMu.Lock()
+		if h, err := holdWith(ctx, probe, tr); err != nil {
+			probeErrs = append(probeErrs, err)
+		} else if h.LongLivedBy == redisleak.LongLivedMark {
+			marked = append(marked, h)
 		}
+		probeMu.Unlock()
 		var d struct{ N int }
 		if err := json.Unmarshal(j.Data, &d); err != nil {
 			return nil, err
@@ -97,8 +114,14 @@ func TestWorkerCompletesJobs(t *testing.T) {
 	if rdb.Exists(ctx, q.Key("7:lock")).Val() != 0 {
 		t.Fatal("lock left behind")
 	}
-	if handlerLongLived.Load() {
-		t.Fatal("handler context carries the long-lived mark")
+	probeMu.Lock()
+	errs, longLived := probeErrs, marked
+	probeMu.Unlock()
+	if len(errs) != 0 {
+		t.Fatalf("taking a connection with the handler context: %v", errs)
+	}
+	if len(longLived) != 0 {
+		t.Fatalf("handler context carries the long-lived mark: its holds %v", longLived)
 	}
 	// The blocking connection is named as Node expects.
 	list := rdb.ClientList(ctx).Val()
@@ -109,6 +132,23 @@ func TestWorkerCompletesJobs(t *testing.T) {
 	if len(evs) == 0 {
 		t.Fatal("no drained event")
 	}
+}
+
+// holdWith takes a connection of rdb with ctx (the first command of a
+// Client.Conn) and returns tr's view of that hold: the marks on ctx decide
+// its owner and whether it is long-lived by mark. tr is rdb's tracker, and
+// rdb has no other holds meanwhile.
+func holdWith(ctx context.Context, rdb *redis.Client, tr *redisleak.Tracker) (redisleak.Leak, error) {
+	c := rdb.Conn()
+	defer c.Close()
+	if err := c.Ping(ctx).Err(); err != nil {
+		return redisleak.Leak{}, err
+	}
+	hs := tr.Holds()
+	if len(hs) != 1 {
+		return redisleak.Leak{}, fmt.Errorf("holds %v, want the one Conn", hs)
+	}
+	return hs[0], nil
 }
 
 func TestWorkerRetriesWithBackoff(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -93,6 +94,21 @@ func TestUnknownEventNamesKeptRaw(t *testing.T) {
 
 func TestHandlerContextHasNoLongLivedMark(t *testing.T) {
 	mr, rdb := newMini(t)
+	quiet := redisleak.Options{Logger: slog.New(slog.DiscardHandler)}
+	tr, err := redisleak.Instrument(rdb, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	// A client of its own, instrumented, on which the test takes a
+	// connection with the handler's context.
+	probe := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer probe.Close()
+	ptr, err := redisleak.Instrument(probe, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ptr.Close()
 	rec := newRecorder()
 	ctx := redisleak.WithLongLived(context.WithValue(context.Background(), ctxKey{}, "v"))
 	m, err := NewManager(rdb, Options{Config: ConfigSkip})
@@ -104,14 +120,13 @@ func TestHandlerContextHasNoLongLivedMark(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer closeManager(t, m)
-	if !redisleak.IsLongLived(m.connCtx) || redisleak.OwnerOf(m.connCtx) != Owner {
-		t.Errorf("connection context: long-lived=%v owner=%q", redisleak.IsLongLived(m.connCtx), redisleak.OwnerOf(m.connCtx))
-	}
 	mr.Publish("__keyspace@0__:k", "set")
 	ev := rec.until(t, "k", "")[0]
 	hctx := ev.Context()
-	if redisleak.IsLongLived(hctx) {
-		t.Error("handler context carries the long-lived mark")
+	if h, err := holdWith(hctx, probe, ptr); err != nil {
+		t.Fatalf("taking a connection with the handler context: %v", err)
+	} else if h.LongLivedBy == redisleak.LongLivedMark {
+		t.Errorf("handler context carries the long-lived mark: its hold %v", h)
 	}
 	if hctx.Value(ctxKey{}) != "v" {
 		t.Error("handler context lost the values of Start's context")
@@ -119,10 +134,56 @@ func TestHandlerContextHasNoLongLivedMark(t *testing.T) {
 	if hctx.Err() != nil {
 		t.Error("handler context already done")
 	}
+	// The connections the manager takes while it runs carry the long-lived
+	// mark and the owner: the subscriber's new connection after a server
+	// restart, dialed with the run's context.
+	var old redisleak.Leak
+	for _, h := range tr.Holds() {
+		if h.Kind == redisleak.KindPubSub {
+			old = h
+		}
+	}
+	if old.ConnID == 0 {
+		t.Fatalf("no subscriber connection in %v", tr.Holds())
+	}
+	mr.Close()
+	if err := mr.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	var sub redisleak.Leak
+	waitFor(t, "the subscriber's new connection", func() bool {
+		for _, h := range tr.Holds() {
+			if h.Kind == redisleak.KindPubSub && h.ConnID != old.ConnID {
+				sub = h
+				return true
+			}
+		}
+		return false
+	})
+	if sub.LongLivedBy != redisleak.LongLivedMark || sub.Owner != Owner {
+		t.Errorf("connection taken while running: long-lived by %q, owner %q; want %q, %q", sub.LongLivedBy, sub.Owner, redisleak.LongLivedMark, Owner)
+	}
 	closeManager(t, m)
 	if hctx.Err() == nil {
 		t.Error("handler context not cancelled by Close")
 	}
+}
+
+// holdWith takes a connection of rdb with ctx (the first command of a
+// Client.Conn) and returns tr's view of that hold: the marks on ctx decide
+// its owner and whether it is long-lived by mark. tr is rdb's tracker, and
+// rdb has no other holds meanwhile.
+func holdWith(ctx context.Context, rdb *redis.Client, tr *redisleak.Tracker) (redisleak.Leak, error) {
+	c := rdb.Conn()
+	defer c.Close()
+	if err := c.Ping(ctx).Err(); err != nil {
+		return redisleak.Leak{}, err
+	}
+	hs := tr.Holds()
+	if len(hs) != 1 {
+		return redisleak.Leak{}, fmt.Errorf("holds %v, want the one Conn", hs)
+	}
+	return hs[0], nil
 }
 
 type ctxKey struct{}

@@ -1,10 +1,15 @@
 package sse
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net/http"
 	"sync"
 	"testing"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/redisleak/redisleak"
 )
@@ -12,12 +17,26 @@ import (
 // TestAuthorize: Authorize refuses with its status, narrows topics, and
 // sees a context without the long-lived mark.
 func TestAuthorize(t *testing.T) {
+	// A client of its own, instrumented, on which Authorize takes a
+	// connection with its context: the tracker shows the marks it carries.
+	probe := redisClient(t)
+	tr, err := redisleak.Instrument(probe, redisleak.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tr.Close() }) // after the manager's
 	var mu sync.Mutex
-	var sawLongLived bool
+	var probeErrs []error
+	var marked []redisleak.Leak
 	m, srv := startManager(t, redisClient(t), Options{
 		Authorize: func(r *http.Request, topics []string) ([]string, error) {
+			h, err := holdWith(r.Context(), probe, tr)
 			mu.Lock()
-			sawLongLived = sawLongLived || redisleak.IsLongLived(r.Context())
+			if err != nil {
+				probeErrs = append(probeErrs, err)
+			} else if h.LongLivedBy == redisleak.LongLivedMark {
+				marked = append(marked, h)
+			}
 			mu.Unlock()
 			switch r.URL.Query().Get("user") {
 			case "":
@@ -67,12 +86,32 @@ func TestAuthorize(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if sawLongLived {
-		t.Fatal("Authorize saw a long-lived context")
+	if len(probeErrs) != 0 {
+		t.Fatalf("taking a connection with Authorize's context: %v", probeErrs)
+	}
+	if len(marked) != 0 {
+		t.Fatalf("Authorize saw a long-lived context: its holds %v", marked)
 	}
 	if st := m.Stats(); st.Rejected != 5 {
 		t.Fatalf("rejected %d", st.Rejected)
 	}
+}
+
+// holdWith takes a connection of rdb with ctx (the first command of a
+// Client.Conn) and returns tr's view of that hold: the marks on ctx decide
+// its owner and whether it is long-lived by mark. tr is rdb's tracker, and
+// rdb has no other holds meanwhile.
+func holdWith(ctx context.Context, rdb *redis.Client, tr *redisleak.Tracker) (redisleak.Leak, error) {
+	c := rdb.Conn()
+	defer c.Close()
+	if err := c.Ping(ctx).Err(); err != nil {
+		return redisleak.Leak{}, err
+	}
+	hs := tr.Holds()
+	if len(hs) != 1 {
+		return redisleak.Leak{}, fmt.Errorf("holds %v, want the one Conn", hs)
+	}
+	return hs[0], nil
 }
 
 // TestCORS: allowed origins are echoed and preflights answered; others get

@@ -3,6 +3,8 @@ package dedicated
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"testing"
@@ -42,20 +44,50 @@ func listed(t *testing.T, rdb *redis.Client, name string) bool {
 	return strings.Contains(list, " name="+name+" ")
 }
 
+// instrumentedProbe returns a client of srv with a tracker, on which a test
+// takes a connection with a context to see the marks it carries (holdWith).
+func instrumentedProbe(t *testing.T, srv *redistest.Server) (*redis.Client, *redisleak.Tracker) {
+	t.Helper()
+	probe := srv.Client()
+	tr, err := redisleak.Instrument(probe, redisleak.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tr.Close() })
+	return probe, tr
+}
+
+// holdWith takes a connection of rdb with ctx (the first command of a
+// Client.Conn) and returns tr's view of that hold: the marks on ctx decide
+// its owner and whether it is long-lived by mark. tr is rdb's tracker, and
+// rdb has no other holds meanwhile.
+func holdWith(ctx context.Context, rdb *redis.Client, tr *redisleak.Tracker) (redisleak.Leak, error) {
+	c := rdb.Conn()
+	defer c.Close()
+	if err := c.Ping(ctx).Err(); err != nil {
+		return redisleak.Leak{}, err
+	}
+	hs := tr.Holds()
+	if len(hs) != 1 {
+		return redisleak.Leak{}, fmt.Errorf("holds %v, want the one Conn", hs)
+	}
+	return hs[0], nil
+}
+
 func TestMarksAndReuse(t *testing.T) {
 	srv := redistest.Private(t)
 	rdb := srv.Client()
+	probe, tr := instrumentedProbe(t, srv)
 	c := New(rdb, Options{Owner: "test:owner", ClientID: true})
 	defer c.Close()
 
 	var ids []int64
 	for i := 0; i < 3; i++ {
 		err := c.Do(context.Background(), func(ctx context.Context, h Handle) error {
-			if !redisleak.IsLongLived(ctx) {
-				t.Error("ctx lacks the long-lived mark")
-			}
-			if got := redisleak.OwnerOf(ctx); got != "test:owner" {
-				t.Errorf("owner = %q, want test:owner", got)
+			if l, err := holdWith(ctx, probe, tr); err != nil {
+				t.Errorf("taking a connection with ctx: %v", err)
+			} else if l.LongLivedBy != redisleak.LongLivedMark || l.Owner != "test:owner" {
+				t.Errorf("hold taken with ctx: long-lived by %q, owner %q; want %q, test:owner", l.LongLivedBy, l.Owner, redisleak.LongLivedMark)
 			}
 			if !h.Dedicated() || h.Node != rdb {
 				t.Errorf("handle %+v: want a dedicated connection of rdb", h)
@@ -78,6 +110,7 @@ func TestMarksAndReuse(t *testing.T) {
 
 func TestPoolMode(t *testing.T) {
 	srv := redistest.Private(t)
+	probe, tr := instrumentedProbe(t, srv)
 	ring := redis.NewRing(&redis.RingOptions{
 		Addrs: map[string]string{"a": srv.Addr},
 	})
@@ -91,11 +124,15 @@ func TestPoolMode(t *testing.T) {
 			if h.Dedicated() || h.Cmd != ring {
 				t.Errorf("handle %+v: want the ring's pool", h)
 			}
-			if got := redisleak.IsLongLived(ctx); got != long {
-				t.Errorf("PoolLongLived %v: long-lived mark %v", long, got)
-			}
-			if got := redisleak.OwnerOf(ctx); got != "o" {
-				t.Errorf("owner = %q, want o", got)
+			if l, err := holdWith(ctx, probe, tr); err != nil {
+				t.Errorf("taking a connection with ctx: %v", err)
+			} else {
+				if got := l.LongLivedBy == redisleak.LongLivedMark; got != long {
+					t.Errorf("PoolLongLived %v: hold taken with ctx long-lived by %q", long, l.LongLivedBy)
+				}
+				if l.Owner != "o" {
+					t.Errorf("owner = %q, want o", l.Owner)
+				}
 			}
 			return h.Cmd.Ping(ctx).Err()
 		})

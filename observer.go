@@ -294,18 +294,19 @@ func (d *dispatcher) recordSlow(cn redis.ConnInfo, a *trackedAddr, ok bool, from
 // ends the record through the wrapper. PubSub connections (+1/-1 used,
 // isPubSub) have no other signal.
 //
-// Four calls per command: the three that need nothing return at once,
-// without a stack frame; the rest is in count.
+// Four calls per command: the common ones make at most one call, last;
+// the rest is in count.
 func (d *dispatcher) RecordConnectionCount(ctx context.Context, delta int, cn redis.ConnInfo, state string, isPubSub bool) {
-	if delta > 0 && state == "idle" || isPubSub || d.chain.Load() != nil || delta < 0 && d.anonLive.Load() > 0 {
+	if isPubSub || d.chain.Load() != nil || delta < 0 && d.anonLive.Load() > 0 {
 		d.count(ctx, delta, cn, state, isPubSub)
+	} else if delta > 0 && state == "idle" {
+		d.returned(cn)
 	}
 }
 
-// count is RecordConnectionCount for the events that need more than a
-// glance: "+1 idle", PubSub connections, a "-1" while connections opened
-// before their tracker are not all identified, and any event with a
-// chained recorder.
+// count is RecordConnectionCount for PubSub connections, for a "-1" while
+// connections opened before their tracker are not all identified, and
+// for any event with a chained recorder.
 //
 //go:noinline
 func (d *dispatcher) count(ctx context.Context, delta int, cn redis.ConnInfo, state string, isPubSub bool) {

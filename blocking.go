@@ -2,8 +2,10 @@ package redisleak
 
 import (
 	"bytes"
+	"encoding/binary"
 	"strconv"
 	"time"
+	"unsafe"
 )
 
 // Blocking commands hold a connection for up to their own timeout by design.
@@ -360,33 +362,48 @@ func readNum(b []byte, i int) (int, int) {
 // checks only what memory safety needs: a result other than len(p) means
 // "not one plain command", and go-redis never writes malformed requests.
 func scanQuick(p []byte) int {
-	if len(p) < 10 || p[0] != '*' || p[2] != '\r' || p[4] != '$' || p[6] != '\r' {
+	if len(p) < 10 {
 		return 0
 	}
-	n := uint(p[1] - '1') // arguments after the name
-	l := uint(p[5] - '0') // the name's length
+	// "*N\r\n$L\r\n" in one load: N arguments, a name of L bytes
+	w := binary.LittleEndian.Uint64(p)
+	if w&0xffff00ffffff00ff != '*'|'\r'<<16|'\n'<<24|'$'<<32|'\r'<<48|'\n'<<56 {
+		return 0
+	}
+	n := uint(byte(w>>8) - '1')  // arguments after the name
+	l := uint(byte(w>>40) - '0') // the name's length
 	if n >= 9 || l >= 10 {
 		return 0
 	}
-	if l >= 4 {
-		switch p[8] | 0x20 {
-		case 'b', 'x', 'w', 'm', 'e', 'd':
-			return 0
-		}
+	if c := uint(p[8]|0x20) - 'a'; l >= 4 && c < 32 && quickNames>>c&1 != 0 {
+		return 0
 	}
+	// Each further argument: "$", one or two digits, "\r\n", the bytes,
+	// "\r\n". Its header is read without bounds checks: i+5 <= len(p) was
+	// checked.
+	base := unsafe.Pointer(unsafe.SliceData(p))
 	i := 8 + l + 2
 	for ; n > 0; n-- {
 		if i+5 > uint(len(p)) {
 			return 0
 		}
-		l, h := uint(p[i+1]-'0'), uint(4)
-		if p[i+2] != '\r' {
-			l, h = l*10+uint(p[i+2]-'0'), 5
+		d1, d2 := *(*byte)(unsafe.Add(base, i+1)), *(*byte)(unsafe.Add(base, i+2))
+		if d2 == '\r' {
+			i += 4 + uint(d1-'0') + 2
+		} else if *(*byte)(unsafe.Add(base, i+3)) == '\r' {
+			i += 5 + uint(d1-'0')*10 + uint(d2-'0') + 2
+		} else {
+			return 0 // 100 bytes or more
 		}
-		i += h + l + 2
 	}
 	return int(i)
 }
+
+// quickNames has a bit for each first letter ('a' is bit 0) of the
+// command names recognition cares about (blocking commands, MULTI, EXEC,
+// DISCARD): scanQuick leaves commands of four bytes or more that begin
+// with one of them to scanWhole.
+const quickNames = 1<<('b'-'a') | 1<<('x'-'a') | 1<<('w'-'a') | 1<<('m'-'a') | 1<<('e'-'a') | 1<<('d'-'a')
 
 // scanWhole looks at the command at the start of p. If it is complete it
 // returns its length and its class; if it is incomplete or malformed, -1.

@@ -2,6 +2,7 @@ package redisleak
 
 import (
 	"bytes"
+	"math/rand/v2"
 	"net"
 	"strings"
 	"testing"
@@ -263,5 +264,56 @@ func BenchmarkNoteWriteGET(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		r.noteWrite(cmd)
+	}
+}
+
+// scanQuick returns 0 or the exact length of the first command, and the
+// length whenever the command is plain and simple; a command recognition
+// cares about is never skipped.
+func TestScanQuickAgreesWithScanWhole(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	names := []string{"get", "set", "ping", "hgetall", "blpop", "BZPOPMIN", "xread", "wait", "multi", "exec", "discard", "mget", "del", "expire"}
+	for range 20000 {
+		args := []string{names[rng.IntN(len(names))]}
+		for range rng.IntN(11) {
+			b := make([]byte, []int{0, 1, 9, 10, 99, 100, rng.IntN(120)}[rng.IntN(7)])
+			for i := range b {
+				b[i] = byte(rng.IntN(256))
+			}
+			args = append(args, string(b))
+		}
+		cmd := resp(args...)
+		p := append(append([]byte{}, cmd...), resp("get", "next")...)
+		whole, cls := scanWhole(p)
+		q := scanQuick(p)
+		if q != 0 && (q != len(cmd) || cls != clsOther) {
+			t.Fatalf("%q: scanQuick %d, command is %d bytes (class %d)", args, q, len(cmd), cls)
+		}
+		plain := cls == clsOther && len(args) <= 9 && len(args[0]) < 10
+		for _, a := range args[1:] {
+			plain = plain && len(a) < 100
+		}
+		if plain && (len(args[0]) < 4 || !strings.ContainsRune("bxwmed", rune(args[0][0]|0x20))) && q != whole {
+			t.Fatalf("%q: scanQuick %d, scanWhole %d", args, q, whole)
+		}
+		for cut := range len(cmd) {
+			if q := scanQuick(cmd[:cut]); q != 0 && q <= cut {
+				t.Fatalf("%q cut at %d: scanQuick %d", args, cut, q)
+			}
+		}
+	}
+}
+
+// A pipeline whose first command has an argument of 100 bytes or more,
+// then a blocking command, in one write: the quick scan of the first
+// command must not misread its three-digit length (it did, and the
+// BLPOP went unrecognised or was found at the wrong offset).
+func TestPipelineAfterLongArgumentIsRecognised(t *testing.T) {
+	for _, size := range []int{99, 100, 150, 999, 1000} {
+		r := testRecord()
+		r.noteWrite(cat(resp("set", "k", strings.Repeat("v", size)), resp("blpop", "q", "5")))
+		if r.blockDeadline.Load() == 0 {
+			t.Errorf("value of %d bytes: BLPOP after it not recognised", size)
+		}
 	}
 }

@@ -300,7 +300,12 @@ func (d *dispatcher) RecordConnectionCount(ctx context.Context, delta int, cn re
 	if isPubSub || d.chain.Load() != nil || delta < 0 && d.anonLive.Load() > 0 {
 		d.count(ctx, delta, cn, state, isPubSub)
 	} else if delta > 0 && state == "idle" {
-		d.returned(cn)
+		// a return: the common case here, the rest in returned
+		if r := d.cached(cn); r != nil && r.state.Load() == stUsed && r.poolName.Load() != nil {
+			r.endHold()
+		} else {
+			d.returned(cn)
+		}
 	}
 }
 
@@ -327,17 +332,9 @@ func (d *dispatcher) count(ctx context.Context, delta int, cn redis.ConnInfo, st
 // returned handles "+1 idle": a return, or a new connection put in the
 // pool.
 func (d *dispatcher) returned(cn redis.ConnInfo) {
-	r := d.cached(cn)
-	if r == nil || r.poolName.Load() == nil || r.state.Load() != stUsed {
-		if r == nil {
-			if r = d.lookupSlow(cn, stNew); r == nil {
-				return
-			}
-		}
+	if r := d.lookup(cn, stNew); r != nil {
 		r.returnSlow(cn)
-		return
 	}
-	r.endHold()
 }
 
 // pubSubCount handles a PubSub connection's "+1 used" / "-1 used".
@@ -433,15 +430,19 @@ func (d *dispatcher) failedPool(g uintptr) string {
 // context right after a checkout, on both the idle and the fresh-dial path:
 // the hold starts here, with the mark on the context.
 func (d *dispatcher) RecordConnectionWaitTime(ctx context.Context, dur time.Duration, cn redis.ConnInfo) {
-	if !d.saw.Load() || d.chain.Load() != nil {
-		d.waitSlow(ctx, dur, cn)
-		return
+	if d.saw.Load() && d.chain.Load() == nil {
+		// the common case here, the rest in waitSlow
+		if r := d.cached(cn); r != nil && r.state.Load() != stUsed && r.poolName.Load() != nil {
+			r.beginHold(markFrom(ctx), curG())
+			return
+		}
 	}
-	d.checkout(ctx, cn)
+	d.waitSlow(ctx, dur, cn)
 }
 
 // waitSlow is RecordConnectionWaitTime for the first checkout after a mode
-// check, or with a chained recorder.
+// check, a connection not in the cache, new to its record, or whose return
+// was missed, and with a chained recorder.
 //
 //go:noinline
 func (d *dispatcher) waitSlow(ctx context.Context, dur time.Duration, cn redis.ConnInfo) {
@@ -458,13 +459,11 @@ func (d *dispatcher) waitSlow(ctx context.Context, dur time.Duration, cn redis.C
 // checkout starts the hold of cn's record, on the caller's goroutine with
 // the caller's context.
 func (d *dispatcher) checkout(ctx context.Context, cn redis.ConnInfo) {
-	r := d.cached(cn)
-	if r == nil || r.poolName.Load() == nil || r.state.Load() == stUsed {
-		if r == nil {
-			if r = d.lookupSlow(cn, stNew); r == nil {
-				return
-			}
-		}
+	r := d.lookup(cn, stNew)
+	if r == nil {
+		return
+	}
+	if r.poolName.Load() == nil || r.state.Load() == stUsed {
 		r.checkoutSlow(cn)
 	}
 	r.beginHold(markFrom(ctx), curG())
@@ -473,20 +472,17 @@ func (d *dispatcher) checkout(ctx context.Context, cn redis.ConnInfo) {
 // RecordOperationDuration runs on the caller's goroutine after a command:
 // a connection still held then outlived the command (Conn, Watch).
 func (d *dispatcher) RecordOperationDuration(ctx context.Context, dur time.Duration, cmd redis.Cmder, attempts int, err error, cn redis.ConnInfo, db int) {
-	if d.chain.Load() != nil {
-		d.operationSlow(ctx, dur, cmd, attempts, err, cn, db)
-		return
+	if d.chain.Load() == nil {
+		// the common case: the connection went back to the pool already
+		if r := d.cached(cn); r != nil && r.state.Load() != stUsed {
+			return
+		}
 	}
-	r := d.cached(cn)
-	if r == nil {
-		r = d.lookupSlow(cn, stNew)
-	}
-	if r != nil && r.state.Load() == stUsed {
-		r.afterOperation(cmd.Name())
-	}
+	d.operationSlow(ctx, dur, cmd, attempts, err, cn, db)
 }
 
-// operationSlow is RecordOperationDuration with a chained recorder.
+// operationSlow is RecordOperationDuration for a connection still held, one
+// not in the cache, or with a chained recorder.
 //
 //go:noinline
 func (d *dispatcher) operationSlow(ctx context.Context, dur time.Duration, cmd redis.Cmder, attempts int, err error, cn redis.ConnInfo, db int) {

@@ -157,11 +157,11 @@ type holdRecorder struct {
 
 	mu       sync.Mutex                    // guards exported and baselined
 	exported [numKinds][histBuckets]uint64 // counts already forwarded to the metric
-	// baselined: exported is up to date. While no reader can receive the
-	// metric (see trackerMetrics.exporting) flush does nothing; once one
-	// can, the first flush only takes the counts as they are, so that
-	// holds that ended before then are not sent late (the metric would
-	// have dropped them then).
+	// baselined: exported is up to date (so it starts, at zero). While no
+	// reader can receive the metric (see trackerMetrics.exporting) flush
+	// does nothing and clears it; once one can, the first flush only takes
+	// the counts as they are, so that holds that ended before then are not
+	// sent late (the metric would have dropped them then).
 	baselined bool
 }
 
@@ -170,7 +170,7 @@ type holdCounts struct {
 	max     atomic.Int64
 }
 
-func newHoldRecorder() *holdRecorder { return &holdRecorder{} }
+func newHoldRecorder() *holdRecorder { return &holdRecorder{baselined: true} }
 
 // push records a hold of kind k that lasted d nanoseconds.
 func (h *holdRecorder) push(k kindID, d int64) {

@@ -12,7 +12,7 @@ import (
 
 // trackedConn wraps a net.Conn dialed through a tracked client. It exists for
 // three reasons: its RemoteAddr identifies the connection to the observer
-// without a map lookup, its Read and Write call the inner connection through
+// without a map lookup, its Read calls the inner connection through
 // trampolines that name the connection's slot in the goroutine profile (so
 // a stuck command's holder can be found without stopping the world, see
 // stuckSites), and Write notices blocking commands as they are sent.
@@ -82,16 +82,8 @@ func (a *trackedAddr) Network() string { return a.Addr.Network() }
 // NetConn returns the wrapped connection (client-side caching unwraps it).
 func (c *trackedConn) NetConn() net.Conn { return c.Conn }
 
-// Read reads from the inner connection, through the trampolines of the
-// connection's slot.
-func (c *trackedConn) Read(b []byte) (int, error) {
-	n, err := ioA[c.slot>>6&63](c, b, false)
-	if n > 0 && c.addr.rec.blockDeadline.Load() != 0 {
-		// a reply arrived: maybe the blocking command's
-		c.addr.rec.noteRead(b[:n])
-	}
-	return n, err
-}
+// Read is generated, with the trampolines it calls the inner connection
+// through: see trampolines.go.
 
 // Write writes to the inner connection, noting a blocking command. It does
 // not go through the slot's trampolines: a command blocks in Read (the reply
@@ -114,7 +106,7 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 }
 
 // ioFunc is the type of the I/O trampolines (trampolines.go).
-type ioFunc func(c *trackedConn, p []byte, write bool) (int, error)
+type ioFunc func(c *trackedConn, p []byte) (int, error)
 
 // Close closes the inner connection and ends its record: a hold running on
 // it ends now. The slot is given back on the first Close.
@@ -128,12 +120,12 @@ func (c *trackedConn) Close() error {
 }
 
 // Slots. Every live wrapped connection has a slot number of slotBits bits,
-// which the I/O trampolines spell out in the stack of a goroutine blocked in
-// its Read. Free slots are handed out first; with more live
+// which Read and the I/O trampolines spell out in the stack of a goroutine
+// blocked in its Read. Free slots are handed out first; with more live
 // connections than slots, slots are shared (round robin), and a shared slot
 // names no connection: stuckSites gives no site rather than a wrong one.
 const (
-	slotBits = 12 // two levels of 64 trampolines
+	slotBits = 12 // 64 lines of Read, times 64 trampolines
 	numSlots = 1 << slotBits
 )
 

@@ -2,846 +2,482 @@
 
 package redisleak
 
-// The I/O trampolines: trackedConn.Read calls the inner connection through
-// one function of each level, chosen by the 6-bit digits of the
-// connection's slot, most significant first; a function's name ends in its
-// digit, in decimal. None is inlined, so the stack of a goroutine blocked in
-// a connection's Read names the slot.
+// trackedConn.Read calls the inner connection through an I/O trampoline
+// chosen by the connection's slot: Read switches on the slot's high 6
+// bits, and calls, on a line of its own for each value of them, the
+// trampoline of the low 6 bits, whose name ends in them, in decimal. Read
+// is too large to be inlined and the trampolines are not inlined, so the
+// stack of a goroutine blocked in a connection's Read names the slot: the
+// trampoline's name, and the line of Read it was called from (see
+// pcTrampolines.slotAt in site.go).
 
-// ioA holds the level-A trampolines, indexed by digit 1 of the slot.
-var ioA = [64]ioFunc{ioA00, ioA01, ioA02, ioA03, ioA04, ioA05, ioA06, ioA07, ioA08, ioA09, ioA10, ioA11, ioA12, ioA13, ioA14, ioA15, ioA16, ioA17, ioA18, ioA19, ioA20, ioA21, ioA22, ioA23, ioA24, ioA25, ioA26, ioA27, ioA28, ioA29, ioA30, ioA31, ioA32, ioA33, ioA34, ioA35, ioA36, ioA37, ioA38, ioA39, ioA40, ioA41, ioA42, ioA43, ioA44, ioA45, ioA46, ioA47, ioA48, ioA49, ioA50, ioA51, ioA52, ioA53, ioA54, ioA55, ioA56, ioA57, ioA58, ioA59, ioA60, ioA61, ioA62, ioA63}
+// Read calls the trampoline for high digit d on line readLine0 +
+// readLineStep*d of this file.
+const (
+	readLine0    = 30
+	readLineStep = 2
+)
 
-// ioB holds the level-B trampolines, indexed by digit 0 of the slot.
+// ioB holds the trampolines, indexed by the low 6 bits of the slot.
 var ioB = [64]ioFunc{ioB00, ioB01, ioB02, ioB03, ioB04, ioB05, ioB06, ioB07, ioB08, ioB09, ioB10, ioB11, ioB12, ioB13, ioB14, ioB15, ioB16, ioB17, ioB18, ioB19, ioB20, ioB21, ioB22, ioB23, ioB24, ioB25, ioB26, ioB27, ioB28, ioB29, ioB30, ioB31, ioB32, ioB33, ioB34, ioB35, ioB36, ioB37, ioB38, ioB39, ioB40, ioB41, ioB42, ioB43, ioB44, ioB45, ioB46, ioB47, ioB48, ioB49, ioB50, ioB51, ioB52, ioB53, ioB54, ioB55, ioB56, ioB57, ioB58, ioB59, ioB60, ioB61, ioB62, ioB63}
 
-//go:noinline
-func ioA00(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA01(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA02(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA03(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA04(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA05(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA06(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA07(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA08(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA09(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA10(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA11(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA12(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA13(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA14(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA15(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA16(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA17(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA18(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA19(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA20(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA21(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA22(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA23(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA24(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA25(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA26(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA27(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA28(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA29(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA30(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA31(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA32(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA33(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA34(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA35(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA36(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA37(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA38(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA39(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA40(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA41(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA42(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA43(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA44(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA45(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA46(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA47(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA48(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA49(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA50(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA51(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA52(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA53(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA54(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA55(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA56(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA57(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA58(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA59(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA60(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA61(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA62(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioA63(c *trackedConn, p []byte, write bool) (int, error) {
-	return ioB[c.slot&63](c, p, write)
-}
-
-//go:noinline
-func ioB00(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
+// Read reads from the inner connection, through the trampoline of the
+// connection's slot, and notes a reply that arrives while a blocking command
+// is pending.
+func (c *trackedConn) Read(b []byte) (n int, err error) {
+	switch c.slot >> 6 & 63 {
+	case 0:
+		n, err = ioB[c.slot&63](c, b)
+	case 1:
+		n, err = ioB[c.slot&63](c, b)
+	case 2:
+		n, err = ioB[c.slot&63](c, b)
+	case 3:
+		n, err = ioB[c.slot&63](c, b)
+	case 4:
+		n, err = ioB[c.slot&63](c, b)
+	case 5:
+		n, err = ioB[c.slot&63](c, b)
+	case 6:
+		n, err = ioB[c.slot&63](c, b)
+	case 7:
+		n, err = ioB[c.slot&63](c, b)
+	case 8:
+		n, err = ioB[c.slot&63](c, b)
+	case 9:
+		n, err = ioB[c.slot&63](c, b)
+	case 10:
+		n, err = ioB[c.slot&63](c, b)
+	case 11:
+		n, err = ioB[c.slot&63](c, b)
+	case 12:
+		n, err = ioB[c.slot&63](c, b)
+	case 13:
+		n, err = ioB[c.slot&63](c, b)
+	case 14:
+		n, err = ioB[c.slot&63](c, b)
+	case 15:
+		n, err = ioB[c.slot&63](c, b)
+	case 16:
+		n, err = ioB[c.slot&63](c, b)
+	case 17:
+		n, err = ioB[c.slot&63](c, b)
+	case 18:
+		n, err = ioB[c.slot&63](c, b)
+	case 19:
+		n, err = ioB[c.slot&63](c, b)
+	case 20:
+		n, err = ioB[c.slot&63](c, b)
+	case 21:
+		n, err = ioB[c.slot&63](c, b)
+	case 22:
+		n, err = ioB[c.slot&63](c, b)
+	case 23:
+		n, err = ioB[c.slot&63](c, b)
+	case 24:
+		n, err = ioB[c.slot&63](c, b)
+	case 25:
+		n, err = ioB[c.slot&63](c, b)
+	case 26:
+		n, err = ioB[c.slot&63](c, b)
+	case 27:
+		n, err = ioB[c.slot&63](c, b)
+	case 28:
+		n, err = ioB[c.slot&63](c, b)
+	case 29:
+		n, err = ioB[c.slot&63](c, b)
+	case 30:
+		n, err = ioB[c.slot&63](c, b)
+	case 31:
+		n, err = ioB[c.slot&63](c, b)
+	case 32:
+		n, err = ioB[c.slot&63](c, b)
+	case 33:
+		n, err = ioB[c.slot&63](c, b)
+	case 34:
+		n, err = ioB[c.slot&63](c, b)
+	case 35:
+		n, err = ioB[c.slot&63](c, b)
+	case 36:
+		n, err = ioB[c.slot&63](c, b)
+	case 37:
+		n, err = ioB[c.slot&63](c, b)
+	case 38:
+		n, err = ioB[c.slot&63](c, b)
+	case 39:
+		n, err = ioB[c.slot&63](c, b)
+	case 40:
+		n, err = ioB[c.slot&63](c, b)
+	case 41:
+		n, err = ioB[c.slot&63](c, b)
+	case 42:
+		n, err = ioB[c.slot&63](c, b)
+	case 43:
+		n, err = ioB[c.slot&63](c, b)
+	case 44:
+		n, err = ioB[c.slot&63](c, b)
+	case 45:
+		n, err = ioB[c.slot&63](c, b)
+	case 46:
+		n, err = ioB[c.slot&63](c, b)
+	case 47:
+		n, err = ioB[c.slot&63](c, b)
+	case 48:
+		n, err = ioB[c.slot&63](c, b)
+	case 49:
+		n, err = ioB[c.slot&63](c, b)
+	case 50:
+		n, err = ioB[c.slot&63](c, b)
+	case 51:
+		n, err = ioB[c.slot&63](c, b)
+	case 52:
+		n, err = ioB[c.slot&63](c, b)
+	case 53:
+		n, err = ioB[c.slot&63](c, b)
+	case 54:
+		n, err = ioB[c.slot&63](c, b)
+	case 55:
+		n, err = ioB[c.slot&63](c, b)
+	case 56:
+		n, err = ioB[c.slot&63](c, b)
+	case 57:
+		n, err = ioB[c.slot&63](c, b)
+	case 58:
+		n, err = ioB[c.slot&63](c, b)
+	case 59:
+		n, err = ioB[c.slot&63](c, b)
+	case 60:
+		n, err = ioB[c.slot&63](c, b)
+	case 61:
+		n, err = ioB[c.slot&63](c, b)
+	case 62:
+		n, err = ioB[c.slot&63](c, b)
+	case 63:
+		n, err = ioB[c.slot&63](c, b)
 	}
+	if n > 0 && c.addr.rec.blockDeadline.Load() != 0 {
+		// a reply arrived: maybe the blocking command's
+		c.addr.rec.noteRead(b[:n])
+	}
+	return n, err
+}
+
+//go:noinline
+func ioB00(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB01(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB01(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB02(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB02(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB03(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB03(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB04(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB04(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB05(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB05(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB06(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB06(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB07(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB07(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB08(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB08(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB09(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB09(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB10(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB10(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB11(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB11(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB12(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB12(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB13(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB13(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB14(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB14(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB15(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB15(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB16(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB16(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB17(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB17(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB18(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB18(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB19(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB19(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB20(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB20(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB21(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB21(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB22(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB22(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB23(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB23(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB24(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB24(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB25(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB25(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB26(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB26(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB27(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB27(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB28(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB28(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB29(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB29(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB30(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB30(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB31(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB31(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB32(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB32(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB33(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB33(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB34(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB34(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB35(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB35(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB36(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB36(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB37(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB37(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB38(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB38(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB39(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB39(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB40(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB40(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB41(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB41(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB42(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB42(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB43(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB43(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB44(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB44(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB45(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB45(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB46(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB46(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB47(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB47(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB48(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB48(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB49(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB49(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB50(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB50(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB51(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB51(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB52(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB52(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB53(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB53(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB54(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB54(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB55(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB55(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB56(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB56(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB57(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB57(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB58(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB58(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB59(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB59(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB60(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB60(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB61(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB61(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB62(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB62(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
 //go:noinline
-func ioB63(c *trackedConn, p []byte, write bool) (int, error) {
-	if write {
-		return c.Conn.Write(p)
-	}
+func ioB63(c *trackedConn, p []byte) (int, error) {
 	return c.Conn.Read(p)
 }

@@ -2,9 +2,11 @@ package redisleak
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"strings"
@@ -35,57 +37,88 @@ func TestTrampolinesUpToDate(t *testing.T) {
 	}
 }
 
-// TestTrampolinesSpellTheSlot: every slot's Read (and a write through the
-// same trampolines) passes through the trampolines of its digits, and the
-// profile parser reads the slot back.
+// TestTrampolinesSpellTheSlot: every slot's Read, called on a trackedConn or
+// promoted to a trackedSyscallConn, passes through the line of Read and the
+// trampoline of its digits, and the profile parser reads the slot back.
 func TestTrampolinesSpellTheSlot(t *testing.T) {
 	var pt pcTrampolines
 	for slot := range uint16(numSlots) {
-		c := &trackedConn{Conn: &stackConn{}, slot: slot}
-		for _, write := range []bool{false, true} {
-			if write {
-				_, _ = ioA[c.slot>>6&63](c, nil, true)
-			} else {
-				_, _ = c.Read(nil)
-			}
-			pcs := c.Conn.(*stackConn).pcs
+		sc := &stackConn{}
+		plain := &trackedConn{Conn: sc, slot: slot}
+		promoted := &trackedSyscallConn{trackedConn: trackedConn{Conn: sc, slot: slot}}
+		for _, c := range []net.Conn{plain, promoted} {
+			sc.pcs = nil
+			_, _ = c.Read(nil)
 			var got []uint16
-			for i := 0; i+1 < len(pcs); i++ {
-				if s, ok := pt.slotAt(pcs[i:]); ok {
+			for i := 0; i+1 < len(sc.pcs); i++ {
+				if s, ok := pt.slotAt(sc.pcs[i:]); ok {
 					got = append(got, s)
 				}
 			}
 			if len(got) != 1 || got[0] != slot {
-				t.Fatalf("slot %#x (write %v): read back %#x", slot, write, got)
+				t.Fatalf("slot %#x (%T): read back %#x", slot, c, got)
 			}
 		}
 	}
-	// every trampoline was seen, each told apart by its name
+	// every line of Read and every trampoline was seen, each told apart
 	codes := make(map[int8]bool)
 	for _, code := range pt {
 		if code >= 0 {
 			codes[code] = true
 		}
 	}
-	if len(codes) != len(ioA)+len(ioB) {
-		t.Fatalf("%d trampolines recognised, want %d", len(codes), len(ioA)+len(ioB))
+	if len(codes) != 64+len(ioB) {
+		t.Fatalf("%d lines and trampolines recognised, want %d", len(codes), 64+len(ioB))
 	}
 }
 
-// stackConn records the caller's stack on Read and Write.
+// TestReadCallLines: the line of each of Read's calls is where the
+// generator says, by the compiler's own account (the position of the call
+// instruction, from the return addresses the calls leave).
+func TestReadCallLines(t *testing.T) {
+	seen := make(map[int]bool)
+	for hi := range uint16(64) {
+		sc := &stackConn{}
+		c := &trackedConn{Conn: sc, slot: hi<<6 | hi}
+		_, _ = c.Read(nil)
+		frames := runtime.CallersFrames(sc.pcs)
+		var fn []string
+		for {
+			f, more := frames.Next()
+			fn = append(fn, f.Function)
+			if f.Function == readFunc {
+				if want := readLine0 + readLineStep*int(hi); f.Line != want || filepath.Base(f.File) != "trampolines.go" {
+					t.Fatalf("digit %d: Read called from %s:%d, want trampolines.go:%d", hi, f.File, f.Line, want)
+				}
+				seen[f.Line] = true
+				break
+			}
+			if !more {
+				t.Fatalf("digit %d: no Read frame in %q", hi, fn)
+			}
+		}
+		if fn[0] != fmt.Sprintf("%sioB%02d", rootPkgPrefix, hi) || len(fn) != 2 {
+			t.Fatalf("digit %d: frames %q, want the trampoline then Read", hi, fn)
+		}
+	}
+	if len(seen) != 64 {
+		t.Fatalf("%d lines, want 64", len(seen))
+	}
+}
+
+// stackConn records the caller's stack on Read.
 type stackConn struct {
 	net.Conn
 	pcs []uintptr
 }
 
-func (c *stackConn) Read(p []byte) (int, error)  { return c.record() }
-func (c *stackConn) Write(p []byte) (int, error) { return c.record() }
+func (c *stackConn) Read(p []byte) (int, error) { return c.record() }
 
 //go:noinline
 func (c *stackConn) record() (int, error) {
 	pcs := make([]uintptr, 64)
-	// the return addresses from the caller of Read or Write on, as in the
-	// goroutine profile
+	// the return addresses from the caller of Read on, as in the goroutine
+	// profile
 	c.pcs = pcs[:runtime.Callers(3, pcs)]
 	return 0, nil
 }
@@ -146,4 +179,125 @@ func goroutineInRead() bool {
 	var b strings.Builder
 	_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
 	return strings.Contains(b.String(), "redisleak.ioB")
+}
+
+// TestStuckSitesSyscallConn: a Read blocked on a TCP connection, whose
+// wrapper is a trackedSyscallConn (Read promoted from trackedConn), is found
+// in the goroutine profile.
+func TestStuckSitesSyscallConn(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	inner, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	tr := &Tracker{}
+	tr.opts.BlockingGrace = DefaultBlockingGrace
+	rec := &connRecord{tr: tr}
+	w, ok := wrapConn(inner, rec).(*trackedSyscallConn)
+	if !ok {
+		t.Fatalf("wrapped a TCP connection in %T", w)
+	}
+	defer w.Close()
+	go func() { _, _ = w.Read(make([]byte, 1)) }() // blocks until the connection closes
+	deadline := time.Now().Add(10 * time.Second)
+	for !goroutineInRead() {
+		if time.Now().After(deadline) {
+			t.Fatal("the reader never blocked")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	var b strings.Builder
+	_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
+	for _, g := range strings.Split(b.String(), "\n\n") {
+		if strings.Contains(g, "redisleak.ioB") {
+			t.Logf("slot %#x:\n%s", w.slot, g)
+		}
+	}
+	si, ok := stuckSites([]*connRecord{rec}, true)[rec]
+	if !ok || !strings.Contains(strings.Join(si.stack, "\n"), "redisleak.TestStuckSitesSyscallConn.func") {
+		t.Fatalf("slot %#x: found %v, stack %q, want the reading closure", w.slot, ok, si.stack)
+	}
+}
+
+// TestProfileSpellsSlots: Reads blocked on slots with every high digit and
+// every low digit, on trackedConns and trackedSyscallConns, are each read
+// back from the goroutine profile. (The slots are set by hand, not taken
+// from the slot table: stuckSites is not involved.)
+func TestProfileSpellsSlots(t *testing.T) {
+	want := make(map[uint16]bool)
+	var servers []net.Conn
+	defer func() {
+		for _, s := range servers {
+			_ = s.Close()
+		}
+	}()
+	for d := range uint16(64) {
+		slot := d<<6 | (d*37+11)&63 // every low digit once too
+		client, server := net.Pipe()
+		servers = append(servers, server)
+		var c net.Conn = &trackedConn{Conn: client, slot: slot}
+		if d%2 == 1 {
+			c = &trackedSyscallConn{trackedConn: trackedConn{Conn: client, slot: slot}}
+		}
+		want[slot] = true
+		go func() { _, _ = c.Read(make([]byte, 1)) }() // until the server side closes
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var buf bytes.Buffer
+		if err := pprof.Lookup("goroutine").WriteTo(&buf, 1); err != nil {
+			t.Fatal(err)
+		}
+		var pt pcTrampolines
+		got := make(map[uint16]int)
+		for _, line := range bytes.Split(buf.Bytes(), []byte("\n")) {
+			count, stack, ok := parseProfileStack(line, nil)
+			if !ok || !readsOfThisTest(stack) {
+				continue // other tests' connections may be in a Read too
+			}
+			for i := 0; i+1 < len(stack); i++ {
+				if s, ok := pt.slotAt(stack[i:]); ok {
+					got[s] += count
+				}
+			}
+		}
+		missing := 0
+		for s := range want {
+			if got[s] != 1 {
+				missing++
+			}
+		}
+		for s := range got {
+			if !want[s] {
+				t.Fatalf("slot %#x read back, not blocked on", s)
+			}
+		}
+		if missing == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d slots not read back once: %v", missing, len(want), got)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// readsOfThisTest reports whether a stack is of a goroutine that
+// TestProfileSpellsSlots started.
+func readsOfThisTest(stack []uintptr) bool {
+	for _, pc := range stack {
+		if f := runtime.FuncForPC(pc - 1); f != nil && strings.HasPrefix(f.Name(), rootPkgPrefix+"TestProfileSpellsSlots.func") {
+			return true
+		}
+	}
+	return false
 }

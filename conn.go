@@ -88,8 +88,8 @@ func (c *trackedConn) NetConn() net.Conn { return c.Conn }
 // Write writes to the inner connection, noting a blocking command. It does
 // not go through the slot's trampolines: a command blocks in Read (the reply
 // it waits for) in all but the rarest cases (a full socket send buffer), and
-// skipping them saves a third of the wrapper's cost per command; a goroutine
-// stuck in Write gets no site.
+// skipping them saves a call level per command; a goroutine stuck in Write
+// gets no site.
 func (c *trackedConn) Write(b []byte) (int, error) {
 	r := c.addr.rec
 	if s := r.req; (s == nil || s.st == wsCmd && !s.cont) && r.blockDeadline.Load() == 0 {

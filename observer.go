@@ -188,7 +188,9 @@ func cacheSlot(k uintptr) uintptr { return (k>>5 ^ k>>15) & (cacheSize - 1) }
 // does not hold it (then lookupSlow finds it). It calls nothing, so that
 // it is inlined into the observer's callbacks. Only records with a cnKey
 // (never 0) enter the cache, and they leave it when their connection or
-// their tracker closes (uncache, uncacheTracker).
+// their tracker closes (uncache, uncacheTracker). A record gets its cnKey
+// when it learns its pool (learnPool, legacyRecord): a cached record needs
+// no learning.
 func (d *dispatcher) cached(cn redis.ConnInfo) *connRecord {
 	k := connInfoKey(cn)
 	if r := d.cache[cacheSlot(k)].Load(); r != nil && r.cnKey.Load() == k && r.state.Load() != stClosed {
@@ -301,7 +303,7 @@ func (d *dispatcher) RecordConnectionCount(ctx context.Context, delta int, cn re
 		d.count(ctx, delta, cn, state, isPubSub)
 	} else if delta > 0 && state == "idle" {
 		// a return: the common case here, the rest in returned
-		if r := d.cached(cn); r != nil && r.state.Load() == stUsed && r.poolName.Load() != nil {
+		if r := d.cached(cn); r != nil && r.state.Load() == stUsed {
 			r.endHold()
 		} else {
 			d.returned(cn)
@@ -432,7 +434,7 @@ func (d *dispatcher) failedPool(g uintptr) string {
 func (d *dispatcher) RecordConnectionWaitTime(ctx context.Context, dur time.Duration, cn redis.ConnInfo) {
 	if d.saw.Load() && d.chain.Load() == nil {
 		// the common case here, the rest in waitSlow
-		if r := d.cached(cn); r != nil && r.state.Load() != stUsed && r.poolName.Load() != nil {
+		if r := d.cached(cn); r != nil && r.state.Load() != stUsed {
 			r.beginHold(markFrom(ctx), curG())
 			return
 		}

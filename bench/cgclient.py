@@ -4,9 +4,10 @@ scheduler's idle work.
 
 Usage: cgclient.py OPS SMALL LARGE DIR TAG [TAG ...]
 
-Reads DIR/TAG.VARIANT.SMALL.out and DIR/TAG.VARIANT.LARGE.out for the
-variants plain, noop-recorder, instrumented and instrumented-auto (LARGE -
-SMALL = OPS operations) and prints, per TAG, each variant's per-op self
+Reads DIR/TAG.VARIANT.SMALL.out and DIR/TAG.VARIANT.LARGE.out for those of
+the variants plain, noop-recorder, noop-floor, instrumented,
+instrumented-auto and redisotel that are present (LARGE - SMALL = OPS
+operations) and prints, per TAG, each variant's per-op self
 instructions summed over every function except the scheduler's and the
 clock's (findRunnable, netpoll, lock2, sysmon, nanotime, ...). Under
 valgrind, which runs one thread at a time, how much those functions run
@@ -29,7 +30,7 @@ SCHED = re.compile(r"^runtime\.(findRunnable|stealWork|netpoll|lock2|unlock2|sys
                    r"exitsyscall|entersyscall|reentersyscall|exitsyscallfast|entersyscall_sysmon|"
                    r"releasep|acquirep|wirep|semasleep|semawakeup|clone|newm|mstart|mstart1|mexit|"
                    r"systemstack|morestack|gcBgMarkWorker|bgsweep|bgscavenge).*")
-VARIANTS = ["plain", "noop-recorder", "noop-floor", "instrumented", "instrumented-auto"]
+VARIANTS = ["plain", "noop-recorder", "noop-floor", "instrumented", "instrumented-auto", "redisotel"]
 
 
 def main(argv):

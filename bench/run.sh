@@ -127,6 +127,18 @@ run_callgrind() {
 				delete x
 			}
 		}' "$OUT/callgrind-totals.txt" | tee "$OUT/callgrind.txt"
+	# the client path (every function but the scheduler's and the clock's,
+	# which vary with timing under valgrind), per repetition
+	local tags=()
+	for rep in $(seq "$CG_REPEAT"); do
+		for v in "${VARIANTS[@]}"; do
+			for n in "$CG_SMALL" "$CG_LARGE"; do
+				ln -sf "$cg/$v.$n.$rep.out" "$cg/r$rep.$v.$n.out"
+			done
+		done
+		tags+=("r$rep")
+	done
+	python3 bench/cgclient.py "$ops" "$CG_SMALL" "$CG_LARGE" "$cg" "${tags[@]}" | tee "$OUT/callgrind-client-path.txt"
 	# where the difference goes: self instructions per op by function,
 	# instrumented vs noop-recorder (the tracker alone) and vs plain, for
 	# the last repetition

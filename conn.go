@@ -12,9 +12,9 @@ import (
 
 // trackedConn wraps a net.Conn dialed through a tracked client. It exists for
 // three reasons: its RemoteAddr identifies the connection to the observer
-// without a map lookup, its Read calls the inner connection through
-// trampolines that name the connection's slot in the goroutine profile (so
-// a stuck command's holder can be found without stopping the world, see
+// without a map lookup, its Read calls the inner connection from a line
+// that names the connection's slot in the goroutine profile (so a stuck
+// command's holder can be found without stopping the world, see
 // stuckSites), and Write notices blocking commands as they are sent.
 //
 // It changes nothing go-redis relies on: deadlines, errors and Close pass
@@ -82,14 +82,14 @@ func (a *trackedAddr) Network() string { return a.Addr.Network() }
 // NetConn returns the wrapped connection (client-side caching unwraps it).
 func (c *trackedConn) NetConn() net.Conn { return c.Conn }
 
-// Read is generated, with the trampolines it calls the inner connection
-// through: see trampolines.go.
+// Read is generated, with a line of its own for each slot to call the inner
+// connection from: see trampolines.go.
 
 // Write writes to the inner connection, noting a blocking command. It does
-// not go through the slot's trampolines: a command blocks in Read (the reply
-// it waits for) in all but the rarest cases (a full socket send buffer), and
-// skipping them saves a call level per command; a goroutine stuck in Write
-// gets no site.
+// not call it from the slot's line, as Read does: a command blocks in Read
+// (the reply it waits for) in all but the rarest cases (a full socket send
+// buffer), and Write skips the switch on the slot; a goroutine stuck in
+// Write gets no site.
 func (c *trackedConn) Write(b []byte) (int, error) {
 	r := c.addr.rec
 	if s := r.req; (s == nil || s.st == wsCmd && !s.cont) && r.blockDeadline.Load() == 0 {
@@ -105,9 +105,6 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 	return c.Conn.Write(b)
 }
 
-// ioFunc is the type of the I/O trampolines (trampolines.go).
-type ioFunc func(c *trackedConn, p []byte) (int, error)
-
 // Close closes the inner connection and ends its record: a hold running on
 // it ends now. The slot is given back on the first Close.
 func (c *trackedConn) Close() error {
@@ -120,12 +117,13 @@ func (c *trackedConn) Close() error {
 }
 
 // Slots. Every live wrapped connection has a slot number of slotBits bits,
-// which Read and the I/O trampolines spell out in the stack of a goroutine
-// blocked in its Read. Free slots are handed out first; with more live
-// connections than slots, slots are shared (round robin), and a shared slot
-// names no connection: stuckSites gives no site rather than a wrong one.
+// which Read spells out in the stack of a goroutine blocked in it, by the
+// line it calls the inner connection from. Free slots are handed out first;
+// with more live connections than slots, slots are shared (round robin), and
+// a shared slot names no connection: stuckSites gives no site rather than a
+// wrong one.
 const (
-	slotBits = 12 // 64 lines of Read, times 64 trampolines
+	slotBits = 12 // a line of Read per slot (trampolines.go, gen_trampolines.go)
 	numSlots = 1 << slotBits
 )
 

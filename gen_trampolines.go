@@ -1,9 +1,10 @@
 //go:build ignore
 
-// gen_trampolines writes trampolines.go: trackedConn.Read and the functions
-// through which it calls the inner connection, so that a goroutine blocked in
-// a connection's Read shows the connection's slot in its stack (see
-// stuckSites in site.go).
+// gen_trampolines writes trampolines.go: trackedConn.Read, which calls the
+// inner connection from a line of its own for each slot, so that a goroutine
+// blocked in a connection's Read shows the connection's slot in its stack
+// (see stuckSites in site.go). (The file keeps its name from the trampoline
+// functions that once spelled out the slot; Read needs none now.)
 //
 // Run it with go generate (see conn.go), or `go run gen_trampolines.go -o
 // trampolines.go`; without -o it writes to standard output.
@@ -21,17 +22,14 @@ import (
 	"os"
 )
 
-// A slot has two digits of digitBits bits. Read switches on the high one,
-// with one case per digit value, in order, each calling the trampoline of
-// the low digit on its own line: the line of Read's call names the high
-// digit (readLine0 + readLineStep*digit, constants this program computes
-// from its own output), the name of the trampoline the low one (ioB00 …
-// ioB63: io, B, and the digit in two decimal places). 2*digitBits is
-// slotBits (conn.go); site.go's pcTrampolines reads these lines and names.
+// Read switches on the slot, with one case per slot value, in order, each
+// calling the inner connection's Read on a line of its own: the line of the
+// call names the slot (readLine0 + readLineStep*slot, constants this
+// program computes from its own output, which site.go's pcSlots reads).
+// slotBits is conn.go's.
 const (
-	digitBits = 6
-	digits    = 1 << digitBits
-	mask      = digits - 1
+	slotBits = 12
+	slots    = 1 << slotBits
 )
 
 func main() {
@@ -63,41 +61,28 @@ func generate(line0, step int) []byte {
 
 package redisleak
 
-// trackedConn.Read calls the inner connection through an I/O trampoline
-// chosen by the connection's slot: Read switches on the slot's high %[1]d
-// bits, and calls, on a line of its own for each value of them, the
-// trampoline of the low %[1]d bits, whose name ends in them, in decimal. Read
-// is too large to be inlined and the trampolines are not inlined, so the
-// stack of a goroutine blocked in a connection's Read names the slot: the
-// trampoline's name, and the line of Read it was called from (see
-// pcTrampolines.slotAt in site.go).
+// trackedConn.Read calls the inner connection's Read from a line of its own
+// for each slot: it switches on the connection's slot, one case per slot
+// value, in order, each case one call. Read is too large to be inlined, so
+// in the stack of a goroutine blocked in a connection's Read, the frame just
+// above the inner connection's is Read's, and the line of Read it returns to
+// names the slot (see pcSlots.slot in site.go).
 
-// Read calls the trampoline for high digit d on line readLine0 +
-// readLineStep*d of this file.
+// Read calls the inner connection for slot s on line readLine0 +
+// readLineStep*s of this file.
 const (
-	readLine0    = %[2]d
-	readLineStep = %[3]d
+	readLine0    = %d
+	readLineStep = %d
 )
 
-// ioB holds the trampolines, indexed by the low %[1]d bits of the slot.
-`, digitBits, line0, step)
-	fmt.Fprintf(&b, "var ioB = [%d]ioFunc{", digits)
-	for d := 0; d < digits; d++ {
-		if d > 0 {
-			b.WriteString(", ")
-		}
-		fmt.Fprintf(&b, "ioB%02d", d)
-	}
-	b.WriteString("}\n")
-	fmt.Fprintf(&b, `
-// Read reads from the inner connection, through the trampoline of the
+// Read reads from the inner connection, calling it from the line of the
 // connection's slot, and notes a reply that arrives while a blocking command
 // is pending.
 func (c *trackedConn) Read(b []byte) (n int, err error) {
-	switch c.slot >> %d & %d {
-`, digitBits, mask)
-	for d := 0; d < digits; d++ {
-		fmt.Fprintf(&b, "case %d:\n\tn, err = ioB[c.slot&%d](c, b)\n", d, mask)
+	switch c.slot & %d {
+`, line0, step, slots-1)
+	for s := 0; s < slots; s++ {
+		fmt.Fprintf(&b, "case %d:\n\tn, err = c.Conn.Read(b)\n", s)
 	}
 	b.WriteString(`}
 	if n > 0 && c.addr.rec.blockDeadline.Load() != 0 {
@@ -107,9 +92,6 @@ func (c *trackedConn) Read(b []byte) (n int, err error) {
 	return n, err
 }
 `)
-	for d := 0; d < digits; d++ {
-		fmt.Fprintf(&b, "\n//go:noinline\nfunc ioB%02d(c *trackedConn, p []byte) (int, error) {\n\treturn c.Conn.Read(p)\n}\n", d)
-	}
 	src, err := format.Source(b.Bytes())
 	if err != nil {
 		log.Fatal(err)
@@ -119,7 +101,8 @@ func (c *trackedConn) Read(b []byte) (n int, err error) {
 
 // callLines returns the line of Read's call in its first case, and the
 // distance between the lines of successive cases' calls, after checking
-// that the cases are for 0, 1, … in order, each with one call on a line of
+// that Read begins with a switch whose cases are for 0, 1, … in order, each
+// with one statement, a call of the inner connection's Read on a line of
 // its own, at that distance.
 func callLines(src []byte) (line0, step int) {
 	fset := token.NewFileSet()
@@ -130,31 +113,45 @@ func callLines(src []byte) (line0, step int) {
 	var sw *ast.SwitchStmt
 	for _, decl := range f.Decls {
 		if fd, ok := decl.(*ast.FuncDecl); ok && fd.Name.Name == "Read" {
-			sw = fd.Body.List[0].(*ast.SwitchStmt)
+			sw, _ = fd.Body.List[0].(*ast.SwitchStmt)
 		}
 	}
-	if sw == nil || len(sw.Body.List) != digits {
-		log.Fatal("Read has no switch with a case per digit")
+	if sw == nil || len(sw.Body.List) != slots {
+		log.Fatal("Read does not begin with a switch with a case per slot")
 	}
 	var lines []int
-	for d, s := range sw.Body.List {
-		cc := s.(*ast.CaseClause)
+	for s, st := range sw.Body.List {
+		cc := st.(*ast.CaseClause)
 		if len(cc.List) != 1 || len(cc.Body) != 1 {
-			log.Fatalf("case %d: not one value and one statement", d)
+			log.Fatalf("case %d: not one value and one statement", s)
 		}
-		if v, ok := cc.List[0].(*ast.BasicLit); !ok || v.Value != fmt.Sprint(d) {
-			log.Fatalf("case %d: out of order", d)
+		if v, ok := cc.List[0].(*ast.BasicLit); !ok || v.Value != fmt.Sprint(s) {
+			log.Fatalf("case %d: out of order", s)
 		}
-		start, end := fset.Position(cc.Body[0].Pos()), fset.Position(cc.Body[0].End())
+		as, ok := cc.Body[0].(*ast.AssignStmt)
+		if !ok || len(as.Rhs) != 1 {
+			log.Fatalf("case %d: not an assignment of one call", s)
+		}
+		call, ok := as.Rhs[0].(*ast.CallExpr)
+		if !ok {
+			log.Fatalf("case %d: not an assignment of one call", s)
+		}
+		if sel, ok := call.Fun.(*ast.SelectorExpr); !ok || sel.Sel.Name != "Read" {
+			log.Fatalf("case %d: not a call of Read", s)
+		}
+		start, end := fset.Position(as.Pos()), fset.Position(as.End())
 		if start.Line != end.Line {
-			log.Fatalf("case %d: call on more than one line", d)
+			log.Fatalf("case %d: call on more than one line", s)
+		}
+		if fset.Position(cc.Pos()).Line == start.Line {
+			log.Fatalf("case %d: call on the case's line", s)
 		}
 		lines = append(lines, start.Line)
 	}
 	line0, step = lines[0], lines[1]-lines[0]
-	for d, l := range lines {
-		if l != line0+step*d || step <= 0 {
-			log.Fatalf("case %d: call on line %d, want %d", d, l, line0+step*d)
+	for s, l := range lines {
+		if l != line0+step*s || step <= 0 {
+			log.Fatalf("case %d: call on line %d, want %d", s, l, line0+step*s)
 		}
 	}
 	return line0, step

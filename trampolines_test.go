@@ -2,7 +2,6 @@ package redisleak
 
 import (
 	"bytes"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -38,10 +37,11 @@ func TestTrampolinesUpToDate(t *testing.T) {
 }
 
 // TestTrampolinesSpellTheSlot: every slot's Read, called on a trackedConn or
-// promoted to a trackedSyscallConn, passes through the line of Read and the
-// trampoline of its digits, and the profile parser reads the slot back.
+// promoted to a trackedSyscallConn, calls the inner connection from a line
+// that names the slot, and the profile parser reads the slot back, from that
+// frame only.
 func TestTrampolinesSpellTheSlot(t *testing.T) {
-	var pt pcTrampolines
+	var ps pcSlots
 	for slot := range uint16(numSlots) {
 		sc := &stackConn{}
 		plain := &trackedConn{Conn: sc, slot: slot}
@@ -50,8 +50,11 @@ func TestTrampolinesSpellTheSlot(t *testing.T) {
 			sc.pcs = nil
 			_, _ = c.Read(nil)
 			var got []uint16
-			for i := 0; i+1 < len(sc.pcs); i++ {
-				if s, ok := pt.slotAt(sc.pcs[i:]); ok {
+			for i, pc := range sc.pcs {
+				if s, ok := ps.slot(pc); ok {
+					if i != 0 {
+						t.Fatalf("slot %#x (%T): read back from frame %d, want the first above the inner connection's", slot, c, i)
+					}
 					got = append(got, s)
 				}
 			}
@@ -60,49 +63,46 @@ func TestTrampolinesSpellTheSlot(t *testing.T) {
 			}
 		}
 	}
-	// every line of Read and every trampoline was seen, each told apart
-	codes := make(map[int8]bool)
-	for _, code := range pt {
-		if code >= 0 {
-			codes[code] = true
+	// every line of Read was seen, each told apart
+	lines := make(map[int16]bool)
+	for _, s := range ps {
+		if s >= 0 {
+			lines[s] = true
 		}
 	}
-	if len(codes) != 64+len(ioB) {
-		t.Fatalf("%d lines and trampolines recognised, want %d", len(codes), 64+len(ioB))
+	if len(lines) != numSlots {
+		t.Fatalf("%d lines recognised, want %d", len(lines), numSlots)
 	}
 }
 
 // TestReadCallLines: the line of each of Read's calls is where the
 // generator says, by the compiler's own account (the position of the call
-// instruction, from the return addresses the calls leave).
+// instruction, from the return address the call leaves), and Read's frame
+// is the first above the inner connection's, and is followed by its
+// caller's, on a trackedSyscallConn too (no promotion wrapper).
 func TestReadCallLines(t *testing.T) {
 	seen := make(map[int]bool)
-	for hi := range uint16(64) {
+	for slot := range uint16(numSlots) {
 		sc := &stackConn{}
-		c := &trackedConn{Conn: sc, slot: hi<<6 | hi}
-		_, _ = c.Read(nil)
-		frames := runtime.CallersFrames(sc.pcs)
-		var fn []string
-		for {
-			f, more := frames.Next()
-			fn = append(fn, f.Function)
-			if f.Function == readFunc {
-				if want := readLine0 + readLineStep*int(hi); f.Line != want || filepath.Base(f.File) != "trampolines.go" {
-					t.Fatalf("digit %d: Read called from %s:%d, want trampolines.go:%d", hi, f.File, f.Line, want)
-				}
-				seen[f.Line] = true
-				break
+		for _, c := range []net.Conn{
+			&trackedConn{Conn: sc, slot: slot},
+			&trackedSyscallConn{trackedConn: trackedConn{Conn: sc, slot: slot}},
+		} {
+			_, _ = c.Read(nil)
+			frames := runtime.CallersFrames(sc.pcs)
+			read, _ := frames.Next()
+			caller, _ := frames.Next()
+			if want := readLine0 + readLineStep*int(slot); read.Function != readFunc || read.Line != want || filepath.Base(read.File) != "trampolines.go" {
+				t.Fatalf("slot %#x (%T): first frame %s at %s:%d, want Read at trampolines.go:%d", slot, c, read.Function, read.File, read.Line, want)
 			}
-			if !more {
-				t.Fatalf("digit %d: no Read frame in %q", hi, fn)
+			if caller.Function != rootPkgPrefix+"TestReadCallLines" {
+				t.Fatalf("slot %#x (%T): Read called from %s, want the test", slot, c, caller.Function)
 			}
-		}
-		if fn[0] != fmt.Sprintf("%sioB%02d", rootPkgPrefix, hi) || len(fn) != 2 {
-			t.Fatalf("digit %d: frames %q, want the trampoline then Read", hi, fn)
+			seen[read.Line] = true
 		}
 	}
-	if len(seen) != 64 {
-		t.Fatalf("%d lines, want 64", len(seen))
+	if len(seen) != numSlots {
+		t.Fatalf("%d lines, want %d", len(seen), numSlots)
 	}
 }
 
@@ -174,11 +174,11 @@ func TestStuckSitesSharedSlot(t *testing.T) {
 	}
 }
 
-// goroutineInRead reports whether a goroutine is in an I/O trampoline.
+// goroutineInRead reports whether a goroutine is in a trackedConn's Read.
 func goroutineInRead() bool {
 	var b strings.Builder
 	_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
-	return strings.Contains(b.String(), "redisleak.ioB")
+	return strings.Contains(b.String(), readFunc+"+")
 }
 
 // TestStuckSitesSyscallConn: a Read blocked on a TCP connection, whose
@@ -218,7 +218,7 @@ func TestStuckSitesSyscallConn(t *testing.T) {
 	var b strings.Builder
 	_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
 	for _, g := range strings.Split(b.String(), "\n\n") {
-		if strings.Contains(g, "redisleak.ioB") {
+		if strings.Contains(g, readFunc+"+") {
 			t.Logf("slot %#x:\n%s", w.slot, g)
 		}
 	}
@@ -228,10 +228,10 @@ func TestStuckSitesSyscallConn(t *testing.T) {
 	}
 }
 
-// TestProfileSpellsSlots: Reads blocked on slots with every high digit and
-// every low digit, on trackedConns and trackedSyscallConns, are each read
-// back from the goroutine profile. (The slots are set by hand, not taken
-// from the slot table: stuckSites is not involved.)
+// TestProfileSpellsSlots: Reads blocked on every slot at once, on
+// trackedConns and trackedSyscallConns, are each read back from the
+// goroutine profile. (The slots are set by hand, not taken from the slot
+// table: stuckSites is not involved.)
 func TestProfileSpellsSlots(t *testing.T) {
 	want := make(map[uint16]bool)
 	var servers []net.Conn
@@ -240,32 +240,31 @@ func TestProfileSpellsSlots(t *testing.T) {
 			_ = s.Close()
 		}
 	}()
-	for d := range uint16(64) {
-		slot := d<<6 | (d*37+11)&63 // every low digit once too
+	for slot := range uint16(numSlots) {
 		client, server := net.Pipe()
 		servers = append(servers, server)
 		var c net.Conn = &trackedConn{Conn: client, slot: slot}
-		if d%2 == 1 {
+		if slot%2 == 1 {
 			c = &trackedSyscallConn{trackedConn: trackedConn{Conn: client, slot: slot}}
 		}
 		want[slot] = true
 		go func() { _, _ = c.Read(make([]byte, 1)) }() // until the server side closes
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for {
 		var buf bytes.Buffer
 		if err := pprof.Lookup("goroutine").WriteTo(&buf, 1); err != nil {
 			t.Fatal(err)
 		}
-		var pt pcTrampolines
+		var ps pcSlots
 		got := make(map[uint16]int)
 		for _, line := range bytes.Split(buf.Bytes(), []byte("\n")) {
 			count, stack, ok := parseProfileStack(line, nil)
 			if !ok || !readsOfThisTest(stack) {
 				continue // other tests' connections may be in a Read too
 			}
-			for i := 0; i+1 < len(stack); i++ {
-				if s, ok := pt.slotAt(stack[i:]); ok {
+			for _, pc := range stack {
+				if s, ok := ps.slot(pc); ok {
 					got[s] += count
 				}
 			}
@@ -287,7 +286,7 @@ func TestProfileSpellsSlots(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d of %d slots not read back once: %v", missing, len(want), got)
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

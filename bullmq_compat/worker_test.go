@@ -15,6 +15,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/redisleak/redisleak"
+	"github.com/redisleak/redisleak/internal/holdtest"
 	"github.com/redisleak/redisleak/internal/redistest"
 )
 
@@ -81,7 +82,7 @@ func TestWorkerCompletesJobs(t *testing.T) {
 	var marked []redisleak.Leak
 	w, err := NewWorker(rdb, name, func(ctx context.Context, j *Job) (any, error) {
 		probeMu.Lock()
-		if h, err := holdWith(ctx, probe, tr); err != nil {
+		if h, err := holdtest.HoldWith(ctx, probe, tr); err != nil {
 			probeErrs = append(probeErrs, err)
 		} else if h.LongLivedBy == redisleak.LongLivedMark {
 			marked = append(marked, h)
@@ -132,23 +133,6 @@ func TestWorkerCompletesJobs(t *testing.T) {
 	if len(evs) == 0 {
 		t.Fatal("no drained event")
 	}
-}
-
-// holdWith takes a connection of rdb with ctx (the first command of a
-// Client.Conn) and returns tr's view of that hold: the marks on ctx decide
-// its owner and whether it is long-lived by mark. tr is rdb's tracker, and
-// rdb has no other holds meanwhile.
-func holdWith(ctx context.Context, rdb *redis.Client, tr *redisleak.Tracker) (redisleak.Leak, error) {
-	c := rdb.Conn()
-	defer c.Close()
-	if err := c.Ping(ctx).Err(); err != nil {
-		return redisleak.Leak{}, err
-	}
-	hs := tr.Holds()
-	if len(hs) != 1 {
-		return redisleak.Leak{}, fmt.Errorf("holds %v, want the one Conn", hs)
-	}
-	return hs[0], nil
 }
 
 func TestWorkerRetriesWithBackoff(t *testing.T) {

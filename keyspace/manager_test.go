@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/redisleak/redisleak"
+	"github.com/redisleak/redisleak/internal/holdtest"
 )
 
 // Unit tests on miniredis: it has no keyspace notifications and no CONFIG,
@@ -123,7 +124,7 @@ func TestHandlerContextHasNoLongLivedMark(t *testing.T) {
 	mr.Publish("__keyspace@0__:k", "set")
 	ev := rec.until(t, "k", "")[0]
 	hctx := ev.Context()
-	if h, err := holdWith(hctx, probe, ptr); err != nil {
+	if h, err := holdtest.HoldWith(hctx, probe, ptr); err != nil {
 		t.Fatalf("taking a connection with the handler context: %v", err)
 	} else if h.LongLivedBy == redisleak.LongLivedMark {
 		t.Errorf("handler context carries the long-lived mark: its hold %v", h)
@@ -167,23 +168,6 @@ func TestHandlerContextHasNoLongLivedMark(t *testing.T) {
 	if hctx.Err() == nil {
 		t.Error("handler context not cancelled by Close")
 	}
-}
-
-// holdWith takes a connection of rdb with ctx (the first command of a
-// Client.Conn) and returns tr's view of that hold: the marks on ctx decide
-// its owner and whether it is long-lived by mark. tr is rdb's tracker, and
-// rdb has no other holds meanwhile.
-func holdWith(ctx context.Context, rdb *redis.Client, tr *redisleak.Tracker) (redisleak.Leak, error) {
-	c := rdb.Conn()
-	defer c.Close()
-	if err := c.Ping(ctx).Err(); err != nil {
-		return redisleak.Leak{}, err
-	}
-	hs := tr.Holds()
-	if len(hs) != 1 {
-		return redisleak.Leak{}, fmt.Errorf("holds %v, want the one Conn", hs)
-	}
-	return hs[0], nil
 }
 
 type ctxKey struct{}

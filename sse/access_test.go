@@ -1,17 +1,14 @@
 package sse
 
 import (
-	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"sync"
 	"testing"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/redisleak/redisleak"
+	"github.com/redisleak/redisleak/internal/holdtest"
 )
 
 // TestAuthorize: Authorize refuses with its status, narrows topics, and
@@ -30,7 +27,7 @@ func TestAuthorize(t *testing.T) {
 	var marked []redisleak.Leak
 	m, srv := startManager(t, redisClient(t), Options{
 		Authorize: func(r *http.Request, topics []string) ([]string, error) {
-			h, err := holdWith(r.Context(), probe, tr)
+			h, err := holdtest.HoldWith(r.Context(), probe, tr)
 			mu.Lock()
 			if err != nil {
 				probeErrs = append(probeErrs, err)
@@ -95,23 +92,6 @@ func TestAuthorize(t *testing.T) {
 	if st := m.Stats(); st.Rejected != 5 {
 		t.Fatalf("rejected %d", st.Rejected)
 	}
-}
-
-// holdWith takes a connection of rdb with ctx (the first command of a
-// Client.Conn) and returns tr's view of that hold: the marks on ctx decide
-// its owner and whether it is long-lived by mark. tr is rdb's tracker, and
-// rdb has no other holds meanwhile.
-func holdWith(ctx context.Context, rdb *redis.Client, tr *redisleak.Tracker) (redisleak.Leak, error) {
-	c := rdb.Conn()
-	defer c.Close()
-	if err := c.Ping(ctx).Err(); err != nil {
-		return redisleak.Leak{}, err
-	}
-	hs := tr.Holds()
-	if len(hs) != 1 {
-		return redisleak.Leak{}, fmt.Errorf("holds %v, want the one Conn", hs)
-	}
-	return hs[0], nil
 }
 
 // TestCORS: allowed origins are echoed and preflights answered; others get

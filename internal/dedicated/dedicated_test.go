@@ -3,7 +3,6 @@ package dedicated
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/redisleak/redisleak"
+	"github.com/redisleak/redisleak/internal/holdtest"
 	"github.com/redisleak/redisleak/internal/redistest"
 )
 
@@ -57,23 +57,6 @@ func instrumentedProbe(t *testing.T, srv *redistest.Server) (*redis.Client, *red
 	return probe, tr
 }
 
-// holdWith takes a connection of rdb with ctx (the first command of a
-// Client.Conn) and returns tr's view of that hold: the marks on ctx decide
-// its owner and whether it is long-lived by mark. tr is rdb's tracker, and
-// rdb has no other holds meanwhile.
-func holdWith(ctx context.Context, rdb *redis.Client, tr *redisleak.Tracker) (redisleak.Leak, error) {
-	c := rdb.Conn()
-	defer c.Close()
-	if err := c.Ping(ctx).Err(); err != nil {
-		return redisleak.Leak{}, err
-	}
-	hs := tr.Holds()
-	if len(hs) != 1 {
-		return redisleak.Leak{}, fmt.Errorf("holds %v, want the one Conn", hs)
-	}
-	return hs[0], nil
-}
-
 func TestMarksAndReuse(t *testing.T) {
 	srv := redistest.Private(t)
 	rdb := srv.Client()
@@ -84,7 +67,7 @@ func TestMarksAndReuse(t *testing.T) {
 	var ids []int64
 	for i := 0; i < 3; i++ {
 		err := c.Do(context.Background(), func(ctx context.Context, h Handle) error {
-			if l, err := holdWith(ctx, probe, tr); err != nil {
+			if l, err := holdtest.HoldWith(ctx, probe, tr); err != nil {
 				t.Errorf("taking a connection with ctx: %v", err)
 			} else if l.LongLivedBy != redisleak.LongLivedMark || l.Owner != "test:owner" {
 				t.Errorf("hold taken with ctx: long-lived by %q, owner %q; want %q, test:owner", l.LongLivedBy, l.Owner, redisleak.LongLivedMark)
@@ -124,7 +107,7 @@ func TestPoolMode(t *testing.T) {
 			if h.Dedicated() || h.Cmd != ring {
 				t.Errorf("handle %+v: want the ring's pool", h)
 			}
-			if l, err := holdWith(ctx, probe, tr); err != nil {
+			if l, err := holdtest.HoldWith(ctx, probe, tr); err != nil {
 				t.Errorf("taking a connection with ctx: %v", err)
 			} else {
 				if got := l.LongLivedBy == redisleak.LongLivedMark; got != long {

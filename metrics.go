@@ -45,18 +45,15 @@ type trackerMetrics struct {
 	leaks     metric.Int64Counter
 	kindAttrs [numKinds]metric.MeasurementOption
 	kindRec   [numKinds][]metric.RecordOption // built once: no allocation per Record
-	// explicit: the MeterProvider came from Options (else the global one)
-	explicit bool
-	base     attribute.KeyValue
+	base      attribute.KeyValue
 }
 
 func newTrackerMetrics(t *Tracker, mp metric.MeterProvider) (*trackerMetrics, error) {
-	explicit := mp != nil
 	if mp == nil {
 		mp = otel.GetMeterProvider()
 	}
 	meter := mp.Meter(meterName)
-	m := &trackerMetrics{base: attribute.String("redis.client.kind", string(t.clientKind)), explicit: explicit}
+	m := &trackerMetrics{base: attribute.String("redis.client.kind", string(t.clientKind))}
 	m.name = names.acquire(t.opts.Name, t.client)
 	ok := false
 	defer func() {
@@ -101,6 +98,11 @@ func newTrackerMetrics(t *Tracker, mp metric.MeterProvider) (*trackerMetrics, er
 	var poolMu sync.Mutex
 	poolAttrs := map[string]metric.ObserveOption{} // by pool name, built once
 	m.reg, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		// The holds that ended since the last collection go to the
+		// hold-time histogram now: readers run callbacks before they
+		// collect, so they are part of this collection. Nothing runs
+		// between collections, and nothing at all without a reader.
+		t.holds.flush(m)
 		s := t.Stats()
 		poolMu.Lock()
 		defer poolMu.Unlock()
@@ -199,16 +201,6 @@ func derivedName(c redis.UniversalClient) string {
 		return "ring"
 	}
 	return "client"
-}
-
-// defaultMeterProvider is the global MeterProvider before anyone set one:
-// it forwards nothing until otel.SetMeterProvider is called.
-var defaultMeterProvider = otel.GetMeterProvider()
-
-// exporting reports whether hold times recorded now can reach a reader:
-// not while the tracker uses the global MeterProvider and none was set.
-func (m *trackerMetrics) exporting() bool {
-	return m != nil && (m.explicit || otel.GetMeterProvider() != defaultMeterProvider)
 }
 
 // recordHolds records n holds of kind k that lasted d nanoseconds each.

@@ -76,7 +76,6 @@ func TestMetricsOfTwoClientsStayApart(t *testing.T) {
 		if err := c.Ping(bg).Err(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(300 * time.Millisecond) // hold times are flushed every 200 ms
 		got := collect(t, reader)
 
 		want := map[string]bool{trs[0].Name(): true, trs[1].Name(): true}

@@ -51,7 +51,6 @@ func TestWithRedisotel(t *testing.T) {
 	if n := len(scanUntil(t, tr, 1)); n != 1 {
 		t.Fatal(n)
 	}
-	time.Sleep(300 * time.Millisecond) // the hold-time flush runs every 200 ms
 
 	var rm metricdata.ResourceMetrics
 	if err := reader.Collect(context.Background(), &rm); err != nil {

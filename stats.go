@@ -149,20 +149,14 @@ func (t *Tracker) Stats() Stats {
 // atomic counters (histBuckets buckets, 4 per power of two) and the exact
 // maximum. Recording a hold is one atomic add, plus a compare-and-swap
 // when it is a new maximum: nothing is buffered, so nothing can be lost,
-// whatever the rate, and Stats reads the counters directly. The flusher
-// (every 200 ms) forwards what was added since its last pass to the
-// hold-time metric.
+// whatever the rate, and Stats reads the counters directly. Each metrics
+// collection forwards what was added since the last one to the hold-time
+// histogram (flush, from the metrics callback).
 type holdRecorder struct {
 	kinds [numKinds]holdCounts
 
-	mu       sync.Mutex                    // guards exported and baselined
+	mu       sync.Mutex                    // guards exported
 	exported [numKinds][histBuckets]uint64 // counts already forwarded to the metric
-	// baselined: exported is up to date (so it starts, at zero). While no
-	// reader can receive the metric (see trackerMetrics.exporting) flush
-	// does nothing and clears it; once one can, the first flush only takes
-	// the counts as they are, so that holds that ended before then are not
-	// sent late (the metric would have dropped them then).
-	baselined bool
 }
 
 type holdCounts struct {
@@ -170,7 +164,7 @@ type holdCounts struct {
 	max     atomic.Int64
 }
 
-func newHoldRecorder() *holdRecorder { return &holdRecorder{baselined: true} }
+func newHoldRecorder() *holdRecorder { return &holdRecorder{} }
 
 // push records a hold of kind k that lasted d nanoseconds.
 func (h *holdRecorder) push(k kindID, d int64) {
@@ -210,23 +204,16 @@ func (h *holdRecorder) snapshot(k kindID) histogram {
 func (h *holdRecorder) flush(m *trackerMetrics) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if !m.exporting() {
-		h.baselined = false
-		return
-	}
 	for k := range h.kinds {
 		c := &h.kinds[k]
 		for b := range c.buckets {
 			n := c.buckets[b].Load()
 			if d := n - h.exported[k][b]; d != 0 {
 				h.exported[k][b] = n
-				if h.baselined {
-					m.recordHolds(kindID(k), bucketMid(b), d)
-				}
+				m.recordHolds(kindID(k), bucketMid(b), d)
 			}
 		}
 	}
-	h.baselined = true
 }
 
 func (h *holdRecorder) summary() map[Kind]HoldStats {

@@ -367,9 +367,8 @@ func Instrument(rdb redis.UniversalClient, opts Options) (*Tracker, error) {
 	if o.OnLeak != nil {
 		t.startCallbacks()
 	}
-	t.wg.Add(2)
+	t.wg.Add(1)
 	go t.scanLoop()
-	go t.flushLoop()
 	return t, nil
 }
 
@@ -522,21 +521,6 @@ func (t *Tracker) logReturned(n returnedNote) {
 		slog.String("owner", n.leak.Owner),
 		slog.String("site", n.leak.Site),
 		slog.Float64("heldForMs", float64(n.held)/float64(time.Millisecond)))
-}
-
-func (t *Tracker) flushLoop() {
-	defer t.wg.Done()
-	tick := time.NewTicker(200 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-t.stop:
-			t.holds.flush(t.metrics)
-			return
-		case <-tick.C:
-			t.holds.flush(t.metrics)
-		}
-	}
 }
 
 // Close stops the tracker: its goroutines end, its hooks go inert, and the

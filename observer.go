@@ -489,7 +489,7 @@ func (d *dispatcher) RecordOperationDuration(ctx context.Context, dur time.Durat
 //go:noinline
 func (d *dispatcher) operationSlow(ctx context.Context, dur time.Duration, cmd redis.Cmder, attempts int, err error, cn redis.ConnInfo, db int) {
 	if r := d.lookup(cn, stNew); r != nil && r.state.Load() == stUsed {
-		r.afterOperation(cmd.Name())
+		r.afterOperation(cmd.Name(), 2) // skip operationSlow, RecordOperationDuration
 	}
 	if box := d.chain.Load(); box != nil {
 		box.rec.RecordOperationDuration(ctx, dur, cmd, attempts, err, cn, db)
@@ -499,7 +499,7 @@ func (d *dispatcher) operationSlow(ctx context.Context, dur time.Duration, cmd r
 // RecordPipelineOperationDuration is the pipeline form of RecordOperationDuration.
 func (d *dispatcher) RecordPipelineOperationDuration(ctx context.Context, dur time.Duration, op string, n, attempts int, err error, cn redis.ConnInfo, db int) {
 	if r := d.lookup(cn, stNew); r != nil && r.state.Load() == stUsed {
-		r.afterOperation("pipeline")
+		r.afterOperation("pipeline", 1) // skip RecordPipelineOperationDuration
 	}
 	if box := d.chain.Load(); box != nil {
 		box.rec.RecordPipelineOperationDuration(ctx, dur, op, n, attempts, err, cn, db)

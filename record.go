@@ -335,9 +335,11 @@ func (r *connRecord) checkoutSlow(cn redis.ConnInfo) {
 }
 
 // afterOperation runs on the caller's goroutine when a command or pipeline
-// has ended. If the goroutine that acquired the connection still holds it,
-// the hold outlived its command (Client.Conn, Watch): it is a sticky hold,
-// and its site — the first use — is captured now, once per hold.
+// has ended; skip is the number of the observer's frames above it, left out
+// of the captured stack. If the goroutine that acquired the connection
+// still holds it, the hold outlived its command (Client.Conn, Watch): it is
+// a sticky hold, and its site — the first use — is captured now, once per
+// hold.
 //
 // The holder is recognised by its goroutine, not by its context: go-redis
 // reports a plain command after returning its connection to the pool, and a
@@ -346,12 +348,12 @@ func (r *connRecord) checkoutSlow(cn redis.ConnInfo) {
 // options pipeline, OnConnect) run on the holder's goroutine during the
 // checkout of a fresh connection: they are recognised by the frame of
 // go-redis's initConn on the stack and skipped.
-func (r *connRecord) afterOperation(cmdName string) {
+func (r *connRecord) afterOperation(cmdName string, skip int) {
 	if r.sticky.Load() != stickyNone || r.pubsub.Load() || r.holderG.Load() != curG() {
 		return
 	}
 	var pcs [maxStackDepth]uintptr
-	n := runtime.Callers(3, pcs[:r.tr.opts.StackDepth])
+	n := runtime.Callers(2+skip, pcs[:r.tr.opts.StackDepth])
 	if inHandshake(pcs[:n]) {
 		return
 	}

@@ -385,7 +385,7 @@ func benchHeapAlloc() uint64 {
 // the same 10,000 connections are opened by a plain client and by an
 // instrumented one (each a PING on a Client.Conn); the heap growth of the
 // plain client is subtracted from that of the instrumented one. The tracker
-// is created before the first reading, so its fixed cost (hold ring,
+// is created before the first reading, so its fixed cost (the hold-time
 // histograms) is not counted. Reported: B/conn while the connections are
 // held (Client.Conn open) and after they returned to the pool (idle). It is
 // a measurement, not a loop: run it with -benchtime 1x.

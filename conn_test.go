@@ -56,10 +56,11 @@ func TestWrapperKeepsBehaviour(t *testing.T) {
 }
 
 func TestHistogramQuantiles(t *testing.T) {
-	var h histogram
+	var rec holdRecorder
 	for i := int64(1); i <= 1000; i++ {
-		h.add(i * 1000)
+		rec.push(kCommand, i*1000)
 	}
+	h := rec.snapshot(kCommand)
 	p50, p99 := h.quantile(0.5), h.quantile(0.99)
 	if p50 < 450_000 || p50 > 600_000 || p99 < 900_000 || p99 > 1_000_000 {
 		t.Fatalf("p50 %d p99 %d", p50, p99)

@@ -466,7 +466,7 @@ func (d *dispatcher) checkout(ctx context.Context, cn redis.ConnInfo) {
 		return
 	}
 	if r.poolName.Load() == nil || r.state.Load() == stUsed {
-		r.checkoutSlow(cn)
+		r.settle(cn)
 	}
 	r.beginHold(markFrom(ctx), curG())
 }

@@ -242,18 +242,10 @@ func connInfoKey(cn redis.ConnInfo) uintptr {
 
 // returnSlow applies "+1 idle" (a return, or a new connection put in the
 // pool) to a record that does not know its pool yet, or that holds nothing
-// (dispatcher.returned has the common case).
-//
-//go:noinline
+// (RecordConnectionCount has the common case).
 func (r *connRecord) returnSlow(cn redis.ConnInfo) {
-	if r.poolName.Load() == nil {
-		r.learnPool(cn)
-	}
-	if r.state.Load() == stUsed {
-		r.endHold()
-	} else {
-		r.state.Store(stIdle)
-	}
+	r.settle(cn)
+	r.state.Store(stIdle)
 }
 
 // onPubSubCount applies the PubSub connection's "+1 used" / "-1 used".
@@ -321,11 +313,12 @@ func (r *connRecord) endHold() {
 	}
 }
 
-// checkoutSlow learns the pool of a new record and ends a hold whose return
-// was missed (never double-count).
+// settle learns the pool of a new record and ends a running hold: at a
+// return, the hold that ends; at a checkout, one whose return was missed
+// (never double-count).
 //
 //go:noinline
-func (r *connRecord) checkoutSlow(cn redis.ConnInfo) {
+func (r *connRecord) settle(cn redis.ConnInfo) {
 	if r.poolName.Load() == nil {
 		r.learnPool(cn)
 	}

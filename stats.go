@@ -253,14 +253,21 @@ func bucketOf(d int64) int {
 	return e*4 + sub
 }
 
+// bucketBounds returns the smallest and the largest value of bucket b
+// (b >= 4: buckets 0-3 hold the values 0-3 exactly).
+func bucketBounds(b int) (lo, hi uint64) {
+	e, sub := b/4, b%4
+	lo = uint64(1)<<e + uint64(sub)<<(e-2)
+	return lo, lo + uint64(1)<<(e-2) - 1
+}
+
 // bucketMid is the middle of bucket b.
 func bucketMid(b int) int64 {
 	if b < 4 {
 		return int64(b)
 	}
-	e, sub := b/4, b%4
-	lo := uint64(1)<<e + uint64(sub)<<(e-2)
-	return int64(lo + (uint64(1)<<(e-2)-1)/2)
+	lo, hi := bucketBounds(b)
+	return int64(lo + (hi-lo)/2)
 }
 
 // bucketUpper is the largest value in bucket b.
@@ -268,21 +275,10 @@ func bucketUpper(b int) int64 {
 	if b < 4 {
 		return int64(b)
 	}
-	e, sub := b/4, b%4
-	lo := uint64(1)<<e + uint64(sub)<<(e-2)
-	hi := lo + uint64(1)<<(e-2) - 1
-	if hi > math.MaxInt64 {
-		return math.MaxInt64
+	if _, hi := bucketBounds(b); hi <= math.MaxInt64 {
+		return int64(hi)
 	}
-	return int64(hi)
-}
-
-func (h *histogram) add(d int64) {
-	h.count++
-	if d > h.max {
-		h.max = d
-	}
-	h.buckets[bucketOf(d)]++
+	return math.MaxInt64
 }
 
 func (h *histogram) quantile(q float64) int64 {

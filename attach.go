@@ -63,9 +63,11 @@ func probePoolName(c *redis.Client) string {
 	res := &probeResult{}
 	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), markKey{}, &mark{probe: res, longLived: true, owner: "redisleak:probe"}))
 	cancel()
+	disp.slow.Add(1)
 	disp.probing.Add(1)
 	_ = c.Ping(ctx).Err()
 	disp.probing.Add(-1)
+	disp.slow.Add(-1)
 	return res.pool
 }
 
@@ -146,7 +148,7 @@ func (t *Tracker) addAnonLocked(c *redis.Client, pool string, kind poolKind, ps 
 			ap.used = append(ap.used, r)
 		}
 		t.records[r] = struct{}{}
-		disp.anonLive.Add(1)
+		disp.addAnon(1)
 	}
 	t.syncLegacyN()
 }
@@ -178,7 +180,7 @@ func (t *Tracker) claimAnon(pool string, from uint32) *connRecord {
 	r := (*list)[n-1]
 	*list = (*list)[:n-1]
 	r.anon = false
-	disp.anonLive.Add(-1)
+	disp.addAnon(-1)
 	return r // legacyRecord syncs legacyN
 }
 
@@ -188,7 +190,7 @@ func (t *Tracker) forgetAnon(r *connRecord) {
 		return
 	}
 	r.anon = false
-	disp.anonLive.Add(-1)
+	disp.addAnon(-1)
 	if ap := t.anon[r.pool()]; ap != nil {
 		for _, list := range []*[]*connRecord{&ap.idle, &ap.used} {
 			for i, x := range *list {
@@ -227,7 +229,7 @@ func (t *Tracker) reconcileAnon() {
 				r.anon = false
 				r.state.Store(stClosed)
 				delete(t.records, r)
-				disp.anonLive.Add(-1)
+				disp.addAnon(-1)
 			}
 		}
 	}

@@ -64,6 +64,11 @@ var benchClients = []benchClient{
 		rdb.AddHook(benchPassHook{})
 		return func() {}, func() { redis.SetOTelRecorder(nil) }
 	}},
+	{"noop-floor-tcp", func(b *testing.B, rdb *redis.Client) (func(), func()) {
+		redis.SetOTelRecorder(benchNoopRecorder{})
+		rdb.AddHook(benchPassHookTCP{})
+		return func() {}, func() { redis.SetOTelRecorder(nil) }
+	}},
 	{"instrumented", instrumentedBench(redisleak.Options{})},
 	{"instrumented-auto", instrumentedBench(redisleak.Options{AutoLongLived: true})},
 	{"redisotel", func(b *testing.B, rdb *redis.Client) (func(), func()) {
@@ -427,3 +432,22 @@ func BenchmarkMemoryPerConn(b *testing.B) {
 		b.ReportMetric(plainIdle, "B/conn-plain-idle")
 	}
 }
+
+type benchPassHookTCP struct{ benchPassHook }
+
+func (benchPassHookTCP) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := next(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &benchPassTCP{TCPConn: c.(*net.TCPConn)}, nil
+	}
+}
+
+type benchPassTCP struct {
+	*net.TCPConn
+}
+
+func (c *benchPassTCP) Read(b []byte) (int, error)  { return c.TCPConn.Read(b) }
+func (c *benchPassTCP) Write(b []byte) (int, error) { return c.TCPConn.Write(b) }

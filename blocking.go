@@ -203,7 +203,9 @@ func (s *reqScanner) oneCommand() {
 	s.batch = 1
 }
 
-// noteWrites is the general case of trackedConn.Write's recognition.
+// noteWrites is the general case of Write's recognition (trackedTCPConn's
+// common case is in its Write; trackedConn, for the rarer connections that
+// are not TCP, always calls noteWrites).
 func (r *connRecord) noteWrites(b []byte) {
 	s := r.req
 	if s != nil && s.st != wsCmd {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -76,4 +77,94 @@ func TestRecordCacheCollisions(t *testing.T) {
 	if s := tr.Stats(); s.InUse != 0 || s.Total != s.Idle {
 		t.Fatalf("after Close: %+v", s)
 	}
+}
+
+// dispatcherSlowWant is what disp.slow counts when no callback is running
+// one of its slow paths' conditions in between.
+func dispatcherSlowWant() int64 {
+	n := disp.anonLive.Load() + int64(disp.probing.Load())
+	if disp.chain.Load() != nil {
+		n++
+	}
+	if !disp.saw.Load() {
+		n++
+	}
+	return n
+}
+
+// The dispatcher's one-word slow flag counts every condition its callbacks'
+// slow paths exist for, and falls back as they end: connections that
+// existed before the tracker (identified as they are used, dropped as they
+// close), a chained recorder, the probe, the mode check.
+func TestDispatcherSlowFlagBalances(t *testing.T) {
+	check := func(when string) {
+		t.Helper()
+		if got, want := disp.slow.Load(), dispatcherSlowWant(); got != want {
+			t.Fatalf("%s: slow %d, want %d (anonymous %d, probing %d, chained %v, saw %v)", when, got, want,
+				disp.anonLive.Load(), disp.probing.Load(), disp.chain.Load() != nil, disp.saw.Load())
+		}
+	}
+	check("at start")
+	srv := redistest.Private(t)
+	rdb := srv.Client(func(o *redis.Options) { o.PoolSize = 8 })
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for range 8 { // eight connections before the tracker
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := rdb.Conn()
+			defer c.Close()
+			if err := c.Ping(ctx).Err(); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	tr, err := Instrument(rdb, Options{ChainRecorder: &chainNoop{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if disp.anonLive.Load() == 0 || disp.chain.Load() == nil {
+		t.Fatalf("anonymous %d, chained %v: the test sets up neither", disp.anonLive.Load(), disp.chain.Load() != nil)
+	}
+	check("late attachment, chained")
+	for range 100 {
+		if err := rdb.Get(ctx, "k").Err(); err != nil && err != redis.Nil {
+			t.Fatal(err)
+		}
+	}
+	tr.checkMode()
+	check("after commands and a mode check")
+	for range 3 {
+		if err := rdb.Get(ctx, "k").Err(); err != nil && err != redis.Nil {
+			t.Fatal(err)
+		}
+	}
+	check("after the next checkout")
+	_ = rdb.Close()
+	_ = tr.Close()
+	check("closed")
+	if disp.anonLive.Load() != 0 || disp.chain.Load() != nil {
+		t.Fatalf("closed: anonymous %d, chained %v", disp.anonLive.Load(), disp.chain.Load() != nil)
+	}
+}
+
+// chainNoop is a chained recorder that records nothing.
+type chainNoop struct{}
+
+func (chainNoop) RecordOperationDuration(context.Context, time.Duration, redis.Cmder, int, error, redis.ConnInfo, int) {
+}
+func (chainNoop) RecordPipelineOperationDuration(context.Context, time.Duration, string, int, int, error, redis.ConnInfo, int) {
+}
+func (chainNoop) RecordConnectionCreateTime(context.Context, time.Duration, redis.ConnInfo) {}
+func (chainNoop) RecordConnectionRelaxedTimeout(context.Context, int, redis.ConnInfo, string, string) {
+}
+func (chainNoop) RecordConnectionHandoff(context.Context, redis.ConnInfo, string)           {}
+func (chainNoop) RecordError(context.Context, string, redis.ConnInfo, string, bool, int)    {}
+func (chainNoop) RecordMaintenanceNotification(context.Context, redis.ConnInfo, string)     {}
+func (chainNoop) RecordConnectionWaitTime(context.Context, time.Duration, redis.ConnInfo)   {}
+func (chainNoop) RecordConnectionClosed(context.Context, redis.ConnInfo, string, error)     {}
+func (chainNoop) RecordPubSubMessage(context.Context, redis.ConnInfo, string, string, bool) {}
+func (chainNoop) RecordStreamLag(context.Context, time.Duration, redis.ConnInfo, string, string, string) {
 }

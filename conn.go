@@ -1,6 +1,7 @@
 package redisleak
 
 import (
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -20,7 +21,8 @@ import (
 // It changes nothing go-redis relies on: deadlines, errors and Close pass
 // through, RemoteAddr().String() is the inner connection's, NetConn() unwraps,
 // and SyscallConn() exists exactly when the inner connection has it (see
-// trackedSyscallConn), which keeps go-redis's idle health check on.
+// trackedTCPConn and trackedSyscallConn), which keeps go-redis's idle
+// health check on.
 type trackedConn struct {
 	net.Conn
 	addr     trackedAddr // addr.rec is the connection's record
@@ -35,8 +37,8 @@ type trackedAddr struct {
 	rec *connRecord
 }
 
-// trackedSyscallConn is a trackedConn over a connection that implements
-// syscall.Conn.
+// trackedSyscallConn is a trackedConn over a connection other than TCP that
+// implements syscall.Conn (a Unix socket).
 type trackedSyscallConn struct {
 	trackedConn
 	sc syscall.Conn
@@ -45,7 +47,63 @@ type trackedSyscallConn struct {
 // SyscallConn returns the inner connection's raw connection.
 func (c *trackedSyscallConn) SyscallConn() (syscall.RawConn, error) { return c.sc.SyscallConn() }
 
+// trackedTCPConn wraps a TCP connection, the common case. It embeds the
+// *net.TCPConn, so that the methods it does not change are the inner
+// connection's own: go-redis calls three of them per command (the
+// deadlines) and a fourth at each checkout (SyscallConn, for its health
+// check), and a method promoted from an embedded pointer costs no call of
+// its own. Its Read, Write, Close, RemoteAddr and NetConn are trackedConn's,
+// and ReadFrom and WriteTo, which would bypass them, go through them.
+type trackedTCPConn struct {
+	*net.TCPConn
+	tc trackedConn // tc.Conn is the same connection; the record points to tc
+}
+
+// RemoteAddr is trackedConn.RemoteAddr.
+func (c *trackedTCPConn) RemoteAddr() net.Addr { return c.tc.RemoteAddr() }
+
+// NetConn returns the wrapped connection.
+func (c *trackedTCPConn) NetConn() net.Conn { return c.TCPConn }
+
+// Close is trackedConn.Close.
+func (c *trackedTCPConn) Close() error { return c.tc.Close() }
+
+// Write writes to the TCP connection, noting a blocking command. It does
+// not call it from the slot's line, as Read does: a command blocks in Read
+// (the reply it waits for) in all but the rarest cases (a full socket send
+// buffer), and Write skips the switch on the slot; a goroutine stuck in
+// Write gets no site.
+func (c *trackedTCPConn) Write(b []byte) (int, error) {
+	r := c.tc.addr.rec
+	if s := r.req; (s == nil || s.st == wsCmd && !s.cont) && r.blockDeadline.Load() == 0 {
+		// the common case: one plain command, nothing pending
+		if k := scanQuick(b); k == len(b) && k != 0 {
+			if s != nil {
+				s.oneCommand()
+			}
+			return c.TCPConn.Write(b)
+		}
+	}
+	r.noteWrites(b)
+	return c.TCPConn.Write(b)
+}
+
+// ReadFrom copies from r through Write.
+func (c *trackedTCPConn) ReadFrom(r io.Reader) (int64, error) {
+	return io.Copy(struct{ io.Writer }{c}, r)
+}
+
+// WriteTo copies to w through Read.
+func (c *trackedTCPConn) WriteTo(w io.Writer) (int64, error) {
+	return io.Copy(w, struct{ io.Reader }{c})
+}
+
 func wrapConn(inner net.Conn, rec *connRecord) net.Conn {
+	if tcp, ok := inner.(*net.TCPConn); ok {
+		w := &trackedTCPConn{TCPConn: tcp}
+		w.tc.init(inner, rec)
+		return w
+	}
 	if sc, ok := inner.(syscall.Conn); ok {
 		w := &trackedSyscallConn{sc: sc} // one allocation for both
 		w.init(inner, rec)
@@ -85,23 +143,10 @@ func (c *trackedConn) NetConn() net.Conn { return c.Conn }
 // Read is generated, with a line of its own for each slot to call the inner
 // connection from: see trampolines.go.
 
-// Write writes to the inner connection, noting a blocking command. It does
-// not call it from the slot's line, as Read does: a command blocks in Read
-// (the reply it waits for) in all but the rarest cases (a full socket send
-// buffer), and Write skips the switch on the slot; a goroutine stuck in
-// Write gets no site.
+// Write writes to the inner connection, noting a blocking command (see
+// trackedTCPConn.Write, which has a short cut for the common case).
 func (c *trackedConn) Write(b []byte) (int, error) {
-	r := c.addr.rec
-	if s := r.req; (s == nil || s.st == wsCmd && !s.cont) && r.blockDeadline.Load() == 0 {
-		// the common case: one plain command, nothing pending
-		if k := scanQuick(b); k == len(b) && k != 0 {
-			if s != nil {
-				s.oneCommand()
-			}
-			return c.Conn.Write(b)
-		}
-	}
-	r.noteWrites(b)
+	c.addr.rec.noteWrites(b)
 	return c.Conn.Write(b)
 }
 

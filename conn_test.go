@@ -2,8 +2,10 @@ package redisleak
 
 import (
 	"net"
+	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 type plainConn struct{ net.Conn }
@@ -47,6 +49,26 @@ func TestWrapperKeepsBehaviour(t *testing.T) {
 	buf := make([]byte, 4)
 	if n, err := w.Read(buf); err != nil || string(buf[:n]) != "ping" {
 		t.Fatalf("read %q %v", buf[:n], err)
+	}
+	// A TCP connection gets the TCP wrapper: its own deadlines, and its
+	// ReadFrom and WriteTo, which would bypass recognition, go through
+	// Write and Read.
+	tw, ok := w.(*trackedTCPConn)
+	if !ok {
+		t.Fatalf("a TCP connection wrapped in %T", w)
+	}
+	if err := w.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if tw.tc.addr.rec.conn != &tw.tc || tw.tc.Conn != inner {
+		t.Fatal("the record does not point to the wrapper's connection")
+	}
+	blpop := "*3\r\n$5\r\nBLPOP\r\n$1\r\nk\r\n$1\r\n0\r\n"
+	if n, err := tw.ReadFrom(strings.NewReader(blpop)); err != nil || n != int64(len(blpop)) {
+		t.Fatalf("ReadFrom: %d %v", n, err)
+	}
+	if tw.tc.addr.rec.blockDeadline.Load() == 0 {
+		t.Fatal("a blocking command written through ReadFrom was not noticed")
 	}
 	// A connection without syscall.Conn is not given one.
 	w2 := wrapConn(plainConn{inner}, &connRecord{tr: tr})

@@ -23,6 +23,13 @@ import (
 // The callbacks run inside go-redis's pool lock: they only touch atomics.
 
 type dispatcher struct {
+	// slow is non-zero while any callback may need its slow path: it counts
+	// a chained recorder, each anonymous connection (anonLive), each probe
+	// running (probing), and saw being unset. Each share is added before
+	// its condition starts and taken back after it ends, so that slow is
+	// never zero while one holds: the callbacks' common case reads one word
+	// (first in the struct: no explicit nil check).
+	slow  atomic.Int64
 	mu    sync.Mutex // guards refs, clients and installation
 	refs  int
 	chain atomic.Pointer[chainBox]
@@ -53,13 +60,41 @@ type dispatcher struct {
 	anonLive atomic.Int64
 }
 
+// newDispatcher returns a dispatcher with saw unset (its share of slow).
+func newDispatcher() *dispatcher {
+	d := &dispatcher{}
+	d.slow.Store(1)
+	return d
+}
+
+// addAnon counts n connections (n < 0: uncounts them) that existed before
+// their tracker and are not identified yet.
+func (d *dispatcher) addAnon(n int64) {
+	if n > 0 {
+		d.slow.Add(n)
+		d.anonLive.Add(n)
+	} else {
+		d.anonLive.Add(n)
+		d.slow.Add(n)
+	}
+}
+
+// unsee unsets saw (see checkMode): the next checkout takes the slow path
+// and sets it again.
+func (d *dispatcher) unsee() {
+	d.slow.Add(1)
+	if !d.saw.Swap(false) {
+		d.slow.Add(-1) // was unset already: its share is counted
+	}
+}
+
 type chainBox struct {
 	rec       redis.OTelRecorder
 	counter   redis.OTelConnectionCounter
 	registrar redis.OTelPoolRegistrar
 }
 
-var disp = &dispatcher{}
+var disp = newDispatcher()
 
 var (
 	_ redis.OTelRecorder          = (*dispatcher)(nil)
@@ -85,6 +120,9 @@ func (d *dispatcher) attach(t *Tracker, chain redis.OTelRecorder) error {
 		box := &chainBox{rec: chain}
 		box.counter, _ = chain.(redis.OTelConnectionCounter)
 		box.registrar, _ = chain.(redis.OTelPoolRegistrar)
+		if d.chain.Load() == nil {
+			d.slow.Add(1)
+		}
 		d.chain.Store(box)
 	}
 	if d.clients == nil {
@@ -121,7 +159,9 @@ func (d *dispatcher) detach(t *Tracker) {
 			redis.SetOTelRecorder(nil)
 		}
 	}
-	d.chain.Store(nil)
+	if d.chain.Swap(nil) != nil {
+		d.slow.Add(-1)
+	}
 }
 
 // probeAddr is the address of the throwaway client of installed: never
@@ -184,26 +224,27 @@ const cacheSize = 1024
 // cacheSlot is the cache entry for a go-redis connection at address k.
 func cacheSlot(k uintptr) uintptr { return (k>>5 ^ k>>15) & (cacheSize - 1) }
 
-// cached returns the record of cn from the cache, or nil when the cache
-// does not hold it (then lookupSlow finds it). It calls nothing, so that
-// it is inlined into the observer's callbacks. Only records with a cnKey
-// (never 0) enter the cache, and they leave it when their connection or
-// their tracker closes (uncache, uncacheTracker). A record gets its cnKey
-// when it learns its pool (learnPool, legacyRecord): a cached record needs
-// no learning.
-func (d *dispatcher) cached(cn redis.ConnInfo) *connRecord {
+// cached returns the record of cn from the cache and the record's state,
+// or nil and stClosed when the cache does not hold it (then lookupSlow
+// finds it). It calls nothing, so that it is inlined into the observer's
+// callbacks, which compare the state it loaded once. Only records with a
+// cnKey (never 0) enter the cache, and they leave it when their connection
+// or their tracker closes (uncache, uncacheTracker). A record gets its
+// cnKey when it learns its pool (learnPool, legacyRecord): a cached record
+// needs no learning.
+func (d *dispatcher) cached(cn redis.ConnInfo) (*connRecord, uint32) {
 	k := connInfoKey(cn)
-	if r := d.cache[cacheSlot(k)].Load(); r != nil && r.cnKey.Load() == k && r.state.Load() != stClosed {
-		return r
+	if r := d.cache[cacheSlot(k)].Load(); r != nil && r.cnKey.Load() == k {
+		return r, r.state.Load()
 	}
-	return nil
+	return nil, stClosed
 }
 
 // lookup finds the tracker's record of cn, or nil when cn belongs to no
 // open tracker: from the cache when it holds cn's record, else through
 // the connection (lookupSlow).
 func (d *dispatcher) lookup(cn redis.ConnInfo, from uint32) *connRecord {
-	if r := d.cached(cn); r != nil {
+	if r, st := d.cached(cn); st != stClosed {
 		return r
 	}
 	return d.lookupSlow(cn, from)
@@ -299,16 +340,18 @@ func (d *dispatcher) recordSlow(cn redis.ConnInfo, a *trackedAddr, ok bool, from
 // Four calls per command: the common ones make at most one call, last;
 // the rest is in count.
 func (d *dispatcher) RecordConnectionCount(ctx context.Context, delta int, cn redis.ConnInfo, state string, isPubSub bool) {
-	if isPubSub || d.chain.Load() != nil || delta < 0 && d.anonLive.Load() > 0 {
-		d.count(ctx, delta, cn, state, isPubSub)
-	} else if delta > 0 && state == "idle" {
-		// a return: the common case here, the rest in returned
-		if r := d.cached(cn); r != nil && r.state.Load() == stUsed {
-			r.endHold()
-		} else {
-			d.returned(cn)
+	if d.slow.Load() == 0 && !isPubSub {
+		if delta > 0 && state == "idle" {
+			// a return: the common case here, the rest in returned
+			if r, st := d.cached(cn); st == stUsed {
+				r.endHold()
+			} else {
+				d.returned(cn)
+			}
 		}
+		return
 	}
+	d.count(ctx, delta, cn, state, isPubSub)
 }
 
 // count is RecordConnectionCount for PubSub connections, for a "-1" while
@@ -376,7 +419,7 @@ func (d *dispatcher) leaving(cn redis.ConnInfo, state string) {
 // learns a client's pool name from it, and a failure (-1 without a
 // connection) names the pool of a pool timeout.
 func (d *dispatcher) RecordPendingRequests(ctx context.Context, delta int, cn redis.ConnInfo, poolName string) {
-	if cn == nil && (delta < 0 || d.probing.Load() != 0) || d.chain.Load() != nil {
+	if d.slow.Load() != 0 || cn == nil && delta < 0 {
 		d.pendingSlow(ctx, delta, cn, poolName)
 	}
 }
@@ -432,9 +475,9 @@ func (d *dispatcher) failedPool(g uintptr) string {
 // context right after a checkout, on both the idle and the fresh-dial path:
 // the hold starts here, with the mark on the context.
 func (d *dispatcher) RecordConnectionWaitTime(ctx context.Context, dur time.Duration, cn redis.ConnInfo) {
-	if d.saw.Load() && d.chain.Load() == nil {
+	if d.slow.Load() == 0 {
 		// the common case here, the rest in waitSlow
-		if r := d.cached(cn); r != nil && r.state.Load() != stUsed {
+		if r, st := d.cached(cn); st <= stIdle { // not used, not closed
 			r.beginHold(markFrom(ctx), curG())
 			return
 		}
@@ -448,9 +491,9 @@ func (d *dispatcher) RecordConnectionWaitTime(ctx context.Context, dur time.Dura
 //
 //go:noinline
 func (d *dispatcher) waitSlow(ctx context.Context, dur time.Duration, cn redis.ConnInfo) {
-	if !d.saw.Load() { // read-mostly: no shared write per command
-		d.saw.Store(true)
+	if !d.saw.Load() && d.saw.CompareAndSwap(false, true) { // read-mostly: no shared write per command
 		d.gen.Add(1)
+		d.slow.Add(-1)
 	}
 	d.checkout(ctx, cn)
 	if box := d.chain.Load(); box != nil {
@@ -474,9 +517,9 @@ func (d *dispatcher) checkout(ctx context.Context, cn redis.ConnInfo) {
 // RecordOperationDuration runs on the caller's goroutine after a command:
 // a connection still held then outlived the command (Conn, Watch).
 func (d *dispatcher) RecordOperationDuration(ctx context.Context, dur time.Duration, cmd redis.Cmder, attempts int, err error, cn redis.ConnInfo, db int) {
-	if d.chain.Load() == nil {
+	if d.slow.Load() == 0 {
 		// the common case: the connection went back to the pool already
-		if r := d.cached(cn); r != nil && r.state.Load() != stUsed {
+		if _, st := d.cached(cn); st <= stIdle { // not used, not closed
 			return
 		}
 	}

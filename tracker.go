@@ -563,7 +563,7 @@ func (t *Tracker) checkMode() {
 	g := disp.gen.Load()
 	saw := g != t.lastGen
 	t.lastGen = g
-	disp.saw.Store(false)
+	disp.unsee()
 	ops := t.poolOps()
 	dOps := ops - t.lastPoolOps
 	t.lastPoolOps = ops

@@ -2,18 +2,20 @@
 
 package redisleak
 
-// trackedConn.Read calls the inner connection's Read from a line of its own
-// for each slot: it switches on the connection's slot, one case per slot
-// value, in order, each case one call. Read is too large to be inlined, so
-// in the stack of a goroutine blocked in a connection's Read, the frame just
-// above the inner connection's is Read's, and the line of Read it returns to
-// names the slot (see pcSlots.slot in site.go).
+// The Read methods of trackedConn and trackedTCPConn call the inner
+// connection's Read from a line of their own for each slot: they switch on
+// the connection's slot, one case per slot value, in order, each case one
+// call. Read is too large to be inlined, so in the stack of a goroutine
+// blocked in a connection's Read, the frame just above the inner
+// connection's is Read's, and the line of Read it returns to names the slot
+// (see pcSlots.slot in site.go).
 
-// Read calls the inner connection for slot s on line readLine0 +
+// Each Read calls the inner connection for slot s on line readLine0… +
 // readLineStep*s of this file.
 const (
-	readLine0    = 25
 	readLineStep = 2
+	readLine0    = 27   // trackedConn
+	readLine0TCP = 8232 // trackedTCPConn
 )
 
 // Read reads from the inner connection, calling it from the line of the
@@ -8217,6 +8219,8211 @@ func (c *trackedConn) Read(b []byte) (n int, err error) {
 	if n > 0 && c.addr.rec.blockDeadline.Load() != 0 {
 		// a reply arrived: maybe the blocking command's
 		c.addr.rec.noteRead(b[:n])
+	}
+	return n, err
+}
+
+// Read reads from the inner connection, calling it from the line of the
+// connection's slot, and notes a reply that arrives while a blocking command
+// is pending.
+func (c *trackedTCPConn) Read(b []byte) (n int, err error) {
+	switch c.tc.slot & 4095 {
+	case 0:
+		n, err = c.TCPConn.Read(b)
+	case 1:
+		n, err = c.TCPConn.Read(b)
+	case 2:
+		n, err = c.TCPConn.Read(b)
+	case 3:
+		n, err = c.TCPConn.Read(b)
+	case 4:
+		n, err = c.TCPConn.Read(b)
+	case 5:
+		n, err = c.TCPConn.Read(b)
+	case 6:
+		n, err = c.TCPConn.Read(b)
+	case 7:
+		n, err = c.TCPConn.Read(b)
+	case 8:
+		n, err = c.TCPConn.Read(b)
+	case 9:
+		n, err = c.TCPConn.Read(b)
+	case 10:
+		n, err = c.TCPConn.Read(b)
+	case 11:
+		n, err = c.TCPConn.Read(b)
+	case 12:
+		n, err = c.TCPConn.Read(b)
+	case 13:
+		n, err = c.TCPConn.Read(b)
+	case 14:
+		n, err = c.TCPConn.Read(b)
+	case 15:
+		n, err = c.TCPConn.Read(b)
+	case 16:
+		n, err = c.TCPConn.Read(b)
+	case 17:
+		n, err = c.TCPConn.Read(b)
+	case 18:
+		n, err = c.TCPConn.Read(b)
+	case 19:
+		n, err = c.TCPConn.Read(b)
+	case 20:
+		n, err = c.TCPConn.Read(b)
+	case 21:
+		n, err = c.TCPConn.Read(b)
+	case 22:
+		n, err = c.TCPConn.Read(b)
+	case 23:
+		n, err = c.TCPConn.Read(b)
+	case 24:
+		n, err = c.TCPConn.Read(b)
+	case 25:
+		n, err = c.TCPConn.Read(b)
+	case 26:
+		n, err = c.TCPConn.Read(b)
+	case 27:
+		n, err = c.TCPConn.Read(b)
+	case 28:
+		n, err = c.TCPConn.Read(b)
+	case 29:
+		n, err = c.TCPConn.Read(b)
+	case 30:
+		n, err = c.TCPConn.Read(b)
+	case 31:
+		n, err = c.TCPConn.Read(b)
+	case 32:
+		n, err = c.TCPConn.Read(b)
+	case 33:
+		n, err = c.TCPConn.Read(b)
+	case 34:
+		n, err = c.TCPConn.Read(b)
+	case 35:
+		n, err = c.TCPConn.Read(b)
+	case 36:
+		n, err = c.TCPConn.Read(b)
+	case 37:
+		n, err = c.TCPConn.Read(b)
+	case 38:
+		n, err = c.TCPConn.Read(b)
+	case 39:
+		n, err = c.TCPConn.Read(b)
+	case 40:
+		n, err = c.TCPConn.Read(b)
+	case 41:
+		n, err = c.TCPConn.Read(b)
+	case 42:
+		n, err = c.TCPConn.Read(b)
+	case 43:
+		n, err = c.TCPConn.Read(b)
+	case 44:
+		n, err = c.TCPConn.Read(b)
+	case 45:
+		n, err = c.TCPConn.Read(b)
+	case 46:
+		n, err = c.TCPConn.Read(b)
+	case 47:
+		n, err = c.TCPConn.Read(b)
+	case 48:
+		n, err = c.TCPConn.Read(b)
+	case 49:
+		n, err = c.TCPConn.Read(b)
+	case 50:
+		n, err = c.TCPConn.Read(b)
+	case 51:
+		n, err = c.TCPConn.Read(b)
+	case 52:
+		n, err = c.TCPConn.Read(b)
+	case 53:
+		n, err = c.TCPConn.Read(b)
+	case 54:
+		n, err = c.TCPConn.Read(b)
+	case 55:
+		n, err = c.TCPConn.Read(b)
+	case 56:
+		n, err = c.TCPConn.Read(b)
+	case 57:
+		n, err = c.TCPConn.Read(b)
+	case 58:
+		n, err = c.TCPConn.Read(b)
+	case 59:
+		n, err = c.TCPConn.Read(b)
+	case 60:
+		n, err = c.TCPConn.Read(b)
+	case 61:
+		n, err = c.TCPConn.Read(b)
+	case 62:
+		n, err = c.TCPConn.Read(b)
+	case 63:
+		n, err = c.TCPConn.Read(b)
+	case 64:
+		n, err = c.TCPConn.Read(b)
+	case 65:
+		n, err = c.TCPConn.Read(b)
+	case 66:
+		n, err = c.TCPConn.Read(b)
+	case 67:
+		n, err = c.TCPConn.Read(b)
+	case 68:
+		n, err = c.TCPConn.Read(b)
+	case 69:
+		n, err = c.TCPConn.Read(b)
+	case 70:
+		n, err = c.TCPConn.Read(b)
+	case 71:
+		n, err = c.TCPConn.Read(b)
+	case 72:
+		n, err = c.TCPConn.Read(b)
+	case 73:
+		n, err = c.TCPConn.Read(b)
+	case 74:
+		n, err = c.TCPConn.Read(b)
+	case 75:
+		n, err = c.TCPConn.Read(b)
+	case 76:
+		n, err = c.TCPConn.Read(b)
+	case 77:
+		n, err = c.TCPConn.Read(b)
+	case 78:
+		n, err = c.TCPConn.Read(b)
+	case 79:
+		n, err = c.TCPConn.Read(b)
+	case 80:
+		n, err = c.TCPConn.Read(b)
+	case 81:
+		n, err = c.TCPConn.Read(b)
+	case 82:
+		n, err = c.TCPConn.Read(b)
+	case 83:
+		n, err = c.TCPConn.Read(b)
+	case 84:
+		n, err = c.TCPConn.Read(b)
+	case 85:
+		n, err = c.TCPConn.Read(b)
+	case 86:
+		n, err = c.TCPConn.Read(b)
+	case 87:
+		n, err = c.TCPConn.Read(b)
+	case 88:
+		n, err = c.TCPConn.Read(b)
+	case 89:
+		n, err = c.TCPConn.Read(b)
+	case 90:
+		n, err = c.TCPConn.Read(b)
+	case 91:
+		n, err = c.TCPConn.Read(b)
+	case 92:
+		n, err = c.TCPConn.Read(b)
+	case 93:
+		n, err = c.TCPConn.Read(b)
+	case 94:
+		n, err = c.TCPConn.Read(b)
+	case 95:
+		n, err = c.TCPConn.Read(b)
+	case 96:
+		n, err = c.TCPConn.Read(b)
+	case 97:
+		n, err = c.TCPConn.Read(b)
+	case 98:
+		n, err = c.TCPConn.Read(b)
+	case 99:
+		n, err = c.TCPConn.Read(b)
+	case 100:
+		n, err = c.TCPConn.Read(b)
+	case 101:
+		n, err = c.TCPConn.Read(b)
+	case 102:
+		n, err = c.TCPConn.Read(b)
+	case 103:
+		n, err = c.TCPConn.Read(b)
+	case 104:
+		n, err = c.TCPConn.Read(b)
+	case 105:
+		n, err = c.TCPConn.Read(b)
+	case 106:
+		n, err = c.TCPConn.Read(b)
+	case 107:
+		n, err = c.TCPConn.Read(b)
+	case 108:
+		n, err = c.TCPConn.Read(b)
+	case 109:
+		n, err = c.TCPConn.Read(b)
+	case 110:
+		n, err = c.TCPConn.Read(b)
+	case 111:
+		n, err = c.TCPConn.Read(b)
+	case 112:
+		n, err = c.TCPConn.Read(b)
+	case 113:
+		n, err = c.TCPConn.Read(b)
+	case 114:
+		n, err = c.TCPConn.Read(b)
+	case 115:
+		n, err = c.TCPConn.Read(b)
+	case 116:
+		n, err = c.TCPConn.Read(b)
+	case 117:
+		n, err = c.TCPConn.Read(b)
+	case 118:
+		n, err = c.TCPConn.Read(b)
+	case 119:
+		n, err = c.TCPConn.Read(b)
+	case 120:
+		n, err = c.TCPConn.Read(b)
+	case 121:
+		n, err = c.TCPConn.Read(b)
+	case 122:
+		n, err = c.TCPConn.Read(b)
+	case 123:
+		n, err = c.TCPConn.Read(b)
+	case 124:
+		n, err = c.TCPConn.Read(b)
+	case 125:
+		n, err = c.TCPConn.Read(b)
+	case 126:
+		n, err = c.TCPConn.Read(b)
+	case 127:
+		n, err = c.TCPConn.Read(b)
+	case 128:
+		n, err = c.TCPConn.Read(b)
+	case 129:
+		n, err = c.TCPConn.Read(b)
+	case 130:
+		n, err = c.TCPConn.Read(b)
+	case 131:
+		n, err = c.TCPConn.Read(b)
+	case 132:
+		n, err = c.TCPConn.Read(b)
+	case 133:
+		n, err = c.TCPConn.Read(b)
+	case 134:
+		n, err = c.TCPConn.Read(b)
+	case 135:
+		n, err = c.TCPConn.Read(b)
+	case 136:
+		n, err = c.TCPConn.Read(b)
+	case 137:
+		n, err = c.TCPConn.Read(b)
+	case 138:
+		n, err = c.TCPConn.Read(b)
+	case 139:
+		n, err = c.TCPConn.Read(b)
+	case 140:
+		n, err = c.TCPConn.Read(b)
+	case 141:
+		n, err = c.TCPConn.Read(b)
+	case 142:
+		n, err = c.TCPConn.Read(b)
+	case 143:
+		n, err = c.TCPConn.Read(b)
+	case 144:
+		n, err = c.TCPConn.Read(b)
+	case 145:
+		n, err = c.TCPConn.Read(b)
+	case 146:
+		n, err = c.TCPConn.Read(b)
+	case 147:
+		n, err = c.TCPConn.Read(b)
+	case 148:
+		n, err = c.TCPConn.Read(b)
+	case 149:
+		n, err = c.TCPConn.Read(b)
+	case 150:
+		n, err = c.TCPConn.Read(b)
+	case 151:
+		n, err = c.TCPConn.Read(b)
+	case 152:
+		n, err = c.TCPConn.Read(b)
+	case 153:
+		n, err = c.TCPConn.Read(b)
+	case 154:
+		n, err = c.TCPConn.Read(b)
+	case 155:
+		n, err = c.TCPConn.Read(b)
+	case 156:
+		n, err = c.TCPConn.Read(b)
+	case 157:
+		n, err = c.TCPConn.Read(b)
+	case 158:
+		n, err = c.TCPConn.Read(b)
+	case 159:
+		n, err = c.TCPConn.Read(b)
+	case 160:
+		n, err = c.TCPConn.Read(b)
+	case 161:
+		n, err = c.TCPConn.Read(b)
+	case 162:
+		n, err = c.TCPConn.Read(b)
+	case 163:
+		n, err = c.TCPConn.Read(b)
+	case 164:
+		n, err = c.TCPConn.Read(b)
+	case 165:
+		n, err = c.TCPConn.Read(b)
+	case 166:
+		n, err = c.TCPConn.Read(b)
+	case 167:
+		n, err = c.TCPConn.Read(b)
+	case 168:
+		n, err = c.TCPConn.Read(b)
+	case 169:
+		n, err = c.TCPConn.Read(b)
+	case 170:
+		n, err = c.TCPConn.Read(b)
+	case 171:
+		n, err = c.TCPConn.Read(b)
+	case 172:
+		n, err = c.TCPConn.Read(b)
+	case 173:
+		n, err = c.TCPConn.Read(b)
+	case 174:
+		n, err = c.TCPConn.Read(b)
+	case 175:
+		n, err = c.TCPConn.Read(b)
+	case 176:
+		n, err = c.TCPConn.Read(b)
+	case 177:
+		n, err = c.TCPConn.Read(b)
+	case 178:
+		n, err = c.TCPConn.Read(b)
+	case 179:
+		n, err = c.TCPConn.Read(b)
+	case 180:
+		n, err = c.TCPConn.Read(b)
+	case 181:
+		n, err = c.TCPConn.Read(b)
+	case 182:
+		n, err = c.TCPConn.Read(b)
+	case 183:
+		n, err = c.TCPConn.Read(b)
+	case 184:
+		n, err = c.TCPConn.Read(b)
+	case 185:
+		n, err = c.TCPConn.Read(b)
+	case 186:
+		n, err = c.TCPConn.Read(b)
+	case 187:
+		n, err = c.TCPConn.Read(b)
+	case 188:
+		n, err = c.TCPConn.Read(b)
+	case 189:
+		n, err = c.TCPConn.Read(b)
+	case 190:
+		n, err = c.TCPConn.Read(b)
+	case 191:
+		n, err = c.TCPConn.Read(b)
+	case 192:
+		n, err = c.TCPConn.Read(b)
+	case 193:
+		n, err = c.TCPConn.Read(b)
+	case 194:
+		n, err = c.TCPConn.Read(b)
+	case 195:
+		n, err = c.TCPConn.Read(b)
+	case 196:
+		n, err = c.TCPConn.Read(b)
+	case 197:
+		n, err = c.TCPConn.Read(b)
+	case 198:
+		n, err = c.TCPConn.Read(b)
+	case 199:
+		n, err = c.TCPConn.Read(b)
+	case 200:
+		n, err = c.TCPConn.Read(b)
+	case 201:
+		n, err = c.TCPConn.Read(b)
+	case 202:
+		n, err = c.TCPConn.Read(b)
+	case 203:
+		n, err = c.TCPConn.Read(b)
+	case 204:
+		n, err = c.TCPConn.Read(b)
+	case 205:
+		n, err = c.TCPConn.Read(b)
+	case 206:
+		n, err = c.TCPConn.Read(b)
+	case 207:
+		n, err = c.TCPConn.Read(b)
+	case 208:
+		n, err = c.TCPConn.Read(b)
+	case 209:
+		n, err = c.TCPConn.Read(b)
+	case 210:
+		n, err = c.TCPConn.Read(b)
+	case 211:
+		n, err = c.TCPConn.Read(b)
+	case 212:
+		n, err = c.TCPConn.Read(b)
+	case 213:
+		n, err = c.TCPConn.Read(b)
+	case 214:
+		n, err = c.TCPConn.Read(b)
+	case 215:
+		n, err = c.TCPConn.Read(b)
+	case 216:
+		n, err = c.TCPConn.Read(b)
+	case 217:
+		n, err = c.TCPConn.Read(b)
+	case 218:
+		n, err = c.TCPConn.Read(b)
+	case 219:
+		n, err = c.TCPConn.Read(b)
+	case 220:
+		n, err = c.TCPConn.Read(b)
+	case 221:
+		n, err = c.TCPConn.Read(b)
+	case 222:
+		n, err = c.TCPConn.Read(b)
+	case 223:
+		n, err = c.TCPConn.Read(b)
+	case 224:
+		n, err = c.TCPConn.Read(b)
+	case 225:
+		n, err = c.TCPConn.Read(b)
+	case 226:
+		n, err = c.TCPConn.Read(b)
+	case 227:
+		n, err = c.TCPConn.Read(b)
+	case 228:
+		n, err = c.TCPConn.Read(b)
+	case 229:
+		n, err = c.TCPConn.Read(b)
+	case 230:
+		n, err = c.TCPConn.Read(b)
+	case 231:
+		n, err = c.TCPConn.Read(b)
+	case 232:
+		n, err = c.TCPConn.Read(b)
+	case 233:
+		n, err = c.TCPConn.Read(b)
+	case 234:
+		n, err = c.TCPConn.Read(b)
+	case 235:
+		n, err = c.TCPConn.Read(b)
+	case 236:
+		n, err = c.TCPConn.Read(b)
+	case 237:
+		n, err = c.TCPConn.Read(b)
+	case 238:
+		n, err = c.TCPConn.Read(b)
+	case 239:
+		n, err = c.TCPConn.Read(b)
+	case 240:
+		n, err = c.TCPConn.Read(b)
+	case 241:
+		n, err = c.TCPConn.Read(b)
+	case 242:
+		n, err = c.TCPConn.Read(b)
+	case 243:
+		n, err = c.TCPConn.Read(b)
+	case 244:
+		n, err = c.TCPConn.Read(b)
+	case 245:
+		n, err = c.TCPConn.Read(b)
+	case 246:
+		n, err = c.TCPConn.Read(b)
+	case 247:
+		n, err = c.TCPConn.Read(b)
+	case 248:
+		n, err = c.TCPConn.Read(b)
+	case 249:
+		n, err = c.TCPConn.Read(b)
+	case 250:
+		n, err = c.TCPConn.Read(b)
+	case 251:
+		n, err = c.TCPConn.Read(b)
+	case 252:
+		n, err = c.TCPConn.Read(b)
+	case 253:
+		n, err = c.TCPConn.Read(b)
+	case 254:
+		n, err = c.TCPConn.Read(b)
+	case 255:
+		n, err = c.TCPConn.Read(b)
+	case 256:
+		n, err = c.TCPConn.Read(b)
+	case 257:
+		n, err = c.TCPConn.Read(b)
+	case 258:
+		n, err = c.TCPConn.Read(b)
+	case 259:
+		n, err = c.TCPConn.Read(b)
+	case 260:
+		n, err = c.TCPConn.Read(b)
+	case 261:
+		n, err = c.TCPConn.Read(b)
+	case 262:
+		n, err = c.TCPConn.Read(b)
+	case 263:
+		n, err = c.TCPConn.Read(b)
+	case 264:
+		n, err = c.TCPConn.Read(b)
+	case 265:
+		n, err = c.TCPConn.Read(b)
+	case 266:
+		n, err = c.TCPConn.Read(b)
+	case 267:
+		n, err = c.TCPConn.Read(b)
+	case 268:
+		n, err = c.TCPConn.Read(b)
+	case 269:
+		n, err = c.TCPConn.Read(b)
+	case 270:
+		n, err = c.TCPConn.Read(b)
+	case 271:
+		n, err = c.TCPConn.Read(b)
+	case 272:
+		n, err = c.TCPConn.Read(b)
+	case 273:
+		n, err = c.TCPConn.Read(b)
+	case 274:
+		n, err = c.TCPConn.Read(b)
+	case 275:
+		n, err = c.TCPConn.Read(b)
+	case 276:
+		n, err = c.TCPConn.Read(b)
+	case 277:
+		n, err = c.TCPConn.Read(b)
+	case 278:
+		n, err = c.TCPConn.Read(b)
+	case 279:
+		n, err = c.TCPConn.Read(b)
+	case 280:
+		n, err = c.TCPConn.Read(b)
+	case 281:
+		n, err = c.TCPConn.Read(b)
+	case 282:
+		n, err = c.TCPConn.Read(b)
+	case 283:
+		n, err = c.TCPConn.Read(b)
+	case 284:
+		n, err = c.TCPConn.Read(b)
+	case 285:
+		n, err = c.TCPConn.Read(b)
+	case 286:
+		n, err = c.TCPConn.Read(b)
+	case 287:
+		n, err = c.TCPConn.Read(b)
+	case 288:
+		n, err = c.TCPConn.Read(b)
+	case 289:
+		n, err = c.TCPConn.Read(b)
+	case 290:
+		n, err = c.TCPConn.Read(b)
+	case 291:
+		n, err = c.TCPConn.Read(b)
+	case 292:
+		n, err = c.TCPConn.Read(b)
+	case 293:
+		n, err = c.TCPConn.Read(b)
+	case 294:
+		n, err = c.TCPConn.Read(b)
+	case 295:
+		n, err = c.TCPConn.Read(b)
+	case 296:
+		n, err = c.TCPConn.Read(b)
+	case 297:
+		n, err = c.TCPConn.Read(b)
+	case 298:
+		n, err = c.TCPConn.Read(b)
+	case 299:
+		n, err = c.TCPConn.Read(b)
+	case 300:
+		n, err = c.TCPConn.Read(b)
+	case 301:
+		n, err = c.TCPConn.Read(b)
+	case 302:
+		n, err = c.TCPConn.Read(b)
+	case 303:
+		n, err = c.TCPConn.Read(b)
+	case 304:
+		n, err = c.TCPConn.Read(b)
+	case 305:
+		n, err = c.TCPConn.Read(b)
+	case 306:
+		n, err = c.TCPConn.Read(b)
+	case 307:
+		n, err = c.TCPConn.Read(b)
+	case 308:
+		n, err = c.TCPConn.Read(b)
+	case 309:
+		n, err = c.TCPConn.Read(b)
+	case 310:
+		n, err = c.TCPConn.Read(b)
+	case 311:
+		n, err = c.TCPConn.Read(b)
+	case 312:
+		n, err = c.TCPConn.Read(b)
+	case 313:
+		n, err = c.TCPConn.Read(b)
+	case 314:
+		n, err = c.TCPConn.Read(b)
+	case 315:
+		n, err = c.TCPConn.Read(b)
+	case 316:
+		n, err = c.TCPConn.Read(b)
+	case 317:
+		n, err = c.TCPConn.Read(b)
+	case 318:
+		n, err = c.TCPConn.Read(b)
+	case 319:
+		n, err = c.TCPConn.Read(b)
+	case 320:
+		n, err = c.TCPConn.Read(b)
+	case 321:
+		n, err = c.TCPConn.Read(b)
+	case 322:
+		n, err = c.TCPConn.Read(b)
+	case 323:
+		n, err = c.TCPConn.Read(b)
+	case 324:
+		n, err = c.TCPConn.Read(b)
+	case 325:
+		n, err = c.TCPConn.Read(b)
+	case 326:
+		n, err = c.TCPConn.Read(b)
+	case 327:
+		n, err = c.TCPConn.Read(b)
+	case 328:
+		n, err = c.TCPConn.Read(b)
+	case 329:
+		n, err = c.TCPConn.Read(b)
+	case 330:
+		n, err = c.TCPConn.Read(b)
+	case 331:
+		n, err = c.TCPConn.Read(b)
+	case 332:
+		n, err = c.TCPConn.Read(b)
+	case 333:
+		n, err = c.TCPConn.Read(b)
+	case 334:
+		n, err = c.TCPConn.Read(b)
+	case 335:
+		n, err = c.TCPConn.Read(b)
+	case 336:
+		n, err = c.TCPConn.Read(b)
+	case 337:
+		n, err = c.TCPConn.Read(b)
+	case 338:
+		n, err = c.TCPConn.Read(b)
+	case 339:
+		n, err = c.TCPConn.Read(b)
+	case 340:
+		n, err = c.TCPConn.Read(b)
+	case 341:
+		n, err = c.TCPConn.Read(b)
+	case 342:
+		n, err = c.TCPConn.Read(b)
+	case 343:
+		n, err = c.TCPConn.Read(b)
+	case 344:
+		n, err = c.TCPConn.Read(b)
+	case 345:
+		n, err = c.TCPConn.Read(b)
+	case 346:
+		n, err = c.TCPConn.Read(b)
+	case 347:
+		n, err = c.TCPConn.Read(b)
+	case 348:
+		n, err = c.TCPConn.Read(b)
+	case 349:
+		n, err = c.TCPConn.Read(b)
+	case 350:
+		n, err = c.TCPConn.Read(b)
+	case 351:
+		n, err = c.TCPConn.Read(b)
+	case 352:
+		n, err = c.TCPConn.Read(b)
+	case 353:
+		n, err = c.TCPConn.Read(b)
+	case 354:
+		n, err = c.TCPConn.Read(b)
+	case 355:
+		n, err = c.TCPConn.Read(b)
+	case 356:
+		n, err = c.TCPConn.Read(b)
+	case 357:
+		n, err = c.TCPConn.Read(b)
+	case 358:
+		n, err = c.TCPConn.Read(b)
+	case 359:
+		n, err = c.TCPConn.Read(b)
+	case 360:
+		n, err = c.TCPConn.Read(b)
+	case 361:
+		n, err = c.TCPConn.Read(b)
+	case 362:
+		n, err = c.TCPConn.Read(b)
+	case 363:
+		n, err = c.TCPConn.Read(b)
+	case 364:
+		n, err = c.TCPConn.Read(b)
+	case 365:
+		n, err = c.TCPConn.Read(b)
+	case 366:
+		n, err = c.TCPConn.Read(b)
+	case 367:
+		n, err = c.TCPConn.Read(b)
+	case 368:
+		n, err = c.TCPConn.Read(b)
+	case 369:
+		n, err = c.TCPConn.Read(b)
+	case 370:
+		n, err = c.TCPConn.Read(b)
+	case 371:
+		n, err = c.TCPConn.Read(b)
+	case 372:
+		n, err = c.TCPConn.Read(b)
+	case 373:
+		n, err = c.TCPConn.Read(b)
+	case 374:
+		n, err = c.TCPConn.Read(b)
+	case 375:
+		n, err = c.TCPConn.Read(b)
+	case 376:
+		n, err = c.TCPConn.Read(b)
+	case 377:
+		n, err = c.TCPConn.Read(b)
+	case 378:
+		n, err = c.TCPConn.Read(b)
+	case 379:
+		n, err = c.TCPConn.Read(b)
+	case 380:
+		n, err = c.TCPConn.Read(b)
+	case 381:
+		n, err = c.TCPConn.Read(b)
+	case 382:
+		n, err = c.TCPConn.Read(b)
+	case 383:
+		n, err = c.TCPConn.Read(b)
+	case 384:
+		n, err = c.TCPConn.Read(b)
+	case 385:
+		n, err = c.TCPConn.Read(b)
+	case 386:
+		n, err = c.TCPConn.Read(b)
+	case 387:
+		n, err = c.TCPConn.Read(b)
+	case 388:
+		n, err = c.TCPConn.Read(b)
+	case 389:
+		n, err = c.TCPConn.Read(b)
+	case 390:
+		n, err = c.TCPConn.Read(b)
+	case 391:
+		n, err = c.TCPConn.Read(b)
+	case 392:
+		n, err = c.TCPConn.Read(b)
+	case 393:
+		n, err = c.TCPConn.Read(b)
+	case 394:
+		n, err = c.TCPConn.Read(b)
+	case 395:
+		n, err = c.TCPConn.Read(b)
+	case 396:
+		n, err = c.TCPConn.Read(b)
+	case 397:
+		n, err = c.TCPConn.Read(b)
+	case 398:
+		n, err = c.TCPConn.Read(b)
+	case 399:
+		n, err = c.TCPConn.Read(b)
+	case 400:
+		n, err = c.TCPConn.Read(b)
+	case 401:
+		n, err = c.TCPConn.Read(b)
+	case 402:
+		n, err = c.TCPConn.Read(b)
+	case 403:
+		n, err = c.TCPConn.Read(b)
+	case 404:
+		n, err = c.TCPConn.Read(b)
+	case 405:
+		n, err = c.TCPConn.Read(b)
+	case 406:
+		n, err = c.TCPConn.Read(b)
+	case 407:
+		n, err = c.TCPConn.Read(b)
+	case 408:
+		n, err = c.TCPConn.Read(b)
+	case 409:
+		n, err = c.TCPConn.Read(b)
+	case 410:
+		n, err = c.TCPConn.Read(b)
+	case 411:
+		n, err = c.TCPConn.Read(b)
+	case 412:
+		n, err = c.TCPConn.Read(b)
+	case 413:
+		n, err = c.TCPConn.Read(b)
+	case 414:
+		n, err = c.TCPConn.Read(b)
+	case 415:
+		n, err = c.TCPConn.Read(b)
+	case 416:
+		n, err = c.TCPConn.Read(b)
+	case 417:
+		n, err = c.TCPConn.Read(b)
+	case 418:
+		n, err = c.TCPConn.Read(b)
+	case 419:
+		n, err = c.TCPConn.Read(b)
+	case 420:
+		n, err = c.TCPConn.Read(b)
+	case 421:
+		n, err = c.TCPConn.Read(b)
+	case 422:
+		n, err = c.TCPConn.Read(b)
+	case 423:
+		n, err = c.TCPConn.Read(b)
+	case 424:
+		n, err = c.TCPConn.Read(b)
+	case 425:
+		n, err = c.TCPConn.Read(b)
+	case 426:
+		n, err = c.TCPConn.Read(b)
+	case 427:
+		n, err = c.TCPConn.Read(b)
+	case 428:
+		n, err = c.TCPConn.Read(b)
+	case 429:
+		n, err = c.TCPConn.Read(b)
+	case 430:
+		n, err = c.TCPConn.Read(b)
+	case 431:
+		n, err = c.TCPConn.Read(b)
+	case 432:
+		n, err = c.TCPConn.Read(b)
+	case 433:
+		n, err = c.TCPConn.Read(b)
+	case 434:
+		n, err = c.TCPConn.Read(b)
+	case 435:
+		n, err = c.TCPConn.Read(b)
+	case 436:
+		n, err = c.TCPConn.Read(b)
+	case 437:
+		n, err = c.TCPConn.Read(b)
+	case 438:
+		n, err = c.TCPConn.Read(b)
+	case 439:
+		n, err = c.TCPConn.Read(b)
+	case 440:
+		n, err = c.TCPConn.Read(b)
+	case 441:
+		n, err = c.TCPConn.Read(b)
+	case 442:
+		n, err = c.TCPConn.Read(b)
+	case 443:
+		n, err = c.TCPConn.Read(b)
+	case 444:
+		n, err = c.TCPConn.Read(b)
+	case 445:
+		n, err = c.TCPConn.Read(b)
+	case 446:
+		n, err = c.TCPConn.Read(b)
+	case 447:
+		n, err = c.TCPConn.Read(b)
+	case 448:
+		n, err = c.TCPConn.Read(b)
+	case 449:
+		n, err = c.TCPConn.Read(b)
+	case 450:
+		n, err = c.TCPConn.Read(b)
+	case 451:
+		n, err = c.TCPConn.Read(b)
+	case 452:
+		n, err = c.TCPConn.Read(b)
+	case 453:
+		n, err = c.TCPConn.Read(b)
+	case 454:
+		n, err = c.TCPConn.Read(b)
+	case 455:
+		n, err = c.TCPConn.Read(b)
+	case 456:
+		n, err = c.TCPConn.Read(b)
+	case 457:
+		n, err = c.TCPConn.Read(b)
+	case 458:
+		n, err = c.TCPConn.Read(b)
+	case 459:
+		n, err = c.TCPConn.Read(b)
+	case 460:
+		n, err = c.TCPConn.Read(b)
+	case 461:
+		n, err = c.TCPConn.Read(b)
+	case 462:
+		n, err = c.TCPConn.Read(b)
+	case 463:
+		n, err = c.TCPConn.Read(b)
+	case 464:
+		n, err = c.TCPConn.Read(b)
+	case 465:
+		n, err = c.TCPConn.Read(b)
+	case 466:
+		n, err = c.TCPConn.Read(b)
+	case 467:
+		n, err = c.TCPConn.Read(b)
+	case 468:
+		n, err = c.TCPConn.Read(b)
+	case 469:
+		n, err = c.TCPConn.Read(b)
+	case 470:
+		n, err = c.TCPConn.Read(b)
+	case 471:
+		n, err = c.TCPConn.Read(b)
+	case 472:
+		n, err = c.TCPConn.Read(b)
+	case 473:
+		n, err = c.TCPConn.Read(b)
+	case 474:
+		n, err = c.TCPConn.Read(b)
+	case 475:
+		n, err = c.TCPConn.Read(b)
+	case 476:
+		n, err = c.TCPConn.Read(b)
+	case 477:
+		n, err = c.TCPConn.Read(b)
+	case 478:
+		n, err = c.TCPConn.Read(b)
+	case 479:
+		n, err = c.TCPConn.Read(b)
+	case 480:
+		n, err = c.TCPConn.Read(b)
+	case 481:
+		n, err = c.TCPConn.Read(b)
+	case 482:
+		n, err = c.TCPConn.Read(b)
+	case 483:
+		n, err = c.TCPConn.Read(b)
+	case 484:
+		n, err = c.TCPConn.Read(b)
+	case 485:
+		n, err = c.TCPConn.Read(b)
+	case 486:
+		n, err = c.TCPConn.Read(b)
+	case 487:
+		n, err = c.TCPConn.Read(b)
+	case 488:
+		n, err = c.TCPConn.Read(b)
+	case 489:
+		n, err = c.TCPConn.Read(b)
+	case 490:
+		n, err = c.TCPConn.Read(b)
+	case 491:
+		n, err = c.TCPConn.Read(b)
+	case 492:
+		n, err = c.TCPConn.Read(b)
+	case 493:
+		n, err = c.TCPConn.Read(b)
+	case 494:
+		n, err = c.TCPConn.Read(b)
+	case 495:
+		n, err = c.TCPConn.Read(b)
+	case 496:
+		n, err = c.TCPConn.Read(b)
+	case 497:
+		n, err = c.TCPConn.Read(b)
+	case 498:
+		n, err = c.TCPConn.Read(b)
+	case 499:
+		n, err = c.TCPConn.Read(b)
+	case 500:
+		n, err = c.TCPConn.Read(b)
+	case 501:
+		n, err = c.TCPConn.Read(b)
+	case 502:
+		n, err = c.TCPConn.Read(b)
+	case 503:
+		n, err = c.TCPConn.Read(b)
+	case 504:
+		n, err = c.TCPConn.Read(b)
+	case 505:
+		n, err = c.TCPConn.Read(b)
+	case 506:
+		n, err = c.TCPConn.Read(b)
+	case 507:
+		n, err = c.TCPConn.Read(b)
+	case 508:
+		n, err = c.TCPConn.Read(b)
+	case 509:
+		n, err = c.TCPConn.Read(b)
+	case 510:
+		n, err = c.TCPConn.Read(b)
+	case 511:
+		n, err = c.TCPConn.Read(b)
+	case 512:
+		n, err = c.TCPConn.Read(b)
+	case 513:
+		n, err = c.TCPConn.Read(b)
+	case 514:
+		n, err = c.TCPConn.Read(b)
+	case 515:
+		n, err = c.TCPConn.Read(b)
+	case 516:
+		n, err = c.TCPConn.Read(b)
+	case 517:
+		n, err = c.TCPConn.Read(b)
+	case 518:
+		n, err = c.TCPConn.Read(b)
+	case 519:
+		n, err = c.TCPConn.Read(b)
+	case 520:
+		n, err = c.TCPConn.Read(b)
+	case 521:
+		n, err = c.TCPConn.Read(b)
+	case 522:
+		n, err = c.TCPConn.Read(b)
+	case 523:
+		n, err = c.TCPConn.Read(b)
+	case 524:
+		n, err = c.TCPConn.Read(b)
+	case 525:
+		n, err = c.TCPConn.Read(b)
+	case 526:
+		n, err = c.TCPConn.Read(b)
+	case 527:
+		n, err = c.TCPConn.Read(b)
+	case 528:
+		n, err = c.TCPConn.Read(b)
+	case 529:
+		n, err = c.TCPConn.Read(b)
+	case 530:
+		n, err = c.TCPConn.Read(b)
+	case 531:
+		n, err = c.TCPConn.Read(b)
+	case 532:
+		n, err = c.TCPConn.Read(b)
+	case 533:
+		n, err = c.TCPConn.Read(b)
+	case 534:
+		n, err = c.TCPConn.Read(b)
+	case 535:
+		n, err = c.TCPConn.Read(b)
+	case 536:
+		n, err = c.TCPConn.Read(b)
+	case 537:
+		n, err = c.TCPConn.Read(b)
+	case 538:
+		n, err = c.TCPConn.Read(b)
+	case 539:
+		n, err = c.TCPConn.Read(b)
+	case 540:
+		n, err = c.TCPConn.Read(b)
+	case 541:
+		n, err = c.TCPConn.Read(b)
+	case 542:
+		n, err = c.TCPConn.Read(b)
+	case 543:
+		n, err = c.TCPConn.Read(b)
+	case 544:
+		n, err = c.TCPConn.Read(b)
+	case 545:
+		n, err = c.TCPConn.Read(b)
+	case 546:
+		n, err = c.TCPConn.Read(b)
+	case 547:
+		n, err = c.TCPConn.Read(b)
+	case 548:
+		n, err = c.TCPConn.Read(b)
+	case 549:
+		n, err = c.TCPConn.Read(b)
+	case 550:
+		n, err = c.TCPConn.Read(b)
+	case 551:
+		n, err = c.TCPConn.Read(b)
+	case 552:
+		n, err = c.TCPConn.Read(b)
+	case 553:
+		n, err = c.TCPConn.Read(b)
+	case 554:
+		n, err = c.TCPConn.Read(b)
+	case 555:
+		n, err = c.TCPConn.Read(b)
+	case 556:
+		n, err = c.TCPConn.Read(b)
+	case 557:
+		n, err = c.TCPConn.Read(b)
+	case 558:
+		n, err = c.TCPConn.Read(b)
+	case 559:
+		n, err = c.TCPConn.Read(b)
+	case 560:
+		n, err = c.TCPConn.Read(b)
+	case 561:
+		n, err = c.TCPConn.Read(b)
+	case 562:
+		n, err = c.TCPConn.Read(b)
+	case 563:
+		n, err = c.TCPConn.Read(b)
+	case 564:
+		n, err = c.TCPConn.Read(b)
+	case 565:
+		n, err = c.TCPConn.Read(b)
+	case 566:
+		n, err = c.TCPConn.Read(b)
+	case 567:
+		n, err = c.TCPConn.Read(b)
+	case 568:
+		n, err = c.TCPConn.Read(b)
+	case 569:
+		n, err = c.TCPConn.Read(b)
+	case 570:
+		n, err = c.TCPConn.Read(b)
+	case 571:
+		n, err = c.TCPConn.Read(b)
+	case 572:
+		n, err = c.TCPConn.Read(b)
+	case 573:
+		n, err = c.TCPConn.Read(b)
+	case 574:
+		n, err = c.TCPConn.Read(b)
+	case 575:
+		n, err = c.TCPConn.Read(b)
+	case 576:
+		n, err = c.TCPConn.Read(b)
+	case 577:
+		n, err = c.TCPConn.Read(b)
+	case 578:
+		n, err = c.TCPConn.Read(b)
+	case 579:
+		n, err = c.TCPConn.Read(b)
+	case 580:
+		n, err = c.TCPConn.Read(b)
+	case 581:
+		n, err = c.TCPConn.Read(b)
+	case 582:
+		n, err = c.TCPConn.Read(b)
+	case 583:
+		n, err = c.TCPConn.Read(b)
+	case 584:
+		n, err = c.TCPConn.Read(b)
+	case 585:
+		n, err = c.TCPConn.Read(b)
+	case 586:
+		n, err = c.TCPConn.Read(b)
+	case 587:
+		n, err = c.TCPConn.Read(b)
+	case 588:
+		n, err = c.TCPConn.Read(b)
+	case 589:
+		n, err = c.TCPConn.Read(b)
+	case 590:
+		n, err = c.TCPConn.Read(b)
+	case 591:
+		n, err = c.TCPConn.Read(b)
+	case 592:
+		n, err = c.TCPConn.Read(b)
+	case 593:
+		n, err = c.TCPConn.Read(b)
+	case 594:
+		n, err = c.TCPConn.Read(b)
+	case 595:
+		n, err = c.TCPConn.Read(b)
+	case 596:
+		n, err = c.TCPConn.Read(b)
+	case 597:
+		n, err = c.TCPConn.Read(b)
+	case 598:
+		n, err = c.TCPConn.Read(b)
+	case 599:
+		n, err = c.TCPConn.Read(b)
+	case 600:
+		n, err = c.TCPConn.Read(b)
+	case 601:
+		n, err = c.TCPConn.Read(b)
+	case 602:
+		n, err = c.TCPConn.Read(b)
+	case 603:
+		n, err = c.TCPConn.Read(b)
+	case 604:
+		n, err = c.TCPConn.Read(b)
+	case 605:
+		n, err = c.TCPConn.Read(b)
+	case 606:
+		n, err = c.TCPConn.Read(b)
+	case 607:
+		n, err = c.TCPConn.Read(b)
+	case 608:
+		n, err = c.TCPConn.Read(b)
+	case 609:
+		n, err = c.TCPConn.Read(b)
+	case 610:
+		n, err = c.TCPConn.Read(b)
+	case 611:
+		n, err = c.TCPConn.Read(b)
+	case 612:
+		n, err = c.TCPConn.Read(b)
+	case 613:
+		n, err = c.TCPConn.Read(b)
+	case 614:
+		n, err = c.TCPConn.Read(b)
+	case 615:
+		n, err = c.TCPConn.Read(b)
+	case 616:
+		n, err = c.TCPConn.Read(b)
+	case 617:
+		n, err = c.TCPConn.Read(b)
+	case 618:
+		n, err = c.TCPConn.Read(b)
+	case 619:
+		n, err = c.TCPConn.Read(b)
+	case 620:
+		n, err = c.TCPConn.Read(b)
+	case 621:
+		n, err = c.TCPConn.Read(b)
+	case 622:
+		n, err = c.TCPConn.Read(b)
+	case 623:
+		n, err = c.TCPConn.Read(b)
+	case 624:
+		n, err = c.TCPConn.Read(b)
+	case 625:
+		n, err = c.TCPConn.Read(b)
+	case 626:
+		n, err = c.TCPConn.Read(b)
+	case 627:
+		n, err = c.TCPConn.Read(b)
+	case 628:
+		n, err = c.TCPConn.Read(b)
+	case 629:
+		n, err = c.TCPConn.Read(b)
+	case 630:
+		n, err = c.TCPConn.Read(b)
+	case 631:
+		n, err = c.TCPConn.Read(b)
+	case 632:
+		n, err = c.TCPConn.Read(b)
+	case 633:
+		n, err = c.TCPConn.Read(b)
+	case 634:
+		n, err = c.TCPConn.Read(b)
+	case 635:
+		n, err = c.TCPConn.Read(b)
+	case 636:
+		n, err = c.TCPConn.Read(b)
+	case 637:
+		n, err = c.TCPConn.Read(b)
+	case 638:
+		n, err = c.TCPConn.Read(b)
+	case 639:
+		n, err = c.TCPConn.Read(b)
+	case 640:
+		n, err = c.TCPConn.Read(b)
+	case 641:
+		n, err = c.TCPConn.Read(b)
+	case 642:
+		n, err = c.TCPConn.Read(b)
+	case 643:
+		n, err = c.TCPConn.Read(b)
+	case 644:
+		n, err = c.TCPConn.Read(b)
+	case 645:
+		n, err = c.TCPConn.Read(b)
+	case 646:
+		n, err = c.TCPConn.Read(b)
+	case 647:
+		n, err = c.TCPConn.Read(b)
+	case 648:
+		n, err = c.TCPConn.Read(b)
+	case 649:
+		n, err = c.TCPConn.Read(b)
+	case 650:
+		n, err = c.TCPConn.Read(b)
+	case 651:
+		n, err = c.TCPConn.Read(b)
+	case 652:
+		n, err = c.TCPConn.Read(b)
+	case 653:
+		n, err = c.TCPConn.Read(b)
+	case 654:
+		n, err = c.TCPConn.Read(b)
+	case 655:
+		n, err = c.TCPConn.Read(b)
+	case 656:
+		n, err = c.TCPConn.Read(b)
+	case 657:
+		n, err = c.TCPConn.Read(b)
+	case 658:
+		n, err = c.TCPConn.Read(b)
+	case 659:
+		n, err = c.TCPConn.Read(b)
+	case 660:
+		n, err = c.TCPConn.Read(b)
+	case 661:
+		n, err = c.TCPConn.Read(b)
+	case 662:
+		n, err = c.TCPConn.Read(b)
+	case 663:
+		n, err = c.TCPConn.Read(b)
+	case 664:
+		n, err = c.TCPConn.Read(b)
+	case 665:
+		n, err = c.TCPConn.Read(b)
+	case 666:
+		n, err = c.TCPConn.Read(b)
+	case 667:
+		n, err = c.TCPConn.Read(b)
+	case 668:
+		n, err = c.TCPConn.Read(b)
+	case 669:
+		n, err = c.TCPConn.Read(b)
+	case 670:
+		n, err = c.TCPConn.Read(b)
+	case 671:
+		n, err = c.TCPConn.Read(b)
+	case 672:
+		n, err = c.TCPConn.Read(b)
+	case 673:
+		n, err = c.TCPConn.Read(b)
+	case 674:
+		n, err = c.TCPConn.Read(b)
+	case 675:
+		n, err = c.TCPConn.Read(b)
+	case 676:
+		n, err = c.TCPConn.Read(b)
+	case 677:
+		n, err = c.TCPConn.Read(b)
+	case 678:
+		n, err = c.TCPConn.Read(b)
+	case 679:
+		n, err = c.TCPConn.Read(b)
+	case 680:
+		n, err = c.TCPConn.Read(b)
+	case 681:
+		n, err = c.TCPConn.Read(b)
+	case 682:
+		n, err = c.TCPConn.Read(b)
+	case 683:
+		n, err = c.TCPConn.Read(b)
+	case 684:
+		n, err = c.TCPConn.Read(b)
+	case 685:
+		n, err = c.TCPConn.Read(b)
+	case 686:
+		n, err = c.TCPConn.Read(b)
+	case 687:
+		n, err = c.TCPConn.Read(b)
+	case 688:
+		n, err = c.TCPConn.Read(b)
+	case 689:
+		n, err = c.TCPConn.Read(b)
+	case 690:
+		n, err = c.TCPConn.Read(b)
+	case 691:
+		n, err = c.TCPConn.Read(b)
+	case 692:
+		n, err = c.TCPConn.Read(b)
+	case 693:
+		n, err = c.TCPConn.Read(b)
+	case 694:
+		n, err = c.TCPConn.Read(b)
+	case 695:
+		n, err = c.TCPConn.Read(b)
+	case 696:
+		n, err = c.TCPConn.Read(b)
+	case 697:
+		n, err = c.TCPConn.Read(b)
+	case 698:
+		n, err = c.TCPConn.Read(b)
+	case 699:
+		n, err = c.TCPConn.Read(b)
+	case 700:
+		n, err = c.TCPConn.Read(b)
+	case 701:
+		n, err = c.TCPConn.Read(b)
+	case 702:
+		n, err = c.TCPConn.Read(b)
+	case 703:
+		n, err = c.TCPConn.Read(b)
+	case 704:
+		n, err = c.TCPConn.Read(b)
+	case 705:
+		n, err = c.TCPConn.Read(b)
+	case 706:
+		n, err = c.TCPConn.Read(b)
+	case 707:
+		n, err = c.TCPConn.Read(b)
+	case 708:
+		n, err = c.TCPConn.Read(b)
+	case 709:
+		n, err = c.TCPConn.Read(b)
+	case 710:
+		n, err = c.TCPConn.Read(b)
+	case 711:
+		n, err = c.TCPConn.Read(b)
+	case 712:
+		n, err = c.TCPConn.Read(b)
+	case 713:
+		n, err = c.TCPConn.Read(b)
+	case 714:
+		n, err = c.TCPConn.Read(b)
+	case 715:
+		n, err = c.TCPConn.Read(b)
+	case 716:
+		n, err = c.TCPConn.Read(b)
+	case 717:
+		n, err = c.TCPConn.Read(b)
+	case 718:
+		n, err = c.TCPConn.Read(b)
+	case 719:
+		n, err = c.TCPConn.Read(b)
+	case 720:
+		n, err = c.TCPConn.Read(b)
+	case 721:
+		n, err = c.TCPConn.Read(b)
+	case 722:
+		n, err = c.TCPConn.Read(b)
+	case 723:
+		n, err = c.TCPConn.Read(b)
+	case 724:
+		n, err = c.TCPConn.Read(b)
+	case 725:
+		n, err = c.TCPConn.Read(b)
+	case 726:
+		n, err = c.TCPConn.Read(b)
+	case 727:
+		n, err = c.TCPConn.Read(b)
+	case 728:
+		n, err = c.TCPConn.Read(b)
+	case 729:
+		n, err = c.TCPConn.Read(b)
+	case 730:
+		n, err = c.TCPConn.Read(b)
+	case 731:
+		n, err = c.TCPConn.Read(b)
+	case 732:
+		n, err = c.TCPConn.Read(b)
+	case 733:
+		n, err = c.TCPConn.Read(b)
+	case 734:
+		n, err = c.TCPConn.Read(b)
+	case 735:
+		n, err = c.TCPConn.Read(b)
+	case 736:
+		n, err = c.TCPConn.Read(b)
+	case 737:
+		n, err = c.TCPConn.Read(b)
+	case 738:
+		n, err = c.TCPConn.Read(b)
+	case 739:
+		n, err = c.TCPConn.Read(b)
+	case 740:
+		n, err = c.TCPConn.Read(b)
+	case 741:
+		n, err = c.TCPConn.Read(b)
+	case 742:
+		n, err = c.TCPConn.Read(b)
+	case 743:
+		n, err = c.TCPConn.Read(b)
+	case 744:
+		n, err = c.TCPConn.Read(b)
+	case 745:
+		n, err = c.TCPConn.Read(b)
+	case 746:
+		n, err = c.TCPConn.Read(b)
+	case 747:
+		n, err = c.TCPConn.Read(b)
+	case 748:
+		n, err = c.TCPConn.Read(b)
+	case 749:
+		n, err = c.TCPConn.Read(b)
+	case 750:
+		n, err = c.TCPConn.Read(b)
+	case 751:
+		n, err = c.TCPConn.Read(b)
+	case 752:
+		n, err = c.TCPConn.Read(b)
+	case 753:
+		n, err = c.TCPConn.Read(b)
+	case 754:
+		n, err = c.TCPConn.Read(b)
+	case 755:
+		n, err = c.TCPConn.Read(b)
+	case 756:
+		n, err = c.TCPConn.Read(b)
+	case 757:
+		n, err = c.TCPConn.Read(b)
+	case 758:
+		n, err = c.TCPConn.Read(b)
+	case 759:
+		n, err = c.TCPConn.Read(b)
+	case 760:
+		n, err = c.TCPConn.Read(b)
+	case 761:
+		n, err = c.TCPConn.Read(b)
+	case 762:
+		n, err = c.TCPConn.Read(b)
+	case 763:
+		n, err = c.TCPConn.Read(b)
+	case 764:
+		n, err = c.TCPConn.Read(b)
+	case 765:
+		n, err = c.TCPConn.Read(b)
+	case 766:
+		n, err = c.TCPConn.Read(b)
+	case 767:
+		n, err = c.TCPConn.Read(b)
+	case 768:
+		n, err = c.TCPConn.Read(b)
+	case 769:
+		n, err = c.TCPConn.Read(b)
+	case 770:
+		n, err = c.TCPConn.Read(b)
+	case 771:
+		n, err = c.TCPConn.Read(b)
+	case 772:
+		n, err = c.TCPConn.Read(b)
+	case 773:
+		n, err = c.TCPConn.Read(b)
+	case 774:
+		n, err = c.TCPConn.Read(b)
+	case 775:
+		n, err = c.TCPConn.Read(b)
+	case 776:
+		n, err = c.TCPConn.Read(b)
+	case 777:
+		n, err = c.TCPConn.Read(b)
+	case 778:
+		n, err = c.TCPConn.Read(b)
+	case 779:
+		n, err = c.TCPConn.Read(b)
+	case 780:
+		n, err = c.TCPConn.Read(b)
+	case 781:
+		n, err = c.TCPConn.Read(b)
+	case 782:
+		n, err = c.TCPConn.Read(b)
+	case 783:
+		n, err = c.TCPConn.Read(b)
+	case 784:
+		n, err = c.TCPConn.Read(b)
+	case 785:
+		n, err = c.TCPConn.Read(b)
+	case 786:
+		n, err = c.TCPConn.Read(b)
+	case 787:
+		n, err = c.TCPConn.Read(b)
+	case 788:
+		n, err = c.TCPConn.Read(b)
+	case 789:
+		n, err = c.TCPConn.Read(b)
+	case 790:
+		n, err = c.TCPConn.Read(b)
+	case 791:
+		n, err = c.TCPConn.Read(b)
+	case 792:
+		n, err = c.TCPConn.Read(b)
+	case 793:
+		n, err = c.TCPConn.Read(b)
+	case 794:
+		n, err = c.TCPConn.Read(b)
+	case 795:
+		n, err = c.TCPConn.Read(b)
+	case 796:
+		n, err = c.TCPConn.Read(b)
+	case 797:
+		n, err = c.TCPConn.Read(b)
+	case 798:
+		n, err = c.TCPConn.Read(b)
+	case 799:
+		n, err = c.TCPConn.Read(b)
+	case 800:
+		n, err = c.TCPConn.Read(b)
+	case 801:
+		n, err = c.TCPConn.Read(b)
+	case 802:
+		n, err = c.TCPConn.Read(b)
+	case 803:
+		n, err = c.TCPConn.Read(b)
+	case 804:
+		n, err = c.TCPConn.Read(b)
+	case 805:
+		n, err = c.TCPConn.Read(b)
+	case 806:
+		n, err = c.TCPConn.Read(b)
+	case 807:
+		n, err = c.TCPConn.Read(b)
+	case 808:
+		n, err = c.TCPConn.Read(b)
+	case 809:
+		n, err = c.TCPConn.Read(b)
+	case 810:
+		n, err = c.TCPConn.Read(b)
+	case 811:
+		n, err = c.TCPConn.Read(b)
+	case 812:
+		n, err = c.TCPConn.Read(b)
+	case 813:
+		n, err = c.TCPConn.Read(b)
+	case 814:
+		n, err = c.TCPConn.Read(b)
+	case 815:
+		n, err = c.TCPConn.Read(b)
+	case 816:
+		n, err = c.TCPConn.Read(b)
+	case 817:
+		n, err = c.TCPConn.Read(b)
+	case 818:
+		n, err = c.TCPConn.Read(b)
+	case 819:
+		n, err = c.TCPConn.Read(b)
+	case 820:
+		n, err = c.TCPConn.Read(b)
+	case 821:
+		n, err = c.TCPConn.Read(b)
+	case 822:
+		n, err = c.TCPConn.Read(b)
+	case 823:
+		n, err = c.TCPConn.Read(b)
+	case 824:
+		n, err = c.TCPConn.Read(b)
+	case 825:
+		n, err = c.TCPConn.Read(b)
+	case 826:
+		n, err = c.TCPConn.Read(b)
+	case 827:
+		n, err = c.TCPConn.Read(b)
+	case 828:
+		n, err = c.TCPConn.Read(b)
+	case 829:
+		n, err = c.TCPConn.Read(b)
+	case 830:
+		n, err = c.TCPConn.Read(b)
+	case 831:
+		n, err = c.TCPConn.Read(b)
+	case 832:
+		n, err = c.TCPConn.Read(b)
+	case 833:
+		n, err = c.TCPConn.Read(b)
+	case 834:
+		n, err = c.TCPConn.Read(b)
+	case 835:
+		n, err = c.TCPConn.Read(b)
+	case 836:
+		n, err = c.TCPConn.Read(b)
+	case 837:
+		n, err = c.TCPConn.Read(b)
+	case 838:
+		n, err = c.TCPConn.Read(b)
+	case 839:
+		n, err = c.TCPConn.Read(b)
+	case 840:
+		n, err = c.TCPConn.Read(b)
+	case 841:
+		n, err = c.TCPConn.Read(b)
+	case 842:
+		n, err = c.TCPConn.Read(b)
+	case 843:
+		n, err = c.TCPConn.Read(b)
+	case 844:
+		n, err = c.TCPConn.Read(b)
+	case 845:
+		n, err = c.TCPConn.Read(b)
+	case 846:
+		n, err = c.TCPConn.Read(b)
+	case 847:
+		n, err = c.TCPConn.Read(b)
+	case 848:
+		n, err = c.TCPConn.Read(b)
+	case 849:
+		n, err = c.TCPConn.Read(b)
+	case 850:
+		n, err = c.TCPConn.Read(b)
+	case 851:
+		n, err = c.TCPConn.Read(b)
+	case 852:
+		n, err = c.TCPConn.Read(b)
+	case 853:
+		n, err = c.TCPConn.Read(b)
+	case 854:
+		n, err = c.TCPConn.Read(b)
+	case 855:
+		n, err = c.TCPConn.Read(b)
+	case 856:
+		n, err = c.TCPConn.Read(b)
+	case 857:
+		n, err = c.TCPConn.Read(b)
+	case 858:
+		n, err = c.TCPConn.Read(b)
+	case 859:
+		n, err = c.TCPConn.Read(b)
+	case 860:
+		n, err = c.TCPConn.Read(b)
+	case 861:
+		n, err = c.TCPConn.Read(b)
+	case 862:
+		n, err = c.TCPConn.Read(b)
+	case 863:
+		n, err = c.TCPConn.Read(b)
+	case 864:
+		n, err = c.TCPConn.Read(b)
+	case 865:
+		n, err = c.TCPConn.Read(b)
+	case 866:
+		n, err = c.TCPConn.Read(b)
+	case 867:
+		n, err = c.TCPConn.Read(b)
+	case 868:
+		n, err = c.TCPConn.Read(b)
+	case 869:
+		n, err = c.TCPConn.Read(b)
+	case 870:
+		n, err = c.TCPConn.Read(b)
+	case 871:
+		n, err = c.TCPConn.Read(b)
+	case 872:
+		n, err = c.TCPConn.Read(b)
+	case 873:
+		n, err = c.TCPConn.Read(b)
+	case 874:
+		n, err = c.TCPConn.Read(b)
+	case 875:
+		n, err = c.TCPConn.Read(b)
+	case 876:
+		n, err = c.TCPConn.Read(b)
+	case 877:
+		n, err = c.TCPConn.Read(b)
+	case 878:
+		n, err = c.TCPConn.Read(b)
+	case 879:
+		n, err = c.TCPConn.Read(b)
+	case 880:
+		n, err = c.TCPConn.Read(b)
+	case 881:
+		n, err = c.TCPConn.Read(b)
+	case 882:
+		n, err = c.TCPConn.Read(b)
+	case 883:
+		n, err = c.TCPConn.Read(b)
+	case 884:
+		n, err = c.TCPConn.Read(b)
+	case 885:
+		n, err = c.TCPConn.Read(b)
+	case 886:
+		n, err = c.TCPConn.Read(b)
+	case 887:
+		n, err = c.TCPConn.Read(b)
+	case 888:
+		n, err = c.TCPConn.Read(b)
+	case 889:
+		n, err = c.TCPConn.Read(b)
+	case 890:
+		n, err = c.TCPConn.Read(b)
+	case 891:
+		n, err = c.TCPConn.Read(b)
+	case 892:
+		n, err = c.TCPConn.Read(b)
+	case 893:
+		n, err = c.TCPConn.Read(b)
+	case 894:
+		n, err = c.TCPConn.Read(b)
+	case 895:
+		n, err = c.TCPConn.Read(b)
+	case 896:
+		n, err = c.TCPConn.Read(b)
+	case 897:
+		n, err = c.TCPConn.Read(b)
+	case 898:
+		n, err = c.TCPConn.Read(b)
+	case 899:
+		n, err = c.TCPConn.Read(b)
+	case 900:
+		n, err = c.TCPConn.Read(b)
+	case 901:
+		n, err = c.TCPConn.Read(b)
+	case 902:
+		n, err = c.TCPConn.Read(b)
+	case 903:
+		n, err = c.TCPConn.Read(b)
+	case 904:
+		n, err = c.TCPConn.Read(b)
+	case 905:
+		n, err = c.TCPConn.Read(b)
+	case 906:
+		n, err = c.TCPConn.Read(b)
+	case 907:
+		n, err = c.TCPConn.Read(b)
+	case 908:
+		n, err = c.TCPConn.Read(b)
+	case 909:
+		n, err = c.TCPConn.Read(b)
+	case 910:
+		n, err = c.TCPConn.Read(b)
+	case 911:
+		n, err = c.TCPConn.Read(b)
+	case 912:
+		n, err = c.TCPConn.Read(b)
+	case 913:
+		n, err = c.TCPConn.Read(b)
+	case 914:
+		n, err = c.TCPConn.Read(b)
+	case 915:
+		n, err = c.TCPConn.Read(b)
+	case 916:
+		n, err = c.TCPConn.Read(b)
+	case 917:
+		n, err = c.TCPConn.Read(b)
+	case 918:
+		n, err = c.TCPConn.Read(b)
+	case 919:
+		n, err = c.TCPConn.Read(b)
+	case 920:
+		n, err = c.TCPConn.Read(b)
+	case 921:
+		n, err = c.TCPConn.Read(b)
+	case 922:
+		n, err = c.TCPConn.Read(b)
+	case 923:
+		n, err = c.TCPConn.Read(b)
+	case 924:
+		n, err = c.TCPConn.Read(b)
+	case 925:
+		n, err = c.TCPConn.Read(b)
+	case 926:
+		n, err = c.TCPConn.Read(b)
+	case 927:
+		n, err = c.TCPConn.Read(b)
+	case 928:
+		n, err = c.TCPConn.Read(b)
+	case 929:
+		n, err = c.TCPConn.Read(b)
+	case 930:
+		n, err = c.TCPConn.Read(b)
+	case 931:
+		n, err = c.TCPConn.Read(b)
+	case 932:
+		n, err = c.TCPConn.Read(b)
+	case 933:
+		n, err = c.TCPConn.Read(b)
+	case 934:
+		n, err = c.TCPConn.Read(b)
+	case 935:
+		n, err = c.TCPConn.Read(b)
+	case 936:
+		n, err = c.TCPConn.Read(b)
+	case 937:
+		n, err = c.TCPConn.Read(b)
+	case 938:
+		n, err = c.TCPConn.Read(b)
+	case 939:
+		n, err = c.TCPConn.Read(b)
+	case 940:
+		n, err = c.TCPConn.Read(b)
+	case 941:
+		n, err = c.TCPConn.Read(b)
+	case 942:
+		n, err = c.TCPConn.Read(b)
+	case 943:
+		n, err = c.TCPConn.Read(b)
+	case 944:
+		n, err = c.TCPConn.Read(b)
+	case 945:
+		n, err = c.TCPConn.Read(b)
+	case 946:
+		n, err = c.TCPConn.Read(b)
+	case 947:
+		n, err = c.TCPConn.Read(b)
+	case 948:
+		n, err = c.TCPConn.Read(b)
+	case 949:
+		n, err = c.TCPConn.Read(b)
+	case 950:
+		n, err = c.TCPConn.Read(b)
+	case 951:
+		n, err = c.TCPConn.Read(b)
+	case 952:
+		n, err = c.TCPConn.Read(b)
+	case 953:
+		n, err = c.TCPConn.Read(b)
+	case 954:
+		n, err = c.TCPConn.Read(b)
+	case 955:
+		n, err = c.TCPConn.Read(b)
+	case 956:
+		n, err = c.TCPConn.Read(b)
+	case 957:
+		n, err = c.TCPConn.Read(b)
+	case 958:
+		n, err = c.TCPConn.Read(b)
+	case 959:
+		n, err = c.TCPConn.Read(b)
+	case 960:
+		n, err = c.TCPConn.Read(b)
+	case 961:
+		n, err = c.TCPConn.Read(b)
+	case 962:
+		n, err = c.TCPConn.Read(b)
+	case 963:
+		n, err = c.TCPConn.Read(b)
+	case 964:
+		n, err = c.TCPConn.Read(b)
+	case 965:
+		n, err = c.TCPConn.Read(b)
+	case 966:
+		n, err = c.TCPConn.Read(b)
+	case 967:
+		n, err = c.TCPConn.Read(b)
+	case 968:
+		n, err = c.TCPConn.Read(b)
+	case 969:
+		n, err = c.TCPConn.Read(b)
+	case 970:
+		n, err = c.TCPConn.Read(b)
+	case 971:
+		n, err = c.TCPConn.Read(b)
+	case 972:
+		n, err = c.TCPConn.Read(b)
+	case 973:
+		n, err = c.TCPConn.Read(b)
+	case 974:
+		n, err = c.TCPConn.Read(b)
+	case 975:
+		n, err = c.TCPConn.Read(b)
+	case 976:
+		n, err = c.TCPConn.Read(b)
+	case 977:
+		n, err = c.TCPConn.Read(b)
+	case 978:
+		n, err = c.TCPConn.Read(b)
+	case 979:
+		n, err = c.TCPConn.Read(b)
+	case 980:
+		n, err = c.TCPConn.Read(b)
+	case 981:
+		n, err = c.TCPConn.Read(b)
+	case 982:
+		n, err = c.TCPConn.Read(b)
+	case 983:
+		n, err = c.TCPConn.Read(b)
+	case 984:
+		n, err = c.TCPConn.Read(b)
+	case 985:
+		n, err = c.TCPConn.Read(b)
+	case 986:
+		n, err = c.TCPConn.Read(b)
+	case 987:
+		n, err = c.TCPConn.Read(b)
+	case 988:
+		n, err = c.TCPConn.Read(b)
+	case 989:
+		n, err = c.TCPConn.Read(b)
+	case 990:
+		n, err = c.TCPConn.Read(b)
+	case 991:
+		n, err = c.TCPConn.Read(b)
+	case 992:
+		n, err = c.TCPConn.Read(b)
+	case 993:
+		n, err = c.TCPConn.Read(b)
+	case 994:
+		n, err = c.TCPConn.Read(b)
+	case 995:
+		n, err = c.TCPConn.Read(b)
+	case 996:
+		n, err = c.TCPConn.Read(b)
+	case 997:
+		n, err = c.TCPConn.Read(b)
+	case 998:
+		n, err = c.TCPConn.Read(b)
+	case 999:
+		n, err = c.TCPConn.Read(b)
+	case 1000:
+		n, err = c.TCPConn.Read(b)
+	case 1001:
+		n, err = c.TCPConn.Read(b)
+	case 1002:
+		n, err = c.TCPConn.Read(b)
+	case 1003:
+		n, err = c.TCPConn.Read(b)
+	case 1004:
+		n, err = c.TCPConn.Read(b)
+	case 1005:
+		n, err = c.TCPConn.Read(b)
+	case 1006:
+		n, err = c.TCPConn.Read(b)
+	case 1007:
+		n, err = c.TCPConn.Read(b)
+	case 1008:
+		n, err = c.TCPConn.Read(b)
+	case 1009:
+		n, err = c.TCPConn.Read(b)
+	case 1010:
+		n, err = c.TCPConn.Read(b)
+	case 1011:
+		n, err = c.TCPConn.Read(b)
+	case 1012:
+		n, err = c.TCPConn.Read(b)
+	case 1013:
+		n, err = c.TCPConn.Read(b)
+	case 1014:
+		n, err = c.TCPConn.Read(b)
+	case 1015:
+		n, err = c.TCPConn.Read(b)
+	case 1016:
+		n, err = c.TCPConn.Read(b)
+	case 1017:
+		n, err = c.TCPConn.Read(b)
+	case 1018:
+		n, err = c.TCPConn.Read(b)
+	case 1019:
+		n, err = c.TCPConn.Read(b)
+	case 1020:
+		n, err = c.TCPConn.Read(b)
+	case 1021:
+		n, err = c.TCPConn.Read(b)
+	case 1022:
+		n, err = c.TCPConn.Read(b)
+	case 1023:
+		n, err = c.TCPConn.Read(b)
+	case 1024:
+		n, err = c.TCPConn.Read(b)
+	case 1025:
+		n, err = c.TCPConn.Read(b)
+	case 1026:
+		n, err = c.TCPConn.Read(b)
+	case 1027:
+		n, err = c.TCPConn.Read(b)
+	case 1028:
+		n, err = c.TCPConn.Read(b)
+	case 1029:
+		n, err = c.TCPConn.Read(b)
+	case 1030:
+		n, err = c.TCPConn.Read(b)
+	case 1031:
+		n, err = c.TCPConn.Read(b)
+	case 1032:
+		n, err = c.TCPConn.Read(b)
+	case 1033:
+		n, err = c.TCPConn.Read(b)
+	case 1034:
+		n, err = c.TCPConn.Read(b)
+	case 1035:
+		n, err = c.TCPConn.Read(b)
+	case 1036:
+		n, err = c.TCPConn.Read(b)
+	case 1037:
+		n, err = c.TCPConn.Read(b)
+	case 1038:
+		n, err = c.TCPConn.Read(b)
+	case 1039:
+		n, err = c.TCPConn.Read(b)
+	case 1040:
+		n, err = c.TCPConn.Read(b)
+	case 1041:
+		n, err = c.TCPConn.Read(b)
+	case 1042:
+		n, err = c.TCPConn.Read(b)
+	case 1043:
+		n, err = c.TCPConn.Read(b)
+	case 1044:
+		n, err = c.TCPConn.Read(b)
+	case 1045:
+		n, err = c.TCPConn.Read(b)
+	case 1046:
+		n, err = c.TCPConn.Read(b)
+	case 1047:
+		n, err = c.TCPConn.Read(b)
+	case 1048:
+		n, err = c.TCPConn.Read(b)
+	case 1049:
+		n, err = c.TCPConn.Read(b)
+	case 1050:
+		n, err = c.TCPConn.Read(b)
+	case 1051:
+		n, err = c.TCPConn.Read(b)
+	case 1052:
+		n, err = c.TCPConn.Read(b)
+	case 1053:
+		n, err = c.TCPConn.Read(b)
+	case 1054:
+		n, err = c.TCPConn.Read(b)
+	case 1055:
+		n, err = c.TCPConn.Read(b)
+	case 1056:
+		n, err = c.TCPConn.Read(b)
+	case 1057:
+		n, err = c.TCPConn.Read(b)
+	case 1058:
+		n, err = c.TCPConn.Read(b)
+	case 1059:
+		n, err = c.TCPConn.Read(b)
+	case 1060:
+		n, err = c.TCPConn.Read(b)
+	case 1061:
+		n, err = c.TCPConn.Read(b)
+	case 1062:
+		n, err = c.TCPConn.Read(b)
+	case 1063:
+		n, err = c.TCPConn.Read(b)
+	case 1064:
+		n, err = c.TCPConn.Read(b)
+	case 1065:
+		n, err = c.TCPConn.Read(b)
+	case 1066:
+		n, err = c.TCPConn.Read(b)
+	case 1067:
+		n, err = c.TCPConn.Read(b)
+	case 1068:
+		n, err = c.TCPConn.Read(b)
+	case 1069:
+		n, err = c.TCPConn.Read(b)
+	case 1070:
+		n, err = c.TCPConn.Read(b)
+	case 1071:
+		n, err = c.TCPConn.Read(b)
+	case 1072:
+		n, err = c.TCPConn.Read(b)
+	case 1073:
+		n, err = c.TCPConn.Read(b)
+	case 1074:
+		n, err = c.TCPConn.Read(b)
+	case 1075:
+		n, err = c.TCPConn.Read(b)
+	case 1076:
+		n, err = c.TCPConn.Read(b)
+	case 1077:
+		n, err = c.TCPConn.Read(b)
+	case 1078:
+		n, err = c.TCPConn.Read(b)
+	case 1079:
+		n, err = c.TCPConn.Read(b)
+	case 1080:
+		n, err = c.TCPConn.Read(b)
+	case 1081:
+		n, err = c.TCPConn.Read(b)
+	case 1082:
+		n, err = c.TCPConn.Read(b)
+	case 1083:
+		n, err = c.TCPConn.Read(b)
+	case 1084:
+		n, err = c.TCPConn.Read(b)
+	case 1085:
+		n, err = c.TCPConn.Read(b)
+	case 1086:
+		n, err = c.TCPConn.Read(b)
+	case 1087:
+		n, err = c.TCPConn.Read(b)
+	case 1088:
+		n, err = c.TCPConn.Read(b)
+	case 1089:
+		n, err = c.TCPConn.Read(b)
+	case 1090:
+		n, err = c.TCPConn.Read(b)
+	case 1091:
+		n, err = c.TCPConn.Read(b)
+	case 1092:
+		n, err = c.TCPConn.Read(b)
+	case 1093:
+		n, err = c.TCPConn.Read(b)
+	case 1094:
+		n, err = c.TCPConn.Read(b)
+	case 1095:
+		n, err = c.TCPConn.Read(b)
+	case 1096:
+		n, err = c.TCPConn.Read(b)
+	case 1097:
+		n, err = c.TCPConn.Read(b)
+	case 1098:
+		n, err = c.TCPConn.Read(b)
+	case 1099:
+		n, err = c.TCPConn.Read(b)
+	case 1100:
+		n, err = c.TCPConn.Read(b)
+	case 1101:
+		n, err = c.TCPConn.Read(b)
+	case 1102:
+		n, err = c.TCPConn.Read(b)
+	case 1103:
+		n, err = c.TCPConn.Read(b)
+	case 1104:
+		n, err = c.TCPConn.Read(b)
+	case 1105:
+		n, err = c.TCPConn.Read(b)
+	case 1106:
+		n, err = c.TCPConn.Read(b)
+	case 1107:
+		n, err = c.TCPConn.Read(b)
+	case 1108:
+		n, err = c.TCPConn.Read(b)
+	case 1109:
+		n, err = c.TCPConn.Read(b)
+	case 1110:
+		n, err = c.TCPConn.Read(b)
+	case 1111:
+		n, err = c.TCPConn.Read(b)
+	case 1112:
+		n, err = c.TCPConn.Read(b)
+	case 1113:
+		n, err = c.TCPConn.Read(b)
+	case 1114:
+		n, err = c.TCPConn.Read(b)
+	case 1115:
+		n, err = c.TCPConn.Read(b)
+	case 1116:
+		n, err = c.TCPConn.Read(b)
+	case 1117:
+		n, err = c.TCPConn.Read(b)
+	case 1118:
+		n, err = c.TCPConn.Read(b)
+	case 1119:
+		n, err = c.TCPConn.Read(b)
+	case 1120:
+		n, err = c.TCPConn.Read(b)
+	case 1121:
+		n, err = c.TCPConn.Read(b)
+	case 1122:
+		n, err = c.TCPConn.Read(b)
+	case 1123:
+		n, err = c.TCPConn.Read(b)
+	case 1124:
+		n, err = c.TCPConn.Read(b)
+	case 1125:
+		n, err = c.TCPConn.Read(b)
+	case 1126:
+		n, err = c.TCPConn.Read(b)
+	case 1127:
+		n, err = c.TCPConn.Read(b)
+	case 1128:
+		n, err = c.TCPConn.Read(b)
+	case 1129:
+		n, err = c.TCPConn.Read(b)
+	case 1130:
+		n, err = c.TCPConn.Read(b)
+	case 1131:
+		n, err = c.TCPConn.Read(b)
+	case 1132:
+		n, err = c.TCPConn.Read(b)
+	case 1133:
+		n, err = c.TCPConn.Read(b)
+	case 1134:
+		n, err = c.TCPConn.Read(b)
+	case 1135:
+		n, err = c.TCPConn.Read(b)
+	case 1136:
+		n, err = c.TCPConn.Read(b)
+	case 1137:
+		n, err = c.TCPConn.Read(b)
+	case 1138:
+		n, err = c.TCPConn.Read(b)
+	case 1139:
+		n, err = c.TCPConn.Read(b)
+	case 1140:
+		n, err = c.TCPConn.Read(b)
+	case 1141:
+		n, err = c.TCPConn.Read(b)
+	case 1142:
+		n, err = c.TCPConn.Read(b)
+	case 1143:
+		n, err = c.TCPConn.Read(b)
+	case 1144:
+		n, err = c.TCPConn.Read(b)
+	case 1145:
+		n, err = c.TCPConn.Read(b)
+	case 1146:
+		n, err = c.TCPConn.Read(b)
+	case 1147:
+		n, err = c.TCPConn.Read(b)
+	case 1148:
+		n, err = c.TCPConn.Read(b)
+	case 1149:
+		n, err = c.TCPConn.Read(b)
+	case 1150:
+		n, err = c.TCPConn.Read(b)
+	case 1151:
+		n, err = c.TCPConn.Read(b)
+	case 1152:
+		n, err = c.TCPConn.Read(b)
+	case 1153:
+		n, err = c.TCPConn.Read(b)
+	case 1154:
+		n, err = c.TCPConn.Read(b)
+	case 1155:
+		n, err = c.TCPConn.Read(b)
+	case 1156:
+		n, err = c.TCPConn.Read(b)
+	case 1157:
+		n, err = c.TCPConn.Read(b)
+	case 1158:
+		n, err = c.TCPConn.Read(b)
+	case 1159:
+		n, err = c.TCPConn.Read(b)
+	case 1160:
+		n, err = c.TCPConn.Read(b)
+	case 1161:
+		n, err = c.TCPConn.Read(b)
+	case 1162:
+		n, err = c.TCPConn.Read(b)
+	case 1163:
+		n, err = c.TCPConn.Read(b)
+	case 1164:
+		n, err = c.TCPConn.Read(b)
+	case 1165:
+		n, err = c.TCPConn.Read(b)
+	case 1166:
+		n, err = c.TCPConn.Read(b)
+	case 1167:
+		n, err = c.TCPConn.Read(b)
+	case 1168:
+		n, err = c.TCPConn.Read(b)
+	case 1169:
+		n, err = c.TCPConn.Read(b)
+	case 1170:
+		n, err = c.TCPConn.Read(b)
+	case 1171:
+		n, err = c.TCPConn.Read(b)
+	case 1172:
+		n, err = c.TCPConn.Read(b)
+	case 1173:
+		n, err = c.TCPConn.Read(b)
+	case 1174:
+		n, err = c.TCPConn.Read(b)
+	case 1175:
+		n, err = c.TCPConn.Read(b)
+	case 1176:
+		n, err = c.TCPConn.Read(b)
+	case 1177:
+		n, err = c.TCPConn.Read(b)
+	case 1178:
+		n, err = c.TCPConn.Read(b)
+	case 1179:
+		n, err = c.TCPConn.Read(b)
+	case 1180:
+		n, err = c.TCPConn.Read(b)
+	case 1181:
+		n, err = c.TCPConn.Read(b)
+	case 1182:
+		n, err = c.TCPConn.Read(b)
+	case 1183:
+		n, err = c.TCPConn.Read(b)
+	case 1184:
+		n, err = c.TCPConn.Read(b)
+	case 1185:
+		n, err = c.TCPConn.Read(b)
+	case 1186:
+		n, err = c.TCPConn.Read(b)
+	case 1187:
+		n, err = c.TCPConn.Read(b)
+	case 1188:
+		n, err = c.TCPConn.Read(b)
+	case 1189:
+		n, err = c.TCPConn.Read(b)
+	case 1190:
+		n, err = c.TCPConn.Read(b)
+	case 1191:
+		n, err = c.TCPConn.Read(b)
+	case 1192:
+		n, err = c.TCPConn.Read(b)
+	case 1193:
+		n, err = c.TCPConn.Read(b)
+	case 1194:
+		n, err = c.TCPConn.Read(b)
+	case 1195:
+		n, err = c.TCPConn.Read(b)
+	case 1196:
+		n, err = c.TCPConn.Read(b)
+	case 1197:
+		n, err = c.TCPConn.Read(b)
+	case 1198:
+		n, err = c.TCPConn.Read(b)
+	case 1199:
+		n, err = c.TCPConn.Read(b)
+	case 1200:
+		n, err = c.TCPConn.Read(b)
+	case 1201:
+		n, err = c.TCPConn.Read(b)
+	case 1202:
+		n, err = c.TCPConn.Read(b)
+	case 1203:
+		n, err = c.TCPConn.Read(b)
+	case 1204:
+		n, err = c.TCPConn.Read(b)
+	case 1205:
+		n, err = c.TCPConn.Read(b)
+	case 1206:
+		n, err = c.TCPConn.Read(b)
+	case 1207:
+		n, err = c.TCPConn.Read(b)
+	case 1208:
+		n, err = c.TCPConn.Read(b)
+	case 1209:
+		n, err = c.TCPConn.Read(b)
+	case 1210:
+		n, err = c.TCPConn.Read(b)
+	case 1211:
+		n, err = c.TCPConn.Read(b)
+	case 1212:
+		n, err = c.TCPConn.Read(b)
+	case 1213:
+		n, err = c.TCPConn.Read(b)
+	case 1214:
+		n, err = c.TCPConn.Read(b)
+	case 1215:
+		n, err = c.TCPConn.Read(b)
+	case 1216:
+		n, err = c.TCPConn.Read(b)
+	case 1217:
+		n, err = c.TCPConn.Read(b)
+	case 1218:
+		n, err = c.TCPConn.Read(b)
+	case 1219:
+		n, err = c.TCPConn.Read(b)
+	case 1220:
+		n, err = c.TCPConn.Read(b)
+	case 1221:
+		n, err = c.TCPConn.Read(b)
+	case 1222:
+		n, err = c.TCPConn.Read(b)
+	case 1223:
+		n, err = c.TCPConn.Read(b)
+	case 1224:
+		n, err = c.TCPConn.Read(b)
+	case 1225:
+		n, err = c.TCPConn.Read(b)
+	case 1226:
+		n, err = c.TCPConn.Read(b)
+	case 1227:
+		n, err = c.TCPConn.Read(b)
+	case 1228:
+		n, err = c.TCPConn.Read(b)
+	case 1229:
+		n, err = c.TCPConn.Read(b)
+	case 1230:
+		n, err = c.TCPConn.Read(b)
+	case 1231:
+		n, err = c.TCPConn.Read(b)
+	case 1232:
+		n, err = c.TCPConn.Read(b)
+	case 1233:
+		n, err = c.TCPConn.Read(b)
+	case 1234:
+		n, err = c.TCPConn.Read(b)
+	case 1235:
+		n, err = c.TCPConn.Read(b)
+	case 1236:
+		n, err = c.TCPConn.Read(b)
+	case 1237:
+		n, err = c.TCPConn.Read(b)
+	case 1238:
+		n, err = c.TCPConn.Read(b)
+	case 1239:
+		n, err = c.TCPConn.Read(b)
+	case 1240:
+		n, err = c.TCPConn.Read(b)
+	case 1241:
+		n, err = c.TCPConn.Read(b)
+	case 1242:
+		n, err = c.TCPConn.Read(b)
+	case 1243:
+		n, err = c.TCPConn.Read(b)
+	case 1244:
+		n, err = c.TCPConn.Read(b)
+	case 1245:
+		n, err = c.TCPConn.Read(b)
+	case 1246:
+		n, err = c.TCPConn.Read(b)
+	case 1247:
+		n, err = c.TCPConn.Read(b)
+	case 1248:
+		n, err = c.TCPConn.Read(b)
+	case 1249:
+		n, err = c.TCPConn.Read(b)
+	case 1250:
+		n, err = c.TCPConn.Read(b)
+	case 1251:
+		n, err = c.TCPConn.Read(b)
+	case 1252:
+		n, err = c.TCPConn.Read(b)
+	case 1253:
+		n, err = c.TCPConn.Read(b)
+	case 1254:
+		n, err = c.TCPConn.Read(b)
+	case 1255:
+		n, err = c.TCPConn.Read(b)
+	case 1256:
+		n, err = c.TCPConn.Read(b)
+	case 1257:
+		n, err = c.TCPConn.Read(b)
+	case 1258:
+		n, err = c.TCPConn.Read(b)
+	case 1259:
+		n, err = c.TCPConn.Read(b)
+	case 1260:
+		n, err = c.TCPConn.Read(b)
+	case 1261:
+		n, err = c.TCPConn.Read(b)
+	case 1262:
+		n, err = c.TCPConn.Read(b)
+	case 1263:
+		n, err = c.TCPConn.Read(b)
+	case 1264:
+		n, err = c.TCPConn.Read(b)
+	case 1265:
+		n, err = c.TCPConn.Read(b)
+	case 1266:
+		n, err = c.TCPConn.Read(b)
+	case 1267:
+		n, err = c.TCPConn.Read(b)
+	case 1268:
+		n, err = c.TCPConn.Read(b)
+	case 1269:
+		n, err = c.TCPConn.Read(b)
+	case 1270:
+		n, err = c.TCPConn.Read(b)
+	case 1271:
+		n, err = c.TCPConn.Read(b)
+	case 1272:
+		n, err = c.TCPConn.Read(b)
+	case 1273:
+		n, err = c.TCPConn.Read(b)
+	case 1274:
+		n, err = c.TCPConn.Read(b)
+	case 1275:
+		n, err = c.TCPConn.Read(b)
+	case 1276:
+		n, err = c.TCPConn.Read(b)
+	case 1277:
+		n, err = c.TCPConn.Read(b)
+	case 1278:
+		n, err = c.TCPConn.Read(b)
+	case 1279:
+		n, err = c.TCPConn.Read(b)
+	case 1280:
+		n, err = c.TCPConn.Read(b)
+	case 1281:
+		n, err = c.TCPConn.Read(b)
+	case 1282:
+		n, err = c.TCPConn.Read(b)
+	case 1283:
+		n, err = c.TCPConn.Read(b)
+	case 1284:
+		n, err = c.TCPConn.Read(b)
+	case 1285:
+		n, err = c.TCPConn.Read(b)
+	case 1286:
+		n, err = c.TCPConn.Read(b)
+	case 1287:
+		n, err = c.TCPConn.Read(b)
+	case 1288:
+		n, err = c.TCPConn.Read(b)
+	case 1289:
+		n, err = c.TCPConn.Read(b)
+	case 1290:
+		n, err = c.TCPConn.Read(b)
+	case 1291:
+		n, err = c.TCPConn.Read(b)
+	case 1292:
+		n, err = c.TCPConn.Read(b)
+	case 1293:
+		n, err = c.TCPConn.Read(b)
+	case 1294:
+		n, err = c.TCPConn.Read(b)
+	case 1295:
+		n, err = c.TCPConn.Read(b)
+	case 1296:
+		n, err = c.TCPConn.Read(b)
+	case 1297:
+		n, err = c.TCPConn.Read(b)
+	case 1298:
+		n, err = c.TCPConn.Read(b)
+	case 1299:
+		n, err = c.TCPConn.Read(b)
+	case 1300:
+		n, err = c.TCPConn.Read(b)
+	case 1301:
+		n, err = c.TCPConn.Read(b)
+	case 1302:
+		n, err = c.TCPConn.Read(b)
+	case 1303:
+		n, err = c.TCPConn.Read(b)
+	case 1304:
+		n, err = c.TCPConn.Read(b)
+	case 1305:
+		n, err = c.TCPConn.Read(b)
+	case 1306:
+		n, err = c.TCPConn.Read(b)
+	case 1307:
+		n, err = c.TCPConn.Read(b)
+	case 1308:
+		n, err = c.TCPConn.Read(b)
+	case 1309:
+		n, err = c.TCPConn.Read(b)
+	case 1310:
+		n, err = c.TCPConn.Read(b)
+	case 1311:
+		n, err = c.TCPConn.Read(b)
+	case 1312:
+		n, err = c.TCPConn.Read(b)
+	case 1313:
+		n, err = c.TCPConn.Read(b)
+	case 1314:
+		n, err = c.TCPConn.Read(b)
+	case 1315:
+		n, err = c.TCPConn.Read(b)
+	case 1316:
+		n, err = c.TCPConn.Read(b)
+	case 1317:
+		n, err = c.TCPConn.Read(b)
+	case 1318:
+		n, err = c.TCPConn.Read(b)
+	case 1319:
+		n, err = c.TCPConn.Read(b)
+	case 1320:
+		n, err = c.TCPConn.Read(b)
+	case 1321:
+		n, err = c.TCPConn.Read(b)
+	case 1322:
+		n, err = c.TCPConn.Read(b)
+	case 1323:
+		n, err = c.TCPConn.Read(b)
+	case 1324:
+		n, err = c.TCPConn.Read(b)
+	case 1325:
+		n, err = c.TCPConn.Read(b)
+	case 1326:
+		n, err = c.TCPConn.Read(b)
+	case 1327:
+		n, err = c.TCPConn.Read(b)
+	case 1328:
+		n, err = c.TCPConn.Read(b)
+	case 1329:
+		n, err = c.TCPConn.Read(b)
+	case 1330:
+		n, err = c.TCPConn.Read(b)
+	case 1331:
+		n, err = c.TCPConn.Read(b)
+	case 1332:
+		n, err = c.TCPConn.Read(b)
+	case 1333:
+		n, err = c.TCPConn.Read(b)
+	case 1334:
+		n, err = c.TCPConn.Read(b)
+	case 1335:
+		n, err = c.TCPConn.Read(b)
+	case 1336:
+		n, err = c.TCPConn.Read(b)
+	case 1337:
+		n, err = c.TCPConn.Read(b)
+	case 1338:
+		n, err = c.TCPConn.Read(b)
+	case 1339:
+		n, err = c.TCPConn.Read(b)
+	case 1340:
+		n, err = c.TCPConn.Read(b)
+	case 1341:
+		n, err = c.TCPConn.Read(b)
+	case 1342:
+		n, err = c.TCPConn.Read(b)
+	case 1343:
+		n, err = c.TCPConn.Read(b)
+	case 1344:
+		n, err = c.TCPConn.Read(b)
+	case 1345:
+		n, err = c.TCPConn.Read(b)
+	case 1346:
+		n, err = c.TCPConn.Read(b)
+	case 1347:
+		n, err = c.TCPConn.Read(b)
+	case 1348:
+		n, err = c.TCPConn.Read(b)
+	case 1349:
+		n, err = c.TCPConn.Read(b)
+	case 1350:
+		n, err = c.TCPConn.Read(b)
+	case 1351:
+		n, err = c.TCPConn.Read(b)
+	case 1352:
+		n, err = c.TCPConn.Read(b)
+	case 1353:
+		n, err = c.TCPConn.Read(b)
+	case 1354:
+		n, err = c.TCPConn.Read(b)
+	case 1355:
+		n, err = c.TCPConn.Read(b)
+	case 1356:
+		n, err = c.TCPConn.Read(b)
+	case 1357:
+		n, err = c.TCPConn.Read(b)
+	case 1358:
+		n, err = c.TCPConn.Read(b)
+	case 1359:
+		n, err = c.TCPConn.Read(b)
+	case 1360:
+		n, err = c.TCPConn.Read(b)
+	case 1361:
+		n, err = c.TCPConn.Read(b)
+	case 1362:
+		n, err = c.TCPConn.Read(b)
+	case 1363:
+		n, err = c.TCPConn.Read(b)
+	case 1364:
+		n, err = c.TCPConn.Read(b)
+	case 1365:
+		n, err = c.TCPConn.Read(b)
+	case 1366:
+		n, err = c.TCPConn.Read(b)
+	case 1367:
+		n, err = c.TCPConn.Read(b)
+	case 1368:
+		n, err = c.TCPConn.Read(b)
+	case 1369:
+		n, err = c.TCPConn.Read(b)
+	case 1370:
+		n, err = c.TCPConn.Read(b)
+	case 1371:
+		n, err = c.TCPConn.Read(b)
+	case 1372:
+		n, err = c.TCPConn.Read(b)
+	case 1373:
+		n, err = c.TCPConn.Read(b)
+	case 1374:
+		n, err = c.TCPConn.Read(b)
+	case 1375:
+		n, err = c.TCPConn.Read(b)
+	case 1376:
+		n, err = c.TCPConn.Read(b)
+	case 1377:
+		n, err = c.TCPConn.Read(b)
+	case 1378:
+		n, err = c.TCPConn.Read(b)
+	case 1379:
+		n, err = c.TCPConn.Read(b)
+	case 1380:
+		n, err = c.TCPConn.Read(b)
+	case 1381:
+		n, err = c.TCPConn.Read(b)
+	case 1382:
+		n, err = c.TCPConn.Read(b)
+	case 1383:
+		n, err = c.TCPConn.Read(b)
+	case 1384:
+		n, err = c.TCPConn.Read(b)
+	case 1385:
+		n, err = c.TCPConn.Read(b)
+	case 1386:
+		n, err = c.TCPConn.Read(b)
+	case 1387:
+		n, err = c.TCPConn.Read(b)
+	case 1388:
+		n, err = c.TCPConn.Read(b)
+	case 1389:
+		n, err = c.TCPConn.Read(b)
+	case 1390:
+		n, err = c.TCPConn.Read(b)
+	case 1391:
+		n, err = c.TCPConn.Read(b)
+	case 1392:
+		n, err = c.TCPConn.Read(b)
+	case 1393:
+		n, err = c.TCPConn.Read(b)
+	case 1394:
+		n, err = c.TCPConn.Read(b)
+	case 1395:
+		n, err = c.TCPConn.Read(b)
+	case 1396:
+		n, err = c.TCPConn.Read(b)
+	case 1397:
+		n, err = c.TCPConn.Read(b)
+	case 1398:
+		n, err = c.TCPConn.Read(b)
+	case 1399:
+		n, err = c.TCPConn.Read(b)
+	case 1400:
+		n, err = c.TCPConn.Read(b)
+	case 1401:
+		n, err = c.TCPConn.Read(b)
+	case 1402:
+		n, err = c.TCPConn.Read(b)
+	case 1403:
+		n, err = c.TCPConn.Read(b)
+	case 1404:
+		n, err = c.TCPConn.Read(b)
+	case 1405:
+		n, err = c.TCPConn.Read(b)
+	case 1406:
+		n, err = c.TCPConn.Read(b)
+	case 1407:
+		n, err = c.TCPConn.Read(b)
+	case 1408:
+		n, err = c.TCPConn.Read(b)
+	case 1409:
+		n, err = c.TCPConn.Read(b)
+	case 1410:
+		n, err = c.TCPConn.Read(b)
+	case 1411:
+		n, err = c.TCPConn.Read(b)
+	case 1412:
+		n, err = c.TCPConn.Read(b)
+	case 1413:
+		n, err = c.TCPConn.Read(b)
+	case 1414:
+		n, err = c.TCPConn.Read(b)
+	case 1415:
+		n, err = c.TCPConn.Read(b)
+	case 1416:
+		n, err = c.TCPConn.Read(b)
+	case 1417:
+		n, err = c.TCPConn.Read(b)
+	case 1418:
+		n, err = c.TCPConn.Read(b)
+	case 1419:
+		n, err = c.TCPConn.Read(b)
+	case 1420:
+		n, err = c.TCPConn.Read(b)
+	case 1421:
+		n, err = c.TCPConn.Read(b)
+	case 1422:
+		n, err = c.TCPConn.Read(b)
+	case 1423:
+		n, err = c.TCPConn.Read(b)
+	case 1424:
+		n, err = c.TCPConn.Read(b)
+	case 1425:
+		n, err = c.TCPConn.Read(b)
+	case 1426:
+		n, err = c.TCPConn.Read(b)
+	case 1427:
+		n, err = c.TCPConn.Read(b)
+	case 1428:
+		n, err = c.TCPConn.Read(b)
+	case 1429:
+		n, err = c.TCPConn.Read(b)
+	case 1430:
+		n, err = c.TCPConn.Read(b)
+	case 1431:
+		n, err = c.TCPConn.Read(b)
+	case 1432:
+		n, err = c.TCPConn.Read(b)
+	case 1433:
+		n, err = c.TCPConn.Read(b)
+	case 1434:
+		n, err = c.TCPConn.Read(b)
+	case 1435:
+		n, err = c.TCPConn.Read(b)
+	case 1436:
+		n, err = c.TCPConn.Read(b)
+	case 1437:
+		n, err = c.TCPConn.Read(b)
+	case 1438:
+		n, err = c.TCPConn.Read(b)
+	case 1439:
+		n, err = c.TCPConn.Read(b)
+	case 1440:
+		n, err = c.TCPConn.Read(b)
+	case 1441:
+		n, err = c.TCPConn.Read(b)
+	case 1442:
+		n, err = c.TCPConn.Read(b)
+	case 1443:
+		n, err = c.TCPConn.Read(b)
+	case 1444:
+		n, err = c.TCPConn.Read(b)
+	case 1445:
+		n, err = c.TCPConn.Read(b)
+	case 1446:
+		n, err = c.TCPConn.Read(b)
+	case 1447:
+		n, err = c.TCPConn.Read(b)
+	case 1448:
+		n, err = c.TCPConn.Read(b)
+	case 1449:
+		n, err = c.TCPConn.Read(b)
+	case 1450:
+		n, err = c.TCPConn.Read(b)
+	case 1451:
+		n, err = c.TCPConn.Read(b)
+	case 1452:
+		n, err = c.TCPConn.Read(b)
+	case 1453:
+		n, err = c.TCPConn.Read(b)
+	case 1454:
+		n, err = c.TCPConn.Read(b)
+	case 1455:
+		n, err = c.TCPConn.Read(b)
+	case 1456:
+		n, err = c.TCPConn.Read(b)
+	case 1457:
+		n, err = c.TCPConn.Read(b)
+	case 1458:
+		n, err = c.TCPConn.Read(b)
+	case 1459:
+		n, err = c.TCPConn.Read(b)
+	case 1460:
+		n, err = c.TCPConn.Read(b)
+	case 1461:
+		n, err = c.TCPConn.Read(b)
+	case 1462:
+		n, err = c.TCPConn.Read(b)
+	case 1463:
+		n, err = c.TCPConn.Read(b)
+	case 1464:
+		n, err = c.TCPConn.Read(b)
+	case 1465:
+		n, err = c.TCPConn.Read(b)
+	case 1466:
+		n, err = c.TCPConn.Read(b)
+	case 1467:
+		n, err = c.TCPConn.Read(b)
+	case 1468:
+		n, err = c.TCPConn.Read(b)
+	case 1469:
+		n, err = c.TCPConn.Read(b)
+	case 1470:
+		n, err = c.TCPConn.Read(b)
+	case 1471:
+		n, err = c.TCPConn.Read(b)
+	case 1472:
+		n, err = c.TCPConn.Read(b)
+	case 1473:
+		n, err = c.TCPConn.Read(b)
+	case 1474:
+		n, err = c.TCPConn.Read(b)
+	case 1475:
+		n, err = c.TCPConn.Read(b)
+	case 1476:
+		n, err = c.TCPConn.Read(b)
+	case 1477:
+		n, err = c.TCPConn.Read(b)
+	case 1478:
+		n, err = c.TCPConn.Read(b)
+	case 1479:
+		n, err = c.TCPConn.Read(b)
+	case 1480:
+		n, err = c.TCPConn.Read(b)
+	case 1481:
+		n, err = c.TCPConn.Read(b)
+	case 1482:
+		n, err = c.TCPConn.Read(b)
+	case 1483:
+		n, err = c.TCPConn.Read(b)
+	case 1484:
+		n, err = c.TCPConn.Read(b)
+	case 1485:
+		n, err = c.TCPConn.Read(b)
+	case 1486:
+		n, err = c.TCPConn.Read(b)
+	case 1487:
+		n, err = c.TCPConn.Read(b)
+	case 1488:
+		n, err = c.TCPConn.Read(b)
+	case 1489:
+		n, err = c.TCPConn.Read(b)
+	case 1490:
+		n, err = c.TCPConn.Read(b)
+	case 1491:
+		n, err = c.TCPConn.Read(b)
+	case 1492:
+		n, err = c.TCPConn.Read(b)
+	case 1493:
+		n, err = c.TCPConn.Read(b)
+	case 1494:
+		n, err = c.TCPConn.Read(b)
+	case 1495:
+		n, err = c.TCPConn.Read(b)
+	case 1496:
+		n, err = c.TCPConn.Read(b)
+	case 1497:
+		n, err = c.TCPConn.Read(b)
+	case 1498:
+		n, err = c.TCPConn.Read(b)
+	case 1499:
+		n, err = c.TCPConn.Read(b)
+	case 1500:
+		n, err = c.TCPConn.Read(b)
+	case 1501:
+		n, err = c.TCPConn.Read(b)
+	case 1502:
+		n, err = c.TCPConn.Read(b)
+	case 1503:
+		n, err = c.TCPConn.Read(b)
+	case 1504:
+		n, err = c.TCPConn.Read(b)
+	case 1505:
+		n, err = c.TCPConn.Read(b)
+	case 1506:
+		n, err = c.TCPConn.Read(b)
+	case 1507:
+		n, err = c.TCPConn.Read(b)
+	case 1508:
+		n, err = c.TCPConn.Read(b)
+	case 1509:
+		n, err = c.TCPConn.Read(b)
+	case 1510:
+		n, err = c.TCPConn.Read(b)
+	case 1511:
+		n, err = c.TCPConn.Read(b)
+	case 1512:
+		n, err = c.TCPConn.Read(b)
+	case 1513:
+		n, err = c.TCPConn.Read(b)
+	case 1514:
+		n, err = c.TCPConn.Read(b)
+	case 1515:
+		n, err = c.TCPConn.Read(b)
+	case 1516:
+		n, err = c.TCPConn.Read(b)
+	case 1517:
+		n, err = c.TCPConn.Read(b)
+	case 1518:
+		n, err = c.TCPConn.Read(b)
+	case 1519:
+		n, err = c.TCPConn.Read(b)
+	case 1520:
+		n, err = c.TCPConn.Read(b)
+	case 1521:
+		n, err = c.TCPConn.Read(b)
+	case 1522:
+		n, err = c.TCPConn.Read(b)
+	case 1523:
+		n, err = c.TCPConn.Read(b)
+	case 1524:
+		n, err = c.TCPConn.Read(b)
+	case 1525:
+		n, err = c.TCPConn.Read(b)
+	case 1526:
+		n, err = c.TCPConn.Read(b)
+	case 1527:
+		n, err = c.TCPConn.Read(b)
+	case 1528:
+		n, err = c.TCPConn.Read(b)
+	case 1529:
+		n, err = c.TCPConn.Read(b)
+	case 1530:
+		n, err = c.TCPConn.Read(b)
+	case 1531:
+		n, err = c.TCPConn.Read(b)
+	case 1532:
+		n, err = c.TCPConn.Read(b)
+	case 1533:
+		n, err = c.TCPConn.Read(b)
+	case 1534:
+		n, err = c.TCPConn.Read(b)
+	case 1535:
+		n, err = c.TCPConn.Read(b)
+	case 1536:
+		n, err = c.TCPConn.Read(b)
+	case 1537:
+		n, err = c.TCPConn.Read(b)
+	case 1538:
+		n, err = c.TCPConn.Read(b)
+	case 1539:
+		n, err = c.TCPConn.Read(b)
+	case 1540:
+		n, err = c.TCPConn.Read(b)
+	case 1541:
+		n, err = c.TCPConn.Read(b)
+	case 1542:
+		n, err = c.TCPConn.Read(b)
+	case 1543:
+		n, err = c.TCPConn.Read(b)
+	case 1544:
+		n, err = c.TCPConn.Read(b)
+	case 1545:
+		n, err = c.TCPConn.Read(b)
+	case 1546:
+		n, err = c.TCPConn.Read(b)
+	case 1547:
+		n, err = c.TCPConn.Read(b)
+	case 1548:
+		n, err = c.TCPConn.Read(b)
+	case 1549:
+		n, err = c.TCPConn.Read(b)
+	case 1550:
+		n, err = c.TCPConn.Read(b)
+	case 1551:
+		n, err = c.TCPConn.Read(b)
+	case 1552:
+		n, err = c.TCPConn.Read(b)
+	case 1553:
+		n, err = c.TCPConn.Read(b)
+	case 1554:
+		n, err = c.TCPConn.Read(b)
+	case 1555:
+		n, err = c.TCPConn.Read(b)
+	case 1556:
+		n, err = c.TCPConn.Read(b)
+	case 1557:
+		n, err = c.TCPConn.Read(b)
+	case 1558:
+		n, err = c.TCPConn.Read(b)
+	case 1559:
+		n, err = c.TCPConn.Read(b)
+	case 1560:
+		n, err = c.TCPConn.Read(b)
+	case 1561:
+		n, err = c.TCPConn.Read(b)
+	case 1562:
+		n, err = c.TCPConn.Read(b)
+	case 1563:
+		n, err = c.TCPConn.Read(b)
+	case 1564:
+		n, err = c.TCPConn.Read(b)
+	case 1565:
+		n, err = c.TCPConn.Read(b)
+	case 1566:
+		n, err = c.TCPConn.Read(b)
+	case 1567:
+		n, err = c.TCPConn.Read(b)
+	case 1568:
+		n, err = c.TCPConn.Read(b)
+	case 1569:
+		n, err = c.TCPConn.Read(b)
+	case 1570:
+		n, err = c.TCPConn.Read(b)
+	case 1571:
+		n, err = c.TCPConn.Read(b)
+	case 1572:
+		n, err = c.TCPConn.Read(b)
+	case 1573:
+		n, err = c.TCPConn.Read(b)
+	case 1574:
+		n, err = c.TCPConn.Read(b)
+	case 1575:
+		n, err = c.TCPConn.Read(b)
+	case 1576:
+		n, err = c.TCPConn.Read(b)
+	case 1577:
+		n, err = c.TCPConn.Read(b)
+	case 1578:
+		n, err = c.TCPConn.Read(b)
+	case 1579:
+		n, err = c.TCPConn.Read(b)
+	case 1580:
+		n, err = c.TCPConn.Read(b)
+	case 1581:
+		n, err = c.TCPConn.Read(b)
+	case 1582:
+		n, err = c.TCPConn.Read(b)
+	case 1583:
+		n, err = c.TCPConn.Read(b)
+	case 1584:
+		n, err = c.TCPConn.Read(b)
+	case 1585:
+		n, err = c.TCPConn.Read(b)
+	case 1586:
+		n, err = c.TCPConn.Read(b)
+	case 1587:
+		n, err = c.TCPConn.Read(b)
+	case 1588:
+		n, err = c.TCPConn.Read(b)
+	case 1589:
+		n, err = c.TCPConn.Read(b)
+	case 1590:
+		n, err = c.TCPConn.Read(b)
+	case 1591:
+		n, err = c.TCPConn.Read(b)
+	case 1592:
+		n, err = c.TCPConn.Read(b)
+	case 1593:
+		n, err = c.TCPConn.Read(b)
+	case 1594:
+		n, err = c.TCPConn.Read(b)
+	case 1595:
+		n, err = c.TCPConn.Read(b)
+	case 1596:
+		n, err = c.TCPConn.Read(b)
+	case 1597:
+		n, err = c.TCPConn.Read(b)
+	case 1598:
+		n, err = c.TCPConn.Read(b)
+	case 1599:
+		n, err = c.TCPConn.Read(b)
+	case 1600:
+		n, err = c.TCPConn.Read(b)
+	case 1601:
+		n, err = c.TCPConn.Read(b)
+	case 1602:
+		n, err = c.TCPConn.Read(b)
+	case 1603:
+		n, err = c.TCPConn.Read(b)
+	case 1604:
+		n, err = c.TCPConn.Read(b)
+	case 1605:
+		n, err = c.TCPConn.Read(b)
+	case 1606:
+		n, err = c.TCPConn.Read(b)
+	case 1607:
+		n, err = c.TCPConn.Read(b)
+	case 1608:
+		n, err = c.TCPConn.Read(b)
+	case 1609:
+		n, err = c.TCPConn.Read(b)
+	case 1610:
+		n, err = c.TCPConn.Read(b)
+	case 1611:
+		n, err = c.TCPConn.Read(b)
+	case 1612:
+		n, err = c.TCPConn.Read(b)
+	case 1613:
+		n, err = c.TCPConn.Read(b)
+	case 1614:
+		n, err = c.TCPConn.Read(b)
+	case 1615:
+		n, err = c.TCPConn.Read(b)
+	case 1616:
+		n, err = c.TCPConn.Read(b)
+	case 1617:
+		n, err = c.TCPConn.Read(b)
+	case 1618:
+		n, err = c.TCPConn.Read(b)
+	case 1619:
+		n, err = c.TCPConn.Read(b)
+	case 1620:
+		n, err = c.TCPConn.Read(b)
+	case 1621:
+		n, err = c.TCPConn.Read(b)
+	case 1622:
+		n, err = c.TCPConn.Read(b)
+	case 1623:
+		n, err = c.TCPConn.Read(b)
+	case 1624:
+		n, err = c.TCPConn.Read(b)
+	case 1625:
+		n, err = c.TCPConn.Read(b)
+	case 1626:
+		n, err = c.TCPConn.Read(b)
+	case 1627:
+		n, err = c.TCPConn.Read(b)
+	case 1628:
+		n, err = c.TCPConn.Read(b)
+	case 1629:
+		n, err = c.TCPConn.Read(b)
+	case 1630:
+		n, err = c.TCPConn.Read(b)
+	case 1631:
+		n, err = c.TCPConn.Read(b)
+	case 1632:
+		n, err = c.TCPConn.Read(b)
+	case 1633:
+		n, err = c.TCPConn.Read(b)
+	case 1634:
+		n, err = c.TCPConn.Read(b)
+	case 1635:
+		n, err = c.TCPConn.Read(b)
+	case 1636:
+		n, err = c.TCPConn.Read(b)
+	case 1637:
+		n, err = c.TCPConn.Read(b)
+	case 1638:
+		n, err = c.TCPConn.Read(b)
+	case 1639:
+		n, err = c.TCPConn.Read(b)
+	case 1640:
+		n, err = c.TCPConn.Read(b)
+	case 1641:
+		n, err = c.TCPConn.Read(b)
+	case 1642:
+		n, err = c.TCPConn.Read(b)
+	case 1643:
+		n, err = c.TCPConn.Read(b)
+	case 1644:
+		n, err = c.TCPConn.Read(b)
+	case 1645:
+		n, err = c.TCPConn.Read(b)
+	case 1646:
+		n, err = c.TCPConn.Read(b)
+	case 1647:
+		n, err = c.TCPConn.Read(b)
+	case 1648:
+		n, err = c.TCPConn.Read(b)
+	case 1649:
+		n, err = c.TCPConn.Read(b)
+	case 1650:
+		n, err = c.TCPConn.Read(b)
+	case 1651:
+		n, err = c.TCPConn.Read(b)
+	case 1652:
+		n, err = c.TCPConn.Read(b)
+	case 1653:
+		n, err = c.TCPConn.Read(b)
+	case 1654:
+		n, err = c.TCPConn.Read(b)
+	case 1655:
+		n, err = c.TCPConn.Read(b)
+	case 1656:
+		n, err = c.TCPConn.Read(b)
+	case 1657:
+		n, err = c.TCPConn.Read(b)
+	case 1658:
+		n, err = c.TCPConn.Read(b)
+	case 1659:
+		n, err = c.TCPConn.Read(b)
+	case 1660:
+		n, err = c.TCPConn.Read(b)
+	case 1661:
+		n, err = c.TCPConn.Read(b)
+	case 1662:
+		n, err = c.TCPConn.Read(b)
+	case 1663:
+		n, err = c.TCPConn.Read(b)
+	case 1664:
+		n, err = c.TCPConn.Read(b)
+	case 1665:
+		n, err = c.TCPConn.Read(b)
+	case 1666:
+		n, err = c.TCPConn.Read(b)
+	case 1667:
+		n, err = c.TCPConn.Read(b)
+	case 1668:
+		n, err = c.TCPConn.Read(b)
+	case 1669:
+		n, err = c.TCPConn.Read(b)
+	case 1670:
+		n, err = c.TCPConn.Read(b)
+	case 1671:
+		n, err = c.TCPConn.Read(b)
+	case 1672:
+		n, err = c.TCPConn.Read(b)
+	case 1673:
+		n, err = c.TCPConn.Read(b)
+	case 1674:
+		n, err = c.TCPConn.Read(b)
+	case 1675:
+		n, err = c.TCPConn.Read(b)
+	case 1676:
+		n, err = c.TCPConn.Read(b)
+	case 1677:
+		n, err = c.TCPConn.Read(b)
+	case 1678:
+		n, err = c.TCPConn.Read(b)
+	case 1679:
+		n, err = c.TCPConn.Read(b)
+	case 1680:
+		n, err = c.TCPConn.Read(b)
+	case 1681:
+		n, err = c.TCPConn.Read(b)
+	case 1682:
+		n, err = c.TCPConn.Read(b)
+	case 1683:
+		n, err = c.TCPConn.Read(b)
+	case 1684:
+		n, err = c.TCPConn.Read(b)
+	case 1685:
+		n, err = c.TCPConn.Read(b)
+	case 1686:
+		n, err = c.TCPConn.Read(b)
+	case 1687:
+		n, err = c.TCPConn.Read(b)
+	case 1688:
+		n, err = c.TCPConn.Read(b)
+	case 1689:
+		n, err = c.TCPConn.Read(b)
+	case 1690:
+		n, err = c.TCPConn.Read(b)
+	case 1691:
+		n, err = c.TCPConn.Read(b)
+	case 1692:
+		n, err = c.TCPConn.Read(b)
+	case 1693:
+		n, err = c.TCPConn.Read(b)
+	case 1694:
+		n, err = c.TCPConn.Read(b)
+	case 1695:
+		n, err = c.TCPConn.Read(b)
+	case 1696:
+		n, err = c.TCPConn.Read(b)
+	case 1697:
+		n, err = c.TCPConn.Read(b)
+	case 1698:
+		n, err = c.TCPConn.Read(b)
+	case 1699:
+		n, err = c.TCPConn.Read(b)
+	case 1700:
+		n, err = c.TCPConn.Read(b)
+	case 1701:
+		n, err = c.TCPConn.Read(b)
+	case 1702:
+		n, err = c.TCPConn.Read(b)
+	case 1703:
+		n, err = c.TCPConn.Read(b)
+	case 1704:
+		n, err = c.TCPConn.Read(b)
+	case 1705:
+		n, err = c.TCPConn.Read(b)
+	case 1706:
+		n, err = c.TCPConn.Read(b)
+	case 1707:
+		n, err = c.TCPConn.Read(b)
+	case 1708:
+		n, err = c.TCPConn.Read(b)
+	case 1709:
+		n, err = c.TCPConn.Read(b)
+	case 1710:
+		n, err = c.TCPConn.Read(b)
+	case 1711:
+		n, err = c.TCPConn.Read(b)
+	case 1712:
+		n, err = c.TCPConn.Read(b)
+	case 1713:
+		n, err = c.TCPConn.Read(b)
+	case 1714:
+		n, err = c.TCPConn.Read(b)
+	case 1715:
+		n, err = c.TCPConn.Read(b)
+	case 1716:
+		n, err = c.TCPConn.Read(b)
+	case 1717:
+		n, err = c.TCPConn.Read(b)
+	case 1718:
+		n, err = c.TCPConn.Read(b)
+	case 1719:
+		n, err = c.TCPConn.Read(b)
+	case 1720:
+		n, err = c.TCPConn.Read(b)
+	case 1721:
+		n, err = c.TCPConn.Read(b)
+	case 1722:
+		n, err = c.TCPConn.Read(b)
+	case 1723:
+		n, err = c.TCPConn.Read(b)
+	case 1724:
+		n, err = c.TCPConn.Read(b)
+	case 1725:
+		n, err = c.TCPConn.Read(b)
+	case 1726:
+		n, err = c.TCPConn.Read(b)
+	case 1727:
+		n, err = c.TCPConn.Read(b)
+	case 1728:
+		n, err = c.TCPConn.Read(b)
+	case 1729:
+		n, err = c.TCPConn.Read(b)
+	case 1730:
+		n, err = c.TCPConn.Read(b)
+	case 1731:
+		n, err = c.TCPConn.Read(b)
+	case 1732:
+		n, err = c.TCPConn.Read(b)
+	case 1733:
+		n, err = c.TCPConn.Read(b)
+	case 1734:
+		n, err = c.TCPConn.Read(b)
+	case 1735:
+		n, err = c.TCPConn.Read(b)
+	case 1736:
+		n, err = c.TCPConn.Read(b)
+	case 1737:
+		n, err = c.TCPConn.Read(b)
+	case 1738:
+		n, err = c.TCPConn.Read(b)
+	case 1739:
+		n, err = c.TCPConn.Read(b)
+	case 1740:
+		n, err = c.TCPConn.Read(b)
+	case 1741:
+		n, err = c.TCPConn.Read(b)
+	case 1742:
+		n, err = c.TCPConn.Read(b)
+	case 1743:
+		n, err = c.TCPConn.Read(b)
+	case 1744:
+		n, err = c.TCPConn.Read(b)
+	case 1745:
+		n, err = c.TCPConn.Read(b)
+	case 1746:
+		n, err = c.TCPConn.Read(b)
+	case 1747:
+		n, err = c.TCPConn.Read(b)
+	case 1748:
+		n, err = c.TCPConn.Read(b)
+	case 1749:
+		n, err = c.TCPConn.Read(b)
+	case 1750:
+		n, err = c.TCPConn.Read(b)
+	case 1751:
+		n, err = c.TCPConn.Read(b)
+	case 1752:
+		n, err = c.TCPConn.Read(b)
+	case 1753:
+		n, err = c.TCPConn.Read(b)
+	case 1754:
+		n, err = c.TCPConn.Read(b)
+	case 1755:
+		n, err = c.TCPConn.Read(b)
+	case 1756:
+		n, err = c.TCPConn.Read(b)
+	case 1757:
+		n, err = c.TCPConn.Read(b)
+	case 1758:
+		n, err = c.TCPConn.Read(b)
+	case 1759:
+		n, err = c.TCPConn.Read(b)
+	case 1760:
+		n, err = c.TCPConn.Read(b)
+	case 1761:
+		n, err = c.TCPConn.Read(b)
+	case 1762:
+		n, err = c.TCPConn.Read(b)
+	case 1763:
+		n, err = c.TCPConn.Read(b)
+	case 1764:
+		n, err = c.TCPConn.Read(b)
+	case 1765:
+		n, err = c.TCPConn.Read(b)
+	case 1766:
+		n, err = c.TCPConn.Read(b)
+	case 1767:
+		n, err = c.TCPConn.Read(b)
+	case 1768:
+		n, err = c.TCPConn.Read(b)
+	case 1769:
+		n, err = c.TCPConn.Read(b)
+	case 1770:
+		n, err = c.TCPConn.Read(b)
+	case 1771:
+		n, err = c.TCPConn.Read(b)
+	case 1772:
+		n, err = c.TCPConn.Read(b)
+	case 1773:
+		n, err = c.TCPConn.Read(b)
+	case 1774:
+		n, err = c.TCPConn.Read(b)
+	case 1775:
+		n, err = c.TCPConn.Read(b)
+	case 1776:
+		n, err = c.TCPConn.Read(b)
+	case 1777:
+		n, err = c.TCPConn.Read(b)
+	case 1778:
+		n, err = c.TCPConn.Read(b)
+	case 1779:
+		n, err = c.TCPConn.Read(b)
+	case 1780:
+		n, err = c.TCPConn.Read(b)
+	case 1781:
+		n, err = c.TCPConn.Read(b)
+	case 1782:
+		n, err = c.TCPConn.Read(b)
+	case 1783:
+		n, err = c.TCPConn.Read(b)
+	case 1784:
+		n, err = c.TCPConn.Read(b)
+	case 1785:
+		n, err = c.TCPConn.Read(b)
+	case 1786:
+		n, err = c.TCPConn.Read(b)
+	case 1787:
+		n, err = c.TCPConn.Read(b)
+	case 1788:
+		n, err = c.TCPConn.Read(b)
+	case 1789:
+		n, err = c.TCPConn.Read(b)
+	case 1790:
+		n, err = c.TCPConn.Read(b)
+	case 1791:
+		n, err = c.TCPConn.Read(b)
+	case 1792:
+		n, err = c.TCPConn.Read(b)
+	case 1793:
+		n, err = c.TCPConn.Read(b)
+	case 1794:
+		n, err = c.TCPConn.Read(b)
+	case 1795:
+		n, err = c.TCPConn.Read(b)
+	case 1796:
+		n, err = c.TCPConn.Read(b)
+	case 1797:
+		n, err = c.TCPConn.Read(b)
+	case 1798:
+		n, err = c.TCPConn.Read(b)
+	case 1799:
+		n, err = c.TCPConn.Read(b)
+	case 1800:
+		n, err = c.TCPConn.Read(b)
+	case 1801:
+		n, err = c.TCPConn.Read(b)
+	case 1802:
+		n, err = c.TCPConn.Read(b)
+	case 1803:
+		n, err = c.TCPConn.Read(b)
+	case 1804:
+		n, err = c.TCPConn.Read(b)
+	case 1805:
+		n, err = c.TCPConn.Read(b)
+	case 1806:
+		n, err = c.TCPConn.Read(b)
+	case 1807:
+		n, err = c.TCPConn.Read(b)
+	case 1808:
+		n, err = c.TCPConn.Read(b)
+	case 1809:
+		n, err = c.TCPConn.Read(b)
+	case 1810:
+		n, err = c.TCPConn.Read(b)
+	case 1811:
+		n, err = c.TCPConn.Read(b)
+	case 1812:
+		n, err = c.TCPConn.Read(b)
+	case 1813:
+		n, err = c.TCPConn.Read(b)
+	case 1814:
+		n, err = c.TCPConn.Read(b)
+	case 1815:
+		n, err = c.TCPConn.Read(b)
+	case 1816:
+		n, err = c.TCPConn.Read(b)
+	case 1817:
+		n, err = c.TCPConn.Read(b)
+	case 1818:
+		n, err = c.TCPConn.Read(b)
+	case 1819:
+		n, err = c.TCPConn.Read(b)
+	case 1820:
+		n, err = c.TCPConn.Read(b)
+	case 1821:
+		n, err = c.TCPConn.Read(b)
+	case 1822:
+		n, err = c.TCPConn.Read(b)
+	case 1823:
+		n, err = c.TCPConn.Read(b)
+	case 1824:
+		n, err = c.TCPConn.Read(b)
+	case 1825:
+		n, err = c.TCPConn.Read(b)
+	case 1826:
+		n, err = c.TCPConn.Read(b)
+	case 1827:
+		n, err = c.TCPConn.Read(b)
+	case 1828:
+		n, err = c.TCPConn.Read(b)
+	case 1829:
+		n, err = c.TCPConn.Read(b)
+	case 1830:
+		n, err = c.TCPConn.Read(b)
+	case 1831:
+		n, err = c.TCPConn.Read(b)
+	case 1832:
+		n, err = c.TCPConn.Read(b)
+	case 1833:
+		n, err = c.TCPConn.Read(b)
+	case 1834:
+		n, err = c.TCPConn.Read(b)
+	case 1835:
+		n, err = c.TCPConn.Read(b)
+	case 1836:
+		n, err = c.TCPConn.Read(b)
+	case 1837:
+		n, err = c.TCPConn.Read(b)
+	case 1838:
+		n, err = c.TCPConn.Read(b)
+	case 1839:
+		n, err = c.TCPConn.Read(b)
+	case 1840:
+		n, err = c.TCPConn.Read(b)
+	case 1841:
+		n, err = c.TCPConn.Read(b)
+	case 1842:
+		n, err = c.TCPConn.Read(b)
+	case 1843:
+		n, err = c.TCPConn.Read(b)
+	case 1844:
+		n, err = c.TCPConn.Read(b)
+	case 1845:
+		n, err = c.TCPConn.Read(b)
+	case 1846:
+		n, err = c.TCPConn.Read(b)
+	case 1847:
+		n, err = c.TCPConn.Read(b)
+	case 1848:
+		n, err = c.TCPConn.Read(b)
+	case 1849:
+		n, err = c.TCPConn.Read(b)
+	case 1850:
+		n, err = c.TCPConn.Read(b)
+	case 1851:
+		n, err = c.TCPConn.Read(b)
+	case 1852:
+		n, err = c.TCPConn.Read(b)
+	case 1853:
+		n, err = c.TCPConn.Read(b)
+	case 1854:
+		n, err = c.TCPConn.Read(b)
+	case 1855:
+		n, err = c.TCPConn.Read(b)
+	case 1856:
+		n, err = c.TCPConn.Read(b)
+	case 1857:
+		n, err = c.TCPConn.Read(b)
+	case 1858:
+		n, err = c.TCPConn.Read(b)
+	case 1859:
+		n, err = c.TCPConn.Read(b)
+	case 1860:
+		n, err = c.TCPConn.Read(b)
+	case 1861:
+		n, err = c.TCPConn.Read(b)
+	case 1862:
+		n, err = c.TCPConn.Read(b)
+	case 1863:
+		n, err = c.TCPConn.Read(b)
+	case 1864:
+		n, err = c.TCPConn.Read(b)
+	case 1865:
+		n, err = c.TCPConn.Read(b)
+	case 1866:
+		n, err = c.TCPConn.Read(b)
+	case 1867:
+		n, err = c.TCPConn.Read(b)
+	case 1868:
+		n, err = c.TCPConn.Read(b)
+	case 1869:
+		n, err = c.TCPConn.Read(b)
+	case 1870:
+		n, err = c.TCPConn.Read(b)
+	case 1871:
+		n, err = c.TCPConn.Read(b)
+	case 1872:
+		n, err = c.TCPConn.Read(b)
+	case 1873:
+		n, err = c.TCPConn.Read(b)
+	case 1874:
+		n, err = c.TCPConn.Read(b)
+	case 1875:
+		n, err = c.TCPConn.Read(b)
+	case 1876:
+		n, err = c.TCPConn.Read(b)
+	case 1877:
+		n, err = c.TCPConn.Read(b)
+	case 1878:
+		n, err = c.TCPConn.Read(b)
+	case 1879:
+		n, err = c.TCPConn.Read(b)
+	case 1880:
+		n, err = c.TCPConn.Read(b)
+	case 1881:
+		n, err = c.TCPConn.Read(b)
+	case 1882:
+		n, err = c.TCPConn.Read(b)
+	case 1883:
+		n, err = c.TCPConn.Read(b)
+	case 1884:
+		n, err = c.TCPConn.Read(b)
+	case 1885:
+		n, err = c.TCPConn.Read(b)
+	case 1886:
+		n, err = c.TCPConn.Read(b)
+	case 1887:
+		n, err = c.TCPConn.Read(b)
+	case 1888:
+		n, err = c.TCPConn.Read(b)
+	case 1889:
+		n, err = c.TCPConn.Read(b)
+	case 1890:
+		n, err = c.TCPConn.Read(b)
+	case 1891:
+		n, err = c.TCPConn.Read(b)
+	case 1892:
+		n, err = c.TCPConn.Read(b)
+	case 1893:
+		n, err = c.TCPConn.Read(b)
+	case 1894:
+		n, err = c.TCPConn.Read(b)
+	case 1895:
+		n, err = c.TCPConn.Read(b)
+	case 1896:
+		n, err = c.TCPConn.Read(b)
+	case 1897:
+		n, err = c.TCPConn.Read(b)
+	case 1898:
+		n, err = c.TCPConn.Read(b)
+	case 1899:
+		n, err = c.TCPConn.Read(b)
+	case 1900:
+		n, err = c.TCPConn.Read(b)
+	case 1901:
+		n, err = c.TCPConn.Read(b)
+	case 1902:
+		n, err = c.TCPConn.Read(b)
+	case 1903:
+		n, err = c.TCPConn.Read(b)
+	case 1904:
+		n, err = c.TCPConn.Read(b)
+	case 1905:
+		n, err = c.TCPConn.Read(b)
+	case 1906:
+		n, err = c.TCPConn.Read(b)
+	case 1907:
+		n, err = c.TCPConn.Read(b)
+	case 1908:
+		n, err = c.TCPConn.Read(b)
+	case 1909:
+		n, err = c.TCPConn.Read(b)
+	case 1910:
+		n, err = c.TCPConn.Read(b)
+	case 1911:
+		n, err = c.TCPConn.Read(b)
+	case 1912:
+		n, err = c.TCPConn.Read(b)
+	case 1913:
+		n, err = c.TCPConn.Read(b)
+	case 1914:
+		n, err = c.TCPConn.Read(b)
+	case 1915:
+		n, err = c.TCPConn.Read(b)
+	case 1916:
+		n, err = c.TCPConn.Read(b)
+	case 1917:
+		n, err = c.TCPConn.Read(b)
+	case 1918:
+		n, err = c.TCPConn.Read(b)
+	case 1919:
+		n, err = c.TCPConn.Read(b)
+	case 1920:
+		n, err = c.TCPConn.Read(b)
+	case 1921:
+		n, err = c.TCPConn.Read(b)
+	case 1922:
+		n, err = c.TCPConn.Read(b)
+	case 1923:
+		n, err = c.TCPConn.Read(b)
+	case 1924:
+		n, err = c.TCPConn.Read(b)
+	case 1925:
+		n, err = c.TCPConn.Read(b)
+	case 1926:
+		n, err = c.TCPConn.Read(b)
+	case 1927:
+		n, err = c.TCPConn.Read(b)
+	case 1928:
+		n, err = c.TCPConn.Read(b)
+	case 1929:
+		n, err = c.TCPConn.Read(b)
+	case 1930:
+		n, err = c.TCPConn.Read(b)
+	case 1931:
+		n, err = c.TCPConn.Read(b)
+	case 1932:
+		n, err = c.TCPConn.Read(b)
+	case 1933:
+		n, err = c.TCPConn.Read(b)
+	case 1934:
+		n, err = c.TCPConn.Read(b)
+	case 1935:
+		n, err = c.TCPConn.Read(b)
+	case 1936:
+		n, err = c.TCPConn.Read(b)
+	case 1937:
+		n, err = c.TCPConn.Read(b)
+	case 1938:
+		n, err = c.TCPConn.Read(b)
+	case 1939:
+		n, err = c.TCPConn.Read(b)
+	case 1940:
+		n, err = c.TCPConn.Read(b)
+	case 1941:
+		n, err = c.TCPConn.Read(b)
+	case 1942:
+		n, err = c.TCPConn.Read(b)
+	case 1943:
+		n, err = c.TCPConn.Read(b)
+	case 1944:
+		n, err = c.TCPConn.Read(b)
+	case 1945:
+		n, err = c.TCPConn.Read(b)
+	case 1946:
+		n, err = c.TCPConn.Read(b)
+	case 1947:
+		n, err = c.TCPConn.Read(b)
+	case 1948:
+		n, err = c.TCPConn.Read(b)
+	case 1949:
+		n, err = c.TCPConn.Read(b)
+	case 1950:
+		n, err = c.TCPConn.Read(b)
+	case 1951:
+		n, err = c.TCPConn.Read(b)
+	case 1952:
+		n, err = c.TCPConn.Read(b)
+	case 1953:
+		n, err = c.TCPConn.Read(b)
+	case 1954:
+		n, err = c.TCPConn.Read(b)
+	case 1955:
+		n, err = c.TCPConn.Read(b)
+	case 1956:
+		n, err = c.TCPConn.Read(b)
+	case 1957:
+		n, err = c.TCPConn.Read(b)
+	case 1958:
+		n, err = c.TCPConn.Read(b)
+	case 1959:
+		n, err = c.TCPConn.Read(b)
+	case 1960:
+		n, err = c.TCPConn.Read(b)
+	case 1961:
+		n, err = c.TCPConn.Read(b)
+	case 1962:
+		n, err = c.TCPConn.Read(b)
+	case 1963:
+		n, err = c.TCPConn.Read(b)
+	case 1964:
+		n, err = c.TCPConn.Read(b)
+	case 1965:
+		n, err = c.TCPConn.Read(b)
+	case 1966:
+		n, err = c.TCPConn.Read(b)
+	case 1967:
+		n, err = c.TCPConn.Read(b)
+	case 1968:
+		n, err = c.TCPConn.Read(b)
+	case 1969:
+		n, err = c.TCPConn.Read(b)
+	case 1970:
+		n, err = c.TCPConn.Read(b)
+	case 1971:
+		n, err = c.TCPConn.Read(b)
+	case 1972:
+		n, err = c.TCPConn.Read(b)
+	case 1973:
+		n, err = c.TCPConn.Read(b)
+	case 1974:
+		n, err = c.TCPConn.Read(b)
+	case 1975:
+		n, err = c.TCPConn.Read(b)
+	case 1976:
+		n, err = c.TCPConn.Read(b)
+	case 1977:
+		n, err = c.TCPConn.Read(b)
+	case 1978:
+		n, err = c.TCPConn.Read(b)
+	case 1979:
+		n, err = c.TCPConn.Read(b)
+	case 1980:
+		n, err = c.TCPConn.Read(b)
+	case 1981:
+		n, err = c.TCPConn.Read(b)
+	case 1982:
+		n, err = c.TCPConn.Read(b)
+	case 1983:
+		n, err = c.TCPConn.Read(b)
+	case 1984:
+		n, err = c.TCPConn.Read(b)
+	case 1985:
+		n, err = c.TCPConn.Read(b)
+	case 1986:
+		n, err = c.TCPConn.Read(b)
+	case 1987:
+		n, err = c.TCPConn.Read(b)
+	case 1988:
+		n, err = c.TCPConn.Read(b)
+	case 1989:
+		n, err = c.TCPConn.Read(b)
+	case 1990:
+		n, err = c.TCPConn.Read(b)
+	case 1991:
+		n, err = c.TCPConn.Read(b)
+	case 1992:
+		n, err = c.TCPConn.Read(b)
+	case 1993:
+		n, err = c.TCPConn.Read(b)
+	case 1994:
+		n, err = c.TCPConn.Read(b)
+	case 1995:
+		n, err = c.TCPConn.Read(b)
+	case 1996:
+		n, err = c.TCPConn.Read(b)
+	case 1997:
+		n, err = c.TCPConn.Read(b)
+	case 1998:
+		n, err = c.TCPConn.Read(b)
+	case 1999:
+		n, err = c.TCPConn.Read(b)
+	case 2000:
+		n, err = c.TCPConn.Read(b)
+	case 2001:
+		n, err = c.TCPConn.Read(b)
+	case 2002:
+		n, err = c.TCPConn.Read(b)
+	case 2003:
+		n, err = c.TCPConn.Read(b)
+	case 2004:
+		n, err = c.TCPConn.Read(b)
+	case 2005:
+		n, err = c.TCPConn.Read(b)
+	case 2006:
+		n, err = c.TCPConn.Read(b)
+	case 2007:
+		n, err = c.TCPConn.Read(b)
+	case 2008:
+		n, err = c.TCPConn.Read(b)
+	case 2009:
+		n, err = c.TCPConn.Read(b)
+	case 2010:
+		n, err = c.TCPConn.Read(b)
+	case 2011:
+		n, err = c.TCPConn.Read(b)
+	case 2012:
+		n, err = c.TCPConn.Read(b)
+	case 2013:
+		n, err = c.TCPConn.Read(b)
+	case 2014:
+		n, err = c.TCPConn.Read(b)
+	case 2015:
+		n, err = c.TCPConn.Read(b)
+	case 2016:
+		n, err = c.TCPConn.Read(b)
+	case 2017:
+		n, err = c.TCPConn.Read(b)
+	case 2018:
+		n, err = c.TCPConn.Read(b)
+	case 2019:
+		n, err = c.TCPConn.Read(b)
+	case 2020:
+		n, err = c.TCPConn.Read(b)
+	case 2021:
+		n, err = c.TCPConn.Read(b)
+	case 2022:
+		n, err = c.TCPConn.Read(b)
+	case 2023:
+		n, err = c.TCPConn.Read(b)
+	case 2024:
+		n, err = c.TCPConn.Read(b)
+	case 2025:
+		n, err = c.TCPConn.Read(b)
+	case 2026:
+		n, err = c.TCPConn.Read(b)
+	case 2027:
+		n, err = c.TCPConn.Read(b)
+	case 2028:
+		n, err = c.TCPConn.Read(b)
+	case 2029:
+		n, err = c.TCPConn.Read(b)
+	case 2030:
+		n, err = c.TCPConn.Read(b)
+	case 2031:
+		n, err = c.TCPConn.Read(b)
+	case 2032:
+		n, err = c.TCPConn.Read(b)
+	case 2033:
+		n, err = c.TCPConn.Read(b)
+	case 2034:
+		n, err = c.TCPConn.Read(b)
+	case 2035:
+		n, err = c.TCPConn.Read(b)
+	case 2036:
+		n, err = c.TCPConn.Read(b)
+	case 2037:
+		n, err = c.TCPConn.Read(b)
+	case 2038:
+		n, err = c.TCPConn.Read(b)
+	case 2039:
+		n, err = c.TCPConn.Read(b)
+	case 2040:
+		n, err = c.TCPConn.Read(b)
+	case 2041:
+		n, err = c.TCPConn.Read(b)
+	case 2042:
+		n, err = c.TCPConn.Read(b)
+	case 2043:
+		n, err = c.TCPConn.Read(b)
+	case 2044:
+		n, err = c.TCPConn.Read(b)
+	case 2045:
+		n, err = c.TCPConn.Read(b)
+	case 2046:
+		n, err = c.TCPConn.Read(b)
+	case 2047:
+		n, err = c.TCPConn.Read(b)
+	case 2048:
+		n, err = c.TCPConn.Read(b)
+	case 2049:
+		n, err = c.TCPConn.Read(b)
+	case 2050:
+		n, err = c.TCPConn.Read(b)
+	case 2051:
+		n, err = c.TCPConn.Read(b)
+	case 2052:
+		n, err = c.TCPConn.Read(b)
+	case 2053:
+		n, err = c.TCPConn.Read(b)
+	case 2054:
+		n, err = c.TCPConn.Read(b)
+	case 2055:
+		n, err = c.TCPConn.Read(b)
+	case 2056:
+		n, err = c.TCPConn.Read(b)
+	case 2057:
+		n, err = c.TCPConn.Read(b)
+	case 2058:
+		n, err = c.TCPConn.Read(b)
+	case 2059:
+		n, err = c.TCPConn.Read(b)
+	case 2060:
+		n, err = c.TCPConn.Read(b)
+	case 2061:
+		n, err = c.TCPConn.Read(b)
+	case 2062:
+		n, err = c.TCPConn.Read(b)
+	case 2063:
+		n, err = c.TCPConn.Read(b)
+	case 2064:
+		n, err = c.TCPConn.Read(b)
+	case 2065:
+		n, err = c.TCPConn.Read(b)
+	case 2066:
+		n, err = c.TCPConn.Read(b)
+	case 2067:
+		n, err = c.TCPConn.Read(b)
+	case 2068:
+		n, err = c.TCPConn.Read(b)
+	case 2069:
+		n, err = c.TCPConn.Read(b)
+	case 2070:
+		n, err = c.TCPConn.Read(b)
+	case 2071:
+		n, err = c.TCPConn.Read(b)
+	case 2072:
+		n, err = c.TCPConn.Read(b)
+	case 2073:
+		n, err = c.TCPConn.Read(b)
+	case 2074:
+		n, err = c.TCPConn.Read(b)
+	case 2075:
+		n, err = c.TCPConn.Read(b)
+	case 2076:
+		n, err = c.TCPConn.Read(b)
+	case 2077:
+		n, err = c.TCPConn.Read(b)
+	case 2078:
+		n, err = c.TCPConn.Read(b)
+	case 2079:
+		n, err = c.TCPConn.Read(b)
+	case 2080:
+		n, err = c.TCPConn.Read(b)
+	case 2081:
+		n, err = c.TCPConn.Read(b)
+	case 2082:
+		n, err = c.TCPConn.Read(b)
+	case 2083:
+		n, err = c.TCPConn.Read(b)
+	case 2084:
+		n, err = c.TCPConn.Read(b)
+	case 2085:
+		n, err = c.TCPConn.Read(b)
+	case 2086:
+		n, err = c.TCPConn.Read(b)
+	case 2087:
+		n, err = c.TCPConn.Read(b)
+	case 2088:
+		n, err = c.TCPConn.Read(b)
+	case 2089:
+		n, err = c.TCPConn.Read(b)
+	case 2090:
+		n, err = c.TCPConn.Read(b)
+	case 2091:
+		n, err = c.TCPConn.Read(b)
+	case 2092:
+		n, err = c.TCPConn.Read(b)
+	case 2093:
+		n, err = c.TCPConn.Read(b)
+	case 2094:
+		n, err = c.TCPConn.Read(b)
+	case 2095:
+		n, err = c.TCPConn.Read(b)
+	case 2096:
+		n, err = c.TCPConn.Read(b)
+	case 2097:
+		n, err = c.TCPConn.Read(b)
+	case 2098:
+		n, err = c.TCPConn.Read(b)
+	case 2099:
+		n, err = c.TCPConn.Read(b)
+	case 2100:
+		n, err = c.TCPConn.Read(b)
+	case 2101:
+		n, err = c.TCPConn.Read(b)
+	case 2102:
+		n, err = c.TCPConn.Read(b)
+	case 2103:
+		n, err = c.TCPConn.Read(b)
+	case 2104:
+		n, err = c.TCPConn.Read(b)
+	case 2105:
+		n, err = c.TCPConn.Read(b)
+	case 2106:
+		n, err = c.TCPConn.Read(b)
+	case 2107:
+		n, err = c.TCPConn.Read(b)
+	case 2108:
+		n, err = c.TCPConn.Read(b)
+	case 2109:
+		n, err = c.TCPConn.Read(b)
+	case 2110:
+		n, err = c.TCPConn.Read(b)
+	case 2111:
+		n, err = c.TCPConn.Read(b)
+	case 2112:
+		n, err = c.TCPConn.Read(b)
+	case 2113:
+		n, err = c.TCPConn.Read(b)
+	case 2114:
+		n, err = c.TCPConn.Read(b)
+	case 2115:
+		n, err = c.TCPConn.Read(b)
+	case 2116:
+		n, err = c.TCPConn.Read(b)
+	case 2117:
+		n, err = c.TCPConn.Read(b)
+	case 2118:
+		n, err = c.TCPConn.Read(b)
+	case 2119:
+		n, err = c.TCPConn.Read(b)
+	case 2120:
+		n, err = c.TCPConn.Read(b)
+	case 2121:
+		n, err = c.TCPConn.Read(b)
+	case 2122:
+		n, err = c.TCPConn.Read(b)
+	case 2123:
+		n, err = c.TCPConn.Read(b)
+	case 2124:
+		n, err = c.TCPConn.Read(b)
+	case 2125:
+		n, err = c.TCPConn.Read(b)
+	case 2126:
+		n, err = c.TCPConn.Read(b)
+	case 2127:
+		n, err = c.TCPConn.Read(b)
+	case 2128:
+		n, err = c.TCPConn.Read(b)
+	case 2129:
+		n, err = c.TCPConn.Read(b)
+	case 2130:
+		n, err = c.TCPConn.Read(b)
+	case 2131:
+		n, err = c.TCPConn.Read(b)
+	case 2132:
+		n, err = c.TCPConn.Read(b)
+	case 2133:
+		n, err = c.TCPConn.Read(b)
+	case 2134:
+		n, err = c.TCPConn.Read(b)
+	case 2135:
+		n, err = c.TCPConn.Read(b)
+	case 2136:
+		n, err = c.TCPConn.Read(b)
+	case 2137:
+		n, err = c.TCPConn.Read(b)
+	case 2138:
+		n, err = c.TCPConn.Read(b)
+	case 2139:
+		n, err = c.TCPConn.Read(b)
+	case 2140:
+		n, err = c.TCPConn.Read(b)
+	case 2141:
+		n, err = c.TCPConn.Read(b)
+	case 2142:
+		n, err = c.TCPConn.Read(b)
+	case 2143:
+		n, err = c.TCPConn.Read(b)
+	case 2144:
+		n, err = c.TCPConn.Read(b)
+	case 2145:
+		n, err = c.TCPConn.Read(b)
+	case 2146:
+		n, err = c.TCPConn.Read(b)
+	case 2147:
+		n, err = c.TCPConn.Read(b)
+	case 2148:
+		n, err = c.TCPConn.Read(b)
+	case 2149:
+		n, err = c.TCPConn.Read(b)
+	case 2150:
+		n, err = c.TCPConn.Read(b)
+	case 2151:
+		n, err = c.TCPConn.Read(b)
+	case 2152:
+		n, err = c.TCPConn.Read(b)
+	case 2153:
+		n, err = c.TCPConn.Read(b)
+	case 2154:
+		n, err = c.TCPConn.Read(b)
+	case 2155:
+		n, err = c.TCPConn.Read(b)
+	case 2156:
+		n, err = c.TCPConn.Read(b)
+	case 2157:
+		n, err = c.TCPConn.Read(b)
+	case 2158:
+		n, err = c.TCPConn.Read(b)
+	case 2159:
+		n, err = c.TCPConn.Read(b)
+	case 2160:
+		n, err = c.TCPConn.Read(b)
+	case 2161:
+		n, err = c.TCPConn.Read(b)
+	case 2162:
+		n, err = c.TCPConn.Read(b)
+	case 2163:
+		n, err = c.TCPConn.Read(b)
+	case 2164:
+		n, err = c.TCPConn.Read(b)
+	case 2165:
+		n, err = c.TCPConn.Read(b)
+	case 2166:
+		n, err = c.TCPConn.Read(b)
+	case 2167:
+		n, err = c.TCPConn.Read(b)
+	case 2168:
+		n, err = c.TCPConn.Read(b)
+	case 2169:
+		n, err = c.TCPConn.Read(b)
+	case 2170:
+		n, err = c.TCPConn.Read(b)
+	case 2171:
+		n, err = c.TCPConn.Read(b)
+	case 2172:
+		n, err = c.TCPConn.Read(b)
+	case 2173:
+		n, err = c.TCPConn.Read(b)
+	case 2174:
+		n, err = c.TCPConn.Read(b)
+	case 2175:
+		n, err = c.TCPConn.Read(b)
+	case 2176:
+		n, err = c.TCPConn.Read(b)
+	case 2177:
+		n, err = c.TCPConn.Read(b)
+	case 2178:
+		n, err = c.TCPConn.Read(b)
+	case 2179:
+		n, err = c.TCPConn.Read(b)
+	case 2180:
+		n, err = c.TCPConn.Read(b)
+	case 2181:
+		n, err = c.TCPConn.Read(b)
+	case 2182:
+		n, err = c.TCPConn.Read(b)
+	case 2183:
+		n, err = c.TCPConn.Read(b)
+	case 2184:
+		n, err = c.TCPConn.Read(b)
+	case 2185:
+		n, err = c.TCPConn.Read(b)
+	case 2186:
+		n, err = c.TCPConn.Read(b)
+	case 2187:
+		n, err = c.TCPConn.Read(b)
+	case 2188:
+		n, err = c.TCPConn.Read(b)
+	case 2189:
+		n, err = c.TCPConn.Read(b)
+	case 2190:
+		n, err = c.TCPConn.Read(b)
+	case 2191:
+		n, err = c.TCPConn.Read(b)
+	case 2192:
+		n, err = c.TCPConn.Read(b)
+	case 2193:
+		n, err = c.TCPConn.Read(b)
+	case 2194:
+		n, err = c.TCPConn.Read(b)
+	case 2195:
+		n, err = c.TCPConn.Read(b)
+	case 2196:
+		n, err = c.TCPConn.Read(b)
+	case 2197:
+		n, err = c.TCPConn.Read(b)
+	case 2198:
+		n, err = c.TCPConn.Read(b)
+	case 2199:
+		n, err = c.TCPConn.Read(b)
+	case 2200:
+		n, err = c.TCPConn.Read(b)
+	case 2201:
+		n, err = c.TCPConn.Read(b)
+	case 2202:
+		n, err = c.TCPConn.Read(b)
+	case 2203:
+		n, err = c.TCPConn.Read(b)
+	case 2204:
+		n, err = c.TCPConn.Read(b)
+	case 2205:
+		n, err = c.TCPConn.Read(b)
+	case 2206:
+		n, err = c.TCPConn.Read(b)
+	case 2207:
+		n, err = c.TCPConn.Read(b)
+	case 2208:
+		n, err = c.TCPConn.Read(b)
+	case 2209:
+		n, err = c.TCPConn.Read(b)
+	case 2210:
+		n, err = c.TCPConn.Read(b)
+	case 2211:
+		n, err = c.TCPConn.Read(b)
+	case 2212:
+		n, err = c.TCPConn.Read(b)
+	case 2213:
+		n, err = c.TCPConn.Read(b)
+	case 2214:
+		n, err = c.TCPConn.Read(b)
+	case 2215:
+		n, err = c.TCPConn.Read(b)
+	case 2216:
+		n, err = c.TCPConn.Read(b)
+	case 2217:
+		n, err = c.TCPConn.Read(b)
+	case 2218:
+		n, err = c.TCPConn.Read(b)
+	case 2219:
+		n, err = c.TCPConn.Read(b)
+	case 2220:
+		n, err = c.TCPConn.Read(b)
+	case 2221:
+		n, err = c.TCPConn.Read(b)
+	case 2222:
+		n, err = c.TCPConn.Read(b)
+	case 2223:
+		n, err = c.TCPConn.Read(b)
+	case 2224:
+		n, err = c.TCPConn.Read(b)
+	case 2225:
+		n, err = c.TCPConn.Read(b)
+	case 2226:
+		n, err = c.TCPConn.Read(b)
+	case 2227:
+		n, err = c.TCPConn.Read(b)
+	case 2228:
+		n, err = c.TCPConn.Read(b)
+	case 2229:
+		n, err = c.TCPConn.Read(b)
+	case 2230:
+		n, err = c.TCPConn.Read(b)
+	case 2231:
+		n, err = c.TCPConn.Read(b)
+	case 2232:
+		n, err = c.TCPConn.Read(b)
+	case 2233:
+		n, err = c.TCPConn.Read(b)
+	case 2234:
+		n, err = c.TCPConn.Read(b)
+	case 2235:
+		n, err = c.TCPConn.Read(b)
+	case 2236:
+		n, err = c.TCPConn.Read(b)
+	case 2237:
+		n, err = c.TCPConn.Read(b)
+	case 2238:
+		n, err = c.TCPConn.Read(b)
+	case 2239:
+		n, err = c.TCPConn.Read(b)
+	case 2240:
+		n, err = c.TCPConn.Read(b)
+	case 2241:
+		n, err = c.TCPConn.Read(b)
+	case 2242:
+		n, err = c.TCPConn.Read(b)
+	case 2243:
+		n, err = c.TCPConn.Read(b)
+	case 2244:
+		n, err = c.TCPConn.Read(b)
+	case 2245:
+		n, err = c.TCPConn.Read(b)
+	case 2246:
+		n, err = c.TCPConn.Read(b)
+	case 2247:
+		n, err = c.TCPConn.Read(b)
+	case 2248:
+		n, err = c.TCPConn.Read(b)
+	case 2249:
+		n, err = c.TCPConn.Read(b)
+	case 2250:
+		n, err = c.TCPConn.Read(b)
+	case 2251:
+		n, err = c.TCPConn.Read(b)
+	case 2252:
+		n, err = c.TCPConn.Read(b)
+	case 2253:
+		n, err = c.TCPConn.Read(b)
+	case 2254:
+		n, err = c.TCPConn.Read(b)
+	case 2255:
+		n, err = c.TCPConn.Read(b)
+	case 2256:
+		n, err = c.TCPConn.Read(b)
+	case 2257:
+		n, err = c.TCPConn.Read(b)
+	case 2258:
+		n, err = c.TCPConn.Read(b)
+	case 2259:
+		n, err = c.TCPConn.Read(b)
+	case 2260:
+		n, err = c.TCPConn.Read(b)
+	case 2261:
+		n, err = c.TCPConn.Read(b)
+	case 2262:
+		n, err = c.TCPConn.Read(b)
+	case 2263:
+		n, err = c.TCPConn.Read(b)
+	case 2264:
+		n, err = c.TCPConn.Read(b)
+	case 2265:
+		n, err = c.TCPConn.Read(b)
+	case 2266:
+		n, err = c.TCPConn.Read(b)
+	case 2267:
+		n, err = c.TCPConn.Read(b)
+	case 2268:
+		n, err = c.TCPConn.Read(b)
+	case 2269:
+		n, err = c.TCPConn.Read(b)
+	case 2270:
+		n, err = c.TCPConn.Read(b)
+	case 2271:
+		n, err = c.TCPConn.Read(b)
+	case 2272:
+		n, err = c.TCPConn.Read(b)
+	case 2273:
+		n, err = c.TCPConn.Read(b)
+	case 2274:
+		n, err = c.TCPConn.Read(b)
+	case 2275:
+		n, err = c.TCPConn.Read(b)
+	case 2276:
+		n, err = c.TCPConn.Read(b)
+	case 2277:
+		n, err = c.TCPConn.Read(b)
+	case 2278:
+		n, err = c.TCPConn.Read(b)
+	case 2279:
+		n, err = c.TCPConn.Read(b)
+	case 2280:
+		n, err = c.TCPConn.Read(b)
+	case 2281:
+		n, err = c.TCPConn.Read(b)
+	case 2282:
+		n, err = c.TCPConn.Read(b)
+	case 2283:
+		n, err = c.TCPConn.Read(b)
+	case 2284:
+		n, err = c.TCPConn.Read(b)
+	case 2285:
+		n, err = c.TCPConn.Read(b)
+	case 2286:
+		n, err = c.TCPConn.Read(b)
+	case 2287:
+		n, err = c.TCPConn.Read(b)
+	case 2288:
+		n, err = c.TCPConn.Read(b)
+	case 2289:
+		n, err = c.TCPConn.Read(b)
+	case 2290:
+		n, err = c.TCPConn.Read(b)
+	case 2291:
+		n, err = c.TCPConn.Read(b)
+	case 2292:
+		n, err = c.TCPConn.Read(b)
+	case 2293:
+		n, err = c.TCPConn.Read(b)
+	case 2294:
+		n, err = c.TCPConn.Read(b)
+	case 2295:
+		n, err = c.TCPConn.Read(b)
+	case 2296:
+		n, err = c.TCPConn.Read(b)
+	case 2297:
+		n, err = c.TCPConn.Read(b)
+	case 2298:
+		n, err = c.TCPConn.Read(b)
+	case 2299:
+		n, err = c.TCPConn.Read(b)
+	case 2300:
+		n, err = c.TCPConn.Read(b)
+	case 2301:
+		n, err = c.TCPConn.Read(b)
+	case 2302:
+		n, err = c.TCPConn.Read(b)
+	case 2303:
+		n, err = c.TCPConn.Read(b)
+	case 2304:
+		n, err = c.TCPConn.Read(b)
+	case 2305:
+		n, err = c.TCPConn.Read(b)
+	case 2306:
+		n, err = c.TCPConn.Read(b)
+	case 2307:
+		n, err = c.TCPConn.Read(b)
+	case 2308:
+		n, err = c.TCPConn.Read(b)
+	case 2309:
+		n, err = c.TCPConn.Read(b)
+	case 2310:
+		n, err = c.TCPConn.Read(b)
+	case 2311:
+		n, err = c.TCPConn.Read(b)
+	case 2312:
+		n, err = c.TCPConn.Read(b)
+	case 2313:
+		n, err = c.TCPConn.Read(b)
+	case 2314:
+		n, err = c.TCPConn.Read(b)
+	case 2315:
+		n, err = c.TCPConn.Read(b)
+	case 2316:
+		n, err = c.TCPConn.Read(b)
+	case 2317:
+		n, err = c.TCPConn.Read(b)
+	case 2318:
+		n, err = c.TCPConn.Read(b)
+	case 2319:
+		n, err = c.TCPConn.Read(b)
+	case 2320:
+		n, err = c.TCPConn.Read(b)
+	case 2321:
+		n, err = c.TCPConn.Read(b)
+	case 2322:
+		n, err = c.TCPConn.Read(b)
+	case 2323:
+		n, err = c.TCPConn.Read(b)
+	case 2324:
+		n, err = c.TCPConn.Read(b)
+	case 2325:
+		n, err = c.TCPConn.Read(b)
+	case 2326:
+		n, err = c.TCPConn.Read(b)
+	case 2327:
+		n, err = c.TCPConn.Read(b)
+	case 2328:
+		n, err = c.TCPConn.Read(b)
+	case 2329:
+		n, err = c.TCPConn.Read(b)
+	case 2330:
+		n, err = c.TCPConn.Read(b)
+	case 2331:
+		n, err = c.TCPConn.Read(b)
+	case 2332:
+		n, err = c.TCPConn.Read(b)
+	case 2333:
+		n, err = c.TCPConn.Read(b)
+	case 2334:
+		n, err = c.TCPConn.Read(b)
+	case 2335:
+		n, err = c.TCPConn.Read(b)
+	case 2336:
+		n, err = c.TCPConn.Read(b)
+	case 2337:
+		n, err = c.TCPConn.Read(b)
+	case 2338:
+		n, err = c.TCPConn.Read(b)
+	case 2339:
+		n, err = c.TCPConn.Read(b)
+	case 2340:
+		n, err = c.TCPConn.Read(b)
+	case 2341:
+		n, err = c.TCPConn.Read(b)
+	case 2342:
+		n, err = c.TCPConn.Read(b)
+	case 2343:
+		n, err = c.TCPConn.Read(b)
+	case 2344:
+		n, err = c.TCPConn.Read(b)
+	case 2345:
+		n, err = c.TCPConn.Read(b)
+	case 2346:
+		n, err = c.TCPConn.Read(b)
+	case 2347:
+		n, err = c.TCPConn.Read(b)
+	case 2348:
+		n, err = c.TCPConn.Read(b)
+	case 2349:
+		n, err = c.TCPConn.Read(b)
+	case 2350:
+		n, err = c.TCPConn.Read(b)
+	case 2351:
+		n, err = c.TCPConn.Read(b)
+	case 2352:
+		n, err = c.TCPConn.Read(b)
+	case 2353:
+		n, err = c.TCPConn.Read(b)
+	case 2354:
+		n, err = c.TCPConn.Read(b)
+	case 2355:
+		n, err = c.TCPConn.Read(b)
+	case 2356:
+		n, err = c.TCPConn.Read(b)
+	case 2357:
+		n, err = c.TCPConn.Read(b)
+	case 2358:
+		n, err = c.TCPConn.Read(b)
+	case 2359:
+		n, err = c.TCPConn.Read(b)
+	case 2360:
+		n, err = c.TCPConn.Read(b)
+	case 2361:
+		n, err = c.TCPConn.Read(b)
+	case 2362:
+		n, err = c.TCPConn.Read(b)
+	case 2363:
+		n, err = c.TCPConn.Read(b)
+	case 2364:
+		n, err = c.TCPConn.Read(b)
+	case 2365:
+		n, err = c.TCPConn.Read(b)
+	case 2366:
+		n, err = c.TCPConn.Read(b)
+	case 2367:
+		n, err = c.TCPConn.Read(b)
+	case 2368:
+		n, err = c.TCPConn.Read(b)
+	case 2369:
+		n, err = c.TCPConn.Read(b)
+	case 2370:
+		n, err = c.TCPConn.Read(b)
+	case 2371:
+		n, err = c.TCPConn.Read(b)
+	case 2372:
+		n, err = c.TCPConn.Read(b)
+	case 2373:
+		n, err = c.TCPConn.Read(b)
+	case 2374:
+		n, err = c.TCPConn.Read(b)
+	case 2375:
+		n, err = c.TCPConn.Read(b)
+	case 2376:
+		n, err = c.TCPConn.Read(b)
+	case 2377:
+		n, err = c.TCPConn.Read(b)
+	case 2378:
+		n, err = c.TCPConn.Read(b)
+	case 2379:
+		n, err = c.TCPConn.Read(b)
+	case 2380:
+		n, err = c.TCPConn.Read(b)
+	case 2381:
+		n, err = c.TCPConn.Read(b)
+	case 2382:
+		n, err = c.TCPConn.Read(b)
+	case 2383:
+		n, err = c.TCPConn.Read(b)
+	case 2384:
+		n, err = c.TCPConn.Read(b)
+	case 2385:
+		n, err = c.TCPConn.Read(b)
+	case 2386:
+		n, err = c.TCPConn.Read(b)
+	case 2387:
+		n, err = c.TCPConn.Read(b)
+	case 2388:
+		n, err = c.TCPConn.Read(b)
+	case 2389:
+		n, err = c.TCPConn.Read(b)
+	case 2390:
+		n, err = c.TCPConn.Read(b)
+	case 2391:
+		n, err = c.TCPConn.Read(b)
+	case 2392:
+		n, err = c.TCPConn.Read(b)
+	case 2393:
+		n, err = c.TCPConn.Read(b)
+	case 2394:
+		n, err = c.TCPConn.Read(b)
+	case 2395:
+		n, err = c.TCPConn.Read(b)
+	case 2396:
+		n, err = c.TCPConn.Read(b)
+	case 2397:
+		n, err = c.TCPConn.Read(b)
+	case 2398:
+		n, err = c.TCPConn.Read(b)
+	case 2399:
+		n, err = c.TCPConn.Read(b)
+	case 2400:
+		n, err = c.TCPConn.Read(b)
+	case 2401:
+		n, err = c.TCPConn.Read(b)
+	case 2402:
+		n, err = c.TCPConn.Read(b)
+	case 2403:
+		n, err = c.TCPConn.Read(b)
+	case 2404:
+		n, err = c.TCPConn.Read(b)
+	case 2405:
+		n, err = c.TCPConn.Read(b)
+	case 2406:
+		n, err = c.TCPConn.Read(b)
+	case 2407:
+		n, err = c.TCPConn.Read(b)
+	case 2408:
+		n, err = c.TCPConn.Read(b)
+	case 2409:
+		n, err = c.TCPConn.Read(b)
+	case 2410:
+		n, err = c.TCPConn.Read(b)
+	case 2411:
+		n, err = c.TCPConn.Read(b)
+	case 2412:
+		n, err = c.TCPConn.Read(b)
+	case 2413:
+		n, err = c.TCPConn.Read(b)
+	case 2414:
+		n, err = c.TCPConn.Read(b)
+	case 2415:
+		n, err = c.TCPConn.Read(b)
+	case 2416:
+		n, err = c.TCPConn.Read(b)
+	case 2417:
+		n, err = c.TCPConn.Read(b)
+	case 2418:
+		n, err = c.TCPConn.Read(b)
+	case 2419:
+		n, err = c.TCPConn.Read(b)
+	case 2420:
+		n, err = c.TCPConn.Read(b)
+	case 2421:
+		n, err = c.TCPConn.Read(b)
+	case 2422:
+		n, err = c.TCPConn.Read(b)
+	case 2423:
+		n, err = c.TCPConn.Read(b)
+	case 2424:
+		n, err = c.TCPConn.Read(b)
+	case 2425:
+		n, err = c.TCPConn.Read(b)
+	case 2426:
+		n, err = c.TCPConn.Read(b)
+	case 2427:
+		n, err = c.TCPConn.Read(b)
+	case 2428:
+		n, err = c.TCPConn.Read(b)
+	case 2429:
+		n, err = c.TCPConn.Read(b)
+	case 2430:
+		n, err = c.TCPConn.Read(b)
+	case 2431:
+		n, err = c.TCPConn.Read(b)
+	case 2432:
+		n, err = c.TCPConn.Read(b)
+	case 2433:
+		n, err = c.TCPConn.Read(b)
+	case 2434:
+		n, err = c.TCPConn.Read(b)
+	case 2435:
+		n, err = c.TCPConn.Read(b)
+	case 2436:
+		n, err = c.TCPConn.Read(b)
+	case 2437:
+		n, err = c.TCPConn.Read(b)
+	case 2438:
+		n, err = c.TCPConn.Read(b)
+	case 2439:
+		n, err = c.TCPConn.Read(b)
+	case 2440:
+		n, err = c.TCPConn.Read(b)
+	case 2441:
+		n, err = c.TCPConn.Read(b)
+	case 2442:
+		n, err = c.TCPConn.Read(b)
+	case 2443:
+		n, err = c.TCPConn.Read(b)
+	case 2444:
+		n, err = c.TCPConn.Read(b)
+	case 2445:
+		n, err = c.TCPConn.Read(b)
+	case 2446:
+		n, err = c.TCPConn.Read(b)
+	case 2447:
+		n, err = c.TCPConn.Read(b)
+	case 2448:
+		n, err = c.TCPConn.Read(b)
+	case 2449:
+		n, err = c.TCPConn.Read(b)
+	case 2450:
+		n, err = c.TCPConn.Read(b)
+	case 2451:
+		n, err = c.TCPConn.Read(b)
+	case 2452:
+		n, err = c.TCPConn.Read(b)
+	case 2453:
+		n, err = c.TCPConn.Read(b)
+	case 2454:
+		n, err = c.TCPConn.Read(b)
+	case 2455:
+		n, err = c.TCPConn.Read(b)
+	case 2456:
+		n, err = c.TCPConn.Read(b)
+	case 2457:
+		n, err = c.TCPConn.Read(b)
+	case 2458:
+		n, err = c.TCPConn.Read(b)
+	case 2459:
+		n, err = c.TCPConn.Read(b)
+	case 2460:
+		n, err = c.TCPConn.Read(b)
+	case 2461:
+		n, err = c.TCPConn.Read(b)
+	case 2462:
+		n, err = c.TCPConn.Read(b)
+	case 2463:
+		n, err = c.TCPConn.Read(b)
+	case 2464:
+		n, err = c.TCPConn.Read(b)
+	case 2465:
+		n, err = c.TCPConn.Read(b)
+	case 2466:
+		n, err = c.TCPConn.Read(b)
+	case 2467:
+		n, err = c.TCPConn.Read(b)
+	case 2468:
+		n, err = c.TCPConn.Read(b)
+	case 2469:
+		n, err = c.TCPConn.Read(b)
+	case 2470:
+		n, err = c.TCPConn.Read(b)
+	case 2471:
+		n, err = c.TCPConn.Read(b)
+	case 2472:
+		n, err = c.TCPConn.Read(b)
+	case 2473:
+		n, err = c.TCPConn.Read(b)
+	case 2474:
+		n, err = c.TCPConn.Read(b)
+	case 2475:
+		n, err = c.TCPConn.Read(b)
+	case 2476:
+		n, err = c.TCPConn.Read(b)
+	case 2477:
+		n, err = c.TCPConn.Read(b)
+	case 2478:
+		n, err = c.TCPConn.Read(b)
+	case 2479:
+		n, err = c.TCPConn.Read(b)
+	case 2480:
+		n, err = c.TCPConn.Read(b)
+	case 2481:
+		n, err = c.TCPConn.Read(b)
+	case 2482:
+		n, err = c.TCPConn.Read(b)
+	case 2483:
+		n, err = c.TCPConn.Read(b)
+	case 2484:
+		n, err = c.TCPConn.Read(b)
+	case 2485:
+		n, err = c.TCPConn.Read(b)
+	case 2486:
+		n, err = c.TCPConn.Read(b)
+	case 2487:
+		n, err = c.TCPConn.Read(b)
+	case 2488:
+		n, err = c.TCPConn.Read(b)
+	case 2489:
+		n, err = c.TCPConn.Read(b)
+	case 2490:
+		n, err = c.TCPConn.Read(b)
+	case 2491:
+		n, err = c.TCPConn.Read(b)
+	case 2492:
+		n, err = c.TCPConn.Read(b)
+	case 2493:
+		n, err = c.TCPConn.Read(b)
+	case 2494:
+		n, err = c.TCPConn.Read(b)
+	case 2495:
+		n, err = c.TCPConn.Read(b)
+	case 2496:
+		n, err = c.TCPConn.Read(b)
+	case 2497:
+		n, err = c.TCPConn.Read(b)
+	case 2498:
+		n, err = c.TCPConn.Read(b)
+	case 2499:
+		n, err = c.TCPConn.Read(b)
+	case 2500:
+		n, err = c.TCPConn.Read(b)
+	case 2501:
+		n, err = c.TCPConn.Read(b)
+	case 2502:
+		n, err = c.TCPConn.Read(b)
+	case 2503:
+		n, err = c.TCPConn.Read(b)
+	case 2504:
+		n, err = c.TCPConn.Read(b)
+	case 2505:
+		n, err = c.TCPConn.Read(b)
+	case 2506:
+		n, err = c.TCPConn.Read(b)
+	case 2507:
+		n, err = c.TCPConn.Read(b)
+	case 2508:
+		n, err = c.TCPConn.Read(b)
+	case 2509:
+		n, err = c.TCPConn.Read(b)
+	case 2510:
+		n, err = c.TCPConn.Read(b)
+	case 2511:
+		n, err = c.TCPConn.Read(b)
+	case 2512:
+		n, err = c.TCPConn.Read(b)
+	case 2513:
+		n, err = c.TCPConn.Read(b)
+	case 2514:
+		n, err = c.TCPConn.Read(b)
+	case 2515:
+		n, err = c.TCPConn.Read(b)
+	case 2516:
+		n, err = c.TCPConn.Read(b)
+	case 2517:
+		n, err = c.TCPConn.Read(b)
+	case 2518:
+		n, err = c.TCPConn.Read(b)
+	case 2519:
+		n, err = c.TCPConn.Read(b)
+	case 2520:
+		n, err = c.TCPConn.Read(b)
+	case 2521:
+		n, err = c.TCPConn.Read(b)
+	case 2522:
+		n, err = c.TCPConn.Read(b)
+	case 2523:
+		n, err = c.TCPConn.Read(b)
+	case 2524:
+		n, err = c.TCPConn.Read(b)
+	case 2525:
+		n, err = c.TCPConn.Read(b)
+	case 2526:
+		n, err = c.TCPConn.Read(b)
+	case 2527:
+		n, err = c.TCPConn.Read(b)
+	case 2528:
+		n, err = c.TCPConn.Read(b)
+	case 2529:
+		n, err = c.TCPConn.Read(b)
+	case 2530:
+		n, err = c.TCPConn.Read(b)
+	case 2531:
+		n, err = c.TCPConn.Read(b)
+	case 2532:
+		n, err = c.TCPConn.Read(b)
+	case 2533:
+		n, err = c.TCPConn.Read(b)
+	case 2534:
+		n, err = c.TCPConn.Read(b)
+	case 2535:
+		n, err = c.TCPConn.Read(b)
+	case 2536:
+		n, err = c.TCPConn.Read(b)
+	case 2537:
+		n, err = c.TCPConn.Read(b)
+	case 2538:
+		n, err = c.TCPConn.Read(b)
+	case 2539:
+		n, err = c.TCPConn.Read(b)
+	case 2540:
+		n, err = c.TCPConn.Read(b)
+	case 2541:
+		n, err = c.TCPConn.Read(b)
+	case 2542:
+		n, err = c.TCPConn.Read(b)
+	case 2543:
+		n, err = c.TCPConn.Read(b)
+	case 2544:
+		n, err = c.TCPConn.Read(b)
+	case 2545:
+		n, err = c.TCPConn.Read(b)
+	case 2546:
+		n, err = c.TCPConn.Read(b)
+	case 2547:
+		n, err = c.TCPConn.Read(b)
+	case 2548:
+		n, err = c.TCPConn.Read(b)
+	case 2549:
+		n, err = c.TCPConn.Read(b)
+	case 2550:
+		n, err = c.TCPConn.Read(b)
+	case 2551:
+		n, err = c.TCPConn.Read(b)
+	case 2552:
+		n, err = c.TCPConn.Read(b)
+	case 2553:
+		n, err = c.TCPConn.Read(b)
+	case 2554:
+		n, err = c.TCPConn.Read(b)
+	case 2555:
+		n, err = c.TCPConn.Read(b)
+	case 2556:
+		n, err = c.TCPConn.Read(b)
+	case 2557:
+		n, err = c.TCPConn.Read(b)
+	case 2558:
+		n, err = c.TCPConn.Read(b)
+	case 2559:
+		n, err = c.TCPConn.Read(b)
+	case 2560:
+		n, err = c.TCPConn.Read(b)
+	case 2561:
+		n, err = c.TCPConn.Read(b)
+	case 2562:
+		n, err = c.TCPConn.Read(b)
+	case 2563:
+		n, err = c.TCPConn.Read(b)
+	case 2564:
+		n, err = c.TCPConn.Read(b)
+	case 2565:
+		n, err = c.TCPConn.Read(b)
+	case 2566:
+		n, err = c.TCPConn.Read(b)
+	case 2567:
+		n, err = c.TCPConn.Read(b)
+	case 2568:
+		n, err = c.TCPConn.Read(b)
+	case 2569:
+		n, err = c.TCPConn.Read(b)
+	case 2570:
+		n, err = c.TCPConn.Read(b)
+	case 2571:
+		n, err = c.TCPConn.Read(b)
+	case 2572:
+		n, err = c.TCPConn.Read(b)
+	case 2573:
+		n, err = c.TCPConn.Read(b)
+	case 2574:
+		n, err = c.TCPConn.Read(b)
+	case 2575:
+		n, err = c.TCPConn.Read(b)
+	case 2576:
+		n, err = c.TCPConn.Read(b)
+	case 2577:
+		n, err = c.TCPConn.Read(b)
+	case 2578:
+		n, err = c.TCPConn.Read(b)
+	case 2579:
+		n, err = c.TCPConn.Read(b)
+	case 2580:
+		n, err = c.TCPConn.Read(b)
+	case 2581:
+		n, err = c.TCPConn.Read(b)
+	case 2582:
+		n, err = c.TCPConn.Read(b)
+	case 2583:
+		n, err = c.TCPConn.Read(b)
+	case 2584:
+		n, err = c.TCPConn.Read(b)
+	case 2585:
+		n, err = c.TCPConn.Read(b)
+	case 2586:
+		n, err = c.TCPConn.Read(b)
+	case 2587:
+		n, err = c.TCPConn.Read(b)
+	case 2588:
+		n, err = c.TCPConn.Read(b)
+	case 2589:
+		n, err = c.TCPConn.Read(b)
+	case 2590:
+		n, err = c.TCPConn.Read(b)
+	case 2591:
+		n, err = c.TCPConn.Read(b)
+	case 2592:
+		n, err = c.TCPConn.Read(b)
+	case 2593:
+		n, err = c.TCPConn.Read(b)
+	case 2594:
+		n, err = c.TCPConn.Read(b)
+	case 2595:
+		n, err = c.TCPConn.Read(b)
+	case 2596:
+		n, err = c.TCPConn.Read(b)
+	case 2597:
+		n, err = c.TCPConn.Read(b)
+	case 2598:
+		n, err = c.TCPConn.Read(b)
+	case 2599:
+		n, err = c.TCPConn.Read(b)
+	case 2600:
+		n, err = c.TCPConn.Read(b)
+	case 2601:
+		n, err = c.TCPConn.Read(b)
+	case 2602:
+		n, err = c.TCPConn.Read(b)
+	case 2603:
+		n, err = c.TCPConn.Read(b)
+	case 2604:
+		n, err = c.TCPConn.Read(b)
+	case 2605:
+		n, err = c.TCPConn.Read(b)
+	case 2606:
+		n, err = c.TCPConn.Read(b)
+	case 2607:
+		n, err = c.TCPConn.Read(b)
+	case 2608:
+		n, err = c.TCPConn.Read(b)
+	case 2609:
+		n, err = c.TCPConn.Read(b)
+	case 2610:
+		n, err = c.TCPConn.Read(b)
+	case 2611:
+		n, err = c.TCPConn.Read(b)
+	case 2612:
+		n, err = c.TCPConn.Read(b)
+	case 2613:
+		n, err = c.TCPConn.Read(b)
+	case 2614:
+		n, err = c.TCPConn.Read(b)
+	case 2615:
+		n, err = c.TCPConn.Read(b)
+	case 2616:
+		n, err = c.TCPConn.Read(b)
+	case 2617:
+		n, err = c.TCPConn.Read(b)
+	case 2618:
+		n, err = c.TCPConn.Read(b)
+	case 2619:
+		n, err = c.TCPConn.Read(b)
+	case 2620:
+		n, err = c.TCPConn.Read(b)
+	case 2621:
+		n, err = c.TCPConn.Read(b)
+	case 2622:
+		n, err = c.TCPConn.Read(b)
+	case 2623:
+		n, err = c.TCPConn.Read(b)
+	case 2624:
+		n, err = c.TCPConn.Read(b)
+	case 2625:
+		n, err = c.TCPConn.Read(b)
+	case 2626:
+		n, err = c.TCPConn.Read(b)
+	case 2627:
+		n, err = c.TCPConn.Read(b)
+	case 2628:
+		n, err = c.TCPConn.Read(b)
+	case 2629:
+		n, err = c.TCPConn.Read(b)
+	case 2630:
+		n, err = c.TCPConn.Read(b)
+	case 2631:
+		n, err = c.TCPConn.Read(b)
+	case 2632:
+		n, err = c.TCPConn.Read(b)
+	case 2633:
+		n, err = c.TCPConn.Read(b)
+	case 2634:
+		n, err = c.TCPConn.Read(b)
+	case 2635:
+		n, err = c.TCPConn.Read(b)
+	case 2636:
+		n, err = c.TCPConn.Read(b)
+	case 2637:
+		n, err = c.TCPConn.Read(b)
+	case 2638:
+		n, err = c.TCPConn.Read(b)
+	case 2639:
+		n, err = c.TCPConn.Read(b)
+	case 2640:
+		n, err = c.TCPConn.Read(b)
+	case 2641:
+		n, err = c.TCPConn.Read(b)
+	case 2642:
+		n, err = c.TCPConn.Read(b)
+	case 2643:
+		n, err = c.TCPConn.Read(b)
+	case 2644:
+		n, err = c.TCPConn.Read(b)
+	case 2645:
+		n, err = c.TCPConn.Read(b)
+	case 2646:
+		n, err = c.TCPConn.Read(b)
+	case 2647:
+		n, err = c.TCPConn.Read(b)
+	case 2648:
+		n, err = c.TCPConn.Read(b)
+	case 2649:
+		n, err = c.TCPConn.Read(b)
+	case 2650:
+		n, err = c.TCPConn.Read(b)
+	case 2651:
+		n, err = c.TCPConn.Read(b)
+	case 2652:
+		n, err = c.TCPConn.Read(b)
+	case 2653:
+		n, err = c.TCPConn.Read(b)
+	case 2654:
+		n, err = c.TCPConn.Read(b)
+	case 2655:
+		n, err = c.TCPConn.Read(b)
+	case 2656:
+		n, err = c.TCPConn.Read(b)
+	case 2657:
+		n, err = c.TCPConn.Read(b)
+	case 2658:
+		n, err = c.TCPConn.Read(b)
+	case 2659:
+		n, err = c.TCPConn.Read(b)
+	case 2660:
+		n, err = c.TCPConn.Read(b)
+	case 2661:
+		n, err = c.TCPConn.Read(b)
+	case 2662:
+		n, err = c.TCPConn.Read(b)
+	case 2663:
+		n, err = c.TCPConn.Read(b)
+	case 2664:
+		n, err = c.TCPConn.Read(b)
+	case 2665:
+		n, err = c.TCPConn.Read(b)
+	case 2666:
+		n, err = c.TCPConn.Read(b)
+	case 2667:
+		n, err = c.TCPConn.Read(b)
+	case 2668:
+		n, err = c.TCPConn.Read(b)
+	case 2669:
+		n, err = c.TCPConn.Read(b)
+	case 2670:
+		n, err = c.TCPConn.Read(b)
+	case 2671:
+		n, err = c.TCPConn.Read(b)
+	case 2672:
+		n, err = c.TCPConn.Read(b)
+	case 2673:
+		n, err = c.TCPConn.Read(b)
+	case 2674:
+		n, err = c.TCPConn.Read(b)
+	case 2675:
+		n, err = c.TCPConn.Read(b)
+	case 2676:
+		n, err = c.TCPConn.Read(b)
+	case 2677:
+		n, err = c.TCPConn.Read(b)
+	case 2678:
+		n, err = c.TCPConn.Read(b)
+	case 2679:
+		n, err = c.TCPConn.Read(b)
+	case 2680:
+		n, err = c.TCPConn.Read(b)
+	case 2681:
+		n, err = c.TCPConn.Read(b)
+	case 2682:
+		n, err = c.TCPConn.Read(b)
+	case 2683:
+		n, err = c.TCPConn.Read(b)
+	case 2684:
+		n, err = c.TCPConn.Read(b)
+	case 2685:
+		n, err = c.TCPConn.Read(b)
+	case 2686:
+		n, err = c.TCPConn.Read(b)
+	case 2687:
+		n, err = c.TCPConn.Read(b)
+	case 2688:
+		n, err = c.TCPConn.Read(b)
+	case 2689:
+		n, err = c.TCPConn.Read(b)
+	case 2690:
+		n, err = c.TCPConn.Read(b)
+	case 2691:
+		n, err = c.TCPConn.Read(b)
+	case 2692:
+		n, err = c.TCPConn.Read(b)
+	case 2693:
+		n, err = c.TCPConn.Read(b)
+	case 2694:
+		n, err = c.TCPConn.Read(b)
+	case 2695:
+		n, err = c.TCPConn.Read(b)
+	case 2696:
+		n, err = c.TCPConn.Read(b)
+	case 2697:
+		n, err = c.TCPConn.Read(b)
+	case 2698:
+		n, err = c.TCPConn.Read(b)
+	case 2699:
+		n, err = c.TCPConn.Read(b)
+	case 2700:
+		n, err = c.TCPConn.Read(b)
+	case 2701:
+		n, err = c.TCPConn.Read(b)
+	case 2702:
+		n, err = c.TCPConn.Read(b)
+	case 2703:
+		n, err = c.TCPConn.Read(b)
+	case 2704:
+		n, err = c.TCPConn.Read(b)
+	case 2705:
+		n, err = c.TCPConn.Read(b)
+	case 2706:
+		n, err = c.TCPConn.Read(b)
+	case 2707:
+		n, err = c.TCPConn.Read(b)
+	case 2708:
+		n, err = c.TCPConn.Read(b)
+	case 2709:
+		n, err = c.TCPConn.Read(b)
+	case 2710:
+		n, err = c.TCPConn.Read(b)
+	case 2711:
+		n, err = c.TCPConn.Read(b)
+	case 2712:
+		n, err = c.TCPConn.Read(b)
+	case 2713:
+		n, err = c.TCPConn.Read(b)
+	case 2714:
+		n, err = c.TCPConn.Read(b)
+	case 2715:
+		n, err = c.TCPConn.Read(b)
+	case 2716:
+		n, err = c.TCPConn.Read(b)
+	case 2717:
+		n, err = c.TCPConn.Read(b)
+	case 2718:
+		n, err = c.TCPConn.Read(b)
+	case 2719:
+		n, err = c.TCPConn.Read(b)
+	case 2720:
+		n, err = c.TCPConn.Read(b)
+	case 2721:
+		n, err = c.TCPConn.Read(b)
+	case 2722:
+		n, err = c.TCPConn.Read(b)
+	case 2723:
+		n, err = c.TCPConn.Read(b)
+	case 2724:
+		n, err = c.TCPConn.Read(b)
+	case 2725:
+		n, err = c.TCPConn.Read(b)
+	case 2726:
+		n, err = c.TCPConn.Read(b)
+	case 2727:
+		n, err = c.TCPConn.Read(b)
+	case 2728:
+		n, err = c.TCPConn.Read(b)
+	case 2729:
+		n, err = c.TCPConn.Read(b)
+	case 2730:
+		n, err = c.TCPConn.Read(b)
+	case 2731:
+		n, err = c.TCPConn.Read(b)
+	case 2732:
+		n, err = c.TCPConn.Read(b)
+	case 2733:
+		n, err = c.TCPConn.Read(b)
+	case 2734:
+		n, err = c.TCPConn.Read(b)
+	case 2735:
+		n, err = c.TCPConn.Read(b)
+	case 2736:
+		n, err = c.TCPConn.Read(b)
+	case 2737:
+		n, err = c.TCPConn.Read(b)
+	case 2738:
+		n, err = c.TCPConn.Read(b)
+	case 2739:
+		n, err = c.TCPConn.Read(b)
+	case 2740:
+		n, err = c.TCPConn.Read(b)
+	case 2741:
+		n, err = c.TCPConn.Read(b)
+	case 2742:
+		n, err = c.TCPConn.Read(b)
+	case 2743:
+		n, err = c.TCPConn.Read(b)
+	case 2744:
+		n, err = c.TCPConn.Read(b)
+	case 2745:
+		n, err = c.TCPConn.Read(b)
+	case 2746:
+		n, err = c.TCPConn.Read(b)
+	case 2747:
+		n, err = c.TCPConn.Read(b)
+	case 2748:
+		n, err = c.TCPConn.Read(b)
+	case 2749:
+		n, err = c.TCPConn.Read(b)
+	case 2750:
+		n, err = c.TCPConn.Read(b)
+	case 2751:
+		n, err = c.TCPConn.Read(b)
+	case 2752:
+		n, err = c.TCPConn.Read(b)
+	case 2753:
+		n, err = c.TCPConn.Read(b)
+	case 2754:
+		n, err = c.TCPConn.Read(b)
+	case 2755:
+		n, err = c.TCPConn.Read(b)
+	case 2756:
+		n, err = c.TCPConn.Read(b)
+	case 2757:
+		n, err = c.TCPConn.Read(b)
+	case 2758:
+		n, err = c.TCPConn.Read(b)
+	case 2759:
+		n, err = c.TCPConn.Read(b)
+	case 2760:
+		n, err = c.TCPConn.Read(b)
+	case 2761:
+		n, err = c.TCPConn.Read(b)
+	case 2762:
+		n, err = c.TCPConn.Read(b)
+	case 2763:
+		n, err = c.TCPConn.Read(b)
+	case 2764:
+		n, err = c.TCPConn.Read(b)
+	case 2765:
+		n, err = c.TCPConn.Read(b)
+	case 2766:
+		n, err = c.TCPConn.Read(b)
+	case 2767:
+		n, err = c.TCPConn.Read(b)
+	case 2768:
+		n, err = c.TCPConn.Read(b)
+	case 2769:
+		n, err = c.TCPConn.Read(b)
+	case 2770:
+		n, err = c.TCPConn.Read(b)
+	case 2771:
+		n, err = c.TCPConn.Read(b)
+	case 2772:
+		n, err = c.TCPConn.Read(b)
+	case 2773:
+		n, err = c.TCPConn.Read(b)
+	case 2774:
+		n, err = c.TCPConn.Read(b)
+	case 2775:
+		n, err = c.TCPConn.Read(b)
+	case 2776:
+		n, err = c.TCPConn.Read(b)
+	case 2777:
+		n, err = c.TCPConn.Read(b)
+	case 2778:
+		n, err = c.TCPConn.Read(b)
+	case 2779:
+		n, err = c.TCPConn.Read(b)
+	case 2780:
+		n, err = c.TCPConn.Read(b)
+	case 2781:
+		n, err = c.TCPConn.Read(b)
+	case 2782:
+		n, err = c.TCPConn.Read(b)
+	case 2783:
+		n, err = c.TCPConn.Read(b)
+	case 2784:
+		n, err = c.TCPConn.Read(b)
+	case 2785:
+		n, err = c.TCPConn.Read(b)
+	case 2786:
+		n, err = c.TCPConn.Read(b)
+	case 2787:
+		n, err = c.TCPConn.Read(b)
+	case 2788:
+		n, err = c.TCPConn.Read(b)
+	case 2789:
+		n, err = c.TCPConn.Read(b)
+	case 2790:
+		n, err = c.TCPConn.Read(b)
+	case 2791:
+		n, err = c.TCPConn.Read(b)
+	case 2792:
+		n, err = c.TCPConn.Read(b)
+	case 2793:
+		n, err = c.TCPConn.Read(b)
+	case 2794:
+		n, err = c.TCPConn.Read(b)
+	case 2795:
+		n, err = c.TCPConn.Read(b)
+	case 2796:
+		n, err = c.TCPConn.Read(b)
+	case 2797:
+		n, err = c.TCPConn.Read(b)
+	case 2798:
+		n, err = c.TCPConn.Read(b)
+	case 2799:
+		n, err = c.TCPConn.Read(b)
+	case 2800:
+		n, err = c.TCPConn.Read(b)
+	case 2801:
+		n, err = c.TCPConn.Read(b)
+	case 2802:
+		n, err = c.TCPConn.Read(b)
+	case 2803:
+		n, err = c.TCPConn.Read(b)
+	case 2804:
+		n, err = c.TCPConn.Read(b)
+	case 2805:
+		n, err = c.TCPConn.Read(b)
+	case 2806:
+		n, err = c.TCPConn.Read(b)
+	case 2807:
+		n, err = c.TCPConn.Read(b)
+	case 2808:
+		n, err = c.TCPConn.Read(b)
+	case 2809:
+		n, err = c.TCPConn.Read(b)
+	case 2810:
+		n, err = c.TCPConn.Read(b)
+	case 2811:
+		n, err = c.TCPConn.Read(b)
+	case 2812:
+		n, err = c.TCPConn.Read(b)
+	case 2813:
+		n, err = c.TCPConn.Read(b)
+	case 2814:
+		n, err = c.TCPConn.Read(b)
+	case 2815:
+		n, err = c.TCPConn.Read(b)
+	case 2816:
+		n, err = c.TCPConn.Read(b)
+	case 2817:
+		n, err = c.TCPConn.Read(b)
+	case 2818:
+		n, err = c.TCPConn.Read(b)
+	case 2819:
+		n, err = c.TCPConn.Read(b)
+	case 2820:
+		n, err = c.TCPConn.Read(b)
+	case 2821:
+		n, err = c.TCPConn.Read(b)
+	case 2822:
+		n, err = c.TCPConn.Read(b)
+	case 2823:
+		n, err = c.TCPConn.Read(b)
+	case 2824:
+		n, err = c.TCPConn.Read(b)
+	case 2825:
+		n, err = c.TCPConn.Read(b)
+	case 2826:
+		n, err = c.TCPConn.Read(b)
+	case 2827:
+		n, err = c.TCPConn.Read(b)
+	case 2828:
+		n, err = c.TCPConn.Read(b)
+	case 2829:
+		n, err = c.TCPConn.Read(b)
+	case 2830:
+		n, err = c.TCPConn.Read(b)
+	case 2831:
+		n, err = c.TCPConn.Read(b)
+	case 2832:
+		n, err = c.TCPConn.Read(b)
+	case 2833:
+		n, err = c.TCPConn.Read(b)
+	case 2834:
+		n, err = c.TCPConn.Read(b)
+	case 2835:
+		n, err = c.TCPConn.Read(b)
+	case 2836:
+		n, err = c.TCPConn.Read(b)
+	case 2837:
+		n, err = c.TCPConn.Read(b)
+	case 2838:
+		n, err = c.TCPConn.Read(b)
+	case 2839:
+		n, err = c.TCPConn.Read(b)
+	case 2840:
+		n, err = c.TCPConn.Read(b)
+	case 2841:
+		n, err = c.TCPConn.Read(b)
+	case 2842:
+		n, err = c.TCPConn.Read(b)
+	case 2843:
+		n, err = c.TCPConn.Read(b)
+	case 2844:
+		n, err = c.TCPConn.Read(b)
+	case 2845:
+		n, err = c.TCPConn.Read(b)
+	case 2846:
+		n, err = c.TCPConn.Read(b)
+	case 2847:
+		n, err = c.TCPConn.Read(b)
+	case 2848:
+		n, err = c.TCPConn.Read(b)
+	case 2849:
+		n, err = c.TCPConn.Read(b)
+	case 2850:
+		n, err = c.TCPConn.Read(b)
+	case 2851:
+		n, err = c.TCPConn.Read(b)
+	case 2852:
+		n, err = c.TCPConn.Read(b)
+	case 2853:
+		n, err = c.TCPConn.Read(b)
+	case 2854:
+		n, err = c.TCPConn.Read(b)
+	case 2855:
+		n, err = c.TCPConn.Read(b)
+	case 2856:
+		n, err = c.TCPConn.Read(b)
+	case 2857:
+		n, err = c.TCPConn.Read(b)
+	case 2858:
+		n, err = c.TCPConn.Read(b)
+	case 2859:
+		n, err = c.TCPConn.Read(b)
+	case 2860:
+		n, err = c.TCPConn.Read(b)
+	case 2861:
+		n, err = c.TCPConn.Read(b)
+	case 2862:
+		n, err = c.TCPConn.Read(b)
+	case 2863:
+		n, err = c.TCPConn.Read(b)
+	case 2864:
+		n, err = c.TCPConn.Read(b)
+	case 2865:
+		n, err = c.TCPConn.Read(b)
+	case 2866:
+		n, err = c.TCPConn.Read(b)
+	case 2867:
+		n, err = c.TCPConn.Read(b)
+	case 2868:
+		n, err = c.TCPConn.Read(b)
+	case 2869:
+		n, err = c.TCPConn.Read(b)
+	case 2870:
+		n, err = c.TCPConn.Read(b)
+	case 2871:
+		n, err = c.TCPConn.Read(b)
+	case 2872:
+		n, err = c.TCPConn.Read(b)
+	case 2873:
+		n, err = c.TCPConn.Read(b)
+	case 2874:
+		n, err = c.TCPConn.Read(b)
+	case 2875:
+		n, err = c.TCPConn.Read(b)
+	case 2876:
+		n, err = c.TCPConn.Read(b)
+	case 2877:
+		n, err = c.TCPConn.Read(b)
+	case 2878:
+		n, err = c.TCPConn.Read(b)
+	case 2879:
+		n, err = c.TCPConn.Read(b)
+	case 2880:
+		n, err = c.TCPConn.Read(b)
+	case 2881:
+		n, err = c.TCPConn.Read(b)
+	case 2882:
+		n, err = c.TCPConn.Read(b)
+	case 2883:
+		n, err = c.TCPConn.Read(b)
+	case 2884:
+		n, err = c.TCPConn.Read(b)
+	case 2885:
+		n, err = c.TCPConn.Read(b)
+	case 2886:
+		n, err = c.TCPConn.Read(b)
+	case 2887:
+		n, err = c.TCPConn.Read(b)
+	case 2888:
+		n, err = c.TCPConn.Read(b)
+	case 2889:
+		n, err = c.TCPConn.Read(b)
+	case 2890:
+		n, err = c.TCPConn.Read(b)
+	case 2891:
+		n, err = c.TCPConn.Read(b)
+	case 2892:
+		n, err = c.TCPConn.Read(b)
+	case 2893:
+		n, err = c.TCPConn.Read(b)
+	case 2894:
+		n, err = c.TCPConn.Read(b)
+	case 2895:
+		n, err = c.TCPConn.Read(b)
+	case 2896:
+		n, err = c.TCPConn.Read(b)
+	case 2897:
+		n, err = c.TCPConn.Read(b)
+	case 2898:
+		n, err = c.TCPConn.Read(b)
+	case 2899:
+		n, err = c.TCPConn.Read(b)
+	case 2900:
+		n, err = c.TCPConn.Read(b)
+	case 2901:
+		n, err = c.TCPConn.Read(b)
+	case 2902:
+		n, err = c.TCPConn.Read(b)
+	case 2903:
+		n, err = c.TCPConn.Read(b)
+	case 2904:
+		n, err = c.TCPConn.Read(b)
+	case 2905:
+		n, err = c.TCPConn.Read(b)
+	case 2906:
+		n, err = c.TCPConn.Read(b)
+	case 2907:
+		n, err = c.TCPConn.Read(b)
+	case 2908:
+		n, err = c.TCPConn.Read(b)
+	case 2909:
+		n, err = c.TCPConn.Read(b)
+	case 2910:
+		n, err = c.TCPConn.Read(b)
+	case 2911:
+		n, err = c.TCPConn.Read(b)
+	case 2912:
+		n, err = c.TCPConn.Read(b)
+	case 2913:
+		n, err = c.TCPConn.Read(b)
+	case 2914:
+		n, err = c.TCPConn.Read(b)
+	case 2915:
+		n, err = c.TCPConn.Read(b)
+	case 2916:
+		n, err = c.TCPConn.Read(b)
+	case 2917:
+		n, err = c.TCPConn.Read(b)
+	case 2918:
+		n, err = c.TCPConn.Read(b)
+	case 2919:
+		n, err = c.TCPConn.Read(b)
+	case 2920:
+		n, err = c.TCPConn.Read(b)
+	case 2921:
+		n, err = c.TCPConn.Read(b)
+	case 2922:
+		n, err = c.TCPConn.Read(b)
+	case 2923:
+		n, err = c.TCPConn.Read(b)
+	case 2924:
+		n, err = c.TCPConn.Read(b)
+	case 2925:
+		n, err = c.TCPConn.Read(b)
+	case 2926:
+		n, err = c.TCPConn.Read(b)
+	case 2927:
+		n, err = c.TCPConn.Read(b)
+	case 2928:
+		n, err = c.TCPConn.Read(b)
+	case 2929:
+		n, err = c.TCPConn.Read(b)
+	case 2930:
+		n, err = c.TCPConn.Read(b)
+	case 2931:
+		n, err = c.TCPConn.Read(b)
+	case 2932:
+		n, err = c.TCPConn.Read(b)
+	case 2933:
+		n, err = c.TCPConn.Read(b)
+	case 2934:
+		n, err = c.TCPConn.Read(b)
+	case 2935:
+		n, err = c.TCPConn.Read(b)
+	case 2936:
+		n, err = c.TCPConn.Read(b)
+	case 2937:
+		n, err = c.TCPConn.Read(b)
+	case 2938:
+		n, err = c.TCPConn.Read(b)
+	case 2939:
+		n, err = c.TCPConn.Read(b)
+	case 2940:
+		n, err = c.TCPConn.Read(b)
+	case 2941:
+		n, err = c.TCPConn.Read(b)
+	case 2942:
+		n, err = c.TCPConn.Read(b)
+	case 2943:
+		n, err = c.TCPConn.Read(b)
+	case 2944:
+		n, err = c.TCPConn.Read(b)
+	case 2945:
+		n, err = c.TCPConn.Read(b)
+	case 2946:
+		n, err = c.TCPConn.Read(b)
+	case 2947:
+		n, err = c.TCPConn.Read(b)
+	case 2948:
+		n, err = c.TCPConn.Read(b)
+	case 2949:
+		n, err = c.TCPConn.Read(b)
+	case 2950:
+		n, err = c.TCPConn.Read(b)
+	case 2951:
+		n, err = c.TCPConn.Read(b)
+	case 2952:
+		n, err = c.TCPConn.Read(b)
+	case 2953:
+		n, err = c.TCPConn.Read(b)
+	case 2954:
+		n, err = c.TCPConn.Read(b)
+	case 2955:
+		n, err = c.TCPConn.Read(b)
+	case 2956:
+		n, err = c.TCPConn.Read(b)
+	case 2957:
+		n, err = c.TCPConn.Read(b)
+	case 2958:
+		n, err = c.TCPConn.Read(b)
+	case 2959:
+		n, err = c.TCPConn.Read(b)
+	case 2960:
+		n, err = c.TCPConn.Read(b)
+	case 2961:
+		n, err = c.TCPConn.Read(b)
+	case 2962:
+		n, err = c.TCPConn.Read(b)
+	case 2963:
+		n, err = c.TCPConn.Read(b)
+	case 2964:
+		n, err = c.TCPConn.Read(b)
+	case 2965:
+		n, err = c.TCPConn.Read(b)
+	case 2966:
+		n, err = c.TCPConn.Read(b)
+	case 2967:
+		n, err = c.TCPConn.Read(b)
+	case 2968:
+		n, err = c.TCPConn.Read(b)
+	case 2969:
+		n, err = c.TCPConn.Read(b)
+	case 2970:
+		n, err = c.TCPConn.Read(b)
+	case 2971:
+		n, err = c.TCPConn.Read(b)
+	case 2972:
+		n, err = c.TCPConn.Read(b)
+	case 2973:
+		n, err = c.TCPConn.Read(b)
+	case 2974:
+		n, err = c.TCPConn.Read(b)
+	case 2975:
+		n, err = c.TCPConn.Read(b)
+	case 2976:
+		n, err = c.TCPConn.Read(b)
+	case 2977:
+		n, err = c.TCPConn.Read(b)
+	case 2978:
+		n, err = c.TCPConn.Read(b)
+	case 2979:
+		n, err = c.TCPConn.Read(b)
+	case 2980:
+		n, err = c.TCPConn.Read(b)
+	case 2981:
+		n, err = c.TCPConn.Read(b)
+	case 2982:
+		n, err = c.TCPConn.Read(b)
+	case 2983:
+		n, err = c.TCPConn.Read(b)
+	case 2984:
+		n, err = c.TCPConn.Read(b)
+	case 2985:
+		n, err = c.TCPConn.Read(b)
+	case 2986:
+		n, err = c.TCPConn.Read(b)
+	case 2987:
+		n, err = c.TCPConn.Read(b)
+	case 2988:
+		n, err = c.TCPConn.Read(b)
+	case 2989:
+		n, err = c.TCPConn.Read(b)
+	case 2990:
+		n, err = c.TCPConn.Read(b)
+	case 2991:
+		n, err = c.TCPConn.Read(b)
+	case 2992:
+		n, err = c.TCPConn.Read(b)
+	case 2993:
+		n, err = c.TCPConn.Read(b)
+	case 2994:
+		n, err = c.TCPConn.Read(b)
+	case 2995:
+		n, err = c.TCPConn.Read(b)
+	case 2996:
+		n, err = c.TCPConn.Read(b)
+	case 2997:
+		n, err = c.TCPConn.Read(b)
+	case 2998:
+		n, err = c.TCPConn.Read(b)
+	case 2999:
+		n, err = c.TCPConn.Read(b)
+	case 3000:
+		n, err = c.TCPConn.Read(b)
+	case 3001:
+		n, err = c.TCPConn.Read(b)
+	case 3002:
+		n, err = c.TCPConn.Read(b)
+	case 3003:
+		n, err = c.TCPConn.Read(b)
+	case 3004:
+		n, err = c.TCPConn.Read(b)
+	case 3005:
+		n, err = c.TCPConn.Read(b)
+	case 3006:
+		n, err = c.TCPConn.Read(b)
+	case 3007:
+		n, err = c.TCPConn.Read(b)
+	case 3008:
+		n, err = c.TCPConn.Read(b)
+	case 3009:
+		n, err = c.TCPConn.Read(b)
+	case 3010:
+		n, err = c.TCPConn.Read(b)
+	case 3011:
+		n, err = c.TCPConn.Read(b)
+	case 3012:
+		n, err = c.TCPConn.Read(b)
+	case 3013:
+		n, err = c.TCPConn.Read(b)
+	case 3014:
+		n, err = c.TCPConn.Read(b)
+	case 3015:
+		n, err = c.TCPConn.Read(b)
+	case 3016:
+		n, err = c.TCPConn.Read(b)
+	case 3017:
+		n, err = c.TCPConn.Read(b)
+	case 3018:
+		n, err = c.TCPConn.Read(b)
+	case 3019:
+		n, err = c.TCPConn.Read(b)
+	case 3020:
+		n, err = c.TCPConn.Read(b)
+	case 3021:
+		n, err = c.TCPConn.Read(b)
+	case 3022:
+		n, err = c.TCPConn.Read(b)
+	case 3023:
+		n, err = c.TCPConn.Read(b)
+	case 3024:
+		n, err = c.TCPConn.Read(b)
+	case 3025:
+		n, err = c.TCPConn.Read(b)
+	case 3026:
+		n, err = c.TCPConn.Read(b)
+	case 3027:
+		n, err = c.TCPConn.Read(b)
+	case 3028:
+		n, err = c.TCPConn.Read(b)
+	case 3029:
+		n, err = c.TCPConn.Read(b)
+	case 3030:
+		n, err = c.TCPConn.Read(b)
+	case 3031:
+		n, err = c.TCPConn.Read(b)
+	case 3032:
+		n, err = c.TCPConn.Read(b)
+	case 3033:
+		n, err = c.TCPConn.Read(b)
+	case 3034:
+		n, err = c.TCPConn.Read(b)
+	case 3035:
+		n, err = c.TCPConn.Read(b)
+	case 3036:
+		n, err = c.TCPConn.Read(b)
+	case 3037:
+		n, err = c.TCPConn.Read(b)
+	case 3038:
+		n, err = c.TCPConn.Read(b)
+	case 3039:
+		n, err = c.TCPConn.Read(b)
+	case 3040:
+		n, err = c.TCPConn.Read(b)
+	case 3041:
+		n, err = c.TCPConn.Read(b)
+	case 3042:
+		n, err = c.TCPConn.Read(b)
+	case 3043:
+		n, err = c.TCPConn.Read(b)
+	case 3044:
+		n, err = c.TCPConn.Read(b)
+	case 3045:
+		n, err = c.TCPConn.Read(b)
+	case 3046:
+		n, err = c.TCPConn.Read(b)
+	case 3047:
+		n, err = c.TCPConn.Read(b)
+	case 3048:
+		n, err = c.TCPConn.Read(b)
+	case 3049:
+		n, err = c.TCPConn.Read(b)
+	case 3050:
+		n, err = c.TCPConn.Read(b)
+	case 3051:
+		n, err = c.TCPConn.Read(b)
+	case 3052:
+		n, err = c.TCPConn.Read(b)
+	case 3053:
+		n, err = c.TCPConn.Read(b)
+	case 3054:
+		n, err = c.TCPConn.Read(b)
+	case 3055:
+		n, err = c.TCPConn.Read(b)
+	case 3056:
+		n, err = c.TCPConn.Read(b)
+	case 3057:
+		n, err = c.TCPConn.Read(b)
+	case 3058:
+		n, err = c.TCPConn.Read(b)
+	case 3059:
+		n, err = c.TCPConn.Read(b)
+	case 3060:
+		n, err = c.TCPConn.Read(b)
+	case 3061:
+		n, err = c.TCPConn.Read(b)
+	case 3062:
+		n, err = c.TCPConn.Read(b)
+	case 3063:
+		n, err = c.TCPConn.Read(b)
+	case 3064:
+		n, err = c.TCPConn.Read(b)
+	case 3065:
+		n, err = c.TCPConn.Read(b)
+	case 3066:
+		n, err = c.TCPConn.Read(b)
+	case 3067:
+		n, err = c.TCPConn.Read(b)
+	case 3068:
+		n, err = c.TCPConn.Read(b)
+	case 3069:
+		n, err = c.TCPConn.Read(b)
+	case 3070:
+		n, err = c.TCPConn.Read(b)
+	case 3071:
+		n, err = c.TCPConn.Read(b)
+	case 3072:
+		n, err = c.TCPConn.Read(b)
+	case 3073:
+		n, err = c.TCPConn.Read(b)
+	case 3074:
+		n, err = c.TCPConn.Read(b)
+	case 3075:
+		n, err = c.TCPConn.Read(b)
+	case 3076:
+		n, err = c.TCPConn.Read(b)
+	case 3077:
+		n, err = c.TCPConn.Read(b)
+	case 3078:
+		n, err = c.TCPConn.Read(b)
+	case 3079:
+		n, err = c.TCPConn.Read(b)
+	case 3080:
+		n, err = c.TCPConn.Read(b)
+	case 3081:
+		n, err = c.TCPConn.Read(b)
+	case 3082:
+		n, err = c.TCPConn.Read(b)
+	case 3083:
+		n, err = c.TCPConn.Read(b)
+	case 3084:
+		n, err = c.TCPConn.Read(b)
+	case 3085:
+		n, err = c.TCPConn.Read(b)
+	case 3086:
+		n, err = c.TCPConn.Read(b)
+	case 3087:
+		n, err = c.TCPConn.Read(b)
+	case 3088:
+		n, err = c.TCPConn.Read(b)
+	case 3089:
+		n, err = c.TCPConn.Read(b)
+	case 3090:
+		n, err = c.TCPConn.Read(b)
+	case 3091:
+		n, err = c.TCPConn.Read(b)
+	case 3092:
+		n, err = c.TCPConn.Read(b)
+	case 3093:
+		n, err = c.TCPConn.Read(b)
+	case 3094:
+		n, err = c.TCPConn.Read(b)
+	case 3095:
+		n, err = c.TCPConn.Read(b)
+	case 3096:
+		n, err = c.TCPConn.Read(b)
+	case 3097:
+		n, err = c.TCPConn.Read(b)
+	case 3098:
+		n, err = c.TCPConn.Read(b)
+	case 3099:
+		n, err = c.TCPConn.Read(b)
+	case 3100:
+		n, err = c.TCPConn.Read(b)
+	case 3101:
+		n, err = c.TCPConn.Read(b)
+	case 3102:
+		n, err = c.TCPConn.Read(b)
+	case 3103:
+		n, err = c.TCPConn.Read(b)
+	case 3104:
+		n, err = c.TCPConn.Read(b)
+	case 3105:
+		n, err = c.TCPConn.Read(b)
+	case 3106:
+		n, err = c.TCPConn.Read(b)
+	case 3107:
+		n, err = c.TCPConn.Read(b)
+	case 3108:
+		n, err = c.TCPConn.Read(b)
+	case 3109:
+		n, err = c.TCPConn.Read(b)
+	case 3110:
+		n, err = c.TCPConn.Read(b)
+	case 3111:
+		n, err = c.TCPConn.Read(b)
+	case 3112:
+		n, err = c.TCPConn.Read(b)
+	case 3113:
+		n, err = c.TCPConn.Read(b)
+	case 3114:
+		n, err = c.TCPConn.Read(b)
+	case 3115:
+		n, err = c.TCPConn.Read(b)
+	case 3116:
+		n, err = c.TCPConn.Read(b)
+	case 3117:
+		n, err = c.TCPConn.Read(b)
+	case 3118:
+		n, err = c.TCPConn.Read(b)
+	case 3119:
+		n, err = c.TCPConn.Read(b)
+	case 3120:
+		n, err = c.TCPConn.Read(b)
+	case 3121:
+		n, err = c.TCPConn.Read(b)
+	case 3122:
+		n, err = c.TCPConn.Read(b)
+	case 3123:
+		n, err = c.TCPConn.Read(b)
+	case 3124:
+		n, err = c.TCPConn.Read(b)
+	case 3125:
+		n, err = c.TCPConn.Read(b)
+	case 3126:
+		n, err = c.TCPConn.Read(b)
+	case 3127:
+		n, err = c.TCPConn.Read(b)
+	case 3128:
+		n, err = c.TCPConn.Read(b)
+	case 3129:
+		n, err = c.TCPConn.Read(b)
+	case 3130:
+		n, err = c.TCPConn.Read(b)
+	case 3131:
+		n, err = c.TCPConn.Read(b)
+	case 3132:
+		n, err = c.TCPConn.Read(b)
+	case 3133:
+		n, err = c.TCPConn.Read(b)
+	case 3134:
+		n, err = c.TCPConn.Read(b)
+	case 3135:
+		n, err = c.TCPConn.Read(b)
+	case 3136:
+		n, err = c.TCPConn.Read(b)
+	case 3137:
+		n, err = c.TCPConn.Read(b)
+	case 3138:
+		n, err = c.TCPConn.Read(b)
+	case 3139:
+		n, err = c.TCPConn.Read(b)
+	case 3140:
+		n, err = c.TCPConn.Read(b)
+	case 3141:
+		n, err = c.TCPConn.Read(b)
+	case 3142:
+		n, err = c.TCPConn.Read(b)
+	case 3143:
+		n, err = c.TCPConn.Read(b)
+	case 3144:
+		n, err = c.TCPConn.Read(b)
+	case 3145:
+		n, err = c.TCPConn.Read(b)
+	case 3146:
+		n, err = c.TCPConn.Read(b)
+	case 3147:
+		n, err = c.TCPConn.Read(b)
+	case 3148:
+		n, err = c.TCPConn.Read(b)
+	case 3149:
+		n, err = c.TCPConn.Read(b)
+	case 3150:
+		n, err = c.TCPConn.Read(b)
+	case 3151:
+		n, err = c.TCPConn.Read(b)
+	case 3152:
+		n, err = c.TCPConn.Read(b)
+	case 3153:
+		n, err = c.TCPConn.Read(b)
+	case 3154:
+		n, err = c.TCPConn.Read(b)
+	case 3155:
+		n, err = c.TCPConn.Read(b)
+	case 3156:
+		n, err = c.TCPConn.Read(b)
+	case 3157:
+		n, err = c.TCPConn.Read(b)
+	case 3158:
+		n, err = c.TCPConn.Read(b)
+	case 3159:
+		n, err = c.TCPConn.Read(b)
+	case 3160:
+		n, err = c.TCPConn.Read(b)
+	case 3161:
+		n, err = c.TCPConn.Read(b)
+	case 3162:
+		n, err = c.TCPConn.Read(b)
+	case 3163:
+		n, err = c.TCPConn.Read(b)
+	case 3164:
+		n, err = c.TCPConn.Read(b)
+	case 3165:
+		n, err = c.TCPConn.Read(b)
+	case 3166:
+		n, err = c.TCPConn.Read(b)
+	case 3167:
+		n, err = c.TCPConn.Read(b)
+	case 3168:
+		n, err = c.TCPConn.Read(b)
+	case 3169:
+		n, err = c.TCPConn.Read(b)
+	case 3170:
+		n, err = c.TCPConn.Read(b)
+	case 3171:
+		n, err = c.TCPConn.Read(b)
+	case 3172:
+		n, err = c.TCPConn.Read(b)
+	case 3173:
+		n, err = c.TCPConn.Read(b)
+	case 3174:
+		n, err = c.TCPConn.Read(b)
+	case 3175:
+		n, err = c.TCPConn.Read(b)
+	case 3176:
+		n, err = c.TCPConn.Read(b)
+	case 3177:
+		n, err = c.TCPConn.Read(b)
+	case 3178:
+		n, err = c.TCPConn.Read(b)
+	case 3179:
+		n, err = c.TCPConn.Read(b)
+	case 3180:
+		n, err = c.TCPConn.Read(b)
+	case 3181:
+		n, err = c.TCPConn.Read(b)
+	case 3182:
+		n, err = c.TCPConn.Read(b)
+	case 3183:
+		n, err = c.TCPConn.Read(b)
+	case 3184:
+		n, err = c.TCPConn.Read(b)
+	case 3185:
+		n, err = c.TCPConn.Read(b)
+	case 3186:
+		n, err = c.TCPConn.Read(b)
+	case 3187:
+		n, err = c.TCPConn.Read(b)
+	case 3188:
+		n, err = c.TCPConn.Read(b)
+	case 3189:
+		n, err = c.TCPConn.Read(b)
+	case 3190:
+		n, err = c.TCPConn.Read(b)
+	case 3191:
+		n, err = c.TCPConn.Read(b)
+	case 3192:
+		n, err = c.TCPConn.Read(b)
+	case 3193:
+		n, err = c.TCPConn.Read(b)
+	case 3194:
+		n, err = c.TCPConn.Read(b)
+	case 3195:
+		n, err = c.TCPConn.Read(b)
+	case 3196:
+		n, err = c.TCPConn.Read(b)
+	case 3197:
+		n, err = c.TCPConn.Read(b)
+	case 3198:
+		n, err = c.TCPConn.Read(b)
+	case 3199:
+		n, err = c.TCPConn.Read(b)
+	case 3200:
+		n, err = c.TCPConn.Read(b)
+	case 3201:
+		n, err = c.TCPConn.Read(b)
+	case 3202:
+		n, err = c.TCPConn.Read(b)
+	case 3203:
+		n, err = c.TCPConn.Read(b)
+	case 3204:
+		n, err = c.TCPConn.Read(b)
+	case 3205:
+		n, err = c.TCPConn.Read(b)
+	case 3206:
+		n, err = c.TCPConn.Read(b)
+	case 3207:
+		n, err = c.TCPConn.Read(b)
+	case 3208:
+		n, err = c.TCPConn.Read(b)
+	case 3209:
+		n, err = c.TCPConn.Read(b)
+	case 3210:
+		n, err = c.TCPConn.Read(b)
+	case 3211:
+		n, err = c.TCPConn.Read(b)
+	case 3212:
+		n, err = c.TCPConn.Read(b)
+	case 3213:
+		n, err = c.TCPConn.Read(b)
+	case 3214:
+		n, err = c.TCPConn.Read(b)
+	case 3215:
+		n, err = c.TCPConn.Read(b)
+	case 3216:
+		n, err = c.TCPConn.Read(b)
+	case 3217:
+		n, err = c.TCPConn.Read(b)
+	case 3218:
+		n, err = c.TCPConn.Read(b)
+	case 3219:
+		n, err = c.TCPConn.Read(b)
+	case 3220:
+		n, err = c.TCPConn.Read(b)
+	case 3221:
+		n, err = c.TCPConn.Read(b)
+	case 3222:
+		n, err = c.TCPConn.Read(b)
+	case 3223:
+		n, err = c.TCPConn.Read(b)
+	case 3224:
+		n, err = c.TCPConn.Read(b)
+	case 3225:
+		n, err = c.TCPConn.Read(b)
+	case 3226:
+		n, err = c.TCPConn.Read(b)
+	case 3227:
+		n, err = c.TCPConn.Read(b)
+	case 3228:
+		n, err = c.TCPConn.Read(b)
+	case 3229:
+		n, err = c.TCPConn.Read(b)
+	case 3230:
+		n, err = c.TCPConn.Read(b)
+	case 3231:
+		n, err = c.TCPConn.Read(b)
+	case 3232:
+		n, err = c.TCPConn.Read(b)
+	case 3233:
+		n, err = c.TCPConn.Read(b)
+	case 3234:
+		n, err = c.TCPConn.Read(b)
+	case 3235:
+		n, err = c.TCPConn.Read(b)
+	case 3236:
+		n, err = c.TCPConn.Read(b)
+	case 3237:
+		n, err = c.TCPConn.Read(b)
+	case 3238:
+		n, err = c.TCPConn.Read(b)
+	case 3239:
+		n, err = c.TCPConn.Read(b)
+	case 3240:
+		n, err = c.TCPConn.Read(b)
+	case 3241:
+		n, err = c.TCPConn.Read(b)
+	case 3242:
+		n, err = c.TCPConn.Read(b)
+	case 3243:
+		n, err = c.TCPConn.Read(b)
+	case 3244:
+		n, err = c.TCPConn.Read(b)
+	case 3245:
+		n, err = c.TCPConn.Read(b)
+	case 3246:
+		n, err = c.TCPConn.Read(b)
+	case 3247:
+		n, err = c.TCPConn.Read(b)
+	case 3248:
+		n, err = c.TCPConn.Read(b)
+	case 3249:
+		n, err = c.TCPConn.Read(b)
+	case 3250:
+		n, err = c.TCPConn.Read(b)
+	case 3251:
+		n, err = c.TCPConn.Read(b)
+	case 3252:
+		n, err = c.TCPConn.Read(b)
+	case 3253:
+		n, err = c.TCPConn.Read(b)
+	case 3254:
+		n, err = c.TCPConn.Read(b)
+	case 3255:
+		n, err = c.TCPConn.Read(b)
+	case 3256:
+		n, err = c.TCPConn.Read(b)
+	case 3257:
+		n, err = c.TCPConn.Read(b)
+	case 3258:
+		n, err = c.TCPConn.Read(b)
+	case 3259:
+		n, err = c.TCPConn.Read(b)
+	case 3260:
+		n, err = c.TCPConn.Read(b)
+	case 3261:
+		n, err = c.TCPConn.Read(b)
+	case 3262:
+		n, err = c.TCPConn.Read(b)
+	case 3263:
+		n, err = c.TCPConn.Read(b)
+	case 3264:
+		n, err = c.TCPConn.Read(b)
+	case 3265:
+		n, err = c.TCPConn.Read(b)
+	case 3266:
+		n, err = c.TCPConn.Read(b)
+	case 3267:
+		n, err = c.TCPConn.Read(b)
+	case 3268:
+		n, err = c.TCPConn.Read(b)
+	case 3269:
+		n, err = c.TCPConn.Read(b)
+	case 3270:
+		n, err = c.TCPConn.Read(b)
+	case 3271:
+		n, err = c.TCPConn.Read(b)
+	case 3272:
+		n, err = c.TCPConn.Read(b)
+	case 3273:
+		n, err = c.TCPConn.Read(b)
+	case 3274:
+		n, err = c.TCPConn.Read(b)
+	case 3275:
+		n, err = c.TCPConn.Read(b)
+	case 3276:
+		n, err = c.TCPConn.Read(b)
+	case 3277:
+		n, err = c.TCPConn.Read(b)
+	case 3278:
+		n, err = c.TCPConn.Read(b)
+	case 3279:
+		n, err = c.TCPConn.Read(b)
+	case 3280:
+		n, err = c.TCPConn.Read(b)
+	case 3281:
+		n, err = c.TCPConn.Read(b)
+	case 3282:
+		n, err = c.TCPConn.Read(b)
+	case 3283:
+		n, err = c.TCPConn.Read(b)
+	case 3284:
+		n, err = c.TCPConn.Read(b)
+	case 3285:
+		n, err = c.TCPConn.Read(b)
+	case 3286:
+		n, err = c.TCPConn.Read(b)
+	case 3287:
+		n, err = c.TCPConn.Read(b)
+	case 3288:
+		n, err = c.TCPConn.Read(b)
+	case 3289:
+		n, err = c.TCPConn.Read(b)
+	case 3290:
+		n, err = c.TCPConn.Read(b)
+	case 3291:
+		n, err = c.TCPConn.Read(b)
+	case 3292:
+		n, err = c.TCPConn.Read(b)
+	case 3293:
+		n, err = c.TCPConn.Read(b)
+	case 3294:
+		n, err = c.TCPConn.Read(b)
+	case 3295:
+		n, err = c.TCPConn.Read(b)
+	case 3296:
+		n, err = c.TCPConn.Read(b)
+	case 3297:
+		n, err = c.TCPConn.Read(b)
+	case 3298:
+		n, err = c.TCPConn.Read(b)
+	case 3299:
+		n, err = c.TCPConn.Read(b)
+	case 3300:
+		n, err = c.TCPConn.Read(b)
+	case 3301:
+		n, err = c.TCPConn.Read(b)
+	case 3302:
+		n, err = c.TCPConn.Read(b)
+	case 3303:
+		n, err = c.TCPConn.Read(b)
+	case 3304:
+		n, err = c.TCPConn.Read(b)
+	case 3305:
+		n, err = c.TCPConn.Read(b)
+	case 3306:
+		n, err = c.TCPConn.Read(b)
+	case 3307:
+		n, err = c.TCPConn.Read(b)
+	case 3308:
+		n, err = c.TCPConn.Read(b)
+	case 3309:
+		n, err = c.TCPConn.Read(b)
+	case 3310:
+		n, err = c.TCPConn.Read(b)
+	case 3311:
+		n, err = c.TCPConn.Read(b)
+	case 3312:
+		n, err = c.TCPConn.Read(b)
+	case 3313:
+		n, err = c.TCPConn.Read(b)
+	case 3314:
+		n, err = c.TCPConn.Read(b)
+	case 3315:
+		n, err = c.TCPConn.Read(b)
+	case 3316:
+		n, err = c.TCPConn.Read(b)
+	case 3317:
+		n, err = c.TCPConn.Read(b)
+	case 3318:
+		n, err = c.TCPConn.Read(b)
+	case 3319:
+		n, err = c.TCPConn.Read(b)
+	case 3320:
+		n, err = c.TCPConn.Read(b)
+	case 3321:
+		n, err = c.TCPConn.Read(b)
+	case 3322:
+		n, err = c.TCPConn.Read(b)
+	case 3323:
+		n, err = c.TCPConn.Read(b)
+	case 3324:
+		n, err = c.TCPConn.Read(b)
+	case 3325:
+		n, err = c.TCPConn.Read(b)
+	case 3326:
+		n, err = c.TCPConn.Read(b)
+	case 3327:
+		n, err = c.TCPConn.Read(b)
+	case 3328:
+		n, err = c.TCPConn.Read(b)
+	case 3329:
+		n, err = c.TCPConn.Read(b)
+	case 3330:
+		n, err = c.TCPConn.Read(b)
+	case 3331:
+		n, err = c.TCPConn.Read(b)
+	case 3332:
+		n, err = c.TCPConn.Read(b)
+	case 3333:
+		n, err = c.TCPConn.Read(b)
+	case 3334:
+		n, err = c.TCPConn.Read(b)
+	case 3335:
+		n, err = c.TCPConn.Read(b)
+	case 3336:
+		n, err = c.TCPConn.Read(b)
+	case 3337:
+		n, err = c.TCPConn.Read(b)
+	case 3338:
+		n, err = c.TCPConn.Read(b)
+	case 3339:
+		n, err = c.TCPConn.Read(b)
+	case 3340:
+		n, err = c.TCPConn.Read(b)
+	case 3341:
+		n, err = c.TCPConn.Read(b)
+	case 3342:
+		n, err = c.TCPConn.Read(b)
+	case 3343:
+		n, err = c.TCPConn.Read(b)
+	case 3344:
+		n, err = c.TCPConn.Read(b)
+	case 3345:
+		n, err = c.TCPConn.Read(b)
+	case 3346:
+		n, err = c.TCPConn.Read(b)
+	case 3347:
+		n, err = c.TCPConn.Read(b)
+	case 3348:
+		n, err = c.TCPConn.Read(b)
+	case 3349:
+		n, err = c.TCPConn.Read(b)
+	case 3350:
+		n, err = c.TCPConn.Read(b)
+	case 3351:
+		n, err = c.TCPConn.Read(b)
+	case 3352:
+		n, err = c.TCPConn.Read(b)
+	case 3353:
+		n, err = c.TCPConn.Read(b)
+	case 3354:
+		n, err = c.TCPConn.Read(b)
+	case 3355:
+		n, err = c.TCPConn.Read(b)
+	case 3356:
+		n, err = c.TCPConn.Read(b)
+	case 3357:
+		n, err = c.TCPConn.Read(b)
+	case 3358:
+		n, err = c.TCPConn.Read(b)
+	case 3359:
+		n, err = c.TCPConn.Read(b)
+	case 3360:
+		n, err = c.TCPConn.Read(b)
+	case 3361:
+		n, err = c.TCPConn.Read(b)
+	case 3362:
+		n, err = c.TCPConn.Read(b)
+	case 3363:
+		n, err = c.TCPConn.Read(b)
+	case 3364:
+		n, err = c.TCPConn.Read(b)
+	case 3365:
+		n, err = c.TCPConn.Read(b)
+	case 3366:
+		n, err = c.TCPConn.Read(b)
+	case 3367:
+		n, err = c.TCPConn.Read(b)
+	case 3368:
+		n, err = c.TCPConn.Read(b)
+	case 3369:
+		n, err = c.TCPConn.Read(b)
+	case 3370:
+		n, err = c.TCPConn.Read(b)
+	case 3371:
+		n, err = c.TCPConn.Read(b)
+	case 3372:
+		n, err = c.TCPConn.Read(b)
+	case 3373:
+		n, err = c.TCPConn.Read(b)
+	case 3374:
+		n, err = c.TCPConn.Read(b)
+	case 3375:
+		n, err = c.TCPConn.Read(b)
+	case 3376:
+		n, err = c.TCPConn.Read(b)
+	case 3377:
+		n, err = c.TCPConn.Read(b)
+	case 3378:
+		n, err = c.TCPConn.Read(b)
+	case 3379:
+		n, err = c.TCPConn.Read(b)
+	case 3380:
+		n, err = c.TCPConn.Read(b)
+	case 3381:
+		n, err = c.TCPConn.Read(b)
+	case 3382:
+		n, err = c.TCPConn.Read(b)
+	case 3383:
+		n, err = c.TCPConn.Read(b)
+	case 3384:
+		n, err = c.TCPConn.Read(b)
+	case 3385:
+		n, err = c.TCPConn.Read(b)
+	case 3386:
+		n, err = c.TCPConn.Read(b)
+	case 3387:
+		n, err = c.TCPConn.Read(b)
+	case 3388:
+		n, err = c.TCPConn.Read(b)
+	case 3389:
+		n, err = c.TCPConn.Read(b)
+	case 3390:
+		n, err = c.TCPConn.Read(b)
+	case 3391:
+		n, err = c.TCPConn.Read(b)
+	case 3392:
+		n, err = c.TCPConn.Read(b)
+	case 3393:
+		n, err = c.TCPConn.Read(b)
+	case 3394:
+		n, err = c.TCPConn.Read(b)
+	case 3395:
+		n, err = c.TCPConn.Read(b)
+	case 3396:
+		n, err = c.TCPConn.Read(b)
+	case 3397:
+		n, err = c.TCPConn.Read(b)
+	case 3398:
+		n, err = c.TCPConn.Read(b)
+	case 3399:
+		n, err = c.TCPConn.Read(b)
+	case 3400:
+		n, err = c.TCPConn.Read(b)
+	case 3401:
+		n, err = c.TCPConn.Read(b)
+	case 3402:
+		n, err = c.TCPConn.Read(b)
+	case 3403:
+		n, err = c.TCPConn.Read(b)
+	case 3404:
+		n, err = c.TCPConn.Read(b)
+	case 3405:
+		n, err = c.TCPConn.Read(b)
+	case 3406:
+		n, err = c.TCPConn.Read(b)
+	case 3407:
+		n, err = c.TCPConn.Read(b)
+	case 3408:
+		n, err = c.TCPConn.Read(b)
+	case 3409:
+		n, err = c.TCPConn.Read(b)
+	case 3410:
+		n, err = c.TCPConn.Read(b)
+	case 3411:
+		n, err = c.TCPConn.Read(b)
+	case 3412:
+		n, err = c.TCPConn.Read(b)
+	case 3413:
+		n, err = c.TCPConn.Read(b)
+	case 3414:
+		n, err = c.TCPConn.Read(b)
+	case 3415:
+		n, err = c.TCPConn.Read(b)
+	case 3416:
+		n, err = c.TCPConn.Read(b)
+	case 3417:
+		n, err = c.TCPConn.Read(b)
+	case 3418:
+		n, err = c.TCPConn.Read(b)
+	case 3419:
+		n, err = c.TCPConn.Read(b)
+	case 3420:
+		n, err = c.TCPConn.Read(b)
+	case 3421:
+		n, err = c.TCPConn.Read(b)
+	case 3422:
+		n, err = c.TCPConn.Read(b)
+	case 3423:
+		n, err = c.TCPConn.Read(b)
+	case 3424:
+		n, err = c.TCPConn.Read(b)
+	case 3425:
+		n, err = c.TCPConn.Read(b)
+	case 3426:
+		n, err = c.TCPConn.Read(b)
+	case 3427:
+		n, err = c.TCPConn.Read(b)
+	case 3428:
+		n, err = c.TCPConn.Read(b)
+	case 3429:
+		n, err = c.TCPConn.Read(b)
+	case 3430:
+		n, err = c.TCPConn.Read(b)
+	case 3431:
+		n, err = c.TCPConn.Read(b)
+	case 3432:
+		n, err = c.TCPConn.Read(b)
+	case 3433:
+		n, err = c.TCPConn.Read(b)
+	case 3434:
+		n, err = c.TCPConn.Read(b)
+	case 3435:
+		n, err = c.TCPConn.Read(b)
+	case 3436:
+		n, err = c.TCPConn.Read(b)
+	case 3437:
+		n, err = c.TCPConn.Read(b)
+	case 3438:
+		n, err = c.TCPConn.Read(b)
+	case 3439:
+		n, err = c.TCPConn.Read(b)
+	case 3440:
+		n, err = c.TCPConn.Read(b)
+	case 3441:
+		n, err = c.TCPConn.Read(b)
+	case 3442:
+		n, err = c.TCPConn.Read(b)
+	case 3443:
+		n, err = c.TCPConn.Read(b)
+	case 3444:
+		n, err = c.TCPConn.Read(b)
+	case 3445:
+		n, err = c.TCPConn.Read(b)
+	case 3446:
+		n, err = c.TCPConn.Read(b)
+	case 3447:
+		n, err = c.TCPConn.Read(b)
+	case 3448:
+		n, err = c.TCPConn.Read(b)
+	case 3449:
+		n, err = c.TCPConn.Read(b)
+	case 3450:
+		n, err = c.TCPConn.Read(b)
+	case 3451:
+		n, err = c.TCPConn.Read(b)
+	case 3452:
+		n, err = c.TCPConn.Read(b)
+	case 3453:
+		n, err = c.TCPConn.Read(b)
+	case 3454:
+		n, err = c.TCPConn.Read(b)
+	case 3455:
+		n, err = c.TCPConn.Read(b)
+	case 3456:
+		n, err = c.TCPConn.Read(b)
+	case 3457:
+		n, err = c.TCPConn.Read(b)
+	case 3458:
+		n, err = c.TCPConn.Read(b)
+	case 3459:
+		n, err = c.TCPConn.Read(b)
+	case 3460:
+		n, err = c.TCPConn.Read(b)
+	case 3461:
+		n, err = c.TCPConn.Read(b)
+	case 3462:
+		n, err = c.TCPConn.Read(b)
+	case 3463:
+		n, err = c.TCPConn.Read(b)
+	case 3464:
+		n, err = c.TCPConn.Read(b)
+	case 3465:
+		n, err = c.TCPConn.Read(b)
+	case 3466:
+		n, err = c.TCPConn.Read(b)
+	case 3467:
+		n, err = c.TCPConn.Read(b)
+	case 3468:
+		n, err = c.TCPConn.Read(b)
+	case 3469:
+		n, err = c.TCPConn.Read(b)
+	case 3470:
+		n, err = c.TCPConn.Read(b)
+	case 3471:
+		n, err = c.TCPConn.Read(b)
+	case 3472:
+		n, err = c.TCPConn.Read(b)
+	case 3473:
+		n, err = c.TCPConn.Read(b)
+	case 3474:
+		n, err = c.TCPConn.Read(b)
+	case 3475:
+		n, err = c.TCPConn.Read(b)
+	case 3476:
+		n, err = c.TCPConn.Read(b)
+	case 3477:
+		n, err = c.TCPConn.Read(b)
+	case 3478:
+		n, err = c.TCPConn.Read(b)
+	case 3479:
+		n, err = c.TCPConn.Read(b)
+	case 3480:
+		n, err = c.TCPConn.Read(b)
+	case 3481:
+		n, err = c.TCPConn.Read(b)
+	case 3482:
+		n, err = c.TCPConn.Read(b)
+	case 3483:
+		n, err = c.TCPConn.Read(b)
+	case 3484:
+		n, err = c.TCPConn.Read(b)
+	case 3485:
+		n, err = c.TCPConn.Read(b)
+	case 3486:
+		n, err = c.TCPConn.Read(b)
+	case 3487:
+		n, err = c.TCPConn.Read(b)
+	case 3488:
+		n, err = c.TCPConn.Read(b)
+	case 3489:
+		n, err = c.TCPConn.Read(b)
+	case 3490:
+		n, err = c.TCPConn.Read(b)
+	case 3491:
+		n, err = c.TCPConn.Read(b)
+	case 3492:
+		n, err = c.TCPConn.Read(b)
+	case 3493:
+		n, err = c.TCPConn.Read(b)
+	case 3494:
+		n, err = c.TCPConn.Read(b)
+	case 3495:
+		n, err = c.TCPConn.Read(b)
+	case 3496:
+		n, err = c.TCPConn.Read(b)
+	case 3497:
+		n, err = c.TCPConn.Read(b)
+	case 3498:
+		n, err = c.TCPConn.Read(b)
+	case 3499:
+		n, err = c.TCPConn.Read(b)
+	case 3500:
+		n, err = c.TCPConn.Read(b)
+	case 3501:
+		n, err = c.TCPConn.Read(b)
+	case 3502:
+		n, err = c.TCPConn.Read(b)
+	case 3503:
+		n, err = c.TCPConn.Read(b)
+	case 3504:
+		n, err = c.TCPConn.Read(b)
+	case 3505:
+		n, err = c.TCPConn.Read(b)
+	case 3506:
+		n, err = c.TCPConn.Read(b)
+	case 3507:
+		n, err = c.TCPConn.Read(b)
+	case 3508:
+		n, err = c.TCPConn.Read(b)
+	case 3509:
+		n, err = c.TCPConn.Read(b)
+	case 3510:
+		n, err = c.TCPConn.Read(b)
+	case 3511:
+		n, err = c.TCPConn.Read(b)
+	case 3512:
+		n, err = c.TCPConn.Read(b)
+	case 3513:
+		n, err = c.TCPConn.Read(b)
+	case 3514:
+		n, err = c.TCPConn.Read(b)
+	case 3515:
+		n, err = c.TCPConn.Read(b)
+	case 3516:
+		n, err = c.TCPConn.Read(b)
+	case 3517:
+		n, err = c.TCPConn.Read(b)
+	case 3518:
+		n, err = c.TCPConn.Read(b)
+	case 3519:
+		n, err = c.TCPConn.Read(b)
+	case 3520:
+		n, err = c.TCPConn.Read(b)
+	case 3521:
+		n, err = c.TCPConn.Read(b)
+	case 3522:
+		n, err = c.TCPConn.Read(b)
+	case 3523:
+		n, err = c.TCPConn.Read(b)
+	case 3524:
+		n, err = c.TCPConn.Read(b)
+	case 3525:
+		n, err = c.TCPConn.Read(b)
+	case 3526:
+		n, err = c.TCPConn.Read(b)
+	case 3527:
+		n, err = c.TCPConn.Read(b)
+	case 3528:
+		n, err = c.TCPConn.Read(b)
+	case 3529:
+		n, err = c.TCPConn.Read(b)
+	case 3530:
+		n, err = c.TCPConn.Read(b)
+	case 3531:
+		n, err = c.TCPConn.Read(b)
+	case 3532:
+		n, err = c.TCPConn.Read(b)
+	case 3533:
+		n, err = c.TCPConn.Read(b)
+	case 3534:
+		n, err = c.TCPConn.Read(b)
+	case 3535:
+		n, err = c.TCPConn.Read(b)
+	case 3536:
+		n, err = c.TCPConn.Read(b)
+	case 3537:
+		n, err = c.TCPConn.Read(b)
+	case 3538:
+		n, err = c.TCPConn.Read(b)
+	case 3539:
+		n, err = c.TCPConn.Read(b)
+	case 3540:
+		n, err = c.TCPConn.Read(b)
+	case 3541:
+		n, err = c.TCPConn.Read(b)
+	case 3542:
+		n, err = c.TCPConn.Read(b)
+	case 3543:
+		n, err = c.TCPConn.Read(b)
+	case 3544:
+		n, err = c.TCPConn.Read(b)
+	case 3545:
+		n, err = c.TCPConn.Read(b)
+	case 3546:
+		n, err = c.TCPConn.Read(b)
+	case 3547:
+		n, err = c.TCPConn.Read(b)
+	case 3548:
+		n, err = c.TCPConn.Read(b)
+	case 3549:
+		n, err = c.TCPConn.Read(b)
+	case 3550:
+		n, err = c.TCPConn.Read(b)
+	case 3551:
+		n, err = c.TCPConn.Read(b)
+	case 3552:
+		n, err = c.TCPConn.Read(b)
+	case 3553:
+		n, err = c.TCPConn.Read(b)
+	case 3554:
+		n, err = c.TCPConn.Read(b)
+	case 3555:
+		n, err = c.TCPConn.Read(b)
+	case 3556:
+		n, err = c.TCPConn.Read(b)
+	case 3557:
+		n, err = c.TCPConn.Read(b)
+	case 3558:
+		n, err = c.TCPConn.Read(b)
+	case 3559:
+		n, err = c.TCPConn.Read(b)
+	case 3560:
+		n, err = c.TCPConn.Read(b)
+	case 3561:
+		n, err = c.TCPConn.Read(b)
+	case 3562:
+		n, err = c.TCPConn.Read(b)
+	case 3563:
+		n, err = c.TCPConn.Read(b)
+	case 3564:
+		n, err = c.TCPConn.Read(b)
+	case 3565:
+		n, err = c.TCPConn.Read(b)
+	case 3566:
+		n, err = c.TCPConn.Read(b)
+	case 3567:
+		n, err = c.TCPConn.Read(b)
+	case 3568:
+		n, err = c.TCPConn.Read(b)
+	case 3569:
+		n, err = c.TCPConn.Read(b)
+	case 3570:
+		n, err = c.TCPConn.Read(b)
+	case 3571:
+		n, err = c.TCPConn.Read(b)
+	case 3572:
+		n, err = c.TCPConn.Read(b)
+	case 3573:
+		n, err = c.TCPConn.Read(b)
+	case 3574:
+		n, err = c.TCPConn.Read(b)
+	case 3575:
+		n, err = c.TCPConn.Read(b)
+	case 3576:
+		n, err = c.TCPConn.Read(b)
+	case 3577:
+		n, err = c.TCPConn.Read(b)
+	case 3578:
+		n, err = c.TCPConn.Read(b)
+	case 3579:
+		n, err = c.TCPConn.Read(b)
+	case 3580:
+		n, err = c.TCPConn.Read(b)
+	case 3581:
+		n, err = c.TCPConn.Read(b)
+	case 3582:
+		n, err = c.TCPConn.Read(b)
+	case 3583:
+		n, err = c.TCPConn.Read(b)
+	case 3584:
+		n, err = c.TCPConn.Read(b)
+	case 3585:
+		n, err = c.TCPConn.Read(b)
+	case 3586:
+		n, err = c.TCPConn.Read(b)
+	case 3587:
+		n, err = c.TCPConn.Read(b)
+	case 3588:
+		n, err = c.TCPConn.Read(b)
+	case 3589:
+		n, err = c.TCPConn.Read(b)
+	case 3590:
+		n, err = c.TCPConn.Read(b)
+	case 3591:
+		n, err = c.TCPConn.Read(b)
+	case 3592:
+		n, err = c.TCPConn.Read(b)
+	case 3593:
+		n, err = c.TCPConn.Read(b)
+	case 3594:
+		n, err = c.TCPConn.Read(b)
+	case 3595:
+		n, err = c.TCPConn.Read(b)
+	case 3596:
+		n, err = c.TCPConn.Read(b)
+	case 3597:
+		n, err = c.TCPConn.Read(b)
+	case 3598:
+		n, err = c.TCPConn.Read(b)
+	case 3599:
+		n, err = c.TCPConn.Read(b)
+	case 3600:
+		n, err = c.TCPConn.Read(b)
+	case 3601:
+		n, err = c.TCPConn.Read(b)
+	case 3602:
+		n, err = c.TCPConn.Read(b)
+	case 3603:
+		n, err = c.TCPConn.Read(b)
+	case 3604:
+		n, err = c.TCPConn.Read(b)
+	case 3605:
+		n, err = c.TCPConn.Read(b)
+	case 3606:
+		n, err = c.TCPConn.Read(b)
+	case 3607:
+		n, err = c.TCPConn.Read(b)
+	case 3608:
+		n, err = c.TCPConn.Read(b)
+	case 3609:
+		n, err = c.TCPConn.Read(b)
+	case 3610:
+		n, err = c.TCPConn.Read(b)
+	case 3611:
+		n, err = c.TCPConn.Read(b)
+	case 3612:
+		n, err = c.TCPConn.Read(b)
+	case 3613:
+		n, err = c.TCPConn.Read(b)
+	case 3614:
+		n, err = c.TCPConn.Read(b)
+	case 3615:
+		n, err = c.TCPConn.Read(b)
+	case 3616:
+		n, err = c.TCPConn.Read(b)
+	case 3617:
+		n, err = c.TCPConn.Read(b)
+	case 3618:
+		n, err = c.TCPConn.Read(b)
+	case 3619:
+		n, err = c.TCPConn.Read(b)
+	case 3620:
+		n, err = c.TCPConn.Read(b)
+	case 3621:
+		n, err = c.TCPConn.Read(b)
+	case 3622:
+		n, err = c.TCPConn.Read(b)
+	case 3623:
+		n, err = c.TCPConn.Read(b)
+	case 3624:
+		n, err = c.TCPConn.Read(b)
+	case 3625:
+		n, err = c.TCPConn.Read(b)
+	case 3626:
+		n, err = c.TCPConn.Read(b)
+	case 3627:
+		n, err = c.TCPConn.Read(b)
+	case 3628:
+		n, err = c.TCPConn.Read(b)
+	case 3629:
+		n, err = c.TCPConn.Read(b)
+	case 3630:
+		n, err = c.TCPConn.Read(b)
+	case 3631:
+		n, err = c.TCPConn.Read(b)
+	case 3632:
+		n, err = c.TCPConn.Read(b)
+	case 3633:
+		n, err = c.TCPConn.Read(b)
+	case 3634:
+		n, err = c.TCPConn.Read(b)
+	case 3635:
+		n, err = c.TCPConn.Read(b)
+	case 3636:
+		n, err = c.TCPConn.Read(b)
+	case 3637:
+		n, err = c.TCPConn.Read(b)
+	case 3638:
+		n, err = c.TCPConn.Read(b)
+	case 3639:
+		n, err = c.TCPConn.Read(b)
+	case 3640:
+		n, err = c.TCPConn.Read(b)
+	case 3641:
+		n, err = c.TCPConn.Read(b)
+	case 3642:
+		n, err = c.TCPConn.Read(b)
+	case 3643:
+		n, err = c.TCPConn.Read(b)
+	case 3644:
+		n, err = c.TCPConn.Read(b)
+	case 3645:
+		n, err = c.TCPConn.Read(b)
+	case 3646:
+		n, err = c.TCPConn.Read(b)
+	case 3647:
+		n, err = c.TCPConn.Read(b)
+	case 3648:
+		n, err = c.TCPConn.Read(b)
+	case 3649:
+		n, err = c.TCPConn.Read(b)
+	case 3650:
+		n, err = c.TCPConn.Read(b)
+	case 3651:
+		n, err = c.TCPConn.Read(b)
+	case 3652:
+		n, err = c.TCPConn.Read(b)
+	case 3653:
+		n, err = c.TCPConn.Read(b)
+	case 3654:
+		n, err = c.TCPConn.Read(b)
+	case 3655:
+		n, err = c.TCPConn.Read(b)
+	case 3656:
+		n, err = c.TCPConn.Read(b)
+	case 3657:
+		n, err = c.TCPConn.Read(b)
+	case 3658:
+		n, err = c.TCPConn.Read(b)
+	case 3659:
+		n, err = c.TCPConn.Read(b)
+	case 3660:
+		n, err = c.TCPConn.Read(b)
+	case 3661:
+		n, err = c.TCPConn.Read(b)
+	case 3662:
+		n, err = c.TCPConn.Read(b)
+	case 3663:
+		n, err = c.TCPConn.Read(b)
+	case 3664:
+		n, err = c.TCPConn.Read(b)
+	case 3665:
+		n, err = c.TCPConn.Read(b)
+	case 3666:
+		n, err = c.TCPConn.Read(b)
+	case 3667:
+		n, err = c.TCPConn.Read(b)
+	case 3668:
+		n, err = c.TCPConn.Read(b)
+	case 3669:
+		n, err = c.TCPConn.Read(b)
+	case 3670:
+		n, err = c.TCPConn.Read(b)
+	case 3671:
+		n, err = c.TCPConn.Read(b)
+	case 3672:
+		n, err = c.TCPConn.Read(b)
+	case 3673:
+		n, err = c.TCPConn.Read(b)
+	case 3674:
+		n, err = c.TCPConn.Read(b)
+	case 3675:
+		n, err = c.TCPConn.Read(b)
+	case 3676:
+		n, err = c.TCPConn.Read(b)
+	case 3677:
+		n, err = c.TCPConn.Read(b)
+	case 3678:
+		n, err = c.TCPConn.Read(b)
+	case 3679:
+		n, err = c.TCPConn.Read(b)
+	case 3680:
+		n, err = c.TCPConn.Read(b)
+	case 3681:
+		n, err = c.TCPConn.Read(b)
+	case 3682:
+		n, err = c.TCPConn.Read(b)
+	case 3683:
+		n, err = c.TCPConn.Read(b)
+	case 3684:
+		n, err = c.TCPConn.Read(b)
+	case 3685:
+		n, err = c.TCPConn.Read(b)
+	case 3686:
+		n, err = c.TCPConn.Read(b)
+	case 3687:
+		n, err = c.TCPConn.Read(b)
+	case 3688:
+		n, err = c.TCPConn.Read(b)
+	case 3689:
+		n, err = c.TCPConn.Read(b)
+	case 3690:
+		n, err = c.TCPConn.Read(b)
+	case 3691:
+		n, err = c.TCPConn.Read(b)
+	case 3692:
+		n, err = c.TCPConn.Read(b)
+	case 3693:
+		n, err = c.TCPConn.Read(b)
+	case 3694:
+		n, err = c.TCPConn.Read(b)
+	case 3695:
+		n, err = c.TCPConn.Read(b)
+	case 3696:
+		n, err = c.TCPConn.Read(b)
+	case 3697:
+		n, err = c.TCPConn.Read(b)
+	case 3698:
+		n, err = c.TCPConn.Read(b)
+	case 3699:
+		n, err = c.TCPConn.Read(b)
+	case 3700:
+		n, err = c.TCPConn.Read(b)
+	case 3701:
+		n, err = c.TCPConn.Read(b)
+	case 3702:
+		n, err = c.TCPConn.Read(b)
+	case 3703:
+		n, err = c.TCPConn.Read(b)
+	case 3704:
+		n, err = c.TCPConn.Read(b)
+	case 3705:
+		n, err = c.TCPConn.Read(b)
+	case 3706:
+		n, err = c.TCPConn.Read(b)
+	case 3707:
+		n, err = c.TCPConn.Read(b)
+	case 3708:
+		n, err = c.TCPConn.Read(b)
+	case 3709:
+		n, err = c.TCPConn.Read(b)
+	case 3710:
+		n, err = c.TCPConn.Read(b)
+	case 3711:
+		n, err = c.TCPConn.Read(b)
+	case 3712:
+		n, err = c.TCPConn.Read(b)
+	case 3713:
+		n, err = c.TCPConn.Read(b)
+	case 3714:
+		n, err = c.TCPConn.Read(b)
+	case 3715:
+		n, err = c.TCPConn.Read(b)
+	case 3716:
+		n, err = c.TCPConn.Read(b)
+	case 3717:
+		n, err = c.TCPConn.Read(b)
+	case 3718:
+		n, err = c.TCPConn.Read(b)
+	case 3719:
+		n, err = c.TCPConn.Read(b)
+	case 3720:
+		n, err = c.TCPConn.Read(b)
+	case 3721:
+		n, err = c.TCPConn.Read(b)
+	case 3722:
+		n, err = c.TCPConn.Read(b)
+	case 3723:
+		n, err = c.TCPConn.Read(b)
+	case 3724:
+		n, err = c.TCPConn.Read(b)
+	case 3725:
+		n, err = c.TCPConn.Read(b)
+	case 3726:
+		n, err = c.TCPConn.Read(b)
+	case 3727:
+		n, err = c.TCPConn.Read(b)
+	case 3728:
+		n, err = c.TCPConn.Read(b)
+	case 3729:
+		n, err = c.TCPConn.Read(b)
+	case 3730:
+		n, err = c.TCPConn.Read(b)
+	case 3731:
+		n, err = c.TCPConn.Read(b)
+	case 3732:
+		n, err = c.TCPConn.Read(b)
+	case 3733:
+		n, err = c.TCPConn.Read(b)
+	case 3734:
+		n, err = c.TCPConn.Read(b)
+	case 3735:
+		n, err = c.TCPConn.Read(b)
+	case 3736:
+		n, err = c.TCPConn.Read(b)
+	case 3737:
+		n, err = c.TCPConn.Read(b)
+	case 3738:
+		n, err = c.TCPConn.Read(b)
+	case 3739:
+		n, err = c.TCPConn.Read(b)
+	case 3740:
+		n, err = c.TCPConn.Read(b)
+	case 3741:
+		n, err = c.TCPConn.Read(b)
+	case 3742:
+		n, err = c.TCPConn.Read(b)
+	case 3743:
+		n, err = c.TCPConn.Read(b)
+	case 3744:
+		n, err = c.TCPConn.Read(b)
+	case 3745:
+		n, err = c.TCPConn.Read(b)
+	case 3746:
+		n, err = c.TCPConn.Read(b)
+	case 3747:
+		n, err = c.TCPConn.Read(b)
+	case 3748:
+		n, err = c.TCPConn.Read(b)
+	case 3749:
+		n, err = c.TCPConn.Read(b)
+	case 3750:
+		n, err = c.TCPConn.Read(b)
+	case 3751:
+		n, err = c.TCPConn.Read(b)
+	case 3752:
+		n, err = c.TCPConn.Read(b)
+	case 3753:
+		n, err = c.TCPConn.Read(b)
+	case 3754:
+		n, err = c.TCPConn.Read(b)
+	case 3755:
+		n, err = c.TCPConn.Read(b)
+	case 3756:
+		n, err = c.TCPConn.Read(b)
+	case 3757:
+		n, err = c.TCPConn.Read(b)
+	case 3758:
+		n, err = c.TCPConn.Read(b)
+	case 3759:
+		n, err = c.TCPConn.Read(b)
+	case 3760:
+		n, err = c.TCPConn.Read(b)
+	case 3761:
+		n, err = c.TCPConn.Read(b)
+	case 3762:
+		n, err = c.TCPConn.Read(b)
+	case 3763:
+		n, err = c.TCPConn.Read(b)
+	case 3764:
+		n, err = c.TCPConn.Read(b)
+	case 3765:
+		n, err = c.TCPConn.Read(b)
+	case 3766:
+		n, err = c.TCPConn.Read(b)
+	case 3767:
+		n, err = c.TCPConn.Read(b)
+	case 3768:
+		n, err = c.TCPConn.Read(b)
+	case 3769:
+		n, err = c.TCPConn.Read(b)
+	case 3770:
+		n, err = c.TCPConn.Read(b)
+	case 3771:
+		n, err = c.TCPConn.Read(b)
+	case 3772:
+		n, err = c.TCPConn.Read(b)
+	case 3773:
+		n, err = c.TCPConn.Read(b)
+	case 3774:
+		n, err = c.TCPConn.Read(b)
+	case 3775:
+		n, err = c.TCPConn.Read(b)
+	case 3776:
+		n, err = c.TCPConn.Read(b)
+	case 3777:
+		n, err = c.TCPConn.Read(b)
+	case 3778:
+		n, err = c.TCPConn.Read(b)
+	case 3779:
+		n, err = c.TCPConn.Read(b)
+	case 3780:
+		n, err = c.TCPConn.Read(b)
+	case 3781:
+		n, err = c.TCPConn.Read(b)
+	case 3782:
+		n, err = c.TCPConn.Read(b)
+	case 3783:
+		n, err = c.TCPConn.Read(b)
+	case 3784:
+		n, err = c.TCPConn.Read(b)
+	case 3785:
+		n, err = c.TCPConn.Read(b)
+	case 3786:
+		n, err = c.TCPConn.Read(b)
+	case 3787:
+		n, err = c.TCPConn.Read(b)
+	case 3788:
+		n, err = c.TCPConn.Read(b)
+	case 3789:
+		n, err = c.TCPConn.Read(b)
+	case 3790:
+		n, err = c.TCPConn.Read(b)
+	case 3791:
+		n, err = c.TCPConn.Read(b)
+	case 3792:
+		n, err = c.TCPConn.Read(b)
+	case 3793:
+		n, err = c.TCPConn.Read(b)
+	case 3794:
+		n, err = c.TCPConn.Read(b)
+	case 3795:
+		n, err = c.TCPConn.Read(b)
+	case 3796:
+		n, err = c.TCPConn.Read(b)
+	case 3797:
+		n, err = c.TCPConn.Read(b)
+	case 3798:
+		n, err = c.TCPConn.Read(b)
+	case 3799:
+		n, err = c.TCPConn.Read(b)
+	case 3800:
+		n, err = c.TCPConn.Read(b)
+	case 3801:
+		n, err = c.TCPConn.Read(b)
+	case 3802:
+		n, err = c.TCPConn.Read(b)
+	case 3803:
+		n, err = c.TCPConn.Read(b)
+	case 3804:
+		n, err = c.TCPConn.Read(b)
+	case 3805:
+		n, err = c.TCPConn.Read(b)
+	case 3806:
+		n, err = c.TCPConn.Read(b)
+	case 3807:
+		n, err = c.TCPConn.Read(b)
+	case 3808:
+		n, err = c.TCPConn.Read(b)
+	case 3809:
+		n, err = c.TCPConn.Read(b)
+	case 3810:
+		n, err = c.TCPConn.Read(b)
+	case 3811:
+		n, err = c.TCPConn.Read(b)
+	case 3812:
+		n, err = c.TCPConn.Read(b)
+	case 3813:
+		n, err = c.TCPConn.Read(b)
+	case 3814:
+		n, err = c.TCPConn.Read(b)
+	case 3815:
+		n, err = c.TCPConn.Read(b)
+	case 3816:
+		n, err = c.TCPConn.Read(b)
+	case 3817:
+		n, err = c.TCPConn.Read(b)
+	case 3818:
+		n, err = c.TCPConn.Read(b)
+	case 3819:
+		n, err = c.TCPConn.Read(b)
+	case 3820:
+		n, err = c.TCPConn.Read(b)
+	case 3821:
+		n, err = c.TCPConn.Read(b)
+	case 3822:
+		n, err = c.TCPConn.Read(b)
+	case 3823:
+		n, err = c.TCPConn.Read(b)
+	case 3824:
+		n, err = c.TCPConn.Read(b)
+	case 3825:
+		n, err = c.TCPConn.Read(b)
+	case 3826:
+		n, err = c.TCPConn.Read(b)
+	case 3827:
+		n, err = c.TCPConn.Read(b)
+	case 3828:
+		n, err = c.TCPConn.Read(b)
+	case 3829:
+		n, err = c.TCPConn.Read(b)
+	case 3830:
+		n, err = c.TCPConn.Read(b)
+	case 3831:
+		n, err = c.TCPConn.Read(b)
+	case 3832:
+		n, err = c.TCPConn.Read(b)
+	case 3833:
+		n, err = c.TCPConn.Read(b)
+	case 3834:
+		n, err = c.TCPConn.Read(b)
+	case 3835:
+		n, err = c.TCPConn.Read(b)
+	case 3836:
+		n, err = c.TCPConn.Read(b)
+	case 3837:
+		n, err = c.TCPConn.Read(b)
+	case 3838:
+		n, err = c.TCPConn.Read(b)
+	case 3839:
+		n, err = c.TCPConn.Read(b)
+	case 3840:
+		n, err = c.TCPConn.Read(b)
+	case 3841:
+		n, err = c.TCPConn.Read(b)
+	case 3842:
+		n, err = c.TCPConn.Read(b)
+	case 3843:
+		n, err = c.TCPConn.Read(b)
+	case 3844:
+		n, err = c.TCPConn.Read(b)
+	case 3845:
+		n, err = c.TCPConn.Read(b)
+	case 3846:
+		n, err = c.TCPConn.Read(b)
+	case 3847:
+		n, err = c.TCPConn.Read(b)
+	case 3848:
+		n, err = c.TCPConn.Read(b)
+	case 3849:
+		n, err = c.TCPConn.Read(b)
+	case 3850:
+		n, err = c.TCPConn.Read(b)
+	case 3851:
+		n, err = c.TCPConn.Read(b)
+	case 3852:
+		n, err = c.TCPConn.Read(b)
+	case 3853:
+		n, err = c.TCPConn.Read(b)
+	case 3854:
+		n, err = c.TCPConn.Read(b)
+	case 3855:
+		n, err = c.TCPConn.Read(b)
+	case 3856:
+		n, err = c.TCPConn.Read(b)
+	case 3857:
+		n, err = c.TCPConn.Read(b)
+	case 3858:
+		n, err = c.TCPConn.Read(b)
+	case 3859:
+		n, err = c.TCPConn.Read(b)
+	case 3860:
+		n, err = c.TCPConn.Read(b)
+	case 3861:
+		n, err = c.TCPConn.Read(b)
+	case 3862:
+		n, err = c.TCPConn.Read(b)
+	case 3863:
+		n, err = c.TCPConn.Read(b)
+	case 3864:
+		n, err = c.TCPConn.Read(b)
+	case 3865:
+		n, err = c.TCPConn.Read(b)
+	case 3866:
+		n, err = c.TCPConn.Read(b)
+	case 3867:
+		n, err = c.TCPConn.Read(b)
+	case 3868:
+		n, err = c.TCPConn.Read(b)
+	case 3869:
+		n, err = c.TCPConn.Read(b)
+	case 3870:
+		n, err = c.TCPConn.Read(b)
+	case 3871:
+		n, err = c.TCPConn.Read(b)
+	case 3872:
+		n, err = c.TCPConn.Read(b)
+	case 3873:
+		n, err = c.TCPConn.Read(b)
+	case 3874:
+		n, err = c.TCPConn.Read(b)
+	case 3875:
+		n, err = c.TCPConn.Read(b)
+	case 3876:
+		n, err = c.TCPConn.Read(b)
+	case 3877:
+		n, err = c.TCPConn.Read(b)
+	case 3878:
+		n, err = c.TCPConn.Read(b)
+	case 3879:
+		n, err = c.TCPConn.Read(b)
+	case 3880:
+		n, err = c.TCPConn.Read(b)
+	case 3881:
+		n, err = c.TCPConn.Read(b)
+	case 3882:
+		n, err = c.TCPConn.Read(b)
+	case 3883:
+		n, err = c.TCPConn.Read(b)
+	case 3884:
+		n, err = c.TCPConn.Read(b)
+	case 3885:
+		n, err = c.TCPConn.Read(b)
+	case 3886:
+		n, err = c.TCPConn.Read(b)
+	case 3887:
+		n, err = c.TCPConn.Read(b)
+	case 3888:
+		n, err = c.TCPConn.Read(b)
+	case 3889:
+		n, err = c.TCPConn.Read(b)
+	case 3890:
+		n, err = c.TCPConn.Read(b)
+	case 3891:
+		n, err = c.TCPConn.Read(b)
+	case 3892:
+		n, err = c.TCPConn.Read(b)
+	case 3893:
+		n, err = c.TCPConn.Read(b)
+	case 3894:
+		n, err = c.TCPConn.Read(b)
+	case 3895:
+		n, err = c.TCPConn.Read(b)
+	case 3896:
+		n, err = c.TCPConn.Read(b)
+	case 3897:
+		n, err = c.TCPConn.Read(b)
+	case 3898:
+		n, err = c.TCPConn.Read(b)
+	case 3899:
+		n, err = c.TCPConn.Read(b)
+	case 3900:
+		n, err = c.TCPConn.Read(b)
+	case 3901:
+		n, err = c.TCPConn.Read(b)
+	case 3902:
+		n, err = c.TCPConn.Read(b)
+	case 3903:
+		n, err = c.TCPConn.Read(b)
+	case 3904:
+		n, err = c.TCPConn.Read(b)
+	case 3905:
+		n, err = c.TCPConn.Read(b)
+	case 3906:
+		n, err = c.TCPConn.Read(b)
+	case 3907:
+		n, err = c.TCPConn.Read(b)
+	case 3908:
+		n, err = c.TCPConn.Read(b)
+	case 3909:
+		n, err = c.TCPConn.Read(b)
+	case 3910:
+		n, err = c.TCPConn.Read(b)
+	case 3911:
+		n, err = c.TCPConn.Read(b)
+	case 3912:
+		n, err = c.TCPConn.Read(b)
+	case 3913:
+		n, err = c.TCPConn.Read(b)
+	case 3914:
+		n, err = c.TCPConn.Read(b)
+	case 3915:
+		n, err = c.TCPConn.Read(b)
+	case 3916:
+		n, err = c.TCPConn.Read(b)
+	case 3917:
+		n, err = c.TCPConn.Read(b)
+	case 3918:
+		n, err = c.TCPConn.Read(b)
+	case 3919:
+		n, err = c.TCPConn.Read(b)
+	case 3920:
+		n, err = c.TCPConn.Read(b)
+	case 3921:
+		n, err = c.TCPConn.Read(b)
+	case 3922:
+		n, err = c.TCPConn.Read(b)
+	case 3923:
+		n, err = c.TCPConn.Read(b)
+	case 3924:
+		n, err = c.TCPConn.Read(b)
+	case 3925:
+		n, err = c.TCPConn.Read(b)
+	case 3926:
+		n, err = c.TCPConn.Read(b)
+	case 3927:
+		n, err = c.TCPConn.Read(b)
+	case 3928:
+		n, err = c.TCPConn.Read(b)
+	case 3929:
+		n, err = c.TCPConn.Read(b)
+	case 3930:
+		n, err = c.TCPConn.Read(b)
+	case 3931:
+		n, err = c.TCPConn.Read(b)
+	case 3932:
+		n, err = c.TCPConn.Read(b)
+	case 3933:
+		n, err = c.TCPConn.Read(b)
+	case 3934:
+		n, err = c.TCPConn.Read(b)
+	case 3935:
+		n, err = c.TCPConn.Read(b)
+	case 3936:
+		n, err = c.TCPConn.Read(b)
+	case 3937:
+		n, err = c.TCPConn.Read(b)
+	case 3938:
+		n, err = c.TCPConn.Read(b)
+	case 3939:
+		n, err = c.TCPConn.Read(b)
+	case 3940:
+		n, err = c.TCPConn.Read(b)
+	case 3941:
+		n, err = c.TCPConn.Read(b)
+	case 3942:
+		n, err = c.TCPConn.Read(b)
+	case 3943:
+		n, err = c.TCPConn.Read(b)
+	case 3944:
+		n, err = c.TCPConn.Read(b)
+	case 3945:
+		n, err = c.TCPConn.Read(b)
+	case 3946:
+		n, err = c.TCPConn.Read(b)
+	case 3947:
+		n, err = c.TCPConn.Read(b)
+	case 3948:
+		n, err = c.TCPConn.Read(b)
+	case 3949:
+		n, err = c.TCPConn.Read(b)
+	case 3950:
+		n, err = c.TCPConn.Read(b)
+	case 3951:
+		n, err = c.TCPConn.Read(b)
+	case 3952:
+		n, err = c.TCPConn.Read(b)
+	case 3953:
+		n, err = c.TCPConn.Read(b)
+	case 3954:
+		n, err = c.TCPConn.Read(b)
+	case 3955:
+		n, err = c.TCPConn.Read(b)
+	case 3956:
+		n, err = c.TCPConn.Read(b)
+	case 3957:
+		n, err = c.TCPConn.Read(b)
+	case 3958:
+		n, err = c.TCPConn.Read(b)
+	case 3959:
+		n, err = c.TCPConn.Read(b)
+	case 3960:
+		n, err = c.TCPConn.Read(b)
+	case 3961:
+		n, err = c.TCPConn.Read(b)
+	case 3962:
+		n, err = c.TCPConn.Read(b)
+	case 3963:
+		n, err = c.TCPConn.Read(b)
+	case 3964:
+		n, err = c.TCPConn.Read(b)
+	case 3965:
+		n, err = c.TCPConn.Read(b)
+	case 3966:
+		n, err = c.TCPConn.Read(b)
+	case 3967:
+		n, err = c.TCPConn.Read(b)
+	case 3968:
+		n, err = c.TCPConn.Read(b)
+	case 3969:
+		n, err = c.TCPConn.Read(b)
+	case 3970:
+		n, err = c.TCPConn.Read(b)
+	case 3971:
+		n, err = c.TCPConn.Read(b)
+	case 3972:
+		n, err = c.TCPConn.Read(b)
+	case 3973:
+		n, err = c.TCPConn.Read(b)
+	case 3974:
+		n, err = c.TCPConn.Read(b)
+	case 3975:
+		n, err = c.TCPConn.Read(b)
+	case 3976:
+		n, err = c.TCPConn.Read(b)
+	case 3977:
+		n, err = c.TCPConn.Read(b)
+	case 3978:
+		n, err = c.TCPConn.Read(b)
+	case 3979:
+		n, err = c.TCPConn.Read(b)
+	case 3980:
+		n, err = c.TCPConn.Read(b)
+	case 3981:
+		n, err = c.TCPConn.Read(b)
+	case 3982:
+		n, err = c.TCPConn.Read(b)
+	case 3983:
+		n, err = c.TCPConn.Read(b)
+	case 3984:
+		n, err = c.TCPConn.Read(b)
+	case 3985:
+		n, err = c.TCPConn.Read(b)
+	case 3986:
+		n, err = c.TCPConn.Read(b)
+	case 3987:
+		n, err = c.TCPConn.Read(b)
+	case 3988:
+		n, err = c.TCPConn.Read(b)
+	case 3989:
+		n, err = c.TCPConn.Read(b)
+	case 3990:
+		n, err = c.TCPConn.Read(b)
+	case 3991:
+		n, err = c.TCPConn.Read(b)
+	case 3992:
+		n, err = c.TCPConn.Read(b)
+	case 3993:
+		n, err = c.TCPConn.Read(b)
+	case 3994:
+		n, err = c.TCPConn.Read(b)
+	case 3995:
+		n, err = c.TCPConn.Read(b)
+	case 3996:
+		n, err = c.TCPConn.Read(b)
+	case 3997:
+		n, err = c.TCPConn.Read(b)
+	case 3998:
+		n, err = c.TCPConn.Read(b)
+	case 3999:
+		n, err = c.TCPConn.Read(b)
+	case 4000:
+		n, err = c.TCPConn.Read(b)
+	case 4001:
+		n, err = c.TCPConn.Read(b)
+	case 4002:
+		n, err = c.TCPConn.Read(b)
+	case 4003:
+		n, err = c.TCPConn.Read(b)
+	case 4004:
+		n, err = c.TCPConn.Read(b)
+	case 4005:
+		n, err = c.TCPConn.Read(b)
+	case 4006:
+		n, err = c.TCPConn.Read(b)
+	case 4007:
+		n, err = c.TCPConn.Read(b)
+	case 4008:
+		n, err = c.TCPConn.Read(b)
+	case 4009:
+		n, err = c.TCPConn.Read(b)
+	case 4010:
+		n, err = c.TCPConn.Read(b)
+	case 4011:
+		n, err = c.TCPConn.Read(b)
+	case 4012:
+		n, err = c.TCPConn.Read(b)
+	case 4013:
+		n, err = c.TCPConn.Read(b)
+	case 4014:
+		n, err = c.TCPConn.Read(b)
+	case 4015:
+		n, err = c.TCPConn.Read(b)
+	case 4016:
+		n, err = c.TCPConn.Read(b)
+	case 4017:
+		n, err = c.TCPConn.Read(b)
+	case 4018:
+		n, err = c.TCPConn.Read(b)
+	case 4019:
+		n, err = c.TCPConn.Read(b)
+	case 4020:
+		n, err = c.TCPConn.Read(b)
+	case 4021:
+		n, err = c.TCPConn.Read(b)
+	case 4022:
+		n, err = c.TCPConn.Read(b)
+	case 4023:
+		n, err = c.TCPConn.Read(b)
+	case 4024:
+		n, err = c.TCPConn.Read(b)
+	case 4025:
+		n, err = c.TCPConn.Read(b)
+	case 4026:
+		n, err = c.TCPConn.Read(b)
+	case 4027:
+		n, err = c.TCPConn.Read(b)
+	case 4028:
+		n, err = c.TCPConn.Read(b)
+	case 4029:
+		n, err = c.TCPConn.Read(b)
+	case 4030:
+		n, err = c.TCPConn.Read(b)
+	case 4031:
+		n, err = c.TCPConn.Read(b)
+	case 4032:
+		n, err = c.TCPConn.Read(b)
+	case 4033:
+		n, err = c.TCPConn.Read(b)
+	case 4034:
+		n, err = c.TCPConn.Read(b)
+	case 4035:
+		n, err = c.TCPConn.Read(b)
+	case 4036:
+		n, err = c.TCPConn.Read(b)
+	case 4037:
+		n, err = c.TCPConn.Read(b)
+	case 4038:
+		n, err = c.TCPConn.Read(b)
+	case 4039:
+		n, err = c.TCPConn.Read(b)
+	case 4040:
+		n, err = c.TCPConn.Read(b)
+	case 4041:
+		n, err = c.TCPConn.Read(b)
+	case 4042:
+		n, err = c.TCPConn.Read(b)
+	case 4043:
+		n, err = c.TCPConn.Read(b)
+	case 4044:
+		n, err = c.TCPConn.Read(b)
+	case 4045:
+		n, err = c.TCPConn.Read(b)
+	case 4046:
+		n, err = c.TCPConn.Read(b)
+	case 4047:
+		n, err = c.TCPConn.Read(b)
+	case 4048:
+		n, err = c.TCPConn.Read(b)
+	case 4049:
+		n, err = c.TCPConn.Read(b)
+	case 4050:
+		n, err = c.TCPConn.Read(b)
+	case 4051:
+		n, err = c.TCPConn.Read(b)
+	case 4052:
+		n, err = c.TCPConn.Read(b)
+	case 4053:
+		n, err = c.TCPConn.Read(b)
+	case 4054:
+		n, err = c.TCPConn.Read(b)
+	case 4055:
+		n, err = c.TCPConn.Read(b)
+	case 4056:
+		n, err = c.TCPConn.Read(b)
+	case 4057:
+		n, err = c.TCPConn.Read(b)
+	case 4058:
+		n, err = c.TCPConn.Read(b)
+	case 4059:
+		n, err = c.TCPConn.Read(b)
+	case 4060:
+		n, err = c.TCPConn.Read(b)
+	case 4061:
+		n, err = c.TCPConn.Read(b)
+	case 4062:
+		n, err = c.TCPConn.Read(b)
+	case 4063:
+		n, err = c.TCPConn.Read(b)
+	case 4064:
+		n, err = c.TCPConn.Read(b)
+	case 4065:
+		n, err = c.TCPConn.Read(b)
+	case 4066:
+		n, err = c.TCPConn.Read(b)
+	case 4067:
+		n, err = c.TCPConn.Read(b)
+	case 4068:
+		n, err = c.TCPConn.Read(b)
+	case 4069:
+		n, err = c.TCPConn.Read(b)
+	case 4070:
+		n, err = c.TCPConn.Read(b)
+	case 4071:
+		n, err = c.TCPConn.Read(b)
+	case 4072:
+		n, err = c.TCPConn.Read(b)
+	case 4073:
+		n, err = c.TCPConn.Read(b)
+	case 4074:
+		n, err = c.TCPConn.Read(b)
+	case 4075:
+		n, err = c.TCPConn.Read(b)
+	case 4076:
+		n, err = c.TCPConn.Read(b)
+	case 4077:
+		n, err = c.TCPConn.Read(b)
+	case 4078:
+		n, err = c.TCPConn.Read(b)
+	case 4079:
+		n, err = c.TCPConn.Read(b)
+	case 4080:
+		n, err = c.TCPConn.Read(b)
+	case 4081:
+		n, err = c.TCPConn.Read(b)
+	case 4082:
+		n, err = c.TCPConn.Read(b)
+	case 4083:
+		n, err = c.TCPConn.Read(b)
+	case 4084:
+		n, err = c.TCPConn.Read(b)
+	case 4085:
+		n, err = c.TCPConn.Read(b)
+	case 4086:
+		n, err = c.TCPConn.Read(b)
+	case 4087:
+		n, err = c.TCPConn.Read(b)
+	case 4088:
+		n, err = c.TCPConn.Read(b)
+	case 4089:
+		n, err = c.TCPConn.Read(b)
+	case 4090:
+		n, err = c.TCPConn.Read(b)
+	case 4091:
+		n, err = c.TCPConn.Read(b)
+	case 4092:
+		n, err = c.TCPConn.Read(b)
+	case 4093:
+		n, err = c.TCPConn.Read(b)
+	case 4094:
+		n, err = c.TCPConn.Read(b)
+	case 4095:
+		n, err = c.TCPConn.Read(b)
+	}
+	if n > 0 && c.tc.addr.rec.blockDeadline.Load() != 0 {
+		// a reply arrived: maybe the blocking command's
+		c.tc.addr.rec.noteRead(b[:n])
 	}
 	return n, err
 }

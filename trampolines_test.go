@@ -174,23 +174,36 @@ func TestStuckSitesSharedSlot(t *testing.T) {
 	}
 }
 
-// goroutineInRead reports whether a goroutine is in a trackedConn's Read.
+// goroutineInRead reports whether a goroutine is in a wrapper's Read.
 func goroutineInRead() bool {
 	var b strings.Builder
 	_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
-	return strings.Contains(b.String(), readFunc+"+")
+	return strings.Contains(b.String(), readFunc+"+") || strings.Contains(b.String(), readFuncTCP+"+")
 }
 
-// TestStuckSitesSyscallConn: a Read blocked on a TCP connection, whose
-// wrapper is a trackedSyscallConn (Read promoted from trackedConn), is found
-// in the goroutine profile.
+// TestStuckSitesTCPConn: a Read blocked on a TCP connection, whose wrapper
+// is a trackedTCPConn (its own Read), is found in the goroutine profile.
+func TestStuckSitesTCPConn(t *testing.T) {
+	client, server := tcpPair(t)
+	defer server.Close()
+	w, ok := wrapConn(client, &connRecord{tr: newTestTracker()}).(*trackedTCPConn)
+	if !ok {
+		t.Fatalf("wrapped a TCP connection in %T", w)
+	}
+	testStuckSite(t, w, w.tc.addr.rec, w.tc.slot)
+}
+
+// TestStuckSitesSyscallConn: a Read blocked on a Unix socket, whose wrapper
+// is a trackedSyscallConn (Read promoted from trackedConn), is found in the
+// goroutine profile.
 func TestStuckSitesSyscallConn(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	dir := t.TempDir()
+	ln, err := net.Listen("unix", filepath.Join(dir, "s"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	inner, err := net.Dial("tcp", ln.Addr().String())
+	inner, err := net.Dial("unix", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,13 +212,43 @@ func TestStuckSitesSyscallConn(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer server.Close()
+	w, ok := wrapConn(inner, &connRecord{tr: newTestTracker()}).(*trackedSyscallConn)
+	if !ok {
+		t.Fatalf("wrapped a Unix socket in %T", w)
+	}
+	testStuckSite(t, w, w.addr.rec, w.slot)
+}
+
+func newTestTracker() *Tracker {
 	tr := &Tracker{}
 	tr.opts.BlockingGrace = DefaultBlockingGrace
-	rec := &connRecord{tr: tr}
-	w, ok := wrapConn(inner, rec).(*trackedSyscallConn)
-	if !ok {
-		t.Fatalf("wrapped a TCP connection in %T", w)
+	return tr
+}
+
+// tcpPair returns both ends of a loopback TCP connection; the client end
+// is closed at the end of the test.
+func tcpPair(t testing.TB) (client, server net.Conn) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer ln.Close()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err = ln.Accept()
+	if err != nil {
+		_ = client.Close()
+		t.Fatal(err)
+	}
+	return client, server
+}
+
+// testStuckSite blocks a Read on w (record rec, slot slot) and checks that
+// stuckSites finds the reading goroutine. It closes w.
+func testStuckSite(t *testing.T, w net.Conn, rec *connRecord, slot uint16) {
+	t.Helper()
 	defer w.Close()
 	go func() { _, _ = w.Read(make([]byte, 1)) }() // blocks until the connection closes
 	deadline := time.Now().Add(10 * time.Second)
@@ -215,23 +258,17 @@ func TestStuckSitesSyscallConn(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	var b strings.Builder
-	_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
-	for _, g := range strings.Split(b.String(), "\n\n") {
-		if strings.Contains(g, readFunc+"+") {
-			t.Logf("slot %#x:\n%s", w.slot, g)
-		}
-	}
 	si, ok := stuckSites([]*connRecord{rec}, true)[rec]
-	if !ok || !strings.Contains(strings.Join(si.stack, "\n"), "redisleak.TestStuckSitesSyscallConn.func") {
-		t.Fatalf("slot %#x: found %v, stack %q, want the reading closure", w.slot, ok, si.stack)
+	if !ok || !strings.Contains(strings.Join(si.stack, "\n"), "redisleak.testStuckSite.func") {
+		t.Fatalf("%T, slot %#x: found %v, stack %q, want the reading closure", w, slot, ok, si.stack)
 	}
 }
 
 // TestProfileSpellsSlots: Reads blocked on every slot at once, on
-// trackedConns and trackedSyscallConns, are each read back from the
-// goroutine profile. (The slots are set by hand, not taken from the slot
-// table: stuckSites is not involved.)
+// trackedConns, trackedSyscallConns and (every 16th slot: a TCP connection
+// each) trackedTCPConns, are each read back from the goroutine profile.
+// (The slots are set by hand, not taken from the slot table: stuckSites is
+// not involved.)
 func TestProfileSpellsSlots(t *testing.T) {
 	want := make(map[uint16]bool)
 	var servers []net.Conn
@@ -241,11 +278,22 @@ func TestProfileSpellsSlots(t *testing.T) {
 		}
 	}()
 	for slot := range uint16(numSlots) {
-		client, server := net.Pipe()
-		servers = append(servers, server)
-		var c net.Conn = &trackedConn{Conn: client, slot: slot}
-		if slot%2 == 1 {
+		var c net.Conn
+		switch {
+		case slot%16 == 2:
+			client, server := tcpPair(t)
+			servers = append(servers, server, client)
+			w := &trackedTCPConn{TCPConn: client.(*net.TCPConn)}
+			w.tc = trackedConn{Conn: client, slot: slot}
+			c = w
+		case slot%2 == 1:
+			client, server := net.Pipe()
+			servers = append(servers, server)
 			c = &trackedSyscallConn{trackedConn: trackedConn{Conn: client, slot: slot}}
+		default:
+			client, server := net.Pipe()
+			servers = append(servers, server)
+			c = &trackedConn{Conn: client, slot: slot}
 		}
 		want[slot] = true
 		go func() { _, _ = c.Read(make([]byte, 1)) }() // until the server side closes

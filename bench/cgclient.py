@@ -30,7 +30,7 @@ SCHED = re.compile(r"^runtime\.(findRunnable|stealWork|netpoll|lock2|unlock2|sys
                    r"exitsyscall|entersyscall|reentersyscall|exitsyscallfast|entersyscall_sysmon|"
                    r"releasep|acquirep|wirep|semasleep|semawakeup|clone|newm|mstart|mstart1|mexit|"
                    r"systemstack|morestack|gcBgMarkWorker|bgsweep|bgscavenge).*")
-VARIANTS = ["plain", "noop-recorder", "noop-floor", "instrumented", "instrumented-auto", "redisotel"]
+VARIANTS = ["plain", "noop-recorder", "noop-floor", "noop-floor-tcp", "instrumented", "instrumented-auto", "redisotel"]
 
 
 def main(argv):

@@ -153,13 +153,21 @@ func (t *Tracker) addAnonLocked(c *redis.Client, pool string, kind poolKind, ps 
 	t.syncLegacyN()
 }
 
-// syncLegacyN updates legacyN. Called with t.mu held.
+// syncLegacyN updates legacyN, and hookSlow with it (a rise counted there
+// first, a fall last). Called with t.mu held.
 func (t *Tracker) syncLegacyN() {
 	n := len(t.legacy)
 	for _, ap := range t.anon {
 		n += len(ap.idle) + len(ap.used)
 	}
+	d := int64(n) - t.legacyN.Load()
+	if d > 0 {
+		t.hookSlow.Add(d)
+	}
 	t.legacyN.Store(int64(n))
+	if d < 0 {
+		t.hookSlow.Add(d)
+	}
 }
 
 // claimAnon takes an anonymous record of pool in state from, or returns

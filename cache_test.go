@@ -95,7 +95,8 @@ func dispatcherSlowWant() int64 {
 // The dispatcher's one-word slow flag counts every condition its callbacks'
 // slow paths exist for, and falls back as they end: connections that
 // existed before the tracker (identified as they are used, dropped as they
-// close), a chained recorder, the probe, the mode check.
+// close), a chained recorder, the probe, the mode check. So does the
+// process hook's (connections without a wrapper, hooks mode).
 func TestDispatcherSlowFlagBalances(t *testing.T) {
 	check := func(when string) {
 		t.Helper()
@@ -129,6 +130,22 @@ func TestDispatcherSlowFlagBalances(t *testing.T) {
 		t.Fatalf("anonymous %d, chained %v: the test sets up neither", disp.anonLive.Load(), disp.chain.Load() != nil)
 	}
 	check("late attachment, chained")
+	checkHook := func(when string) {
+		t.Helper()
+		want := tr.legacyN.Load()
+		if tr.hooksMode.Load() {
+			want++
+		}
+		if got := tr.hookSlow.Load(); got != want || when == "late attachment" && got == 0 {
+			t.Fatalf("%s: hookSlow %d, want %d", when, got, want)
+		}
+	}
+	checkHook("late attachment")
+	tr.setHooksMode(true)
+	checkHook("hooks mode")
+	tr.setHooksMode(true)
+	tr.setHooksMode(false)
+	checkHook("observer mode")
 	for range 100 {
 		if err := rdb.Get(ctx, "k").Err(); err != nil && err != redis.Nil {
 			t.Fatal(err)
@@ -142,6 +159,7 @@ func TestDispatcherSlowFlagBalances(t *testing.T) {
 		}
 	}
 	check("after the next checkout")
+	checkHook("after the next checkout")
 	_ = rdb.Close()
 	_ = tr.Close()
 	check("closed")

@@ -49,7 +49,7 @@ func (h *hook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	}
 	t := h.t
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if t.hooksMode.Load() || t.legacyN.Load() > 0 {
+		if t.hookSlow.Load() != 0 { // hooks mode, or connections without a wrapper
 			return t.processSlow(ctx, cmd, next)
 		}
 		err := next(ctx, cmd)

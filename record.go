@@ -307,7 +307,7 @@ func (r *connRecord) endHold() {
 	} else if held < 0 {
 		held = 0
 	}
-	c.buckets[bucketOf(held)].Add(1)
+	c.buckets[bucketOf(held)&(histBuckets-1)].Add(1) // (the mask: no bounds check)
 	if rs := r.reportedSeq.Load(); rs != 0 && rs == r.holdSeq.Load() {
 		r.tr.noteReturned(r, held)
 	}

@@ -236,6 +236,9 @@ type Tracker struct {
 	// to its exemption deadline while legacyN > 0.
 	legacyN     atomic.Int64
 	legacyBlock sync.Map
+	// hookSlow is legacyN plus one in hooks mode: the process hook's common
+	// case reads this one word (see setHooksMode, syncLegacyN).
+	hookSlow atomic.Int64
 	// wallOff is wall-clock minus nanotime, refreshed by every scan, Stats
 	// and Holds (idleFor compares go-redis's wall-clock last-use times).
 	wallOff atomic.Int64
@@ -570,12 +573,25 @@ func (t *Tracker) checkMode() {
 	cur := t.mode()
 	switch {
 	case dOps > 0 && !saw && cur == ModeObserver:
-		t.hooksMode.Store(true)
+		t.setHooksMode(true)
 		t.opts.Logger.Warn("redisleak: go-redis's connection observer no longer reaches the tracker (redis.SetOTelRecorder was called by something else); falling back to hooks: only commands in flight are checked, Conn/Watch/PubSub holds are not. Chain your recorder through Options.ChainRecorder to avoid this.",
 			slog.Uint64("poolCheckouts", dOps))
 	case saw && cur == ModeHooks:
-		t.hooksMode.Store(false)
+		t.setHooksMode(false)
 		t.opts.Logger.Info("redisleak: connection observer reaches the tracker again")
+	}
+}
+
+// setHooksMode enters or leaves hooks mode, counting it in hookSlow (its
+// share added before the mode starts and taken back after it ends).
+func (t *Tracker) setHooksMode(on bool) {
+	if on {
+		t.hookSlow.Add(1)
+		if t.hooksMode.Swap(true) {
+			t.hookSlow.Add(-1) // was on already
+		}
+	} else if t.hooksMode.Swap(false) {
+		t.hookSlow.Add(-1)
 	}
 }
 

@@ -61,13 +61,18 @@ const (
 // it ("" when the dispatcher is not the installed recorder).
 func probePoolName(c *redis.Client) string {
 	res := &probeResult{}
-	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), markKey{}, &mark{probe: res, longLived: true, owner: "redisleak:probe"}))
+	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), markKey{}, &mark{longLived: true, owner: "redisleak:probe"}))
 	cancel()
+	// go-redis announces the request on this goroutine: the dispatcher
+	// finds res by it
+	g := curG()
+	disp.probes.Store(g, res)
 	disp.slow.Add(1)
 	disp.probing.Add(1)
 	_ = c.Ping(ctx).Err()
 	disp.probing.Add(-1)
 	disp.slow.Add(-1)
+	disp.probes.Delete(g)
 	return res.pool
 }
 

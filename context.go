@@ -16,9 +16,6 @@ type mark struct {
 	maxHold   time.Duration // 0: the tracker's threshold
 	// pipeline and tx are set by the tracker's pipeline hook.
 	pipeline, tx bool
-	// probe is set on the context of the tracker's own probe (attach.go):
-	// the pool request it starts names the client's pool there.
-	probe *probeResult
 }
 
 // blockForever is the timeout of a blocking command that waits forever.

@@ -3,7 +3,6 @@ package redisleak
 import (
 	"context"
 	"errors"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,17 +14,19 @@ import (
 // go-redis has one process-wide connection-state observer
 // (redis.SetOTelRecorder). The tracker installs one dispatcher there, shared
 // by every tracker in the process: it routes each event to the tracker that
-// owns the connection (found through the connection's wrapped RemoteAddr)
-// and forwards every call to a recorder the user chained through
-// Options.ChainRecorder. When the last tracker closes, the chained recorder
-// (or nil) is put back, so a plain client measured afterwards is plain.
+// owns the connection (found through the connection's wrapped RemoteAddr).
+// With a recorder the user chained through Options.ChainRecorder, what is
+// installed is a chained recorder (chain.go) that hands every call to the
+// dispatcher and then to the user's recorder. When the last tracker closes,
+// the chained recorder (or nil) is put back, so a plain client measured
+// afterwards is plain.
 //
 // The callbacks run inside go-redis's pool lock: they only touch atomics.
 
 type dispatcher struct {
 	// slow is non-zero while any callback may need its slow path: it counts
-	// a chained recorder, each anonymous connection (anonLive), each probe
-	// running (probing), and saw being unset. Each share is added before
+	// each anonymous connection (anonLive), each probe running (probing),
+	// and saw being unset. Each share is added before
 	// its condition starts and taken back after it ends, so that slow is
 	// never zero while one holds: the callbacks' common case reads one word
 	// (first in the struct: no explicit nil check).
@@ -44,9 +45,10 @@ type dispatcher struct {
 	// clients maps each instrumented client to its open tracker.
 	clients map[redis.UniversalClient]*Tracker
 	// probing is non-zero while a tracker's synchronous probe runs (see
-	// probePoolName): only then does RecordPendingRequests look at
-	// the context.
+	// probePoolName): only then does RecordPendingRequests look for its
+	// goroutine in probes (goroutine → *probeResult).
 	probing atomic.Int32
+	probes  sync.Map
 	// cache maps go-redis connections (by connInfoKey) to their records: a
 	// direct-mapped table that every event reads first and only a miss
 	// writes, so that the common event finds its record without asking
@@ -99,7 +101,6 @@ var disp = newDispatcher()
 var (
 	_ redis.OTelRecorder          = (*dispatcher)(nil)
 	_ redis.OTelConnectionCounter = (*dispatcher)(nil)
-	_ redis.OTelPoolRegistrar     = (*dispatcher)(nil)
 )
 
 var errAlreadyInstrumented = errors.New("redisleak: Instrument: this client already has an open tracker; Close it first")
@@ -120,9 +121,6 @@ func (d *dispatcher) attach(t *Tracker, chain redis.OTelRecorder) error {
 		box := &chainBox{rec: chain}
 		box.counter, _ = chain.(redis.OTelConnectionCounter)
 		box.registrar, _ = chain.(redis.OTelPoolRegistrar)
-		if d.chain.Load() == nil {
-			d.slow.Add(1)
-		}
 		d.chain.Store(box)
 	}
 	if d.clients == nil {
@@ -131,7 +129,7 @@ func (d *dispatcher) attach(t *Tracker, chain redis.OTelRecorder) error {
 	d.clients[t.client] = t
 	d.refs++
 	// (Re)install every time: another recorder may have replaced us.
-	redis.SetOTelRecorder(d)
+	d.install()
 	return nil
 }
 
@@ -159,8 +157,16 @@ func (d *dispatcher) detach(t *Tracker) {
 			redis.SetOTelRecorder(nil)
 		}
 	}
-	if d.chain.Swap(nil) != nil {
-		d.slow.Add(-1)
+	d.chain.Store(nil)
+}
+
+// install makes the dispatcher go-redis's recorder: itself, or with a
+// chained recorder, the chain in front of it. Called with d.mu held.
+func (d *dispatcher) install() {
+	if box := d.chain.Load(); box != nil {
+		redis.SetOTelRecorder(&chained{d: d, box: box})
+	} else {
+		redis.SetOTelRecorder(d)
 	}
 }
 
@@ -351,15 +357,16 @@ func (d *dispatcher) RecordConnectionCount(ctx context.Context, delta int, cn re
 		}
 		return
 	}
-	d.count(ctx, delta, cn, state, isPubSub)
+	d.count(delta, cn, state, isPubSub)
 }
 
-// count is RecordConnectionCount for PubSub connections, for a "-1" while
-// connections opened before their tracker are not all identified, and
-// for any event with a chained recorder.
+// count is RecordConnectionCount for PubSub connections, and for any event
+// while connections opened before their tracker are not all identified, a
+// probe runs, or a mode check reset saw. (It takes no context: an argument
+// that a callback hands to a call costs a spill on every call.)
 //
 //go:noinline
-func (d *dispatcher) count(ctx context.Context, delta int, cn redis.ConnInfo, state string, isPubSub bool) {
+func (d *dispatcher) count(delta int, cn redis.ConnInfo, state string, isPubSub bool) {
 	if isPubSub {
 		d.pubSubCount(delta, cn)
 	} else if delta > 0 {
@@ -368,9 +375,6 @@ func (d *dispatcher) count(ctx context.Context, delta int, cn redis.ConnInfo, st
 		}
 	} else if d.anonLive.Load() > 0 {
 		d.leaving(cn, state)
-	}
-	if box := d.chain.Load(); box != nil && box.counter != nil {
-		box.counter.RecordConnectionCount(ctx, delta, cn, state, isPubSub)
 	}
 }
 
@@ -418,28 +422,19 @@ func (d *dispatcher) leaving(cn redis.ConnInfo, state string) {
 // connection starts (cn nil, delta +1) and ends. The tracker's own probe
 // learns a client's pool name from it, and a failure (-1 without a
 // connection) names the pool of a pool timeout.
-func (d *dispatcher) RecordPendingRequests(ctx context.Context, delta int, cn redis.ConnInfo, poolName string) {
-	if d.slow.Load() != 0 || cn == nil && delta < 0 {
-		d.pendingSlow(ctx, delta, cn, poolName)
-	}
-}
-
-// pendingSlow is RecordPendingRequests's rare case.
 //
-//go:noinline
-func (d *dispatcher) pendingSlow(ctx context.Context, delta int, cn redis.ConnInfo, poolName string) {
-	if cn == nil && (delta < 0 || d.probing.Load() != 0) {
-		d.pendingWithoutConn(ctx, delta, poolName)
-	}
-	if box := d.chain.Load(); box != nil && box.counter != nil {
-		box.counter.RecordPendingRequests(ctx, delta, cn, poolName)
+// Without a connection is told by cn's data word: comparing the interface
+// with nil, or handing ctx on, would cost a spill on every call.
+func (d *dispatcher) RecordPendingRequests(ctx context.Context, delta int, cn redis.ConnInfo, poolName string) {
+	if connInfoKey(cn) == 0 && (delta < 0 || d.slow.Load() != 0 && d.probing.Load() != 0) {
+		d.pendingWithoutConn(delta, poolName)
 	}
 }
 
 // pendingWithoutConn handles a request's start (+1) and its failure (-1).
 //
 //go:noinline
-func (d *dispatcher) pendingWithoutConn(ctx context.Context, delta int, poolName string) {
+func (d *dispatcher) pendingWithoutConn(delta int, poolName string) {
 	if delta < 0 {
 		// A request failed (pool timeout, cancelled context): the hook
 		// that enriches a pool timeout asks which pool it was.
@@ -448,8 +443,8 @@ func (d *dispatcher) pendingWithoutConn(ctx context.Context, delta int, poolName
 		return
 	}
 	if d.probing.Load() != 0 {
-		if m := markFrom(ctx); m != nil && m.probe != nil && m.probe.pool == "" {
-			m.probe.pool = poolName // on the probing goroutine (attach.go)
+		if res, ok := d.probes.Load(curG()); ok && res.(*probeResult).pool == "" {
+			res.(*probeResult).pool = poolName // on the probing goroutine (attach.go)
 		}
 	}
 }
@@ -482,23 +477,20 @@ func (d *dispatcher) RecordConnectionWaitTime(ctx context.Context, dur time.Dura
 			return
 		}
 	}
-	d.waitSlow(ctx, dur, cn)
+	d.waitSlow(ctx, cn)
 }
 
 // waitSlow is RecordConnectionWaitTime for the first checkout after a mode
 // check, a connection not in the cache, new to its record, or whose return
-// was missed, and with a chained recorder.
+// was missed.
 //
 //go:noinline
-func (d *dispatcher) waitSlow(ctx context.Context, dur time.Duration, cn redis.ConnInfo) {
+func (d *dispatcher) waitSlow(ctx context.Context, cn redis.ConnInfo) {
 	if !d.saw.Load() && d.saw.CompareAndSwap(false, true) { // read-mostly: no shared write per command
 		d.gen.Add(1)
 		d.slow.Add(-1)
 	}
 	d.checkout(ctx, cn)
-	if box := d.chain.Load(); box != nil {
-		box.rec.RecordConnectionWaitTime(ctx, dur, cn)
-	}
 }
 
 // checkout starts the hold of cn's record, on the caller's goroutine with
@@ -523,19 +515,16 @@ func (d *dispatcher) RecordOperationDuration(ctx context.Context, dur time.Durat
 			return
 		}
 	}
-	d.operationSlow(ctx, dur, cmd, attempts, err, cn, db)
+	d.operationSlow(cmd, cn)
 }
 
-// operationSlow is RecordOperationDuration for a connection still held, one
-// not in the cache, or with a chained recorder.
+// operationSlow is RecordOperationDuration for a connection still held, or
+// one not in the cache.
 //
 //go:noinline
-func (d *dispatcher) operationSlow(ctx context.Context, dur time.Duration, cmd redis.Cmder, attempts int, err error, cn redis.ConnInfo, db int) {
+func (d *dispatcher) operationSlow(cmd redis.Cmder, cn redis.ConnInfo) {
 	if r := d.lookup(cn, stNew); r != nil && r.state.Load() == stUsed {
 		r.afterOperation(cmd.Name(), 2) // skip operationSlow, RecordOperationDuration
-	}
-	if box := d.chain.Load(); box != nil {
-		box.rec.RecordOperationDuration(ctx, dur, cmd, attempts, err, cn, db)
 	}
 }
 
@@ -543,9 +532,6 @@ func (d *dispatcher) operationSlow(ctx context.Context, dur time.Duration, cmd r
 func (d *dispatcher) RecordPipelineOperationDuration(ctx context.Context, dur time.Duration, op string, n, attempts int, err error, cn redis.ConnInfo, db int) {
 	if r := d.lookup(cn, stNew); r != nil && r.state.Load() == stUsed {
 		r.afterOperation("pipeline", 1) // skip RecordPipelineOperationDuration
-	}
-	if box := d.chain.Load(); box != nil {
-		box.rec.RecordPipelineOperationDuration(ctx, dur, op, n, attempts, err, cn, db)
 	}
 }
 
@@ -557,90 +543,29 @@ func (d *dispatcher) RecordConnectionClosed(ctx context.Context, cn redis.ConnIn
 			r.tr.dropRecord(r, cn)
 		}
 	}
-	if box := d.chain.Load(); box != nil {
-		box.rec.RecordConnectionClosed(ctx, cn, reason, err)
-	}
 }
 
-// RegisterPool is forwarded to a chained recorder that registers pools.
-func (d *dispatcher) RegisterPool(name string, p redis.Pooler) {
-	if strings.HasPrefix(name, probeAddr+"_") {
-		return // installed's throwaway client
-	}
-	if box := d.chain.Load(); box != nil && box.registrar != nil {
-		box.registrar.RegisterPool(name, p)
-	}
+// The dispatcher has no use for the other events.
+
+// RecordConnectionCreateTime does nothing.
+func (d *dispatcher) RecordConnectionCreateTime(context.Context, time.Duration, redis.ConnInfo) {}
+
+// RecordConnectionRelaxedTimeout does nothing.
+func (d *dispatcher) RecordConnectionRelaxedTimeout(context.Context, int, redis.ConnInfo, string, string) {
 }
 
-// UnregisterPool is forwarded to a chained recorder that registers pools.
-func (d *dispatcher) UnregisterPool(p redis.Pooler) {
-	if box := d.chain.Load(); box != nil && box.registrar != nil {
-		box.registrar.UnregisterPool(p)
-	}
-}
+// RecordConnectionHandoff does nothing.
+func (d *dispatcher) RecordConnectionHandoff(context.Context, redis.ConnInfo, string) {}
 
-// RegisterPubSubPool is forwarded to a chained recorder that registers pools.
-func (d *dispatcher) RegisterPubSubPool(name string, p redis.PubSubPooler) {
-	if strings.HasPrefix(name, probeAddr+"_") {
-		return
-	}
-	if box := d.chain.Load(); box != nil && box.registrar != nil {
-		box.registrar.RegisterPubSubPool(name, p)
-	}
-}
+// RecordError does nothing.
+func (d *dispatcher) RecordError(context.Context, string, redis.ConnInfo, string, bool, int) {}
 
-// UnregisterPubSubPool is forwarded to a chained recorder that registers pools.
-func (d *dispatcher) UnregisterPubSubPool(p redis.PubSubPooler) {
-	if box := d.chain.Load(); box != nil && box.registrar != nil {
-		box.registrar.UnregisterPubSubPool(p)
-	}
-}
+// RecordMaintenanceNotification does nothing.
+func (d *dispatcher) RecordMaintenanceNotification(context.Context, redis.ConnInfo, string) {}
 
-// RecordConnectionCreateTime is forwarded only.
-func (d *dispatcher) RecordConnectionCreateTime(ctx context.Context, dur time.Duration, cn redis.ConnInfo) {
-	if box := d.chain.Load(); box != nil {
-		box.rec.RecordConnectionCreateTime(ctx, dur, cn)
-	}
-}
+// RecordPubSubMessage does nothing.
+func (d *dispatcher) RecordPubSubMessage(context.Context, redis.ConnInfo, string, string, bool) {}
 
-// RecordConnectionRelaxedTimeout is forwarded only.
-func (d *dispatcher) RecordConnectionRelaxedTimeout(ctx context.Context, delta int, cn redis.ConnInfo, pool, typ string) {
-	if box := d.chain.Load(); box != nil {
-		box.rec.RecordConnectionRelaxedTimeout(ctx, delta, cn, pool, typ)
-	}
-}
-
-// RecordConnectionHandoff is forwarded only.
-func (d *dispatcher) RecordConnectionHandoff(ctx context.Context, cn redis.ConnInfo, pool string) {
-	if box := d.chain.Load(); box != nil {
-		box.rec.RecordConnectionHandoff(ctx, cn, pool)
-	}
-}
-
-// RecordError is forwarded only.
-func (d *dispatcher) RecordError(ctx context.Context, typ string, cn redis.ConnInfo, status string, internal bool, retries int) {
-	if box := d.chain.Load(); box != nil {
-		box.rec.RecordError(ctx, typ, cn, status, internal, retries)
-	}
-}
-
-// RecordMaintenanceNotification is forwarded only.
-func (d *dispatcher) RecordMaintenanceNotification(ctx context.Context, cn redis.ConnInfo, typ string) {
-	if box := d.chain.Load(); box != nil {
-		box.rec.RecordMaintenanceNotification(ctx, cn, typ)
-	}
-}
-
-// RecordPubSubMessage is forwarded only.
-func (d *dispatcher) RecordPubSubMessage(ctx context.Context, cn redis.ConnInfo, dir, ch string, sharded bool) {
-	if box := d.chain.Load(); box != nil {
-		box.rec.RecordPubSubMessage(ctx, cn, dir, ch, sharded)
-	}
-}
-
-// RecordStreamLag is forwarded only.
-func (d *dispatcher) RecordStreamLag(ctx context.Context, lag time.Duration, cn redis.ConnInfo, stream, group, consumer string) {
-	if box := d.chain.Load(); box != nil {
-		box.rec.RecordStreamLag(ctx, lag, cn, stream, group, consumer)
-	}
+// RecordStreamLag does nothing.
+func (d *dispatcher) RecordStreamLag(context.Context, time.Duration, redis.ConnInfo, string, string, string) {
 }

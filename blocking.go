@@ -195,13 +195,14 @@ func millisArg(a []byte) (time.Duration, bool) {
 // command's exemption can end early (as it did for every pipeline before
 // streaming recognition).
 
-// oneCommand notes a new batch of one plain command.
-func (s *reqScanner) oneCommand() {
-	if s.batch != 0 || s.blockAt != 0 || s.rseen {
-		s.newBatch()
-	}
-	s.batch = 1
-}
+// oneCommand notes a new batch of one plain command, written by Write's
+// short cut, which runs only with no blocking command pending and at a
+// command boundary that continues nothing (blockDeadline 0, st wsCmd,
+// cont unset). The rest of the scanner's state is left as it is: nothing
+// reads it until a write starts a new batch through noteWrites, which
+// resets it, as batch is not 0 (feed, noteRead and the replies they count
+// run only within a batch that noteWrites began).
+func (s *reqScanner) oneCommand() { s.batch = 1 }
 
 // noteWrites is the general case of Write's recognition (trackedTCPConn's
 // common case is in its Write; trackedConn, for the rarer connections that

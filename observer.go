@@ -357,24 +357,25 @@ func (d *dispatcher) RecordConnectionCount(ctx context.Context, delta int, cn re
 		}
 		return
 	}
-	d.count(delta, cn, state, isPubSub)
+	d.count(delta, cn, state == "idle", isPubSub)
 }
 
 // count is RecordConnectionCount for PubSub connections, and for any event
 // while connections opened before their tracker are not all identified, a
-// probe runs, or a mode check reset saw. (It takes no context: an argument
-// that a callback hands to a call costs a spill on every call.)
+// probe runs, or a mode check reset saw; idle tells the two states apart
+// ("idle", "used"). (It takes neither the context nor the state's string:
+// a pointer that a callback hands to a call costs a spill on every call.)
 //
 //go:noinline
-func (d *dispatcher) count(delta int, cn redis.ConnInfo, state string, isPubSub bool) {
+func (d *dispatcher) count(delta int, cn redis.ConnInfo, idle, isPubSub bool) {
 	if isPubSub {
 		d.pubSubCount(delta, cn)
 	} else if delta > 0 {
-		if state == "idle" {
+		if idle {
 			d.returned(cn)
 		}
 	} else if d.anonLive.Load() > 0 {
-		d.leaving(cn, state)
+		d.leaving(cn, idle)
 	}
 }
 
@@ -405,14 +406,14 @@ func (d *dispatcher) pubSubCount(delta int, cn redis.ConnInfo) {
 // anonymous and as identified.
 //
 //go:noinline
-func (d *dispatcher) leaving(cn redis.ConnInfo, state string) {
+func (d *dispatcher) leaving(cn redis.ConnInfo, idle bool) {
 	if cn == nil {
 		return
 	}
 	if _, wrapped := cn.RemoteAddr().(*trackedAddr); !wrapped {
-		from := stIdle
-		if state == "used" {
-			from = stUsed
+		from := stUsed
+		if idle {
+			from = stIdle
 		}
 		d.recordSlow(cn, nil, false, from)
 	}

@@ -162,11 +162,14 @@ func (r *connRecord) setPool(name string) {
 }
 
 // kindID classifies the current hold.
-func (r *connRecord) kindID() kindID {
+func (r *connRecord) kindID() kindID { return r.kindWith(r.blockDeadline.Load()) }
+
+// kindWith is kindID with blockDeadline loaded already (bd).
+func (r *connRecord) kindWith(bd int64) kindID {
 	if r.pubsub.Load() {
 		return kPubSub
 	}
-	if r.blockDeadline.Load() != 0 {
+	if bd != 0 {
 		return kBlocking
 	}
 	switch r.sticky.Load() {
@@ -295,9 +298,10 @@ func (r *connRecord) endHold() {
 		return
 	}
 	held := nanotime() - r.acquiredAt.Load()
-	kind := r.kindID()
+	bd := r.blockDeadline.Load()
+	kind := r.kindWith(bd)
 	r.state.Store(stIdle)
-	if r.blockDeadline.Load() != 0 {
+	if bd != 0 {
 		r.blockDeadline.Store(0)
 	}
 	// holdRecorder.push, by hand: too big for the inliner

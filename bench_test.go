@@ -59,14 +59,11 @@ var benchClients = []benchClient{
 	{"noop-floor", func(b *testing.B, rdb *redis.Client) (func(), func()) {
 		// The floor of any design on go-redis's public API that sees holds
 		// and I/O: the no-op recorder, plus a hook and a net.Conn wrapper
-		// that only pass through (Read, Write, deadlines, SyscallConn).
+		// that only pass through. The wrapper embeds the *net.TCPConn, as
+		// the tracker's does, so that the deadlines and SyscallConn are
+		// the connection's own; Read and Write pass through.
 		redis.SetOTelRecorder(benchNoopRecorder{})
 		rdb.AddHook(benchPassHook{})
-		return func() {}, func() { redis.SetOTelRecorder(nil) }
-	}},
-	{"noop-floor-tcp", func(b *testing.B, rdb *redis.Client) (func(), func()) {
-		redis.SetOTelRecorder(benchNoopRecorder{})
-		rdb.AddHook(benchPassHookTCP{})
 		return func() {}, func() { redis.SetOTelRecorder(nil) }
 	}},
 	{"instrumented", instrumentedBench(redisleak.Options{})},
@@ -193,7 +190,7 @@ func (benchNoopRecorder) RecordPendingRequests(context.Context, int, redis.ConnI
 func (benchNoopRecorder) RecordStreamLag(context.Context, time.Duration, redis.ConnInfo, string, string, string) {
 }
 
-// benchPassHook is a redis.Hook that wraps dialed connections in
+// benchPassHook is a redis.Hook that wraps dialed TCP connections in
 // benchPassConn and otherwise only passes through.
 type benchPassHook struct{}
 
@@ -203,7 +200,7 @@ func (benchPassHook) DialHook(next redis.DialHook) redis.DialHook {
 		if err != nil {
 			return nil, err
 		}
-		return &benchPassConn{Conn: c, sc: c.(syscall.Conn)}, nil
+		return &benchPassConn{TCPConn: c.(*net.TCPConn)}, nil
 	}
 }
 
@@ -215,19 +212,15 @@ func (benchPassHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 	return next
 }
 
-// benchPassConn wraps a TCP connection and only passes through, keeping
-// syscall.Conn (go-redis's idle health check needs it).
+// benchPassConn wraps a TCP connection and only passes through: Read and
+// Write call it, the rest (deadlines, SyscallConn for go-redis's idle
+// health check) is its own, promoted.
 type benchPassConn struct {
-	net.Conn
-	sc syscall.Conn
+	*net.TCPConn
 }
 
-func (c *benchPassConn) Read(b []byte) (int, error)            { return c.Conn.Read(b) }
-func (c *benchPassConn) Write(b []byte) (int, error)           { return c.Conn.Write(b) }
-func (c *benchPassConn) SetDeadline(t time.Time) error         { return c.Conn.SetDeadline(t) }
-func (c *benchPassConn) SetReadDeadline(t time.Time) error     { return c.Conn.SetReadDeadline(t) }
-func (c *benchPassConn) SetWriteDeadline(t time.Time) error    { return c.Conn.SetWriteDeadline(t) }
-func (c *benchPassConn) SyscallConn() (syscall.RawConn, error) { return c.sc.SyscallConn() }
+func (c *benchPassConn) Read(b []byte) (int, error)  { return c.TCPConn.Read(b) }
+func (c *benchPassConn) Write(b []byte) (int, error) { return c.TCPConn.Write(b) }
 
 // benchManyConns is the number of connections of BenchmarkTracker10k and
 // BenchmarkMemoryPerConn.
@@ -432,22 +425,3 @@ func BenchmarkMemoryPerConn(b *testing.B) {
 		b.ReportMetric(plainIdle, "B/conn-plain-idle")
 	}
 }
-
-type benchPassHookTCP struct{ benchPassHook }
-
-func (benchPassHookTCP) DialHook(next redis.DialHook) redis.DialHook {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := next(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		return &benchPassTCP{TCPConn: c.(*net.TCPConn)}, nil
-	}
-}
-
-type benchPassTCP struct {
-	*net.TCPConn
-}
-
-func (c *benchPassTCP) Read(b []byte) (int, error)  { return c.TCPConn.Read(b) }
-func (c *benchPassTCP) Write(b []byte) (int, error) { return c.TCPConn.Write(b) }

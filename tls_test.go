@@ -1,6 +1,7 @@
 package redisleak_test
 
 import (
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -31,15 +32,63 @@ func TestTLS(t *testing.T) {
 	if _, err := ps.Receive(bg); err != nil {
 		t.Fatal(err)
 	}
+	checkTransport(t, rdb, tr, srv.Addr)
+}
+
+// Over a Unix socket the dial hook receives a *net.UnixConn (a
+// syscall.Conn that is not TCP): the wrapper keeps it working, and holds,
+// blocking commands and sites are tracked as over TCP.
+func TestUnixSocket(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "redis.sock")
+	redistest.Private(t, redistest.PrivateOptions{Args: []string{"--unixsocket", sock, "--unixsocketperm", "700"}})
+	rdb := redis.NewClient(&redis.Options{Network: "unix", Addr: sock, MaintNotificationsConfig: redistest.NoMaintNotifications()})
+	defer rdb.Close()
+	tr, err := redisleak.Instrument(rdb, redisleak.Options{MaxHold: 150 * time.Millisecond, ScanInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	for i := 0; i < 10; i++ {
+		if err := rdb.Set(bg, "k", i, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ps := rdb.Subscribe(bg, "x")
+	defer ps.Close()
+	if _, err := ps.Receive(bg); err != nil {
+		t.Fatal(err)
+	}
+	checkTransport(t, rdb, tr, sock)
+}
+
+// checkTransport checks, on a client with a subscriber open, a MaxHold of
+// 150 ms and no background scan: a BLPOP within its timeout is a blocking
+// hold, not a leak; a Conn never closed is one leak, at its site.
+func checkTransport(t *testing.T, rdb *redis.Client, tr *redisleak.Tracker, addr string) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- rdb.BLPop(bg, time.Second, "transport:empty").Err() }()
+	redistest.WaitFor(t, 5*time.Second, "the BLPOP to be held", func() bool {
+		for _, h := range tr.Holds() {
+			if h.Kind == redisleak.KindBlocking {
+				return true
+			}
+		}
+		return false
+	})
 	c := leakyConn(bg, rdb)
 	defer c.Close()
+	time.Sleep(200 * time.Millisecond) // both past MaxHold
 	l := onlyLeak(t, scanUntil(t, tr, 1))
 	assertSite(t, l, "leakyConn")
-	if l.Addr != srv.Addr {
-		t.Fatalf("addr %q", l.Addr)
+	if l.Addr != addr || l.Kind != redisleak.KindConn {
+		t.Fatalf("leak %s: addr %q, want %q", l, l.Addr, addr)
 	}
 	s := tr.Stats()
-	if s.LongLived != 1 || s.Total != s.Idle+s.InUse {
-		t.Fatalf("stats %+v", s)
+	if s.LongLived != 2 || s.Total != s.Idle+s.InUse {
+		t.Fatalf("stats %+v, want the subscriber and the BLPOP long-lived", s)
+	}
+	if err := <-done; err != redis.Nil {
+		t.Fatalf("BLPOP: %v", err)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"go/token"
 	"log"
 	"os"
+	"slices"
 )
 
 // Each Read switches on the slot, with one case per slot value, in order,
@@ -56,7 +57,7 @@ func main() {
 	src := generate(nil, 0)
 	line0, step := callLines(src)
 	src = generate(line0, step)
-	if l, s := callLines(src); !equal(l, line0) || s != step {
+	if l, s := callLines(src); !slices.Equal(l, line0) || s != step {
 		log.Fatalf("Read's calls moved from lines %v step %d to lines %v step %d", line0, step, l, s)
 	}
 	var err error
@@ -68,18 +69,6 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-}
-
-func equal(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func generate(line0 []int, step int) []byte {

@@ -474,7 +474,7 @@ func (d *dispatcher) RecordConnectionWaitTime(ctx context.Context, dur time.Dura
 	if d.slow.Load() == 0 {
 		// the common case here, the rest in waitSlow
 		if r, st := d.cached(cn); st <= stIdle { // not used, not closed
-			r.beginHold(markFrom(ctx), curG())
+			r.beginHold(ctx)
 			return
 		}
 	}
@@ -504,7 +504,7 @@ func (d *dispatcher) checkout(ctx context.Context, cn redis.ConnInfo) {
 	if r.poolName.Load() == nil || r.state.Load() == stUsed {
 		r.settle(cn)
 	}
-	r.beginHold(markFrom(ctx), curG())
+	r.beginHold(ctx)
 }
 
 // RecordOperationDuration runs on the caller's goroutine after a command:

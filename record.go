@@ -1,6 +1,7 @@
 package redisleak
 
 import (
+	"context"
 	"runtime"
 	"strings"
 	"sync"
@@ -258,7 +259,7 @@ func (r *connRecord) onPubSubCount(delta int, cn redis.ConnInfo) {
 	}
 	if delta > 0 {
 		r.pubsub.Store(true)
-		r.beginHold(nil, 0)
+		r.beginHold(nil)
 	} else if r.conn == nil {
 		r.tr.dropRecord(r, cn) // no wrapper to end it when it closes
 	} else {
@@ -275,9 +276,15 @@ func (r *connRecord) learnPool(cn redis.ConnInfo) {
 	}
 }
 
-// beginHold starts a hold acquired with mark m by goroutine g (0: none,
-// e.g. a PubSub connection).
-func (r *connRecord) beginHold(m *mark, g uintptr) {
+// beginHold starts a hold acquired, on the calling goroutine, with the
+// mark on ctx; with ctx nil (a PubSub connection), by no goroutine and
+// without a mark.
+func (r *connRecord) beginHold(ctx context.Context) {
+	var m *mark
+	var g uintptr
+	if ctx != nil {
+		m, g = markFrom(ctx), curG()
+	}
 	if r.mark.Load() != m { // a pointer store costs a write barrier check
 		r.mark.Store(m)
 	}

@@ -229,7 +229,7 @@ func ExampleJob_MoveToWaitingChildren() {
 	if _, err := reports.Add(ctx, "monthly", nil, bullmq.JobOptions{}); err != nil {
 		panic(err)
 	}
-	done := make(chan struct{})
+	done, waiting := make(chan struct{}), make(chan struct{})
 	parent, _ := bullmq.NewWorker(rdb, "reports", func(ctx context.Context, j *bullmq.Job) (any, error) {
 		if j.AttemptsStarted == 1 {
 			for _, p := range []string{"sales", "costs"} {
@@ -237,8 +237,12 @@ func ExampleJob_MoveToWaitingChildren() {
 					return nil, err
 				}
 			}
-			if moved, err := j.MoveToWaitingChildren(ctx); err != nil || moved {
+			// (with children still to run, moved is true; had they all
+			// finished already, the parent would simply go on)
+			moved, err := j.MoveToWaitingChildren(ctx)
+			if err != nil || moved {
 				fmt.Println("waiting for children:", moved)
+				close(waiting)
 				return nil, bullmq.ErrWaitingChildren
 			}
 		}
@@ -251,6 +255,7 @@ func ExampleJob_MoveToWaitingChildren() {
 		return j.Name + " ok", nil
 	}, bullmq.WorkerOptions{})
 	go parent.Run(ctx)
+	<-waiting // (the children's worker starts once the parent waits: the output is always the same)
 	go child.Run(ctx)
 	<-done
 	closeCtx, cancel := context.WithTimeout(ctx, 5*time.Second)

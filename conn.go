@@ -52,8 +52,9 @@ func (c *trackedSyscallConn) SyscallConn() (syscall.RawConn, error) { return c.s
 // connection's own: go-redis calls three of them per command (the
 // deadlines) and a fourth at each checkout (SyscallConn, for its health
 // check), and a method promoted from an embedded pointer costs no call of
-// its own. Its Read, Write, Close, RemoteAddr and NetConn are trackedConn's,
-// and ReadFrom and WriteTo, which would bypass them, go through them.
+// its own. Its Read, Write, Close, RemoteAddr and NetConn do what
+// trackedConn's do (Read and Write calling the connection directly), and
+// ReadFrom and WriteTo, which would bypass them, go through them.
 type trackedTCPConn struct {
 	*net.TCPConn
 	tc trackedConn // tc.Conn is the same connection; the record points to tc

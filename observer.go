@@ -26,10 +26,10 @@ import (
 type dispatcher struct {
 	// slow is non-zero while any callback may need its slow path: it counts
 	// each anonymous connection (anonLive), each probe running (probing),
-	// and saw being unset. Each share is added before
-	// its condition starts and taken back after it ends, so that slow is
-	// never zero while one holds: the callbacks' common case reads one word
-	// (first in the struct: no explicit nil check).
+	// and saw being unset. Each share is added before its condition starts
+	// and taken back after it ends, so that slow is never zero while one
+	// holds: the callbacks' common case reads one word (first in the
+	// struct: no explicit nil check).
 	slow  atomic.Int64
 	mu    sync.Mutex // guards refs, clients and installation
 	refs  int

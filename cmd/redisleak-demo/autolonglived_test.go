@@ -126,11 +126,7 @@ func checkUnmarkedAuto(t *testing.T, res *result, out string, holders ...string)
 		}
 	}
 	for _, want := range holders {
-		ok := false
-		for k := range found {
-			ok = ok || strings.HasPrefix(k, want)
-		}
-		if !ok {
+		if !hasKeyWithPrefix(found, want) {
 			t.Errorf("%s not long-lived at the end; long-lived: %v", want, found)
 		}
 	}
@@ -224,11 +220,7 @@ func checkNaiveFlags(t *testing.T, res *result, owners ...string) {
 		t.Errorf("the naive detector did not flag the seeded leak: %v", res.Reported)
 	}
 	for _, o := range owners {
-		ok := false
-		for k := range flagged {
-			ok = ok || strings.HasPrefix(k, o)
-		}
-		if !ok {
+		if !hasKeyWithPrefix(flagged, o) {
 			t.Errorf("the naive detector did not flag %s; flagged %v", o, flagged)
 		}
 	}

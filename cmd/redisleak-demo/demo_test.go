@@ -253,11 +253,7 @@ func checkNaive(t *testing.T, res *result, wantOwners ...string) {
 		t.Errorf("seeded leak reported %d times, want 1", seeded)
 	}
 	for _, o := range wantOwners {
-		found := false
-		for k := range owners {
-			found = found || strings.HasPrefix(k, o)
-		}
-		if !found {
+		if !hasKeyWithPrefix(owners, o) {
 			t.Errorf("no leak reported for %s; reported: %v", o, owners)
 		}
 	}
@@ -267,6 +263,16 @@ func checkNaive(t *testing.T, res *result, wantOwners ...string) {
 }
 
 // companionPkg is the package (as a site names it) of an owner's code.
+// hasKeyWithPrefix reports whether a key of m begins with prefix.
+func hasKeyWithPrefix[V any](m map[string]V, prefix string) bool {
+	for k := range m {
+		if strings.HasPrefix(k, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
 func companionPkg(owner string) string {
 	if strings.HasPrefix(owner, "bullmq:") {
 		return "bullmq_compat."

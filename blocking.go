@@ -370,7 +370,7 @@ func scanQuick(p []byte) int {
 	}
 	// "*N\r\n$L\r\n" in one load: N arguments, a name of L bytes
 	w := binary.LittleEndian.Uint64(p)
-	if w&0xffff00ffffff00ff != '*'|'\r'<<16|'\n'<<24|'$'<<32|'\r'<<48|'\n'<<56 {
+	if w&quickHeaderMask != quickHeader {
 		return 0
 	}
 	n := uint(byte(w>>8) - '1')  // arguments after the name
@@ -401,6 +401,13 @@ func scanQuick(p []byte) int {
 	}
 	return int(i)
 }
+
+// quickHeader is "*N\r\n$L\r\n" with the digits N and L masked out by
+// quickHeaderMask, read as one little-endian word.
+const (
+	quickHeader     = '*' | '\r'<<16 | '\n'<<24 | '$'<<32 | '\r'<<48 | '\n'<<56
+	quickHeaderMask = 0xffff00ffffff00ff
+)
 
 // quickNames has a bit for each first letter ('a' is bit 0) of the
 // command names recognition cares about (blocking commands, MULTI, EXEC,

@@ -2,6 +2,7 @@ package redisleak
 
 import (
 	"bytes"
+	"io"
 	"math/rand/v2"
 	"net"
 	"strings"
@@ -316,4 +317,80 @@ func TestPipelineAfterLongArgumentIsRecognised(t *testing.T) {
 			t.Errorf("value of %d bytes: BLPOP after it not recognised", size)
 		}
 	}
+}
+
+// trackedTCPConn.Write has scanQuick written out in its common case: it
+// takes its short cut exactly when scanQuick finds the whole write to be one
+// plain command, and it recognises every write as noteWrites does
+// (blocking or not, commands in the batch).
+func TestWriteShortCut(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			defer c.Close()
+			io.Copy(io.Discard, c)
+		}
+	}()
+	inner, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := wrapConn(inner, testRecord()).(*trackedTCPConn)
+	defer w.Close()
+
+	rng := rand.New(rand.NewPCG(10, 10))
+	names := []string{"get", "set", "ping", "hgetall", "blpop", "BZPOPMIN", "xread", "wait", "multi", "exec", "discard", "mget", "del", "expire", "BLPOP", "wAit"}
+	command := func() []byte {
+		args := []string{names[rng.IntN(len(names))]}
+		for range rng.IntN(11) {
+			b := make([]byte, []int{0, 1, 9, 10, 99, 100, rng.IntN(120)}[rng.IntN(7)])
+			for i := range b {
+				b[i] = "0123456789abc\r\n*$"[rng.IntN(17)]
+			}
+			args = append(args, string(b))
+		}
+		return resp(args...)
+	}
+	shortCuts := 0
+	for i := range 20000 {
+		b := command()
+		if rng.IntN(4) == 0 { // a pipeline
+			b = cat(b, command())
+		}
+		if rng.IntN(8) == 0 { // cut, as a full write buffer is
+			b = b[:rng.IntN(len(b)+1)]
+		}
+		viaTCP, viaNote := testRecord(), testRecord()
+		if rng.IntN(2) == 0 { // a connection that had a blocking command before
+			viaTCP.req, viaNote.req = &reqScanner{batch: 3}, &reqScanner{batch: 3}
+		}
+		w.tc.addr.rec = viaTCP
+		before := w.slowWrites
+		if n, err := w.Write(b); n != len(b) || err != nil {
+			t.Fatalf("write %d: %d %v", i, n, err)
+		}
+		viaNote.noteWrites(b)
+		q := scanQuick(b)
+		short := q == len(b) && q != 0
+		if took := w.slowWrites == before; took != short {
+			t.Fatalf("%q: short cut taken %v, scanQuick %d of %d bytes", b, took, q, len(b))
+		}
+		if short {
+			shortCuts++
+		}
+		if (viaTCP.blockDeadline.Load() != 0) != (viaNote.blockDeadline.Load() != 0) {
+			t.Fatalf("%q: blocking via Write %v, via noteWrites %v", b, viaTCP.blockDeadline.Load() != 0, viaNote.blockDeadline.Load() != 0)
+		}
+		if (viaTCP.req == nil) != (viaNote.req == nil) || viaTCP.req != nil && viaTCP.req.batch != viaNote.req.batch {
+			t.Fatalf("%q: scanner via Write %+v, via noteWrites %+v", b, viaTCP.req, viaNote.req)
+		}
+	}
+	if shortCuts < 1000 || shortCuts > 19000 {
+		t.Fatalf("%d short cuts of 20000 writes: the generator does not test both ways", shortCuts)
+	}
+	t.Logf("%d short cuts of 20000 writes", shortCuts)
 }

@@ -66,6 +66,9 @@ type dispatcher struct {
 func newDispatcher() *dispatcher {
 	d := &dispatcher{}
 	d.slow.Store(1)
+	for i := range d.cache {
+		d.cache[i].Store(noRecord)
+	}
 	return d
 }
 
@@ -225,14 +228,28 @@ func (d *dispatcher) forgetPrefixes(t *Tracker) {
 	d.prefixes.Store(&n)
 }
 
-const cacheSize = 1024
+// noRecord fills the cache's empty entries, so that a lookup needs no nil
+// test: its cnKey (0) matches no connection, and its state is stClosed for
+// a nil ConnInfo (key 0).
+var noRecord = func() *connRecord {
+	r := &connRecord{}
+	r.state.Store(stClosed)
+	return r
+}()
 
-// cacheSlot is the cache entry for a go-redis connection at address k.
-func cacheSlot(k uintptr) uintptr { return (k>>5 ^ k>>15) & (cacheSize - 1) }
+const (
+	cacheBits = 10
+	cacheSize = 1 << cacheBits
+)
+
+// cacheSlot is the cache entry for a go-redis connection at address k: a
+// multiplicative (Fibonacci) hash, whose top bits are the slot (three
+// instructions, and no bounds check).
+func cacheSlot(k uintptr) uintptr { return uintptr(uint64(k) * 0x9E3779B97F4A7C15 >> (64 - cacheBits)) }
 
 // cached returns the record of cn from the cache and the record's state,
-// or nil and stClosed when the cache does not hold it (then lookupSlow
-// finds it). It calls nothing, so that it is inlined into the observer's
+// or stClosed (and nil or noRecord) when the cache does not hold it (then
+// lookupSlow finds it). It calls nothing, so that it is inlined into the observer's
 // callbacks, which compare the state it loaded once. Only records with a
 // cnKey (never 0) enter the cache, and they leave it when their connection
 // or their tracker closes (uncache, uncacheTracker). A record gets its
@@ -240,7 +257,7 @@ func cacheSlot(k uintptr) uintptr { return (k>>5 ^ k>>15) & (cacheSize - 1) }
 // needs no learning.
 func (d *dispatcher) cached(cn redis.ConnInfo) (*connRecord, uint32) {
 	k := connInfoKey(cn)
-	if r := d.cache[cacheSlot(k)].Load(); r != nil && r.cnKey.Load() == k {
+	if r := d.cache[cacheSlot(k)].Load(); r.cnKey.Load() == k { // (never nil: noRecord)
 		return r, r.state.Load()
 	}
 	return nil, stClosed
@@ -267,7 +284,7 @@ func (d *dispatcher) lookupSlow(cn redis.ConnInfo, from uint32) *connRecord {
 		e := &d.cache[cacheSlot(k)]
 		e.Store(r)
 		if r.state.Load() == stClosed || r.tr.closed.Load() {
-			e.CompareAndSwap(r, nil) // closed meanwhile: its uncache may have run first
+			e.CompareAndSwap(r, noRecord) // closed meanwhile: its uncache may have run first
 		}
 	}
 	return r
@@ -277,7 +294,7 @@ func (d *dispatcher) lookupSlow(cn redis.ConnInfo, from uint32) *connRecord {
 // cache keeps no closed connection alive.
 func (d *dispatcher) uncache(r *connRecord) {
 	if k := r.cnKey.Load(); k != 0 {
-		d.cache[cacheSlot(k)].CompareAndSwap(r, nil)
+		d.cache[cacheSlot(k)].CompareAndSwap(r, noRecord)
 	}
 }
 
@@ -285,8 +302,8 @@ func (d *dispatcher) uncache(r *connRecord) {
 // the cache keeps no closed tracker, nor its client, alive.
 func (d *dispatcher) uncacheTracker(t *Tracker) {
 	for i := range d.cache {
-		if r := d.cache[i].Load(); r != nil && r.tr == t {
-			d.cache[i].CompareAndSwap(r, nil)
+		if r := d.cache[i].Load(); r.tr == t {
+			d.cache[i].CompareAndSwap(r, noRecord)
 		}
 	}
 }
@@ -345,12 +362,14 @@ func (d *dispatcher) recordSlow(cn redis.ConnInfo, a *trackedAddr, ok bool, from
 //
 // Four calls per command: the common ones make at most one call, last;
 // the rest is in count.
+//
+//go:nosplit
 func (d *dispatcher) RecordConnectionCount(ctx context.Context, delta int, cn redis.ConnInfo, state string, isPubSub bool) {
 	if d.slow.Load() == 0 && !isPubSub {
 		if delta > 0 && state == "idle" {
 			// a return: the common case here, the rest in returned
 			if r, st := d.cached(cn); st == stUsed {
-				r.endHold()
+				r.endUsed()
 			} else {
 				d.returned(cn)
 			}
@@ -426,6 +445,8 @@ func (d *dispatcher) leaving(cn redis.ConnInfo, idle bool) {
 //
 // Without a connection is told by cn's data word: comparing the interface
 // with nil, or handing ctx on, would cost a spill on every call.
+//
+//go:nosplit
 func (d *dispatcher) RecordPendingRequests(ctx context.Context, delta int, cn redis.ConnInfo, poolName string) {
 	if connInfoKey(cn) == 0 && (delta < 0 || d.slow.Load() != 0 && d.probing.Load() != 0) {
 		d.pendingWithoutConn(delta, poolName)
@@ -470,6 +491,8 @@ func (d *dispatcher) failedPool(g uintptr) string {
 // RecordConnectionWaitTime runs on the caller's goroutine with the caller's
 // context right after a checkout, on both the idle and the fresh-dial path:
 // the hold starts here, with the mark on the context.
+//
+//go:nosplit
 func (d *dispatcher) RecordConnectionWaitTime(ctx context.Context, dur time.Duration, cn redis.ConnInfo) {
 	if d.slow.Load() == 0 {
 		// the common case here, the rest in waitSlow
@@ -509,6 +532,8 @@ func (d *dispatcher) checkout(ctx context.Context, cn redis.ConnInfo) {
 
 // RecordOperationDuration runs on the caller's goroutine after a command:
 // a connection still held then outlived the command (Conn, Watch).
+//
+//go:nosplit
 func (d *dispatcher) RecordOperationDuration(ctx context.Context, dur time.Duration, cmd redis.Cmder, attempts int, err error, cn redis.ConnInfo, db int) {
 	if d.slow.Load() == 0 {
 		// the common case: the connection went back to the pool already

@@ -173,10 +173,10 @@ func (r *connRecord) kindWith(bd int64) kindID {
 	if bd != 0 {
 		return kBlocking
 	}
-	switch r.sticky.Load() {
-	case stickyTx:
-		return kTx
-	case stickyConn:
+	if s := r.sticky.Load(); s != stickyNone { // one test in the common case
+		if s == stickyTx {
+			return kTx
+		}
 		return kConn
 	}
 	if m := r.mark.Load(); m != nil {
@@ -279,6 +279,8 @@ func (r *connRecord) learnPool(cn redis.ConnInfo) {
 // beginHold starts a hold acquired, on the calling goroutine, with the
 // mark on ctx; with ctx nil (a PubSub connection), by no goroutine and
 // without a mark.
+//
+//go:nosplit
 func (r *connRecord) beginHold(ctx context.Context) {
 	var m *mark
 	var g uintptr
@@ -288,9 +290,7 @@ func (r *connRecord) beginHold(ctx context.Context) {
 	if r.mark.Load() != m { // a pointer store costs a write barrier check
 		r.mark.Store(m)
 	}
-	if r.holderG.Load() != g {
-		r.holderG.Store(g)
-	}
+	r.holderG.Store(g) // (another goroutine's, most often, in a busy pool)
 	if r.sticky.Load() != stickyNone {
 		r.sticky.Store(stickyNone)
 	}
@@ -299,11 +299,19 @@ func (r *connRecord) beginHold(ctx context.Context) {
 	r.state.Store(stUsed)
 }
 
-// endHold ends the current hold; the connection is idle (or about to close).
+// endHold ends the current hold, if one runs; the connection is idle (or
+// about to close).
 func (r *connRecord) endHold() {
-	if r.state.Load() != stUsed {
-		return
+	if r.state.Load() == stUsed {
+		r.endUsed()
 	}
+}
+
+// endUsed is endHold for a record whose state was seen stUsed (the
+// observer's return event, which has loaded it already).
+//
+//go:nosplit
+func (r *connRecord) endUsed() {
 	held := nanotime() - r.acquiredAt.Load()
 	bd := r.blockDeadline.Load()
 	kind := r.kindWith(bd)

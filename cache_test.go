@@ -2,6 +2,7 @@ package redisleak
 
 import (
 	"context"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -183,4 +184,97 @@ func (chainNoop) RecordConnectionWaitTime(context.Context, time.Duration, redis.
 func (chainNoop) RecordConnectionClosed(context.Context, redis.ConnInfo, string, error)     {}
 func (chainNoop) RecordPubSubMessage(context.Context, redis.ConnInfo, string, string, bool) {}
 func (chainNoop) RecordStreamLag(context.Context, time.Duration, redis.ConnInfo, string, string, string) {
+}
+
+// holdPathCI is a ConnInfo for TestHoldPathsAgree: only its address is used.
+type holdPathCI struct{ _ [8]byte }
+
+func (*holdPathCI) RemoteAddr() net.Addr { return nil }
+func (*holdPathCI) PoolName() string     { return "p" }
+
+// The observer's checkout and return callbacks have beginHold and endUsed
+// written out in their common case: a hold begun and ended through them
+// leaves the record, the hold-time histograms and the returned-leak note
+// exactly as beginHold and endHold do.
+func TestHoldPathsAgree(t *testing.T) {
+	d := newDispatcher()
+	d.saw.Store(true)
+	d.slow.Store(0)
+	pipelined := withMark(context.Background(), func(m *mark) { m.pipeline = true })
+	tx := withMark(context.Background(), func(m *mark) { m.tx = true })
+	ctxs := []context.Context{context.Background(), WithLongLived(context.Background()), pipelined, tx, nil}
+	for i := range 200 {
+		ctx := ctxs[i%len(ctxs)]
+		mk := func() *connRecord {
+			r := &connRecord{tr: &Tracker{returnedNotes: make(chan returnedNote, 1)}}
+			r.state.Store(stIdle)
+			if i%3 == 1 {
+				r.sticky.Store(stickyConn) // left by the last hold
+			}
+			return r
+		}
+		direct, viaCallbacks := mk(), mk()
+		cn := &holdPathCI{}
+		viaCallbacks.cnKey.Store(connInfoKey(cn))
+		d.cache[cacheSlot(connInfoKey(cn))].Store(viaCallbacks)
+
+		direct.beginHold(ctx)
+		d.RecordConnectionWaitTime(ctx, 0, cn)
+		if viaCallbacks.state.Load() != stUsed {
+			t.Fatalf("ctx %d: the checkout callback did not begin the hold", i)
+		}
+		wantG := uintptr(0)
+		if ctx != nil {
+			wantG = curG()
+		}
+		if direct.holderG.Load() != wantG || viaCallbacks.holderG.Load() != curG() {
+			t.Fatalf("ctx %d: holder %x and %x, this goroutine %x", i, direct.holderG.Load(), viaCallbacks.holderG.Load(), curG())
+		}
+		for _, r := range []*connRecord{direct, viaCallbacks} {
+			if r.mark.Load() != markFrom(ctx) || r.sticky.Load() != stickyNone || r.holdSeq.Load() != 1 || r.acquiredAt.Load() == 0 {
+				t.Fatalf("ctx %d: record after checkout: mark %v sticky %d seq %d acquired %d", i, r.mark.Load(), r.sticky.Load(), r.holdSeq.Load(), r.acquiredAt.Load())
+			}
+			switch i % 4 {
+			case 1:
+				r.sticky.Store(stickyTx)
+			case 2:
+				r.blockDeadline.Store(nanotime() + int64(time.Second))
+			case 3:
+				r.reportedSeq.Store(r.holdSeq.Load()) // reported as a leak
+			}
+			if i%5 == 4 {
+				r.acquiredAt.Store(nanotime() + int64(time.Second)) // a hold that began "after" its end
+			}
+		}
+		direct.endHold()
+		d.RecordConnectionCount(context.Background(), 1, cn, "idle", false)
+		for _, r := range []*connRecord{direct, viaCallbacks} {
+			if r.state.Load() != stIdle || r.blockDeadline.Load() != 0 {
+				t.Fatalf("ctx %d: record after return: state %d blockDeadline %d", i, r.state.Load(), r.blockDeadline.Load())
+			}
+		}
+		for k := range direct.tr.holds.kinds {
+			a, b := &direct.tr.holds.kinds[k], &viaCallbacks.tr.holds.kinds[k]
+			// the two holds' lengths differ by nanoseconds, not their kind;
+			// one that "ended before it began" counts as 0
+			if i%5 == 4 && a.buckets[0].Load()+b.buckets[0].Load() != 0 && a.buckets[0].Load()+b.buckets[0].Load() != 2 {
+				t.Fatalf("ctx %d: kind %d: clamped holds in bucket 0: %d and %d", i, k, a.buckets[0].Load(), b.buckets[0].Load())
+			}
+			if (a.max.Load() != 0) != (b.max.Load() != 0) {
+				t.Fatalf("ctx %d: kind %d max %d and %d", i, k, a.max.Load(), b.max.Load())
+			}
+			ca, cb := uint64(0), uint64(0)
+			for j := range a.buckets {
+				ca += a.buckets[j].Load()
+				cb += b.buckets[j].Load()
+			}
+			if ca != cb {
+				t.Fatalf("ctx %d: kind %d: %d holds and %d", i, k, ca, cb)
+			}
+		}
+		if len(direct.tr.returnedNotes) != len(viaCallbacks.tr.returnedNotes) || (i%4 == 3) != (len(direct.tr.returnedNotes) == 1) {
+			t.Fatalf("ctx %d: returned notes %d and %d", i, len(direct.tr.returnedNotes), len(viaCallbacks.tr.returnedNotes))
+		}
+		d.cache[cacheSlot(connInfoKey(cn))].Store(noRecord)
+	}
 }

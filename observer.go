@@ -369,7 +369,23 @@ func (d *dispatcher) RecordConnectionCount(ctx context.Context, delta int, cn re
 		if delta > 0 && state == "idle" {
 			// a return: the common case here, the rest in returned
 			if r, st := d.cached(cn); st == stUsed {
-				r.endUsed()
+				// r.endUsed(), written out: a call here would cost a frame
+				// of its own (TestHoldPathsAgree keeps the two the same)
+				held := max(nanotime()-r.acquiredAt.Load(), 0)
+				bd := r.blockDeadline.Load()
+				kind := r.kindWith(bd)
+				r.state.Store(stIdle)
+				if bd != 0 {
+					r.blockDeadline.Store(0)
+				}
+				c := &r.tr.holds.kinds[kind]
+				if held > c.max.Load() {
+					c.raiseMax(held)
+				}
+				c.buckets[bucketOf(held)&(histBuckets-1)].Add(1)
+				if rs := r.reportedSeq.Load(); rs != 0 && rs == r.holdSeq.Load() {
+					r.tr.noteReturned(r, held)
+				}
 			} else {
 				d.returned(cn)
 			}
@@ -497,7 +513,20 @@ func (d *dispatcher) RecordConnectionWaitTime(ctx context.Context, dur time.Dura
 	if d.slow.Load() == 0 {
 		// the common case here, the rest in waitSlow
 		if r, st := d.cached(cn); st <= stIdle { // not used, not closed
-			r.beginHold(ctx)
+			// r.beginHold(ctx), written out: a call here would cost a
+			// frame of its own and a second spill of ctx
+			// (TestHoldPathsAgree keeps the two the same)
+			m := markFrom(ctx)
+			if r.mark.Load() != m {
+				r.mark.Store(m)
+			}
+			r.holderG.Store(curG())
+			if r.sticky.Load() != stickyNone {
+				r.sticky.Store(stickyNone)
+			}
+			r.holdSeq.Add(1)
+			r.acquiredAt.Store(nanotime())
+			r.state.Store(stUsed)
 			return
 		}
 	}

@@ -291,6 +291,8 @@ func (r *connRecord) beginHold(ctx context.Context) {
 		r.mark.Store(m)
 	}
 	r.holderG.Store(g) // (another goroutine's, most often, in a busy pool)
+	// (RecordConnectionWaitTime has this function written out: keep the
+	// two the same)
 	if r.sticky.Load() != stickyNone {
 		r.sticky.Store(stickyNone)
 	}
@@ -312,7 +314,7 @@ func (r *connRecord) endHold() {
 //
 //go:nosplit
 func (r *connRecord) endUsed() {
-	held := nanotime() - r.acquiredAt.Load()
+	held := max(nanotime()-r.acquiredAt.Load(), 0) // (a hold ended as another began)
 	bd := r.blockDeadline.Load()
 	kind := r.kindWith(bd)
 	r.state.Store(stIdle)
@@ -320,11 +322,11 @@ func (r *connRecord) endUsed() {
 		r.blockDeadline.Store(0)
 	}
 	// holdRecorder.push, by hand: too big for the inliner
+	// (RecordConnectionCount has this function written out: keep the two
+	// the same)
 	c := &r.tr.holds.kinds[kind]
 	if held > c.max.Load() {
 		c.raiseMax(held)
-	} else if held < 0 {
-		held = 0
 	}
 	c.buckets[bucketOf(held)&(histBuckets-1)].Add(1) // (the mask: no bounds check)
 	if rs := r.reportedSeq.Load(); rs != 0 && rs == r.holdSeq.Load() {

@@ -263,7 +263,7 @@ type Tracker struct {
 	autoSites  map[string]bool // sites announced as long-lived by behaviour (scanMu)
 	freedLeaks atomic.Uint64
 
-	holds *holdRecorder
+	holds holdRecorder // in the Tracker: endUsed reaches it without a load
 	inflight
 	metrics *trackerMetrics
 }
@@ -296,7 +296,6 @@ func Instrument(rdb redis.UniversalClient, opts Options) (*Tracker, error) {
 		legacy:        make(map[redis.ConnInfo]*connRecord),
 		nodes:         make(map[*redis.Client]struct{}),
 		returnedNotes: make(chan returnedNote, 256),
-		holds:         newHoldRecorder(),
 	}
 	switch c := rdb.(type) {
 	case *redis.Client:

@@ -3,6 +3,7 @@ package redisleak
 import (
 	"context"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -276,5 +277,90 @@ func TestHoldPathsAgree(t *testing.T) {
 			t.Fatalf("ctx %d: returned notes %d and %d", i, len(direct.tr.returnedNotes), len(viaCallbacks.tr.returnedNotes))
 		}
 		d.cache[cacheSlot(connInfoKey(cn))].Store(noRecord)
+	}
+}
+
+// internPCs hands out one read-only copy per distinct stack, and stops
+// storing new ones at maxInternedStacks (later ones get their own copy).
+func TestInternPCs(t *testing.T) {
+	tr := &Tracker{}
+	a := []uintptr{1, 2, 3}
+	s1 := tr.internPCs(a)
+	a[0] = 9 // the caller's buffer is reused: the interned copy must not change
+	s2 := tr.internPCs([]uintptr{1, 2, 3})
+	if &s1[0] != &s2[0] || s1[0] != 1 || len(s1) != 3 {
+		t.Fatalf("same stack: %v at %p and %v at %p", s1, &s1[0], s2, &s2[0])
+	}
+	if s3 := tr.internPCs(a); &s3[0] == &s1[0] || s3[0] != 9 {
+		t.Fatalf("other stack %v shares %v", s3, s1)
+	}
+	if tr.internPCs(nil) != nil {
+		t.Fatal("empty stack interned")
+	}
+	for i := range maxInternedStacks + 10 {
+		tr.internPCs([]uintptr{uintptr(i), 100})
+	}
+	if n := len(tr.stacks); n != maxInternedStacks {
+		t.Fatalf("%d stacks kept, bound %d", n, maxInternedStacks)
+	}
+	past := []uintptr{uintptr(maxInternedStacks + 5), 100}
+	if p1, p2 := tr.internPCs(past), tr.internPCs(past); &p1[0] == &p2[0] || p1[0] != past[0] {
+		t.Fatal("a stack past the bound is shared or wrong")
+	}
+}
+
+// holdConnsHere takes n Client.Conn and runs a PING on each: n sticky
+// holds acquired at one place.
+func holdConnsHere(t *testing.T, rdb *redis.Client, n int) []*redis.Conn {
+	conns := make([]*redis.Conn, n)
+	for i := range conns {
+		conns[i] = rdb.Conn()
+		if err := conns[i].Ping(context.Background()).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return conns
+}
+
+// Sticky holds taken at one place share one acquisition stack, and each
+// still reports that place.
+func TestStickyHoldsShareTheirStack(t *testing.T) {
+	srv := redistest.Private(t)
+	rdb := srv.Client()
+	defer rdb.Close()
+	tr, err := Instrument(rdb, Options{FullStacks: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	conns := holdConnsHere(t, rdb, 3)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	var stacks []*uintptr
+	tr.mu.Lock()
+	for r := range tr.records {
+		r.mu.Lock()
+		if c := r.cold; c != nil && len(c.sitePCs) > 0 {
+			stacks = append(stacks, &c.sitePCs[0])
+		}
+		r.mu.Unlock()
+	}
+	tr.mu.Unlock()
+	if len(stacks) != 3 || stacks[0] != stacks[1] || stacks[1] != stacks[2] {
+		t.Fatalf("acquisition stacks of 3 holds taken in one place: %v", stacks)
+	}
+	holds := tr.Holds()
+	if len(holds) != 3 {
+		t.Fatalf("%d holds, want 3", len(holds))
+	}
+	// (this package's own frames are skipped when a site is named: the
+	// site is the test runner; the stack names the function)
+	for _, h := range holds {
+		if h.Site == "" || h.Site != holds[0].Site || !strings.Contains(strings.Join(h.Stack, "\n"), "holdConnsHere") {
+			t.Fatalf("hold's site %q, stack %q: want the same site for all three, holdConnsHere on the stack", h.Site, h.Stack)
+		}
 	}
 }

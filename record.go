@@ -125,8 +125,8 @@ type connRecord struct {
 // recordCold holds a record's rarely needed parts, apart to keep records
 // of ordinary connections small.
 type recordCold struct {
-	dialPCs      []uintptr // dial stack, kept when it names a site (PubSub)
-	sitePCs      []uintptr // acquisition stack captured for sticky holds
+	dialPCs      []uintptr // dial stack, kept when it names a site (PubSub); interned (internPCs)
+	sitePCs      []uintptr // acquisition stack captured for sticky holds; interned
 	siteSeq      uint64    // holdSeq the sitePCs belong to
 	lastReported *Leak     // the report of the hold reportedSeq names
 }
@@ -374,7 +374,7 @@ func (r *connRecord) afterOperation(cmdName string, skip int) {
 	seq := r.holdSeq.Load()
 	r.mu.Lock()
 	c := r.coldLocked()
-	c.sitePCs = append(c.sitePCs[:0], pcs[:n]...)
+	c.sitePCs = r.tr.internPCs(pcs[:n]) // shared: never changed in place
 	c.siteSeq = seq
 	r.mu.Unlock()
 	if cmdName == "watch" {

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/metric"
@@ -245,7 +246,11 @@ type Tracker struct {
 	nodes   map[*redis.Client]struct{}
 	// poolNames interns pool names (one string per pool, not per connection)
 	poolNames sync.Map
-	nextID    atomic.Uint64
+	// stacks interns the acquisition stacks of sticky holds (internPCs):
+	// holds taken at one place share one copy.
+	stacksMu sync.RWMutex
+	stacks   map[string][]uintptr
+	nextID   atomic.Uint64
 
 	// leak reporting state, guarded by scanMu
 	scanMu       sync.Mutex
@@ -402,6 +407,44 @@ func (t *Tracker) internPool(name string) *string {
 	return p.(*string)
 }
 
+// maxInternedStacks bounds Tracker.stacks: past it, a stack not seen yet
+// gets a copy of its own.
+const maxInternedStacks = 1024
+
+// internPCs returns a copy of pcs shared by every caller with the same
+// stack, never to be changed: a service holding 10,000 Client.Conn taken
+// in one function keeps one acquisition stack, not 10,000.
+func (t *Tracker) internPCs(pcs []uintptr) []uintptr {
+	if len(pcs) == 0 {
+		return nil
+	}
+	key := pcsKey(pcs) // over pcs: only for the lookups
+	t.stacksMu.RLock()
+	s, ok := t.stacks[key]
+	t.stacksMu.RUnlock()
+	if ok {
+		return s
+	}
+	s = append([]uintptr(nil), pcs...)
+	t.stacksMu.Lock()
+	defer t.stacksMu.Unlock()
+	if old, ok := t.stacks[key]; ok {
+		return old
+	}
+	if len(t.stacks) < maxInternedStacks {
+		if t.stacks == nil {
+			t.stacks = make(map[string][]uintptr)
+		}
+		t.stacks[pcsKey(s)] = s // the key is s's memory, which never changes
+	}
+	return s
+}
+
+// pcsKey is pcs's memory as a string, without a copy.
+func pcsKey(pcs []uintptr) string {
+	return unsafe.String((*byte)(unsafe.Pointer(unsafe.SliceData(pcs))), len(pcs)*int(unsafe.Sizeof(pcs[0])))
+}
+
 // newRecord registers a freshly dialed connection.
 func (t *Tracker) newRecord(ctx context.Context, addr string) *connRecord {
 	r := &connRecord{tr: t, id: t.nextID.Add(1), addr: *t.internPool(addr)}
@@ -412,7 +455,7 @@ func (t *Tracker) newRecord(ctx context.Context, addr string) *connRecord {
 	var pcs [maxStackDepth]uintptr
 	n := runtime.Callers(3, pcs[:t.opts.StackDepth])
 	if site, _ := sitesFromPCs(pcs[:n], false); site != "" {
-		r.cold = &recordCold{dialPCs: append([]uintptr(nil), pcs[:n]...)} // before r is published
+		r.cold = &recordCold{dialPCs: t.internPCs(pcs[:n])} // before r is published
 	}
 	t.mu.Lock()
 	t.records[r] = struct{}{}

@@ -85,8 +85,6 @@ func (c *trackedTCPConn) Close() error { return c.tc.Close() }
 // written out here: a call to it would make Write keep b and its receiver on
 // the stack across the call (about a third of Write's cost per command).
 // TestWriteShortCut checks that the two agree.
-//
-//go:nosplit
 func (c *trackedTCPConn) Write(b []byte) (int, error) {
 	r, s := c.tc.addr.rec, c.tc.addr.rec.req
 	if s != nil && (s.st != wsCmd || s.cont) {

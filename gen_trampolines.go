@@ -102,8 +102,6 @@ const (
 // Read reads from the inner connection, calling it from the line of the
 // connection's slot, and notes a reply that arrives while a blocking command
 // is pending.
-//
-//go:nosplit
 func (c *%s) Read(b []byte) (n int, err error) {
 	switch %s & %d {
 `, r.recv, r.slot, slots-1)

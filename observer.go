@@ -362,8 +362,6 @@ func (d *dispatcher) recordSlow(cn redis.ConnInfo, a *trackedAddr, ok bool, from
 //
 // Four calls per command: the common ones make at most one call, last;
 // the rest is in count.
-//
-//go:nosplit
 func (d *dispatcher) RecordConnectionCount(ctx context.Context, delta int, cn redis.ConnInfo, state string, isPubSub bool) {
 	if d.slow.Load() == 0 && !isPubSub {
 		if delta > 0 && state == "idle" {
@@ -461,8 +459,6 @@ func (d *dispatcher) leaving(cn redis.ConnInfo, idle bool) {
 //
 // Without a connection is told by cn's data word: comparing the interface
 // with nil, or handing ctx on, would cost a spill on every call.
-//
-//go:nosplit
 func (d *dispatcher) RecordPendingRequests(ctx context.Context, delta int, cn redis.ConnInfo, poolName string) {
 	if connInfoKey(cn) == 0 && (delta < 0 || d.slow.Load() != 0 && d.probing.Load() != 0) {
 		d.pendingWithoutConn(delta, poolName)
@@ -507,8 +503,6 @@ func (d *dispatcher) failedPool(g uintptr) string {
 // RecordConnectionWaitTime runs on the caller's goroutine with the caller's
 // context right after a checkout, on both the idle and the fresh-dial path:
 // the hold starts here, with the mark on the context.
-//
-//go:nosplit
 func (d *dispatcher) RecordConnectionWaitTime(ctx context.Context, dur time.Duration, cn redis.ConnInfo) {
 	if d.slow.Load() == 0 {
 		// the common case here, the rest in waitSlow
@@ -561,8 +555,6 @@ func (d *dispatcher) checkout(ctx context.Context, cn redis.ConnInfo) {
 
 // RecordOperationDuration runs on the caller's goroutine after a command:
 // a connection still held then outlived the command (Conn, Watch).
-//
-//go:nosplit
 func (d *dispatcher) RecordOperationDuration(ctx context.Context, dur time.Duration, cmd redis.Cmder, attempts int, err error, cn redis.ConnInfo, db int) {
 	if d.slow.Load() == 0 {
 		// the common case: the connection went back to the pool already

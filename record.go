@@ -279,8 +279,6 @@ func (r *connRecord) learnPool(cn redis.ConnInfo) {
 // beginHold starts a hold acquired, on the calling goroutine, with the
 // mark on ctx; with ctx nil (a PubSub connection), by no goroutine and
 // without a mark.
-//
-//go:nosplit
 func (r *connRecord) beginHold(ctx context.Context) {
 	var m *mark
 	var g uintptr
@@ -311,8 +309,6 @@ func (r *connRecord) endHold() {
 
 // endUsed is endHold for a record whose state was seen stUsed (the
 // observer's return event, which has loaded it already).
-//
-//go:nosplit
 func (r *connRecord) endUsed() {
 	held := max(nanotime()-r.acquiredAt.Load(), 0) // (a hold ended as another began)
 	bd := r.blockDeadline.Load()

@@ -14,15 +14,13 @@ package redisleak
 // readLineStep*s of this file.
 const (
 	readLineStep = 2
-	readLine0    = 29   // trackedConn
-	readLine0TCP = 8236 // trackedTCPConn
+	readLine0    = 27   // trackedConn
+	readLine0TCP = 8232 // trackedTCPConn
 )
 
 // Read reads from the inner connection, calling it from the line of the
 // connection's slot, and notes a reply that arrives while a blocking command
 // is pending.
-//
-//go:nosplit
 func (c *trackedConn) Read(b []byte) (n int, err error) {
 	switch c.slot & 4095 {
 	case 0:
@@ -8228,8 +8226,6 @@ func (c *trackedConn) Read(b []byte) (n int, err error) {
 // Read reads from the inner connection, calling it from the line of the
 // connection's slot, and notes a reply that arrives while a blocking command
 // is pending.
-//
-//go:nosplit
 func (c *trackedTCPConn) Read(b []byte) (n int, err error) {
 	switch c.tc.slot & 4095 {
 	case 0:
